@@ -1,0 +1,1 @@
+//! Application: placeholder until the webhook core lands.

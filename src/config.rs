@@ -1,0 +1,752 @@
+//! Configuration (interface §2, §6.1): `kefu.toml` plus `KEFU_<SECTION>_<KEY>` overrides,
+//! checked key by key so every error names the key and where its value came from.
+//!
+//! The schema is a table rather than serde derive because serde's errors cannot say *which
+//! source* a bad value came from, and an operator fixing a value needs exactly that.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::model::{Secret, Trigger};
+
+/// Where a value came from; printed in every error about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the built-in default"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+        }
+    }
+}
+
+/// A configuration error: one sentence naming the key, its source and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Path,
+    Int,
+    Bool,
+    Window,
+}
+
+const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
+    (
+        "server",
+        &[
+            ("listen", Kind::Str),
+            ("path", Kind::Str),
+            ("max_body_bytes", Kind::Int),
+            ("max_clock_skew_secs", Kind::Int),
+        ],
+    ),
+    (
+        "wechat",
+        &[
+            ("app_id", Kind::Str),
+            ("app_secret", Kind::Str),
+            ("account_id", Kind::Str),
+            ("token", Kind::Str),
+            ("encoding_aes_key", Kind::Str),
+            ("previous_encoding_aes_key", Kind::Str),
+            ("require_encryption", Kind::Bool),
+            ("api_base", Kind::Str),
+            ("token_endpoint", Kind::Str),
+        ],
+    ),
+    (
+        "window",
+        &[
+            ("message", Kind::Window),
+            ("menu", Kind::Window),
+            ("subscribe", Kind::Window),
+            ("scan", Kind::Window),
+            ("payment", Kind::Window),
+        ],
+    ),
+    ("rules", &[("dir", Kind::Path), ("hot_reload", Kind::Bool), ("passive_first", Kind::Bool)]),
+    ("state", &[("dir", Kind::Path), ("redis_url", Kind::Str)]),
+    ("admin", &[("token", Kind::Str)]),
+    (
+        "pay",
+        &[
+            ("v2_api_key", Kind::Str),
+            ("v3_api_key", Kind::Str),
+            ("v3_platform_public_key", Kind::Path),
+        ],
+    ),
+];
+
+/// The complete, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub wechat: WechatConfig,
+    pub window: WindowConfig,
+    pub rules: RulesConfig,
+    pub state: StateConfig,
+    pub admin: AdminConfig,
+    pub pay: PayConfig,
+    /// The file it was read from, if any.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub path: String,
+    pub max_body_bytes: usize,
+    /// 0 = freshness check off.
+    pub max_clock_skew_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    Stable,
+    Classic,
+}
+
+#[derive(Clone, Debug)]
+pub struct WechatConfig {
+    pub app_id: String,
+    pub app_secret: Secret,
+    pub account_id: String,
+    pub token: Secret,
+    pub encoding_aes_key: Secret,
+    pub previous_encoding_aes_key: Secret,
+    pub require_encryption: bool,
+    pub api_base: String,
+    pub token_endpoint: TokenEndpoint,
+}
+
+impl WechatConfig {
+    /// Without credentials kefu runs in dry-run mode: sends are logged, not made.
+    pub fn has_credentials(&self) -> bool {
+        !self.app_id.is_empty() && !self.app_secret.is_empty()
+    }
+}
+
+/// One trigger's quota: `limit` messages (None = unlimited) within `duration` of the trigger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowRule {
+    pub limit: Option<u32>,
+    pub duration: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    pub message: WindowRule,
+    pub menu: WindowRule,
+    pub subscribe: WindowRule,
+    pub scan: WindowRule,
+    pub payment: WindowRule,
+}
+
+impl WindowConfig {
+    pub fn rule(&self, t: Trigger) -> WindowRule {
+        match t {
+            Trigger::Message => self.message,
+            Trigger::Menu => self.menu,
+            Trigger::Subscribe => self.subscribe,
+            Trigger::Scan => self.scan,
+            Trigger::Payment => self.payment,
+        }
+    }
+    /// The longest window any trigger opens; a delay longer than this can never be sent.
+    pub fn longest(&self) -> Duration {
+        Trigger::ALL.iter().map(|t| self.rule(*t).duration).max().unwrap_or_default()
+    }
+}
+
+impl Default for WindowConfig {
+    /// Today's official rules (protocol §4.2).
+    fn default() -> Self {
+        let h48 = Duration::from_secs(48 * 3600);
+        let m1 = Duration::from_secs(60);
+        WindowConfig {
+            message: WindowRule { limit: Some(5), duration: h48 },
+            menu: WindowRule { limit: Some(3), duration: m1 },
+            subscribe: WindowRule { limit: Some(3), duration: m1 },
+            scan: WindowRule { limit: Some(3), duration: m1 },
+            payment: WindowRule { limit: None, duration: h48 },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RulesConfig {
+    pub dir: PathBuf,
+    pub hot_reload: bool,
+    pub passive_first: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    /// May carry a password, hence a secret.
+    pub redis_url: Secret,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Empty = admin API off.
+    pub token: Secret,
+}
+
+#[derive(Clone, Debug)]
+pub struct PayConfig {
+    pub v2_api_key: Secret,
+    pub v3_api_key: Secret,
+    pub v3_platform_public_key: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                listen: "127.0.0.1:8080".into(),
+                path: "/wechat".into(),
+                max_body_bytes: 65536,
+                max_clock_skew_secs: 300,
+            },
+            wechat: WechatConfig {
+                app_id: String::new(),
+                app_secret: Secret::default(),
+                account_id: String::new(),
+                token: Secret::default(),
+                encoding_aes_key: Secret::default(),
+                previous_encoding_aes_key: Secret::default(),
+                require_encryption: false,
+                api_base: "https://api.weixin.qq.com".into(),
+                token_endpoint: TokenEndpoint::Stable,
+            },
+            window: WindowConfig::default(),
+            rules: RulesConfig { dir: "rules".into(), hot_reload: true, passive_first: true },
+            state: StateConfig { dir: "kefu-data".into(), redis_url: Secret::default() },
+            admin: AdminConfig { token: Secret::default() },
+            pay: PayConfig {
+                v2_api_key: Secret::default(),
+                v3_api_key: Secret::default(),
+                v3_platform_public_key: None,
+            },
+            file: None,
+        }
+    }
+}
+
+impl Config {
+    /// Interface §6.1: `explicit`, else `./kefu.toml` if present, else defaults; then the
+    /// process environment's `KEFU_*` variables.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::load_with(explicit, std::env::vars(), &cwd)
+    }
+
+    /// The same with the environment and working directory given (tests).
+    pub fn load_with(
+        explicit: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cwd: &Path,
+    ) -> Result<Config, ConfigError> {
+        let file = match explicit {
+            Some(p) => {
+                let p = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+                if !p.is_file() {
+                    return Err(ConfigError(format!(
+                        "config file {} does not exist or is not a file: check the --config path",
+                        p.display()
+                    )));
+                }
+                Some(p)
+            }
+            None => Some(cwd.join("kefu.toml")).filter(|p| p.is_file()),
+        };
+        let text = match &file {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        Self::from_parts(file.as_deref(), text.as_deref(), env, cwd)
+    }
+
+    /// Builds a config from a file's text (if any) and environment variables.
+    pub fn from_parts(
+        file: Option<&Path>,
+        text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cwd: &Path,
+    ) -> Result<Config, ConfigError> {
+        let mut values: BTreeMap<(String, String), (toml::Value, Origin)> = BTreeMap::new();
+        let mut errors = Vec::new();
+
+        if let (Some(path), Some(text)) = (file, text) {
+            let origin = Origin::File(path.to_path_buf());
+            match text.parse::<toml::Table>() {
+                Err(e) => {
+                    return Err(ConfigError(format!(
+                        "{}: not valid TOML: {}",
+                        path.display(),
+                        e.to_string().trim()
+                    )));
+                }
+                Ok(table) => {
+                    for (section, v) in table {
+                        let Some(keys) = schema_section(&section) else {
+                            errors.push(format!(
+                                "{}: unknown section [{section}]; known sections are {}",
+                                path.display(),
+                                SCHEMA.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+                            ));
+                            continue;
+                        };
+                        let toml::Value::Table(t) = v else {
+                            errors.push(format!("{}: `{section}` must be a table", path.display()));
+                            continue;
+                        };
+                        for (key, v) in t {
+                            if keys.iter().any(|(k, _)| *k == key) {
+                                values.insert((section.clone(), key), (v, origin.clone()));
+                            } else {
+                                errors.push(format!(
+                                    "{}: unknown key `{section}.{key}`; [{section}] takes {}",
+                                    path.display(),
+                                    keys.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("KEFU_") else { continue };
+            let lower = rest.to_ascii_lowercase();
+            let Some((section, keys)) = SCHEMA
+                .iter()
+                .find(|(s, _)| lower.starts_with(&format!("{s}_")))
+                .map(|(s, k)| (*s, *k))
+            else {
+                continue; // KEFU_LOG_FORMAT and friends are not config keys
+            };
+            let key = &lower[section.len() + 1..];
+            let Some((_, kind)) = keys.iter().find(|(k, _)| *k == key) else {
+                errors.push(format!(
+                    "environment variable {name}: [{section}] has no key `{key}`; it takes {}",
+                    keys.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
+                ));
+                continue;
+            };
+            match env_value(*kind, &raw) {
+                Ok(v) => {
+                    values.insert((section.into(), key.into()), (v, Origin::Env(name.clone())));
+                }
+                Err(why) => errors.push(format!("environment variable {name}: {why}")),
+            }
+        }
+
+        let mut cfg = Config { file: file.map(Path::to_path_buf), ..Config::default() };
+        let file_dir = file.and_then(Path::parent).map(Path::to_path_buf);
+        for ((section, key), (value, origin)) in &values {
+            if let Err(why) = apply(&mut cfg, section, key, value, origin, cwd, file_dir.as_deref())
+            {
+                errors.push(format!("`{section}.{key}` from {origin}: {why}"));
+            }
+        }
+        let origin_of = |s: &str, k: &str| {
+            values
+                .get(&(s.to_string(), k.to_string()))
+                .map(|v| v.1.clone())
+                .unwrap_or(Origin::Default)
+        };
+        errors.extend(cfg.cross_checks(&origin_of));
+
+        if errors.is_empty() { Ok(cfg) } else { Err(ConfigError(errors.join("\n"))) }
+    }
+
+    fn cross_checks(&self, origin_of: &dyn Fn(&str, &str) -> Origin) -> Vec<String> {
+        let mut e = Vec::new();
+        let w = &self.wechat;
+        if w.app_id.is_empty() != w.app_secret.is_empty() {
+            e.push(format!(
+                "`wechat.app_id` ({}) and `wechat.app_secret` ({}) must be set together: set both \
+                 to send messages, or neither for dry-run",
+                origin_of("wechat", "app_id"),
+                origin_of("wechat", "app_secret")
+            ));
+        }
+        if w.require_encryption && w.encoding_aes_key.is_empty() {
+            e.push(format!(
+                "`wechat.require_encryption` ({}) needs `wechat.encoding_aes_key`: set the 43-character \
+                 EncodingAESKey from the server configuration page",
+                origin_of("wechat", "require_encryption")
+            ));
+        }
+        if !w.previous_encoding_aes_key.is_empty() && w.encoding_aes_key.is_empty() {
+            e.push(format!(
+                "`wechat.previous_encoding_aes_key` ({}) is set but `wechat.encoding_aes_key` is not: \
+                 the previous key is only for rotation",
+                origin_of("wechat", "previous_encoding_aes_key")
+            ));
+        }
+        if !self.pay.v3_api_key.is_empty() && self.pay.v3_platform_public_key.is_none() {
+            e.push(format!(
+                "`pay.v3_api_key` ({}) needs `pay.v3_platform_public_key`: the path of the WeChat Pay \
+                 platform public key (PEM) that signs notifications",
+                origin_of("pay", "v3_api_key")
+            ));
+        }
+        e
+    }
+
+    /// Checks what `serve` needs beyond a well-formed file.
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        if self.wechat.token.is_empty() {
+            return Err(ConfigError(
+                "`wechat.token` is empty: set it (or KEFU_WECHAT_TOKEN) to the Token entered in the \
+                 Official Account's server configuration; without it no push can be verified"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The directory of the embedded store.
+    pub fn state_dir(&self) -> &Path {
+        &self.state.dir
+    }
+}
+
+fn schema_section(name: &str) -> Option<&'static [(&'static str, Kind)]> {
+    SCHEMA.iter().find(|(s, _)| *s == name).map(|(_, k)| *k)
+}
+
+fn env_value(kind: Kind, raw: &str) -> Result<toml::Value, String> {
+    Ok(match kind {
+        Kind::Str | Kind::Path => toml::Value::String(raw.to_string()),
+        Kind::Int => toml::Value::Integer(
+            raw.trim().parse::<i64>().map_err(|_| format!("{raw:?} is not a whole number"))?,
+        ),
+        Kind::Bool => toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(format!("{raw:?} is not a boolean (true or false)")),
+        }),
+        Kind::Window => {
+            let raw = raw.trim();
+            if raw.starts_with('{') {
+                let t: toml::Table = format!("v = {raw}").parse().map_err(|_| {
+                    format!(
+                        "{raw:?} is not an inline table like {{ limit = 5, duration = \"48h\" }}"
+                    )
+                })?;
+                t["v"].clone()
+            } else {
+                // Shorthand "5/48h" or "48h" (unlimited).
+                let mut t = toml::Table::new();
+                let dur = match raw.split_once('/') {
+                    Some((l, d)) => {
+                        let l: i64 = l.trim().parse().map_err(|_| {
+                            format!("{raw:?}: write LIMIT/DURATION like 5/48h, or DURATION alone")
+                        })?;
+                        t.insert("limit".into(), toml::Value::Integer(l));
+                        d
+                    }
+                    None => raw,
+                };
+                t.insert("duration".into(), toml::Value::String(dur.trim().to_string()));
+                toml::Value::Table(t)
+            }
+        }
+    })
+}
+
+fn want_str(v: &toml::Value) -> Result<String, String> {
+    v.as_str().map(str::to_string).ok_or_else(|| format!("expected a string, got {}", v.type_str()))
+}
+
+fn want_int(v: &toml::Value, min: i64) -> Result<i64, String> {
+    let i =
+        v.as_integer().ok_or_else(|| format!("expected a whole number, got {}", v.type_str()))?;
+    if i < min {
+        return Err(format!("{i} is below the minimum {min}"));
+    }
+    Ok(i)
+}
+
+fn want_bool(v: &toml::Value) -> Result<bool, String> {
+    v.as_bool().ok_or_else(|| format!("expected true or false, got {}", v.type_str()))
+}
+
+/// Parses a humantime duration (interface §6.6).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30s, 2m, 48h or 1h30m"))
+}
+
+fn want_window(v: &toml::Value) -> Result<WindowRule, String> {
+    let t = v.as_table().ok_or_else(|| {
+        format!("expected a table like {{ limit = 5, duration = \"48h\" }}, got {}", v.type_str())
+    })?;
+    let mut limit = None;
+    let mut duration = None;
+    for (k, v) in t {
+        match k.as_str() {
+            "limit" => limit = Some(want_int(v, 1)? as u32),
+            "duration" => {
+                let d = parse_duration(&want_str(v)?)?;
+                if d.is_zero() {
+                    return Err("duration must be longer than zero".into());
+                }
+                duration = Some(d);
+            }
+            other => {
+                return Err(format!("unknown key `{other}`; a window takes limit and duration"));
+            }
+        }
+    }
+    let duration = duration.ok_or("a window needs a duration, e.g. duration = \"48h\"")?;
+    Ok(WindowRule { limit, duration })
+}
+
+fn check_aes_key(s: &str) -> Result<(), String> {
+    if s.is_empty() || (s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        Ok(())
+    } else {
+        Err(format!(
+            "an EncodingAESKey is exactly 43 letters and digits (this one has {} characters): copy it \
+             again from the server configuration page",
+            s.chars().count()
+        ))
+    }
+}
+
+fn apply(
+    cfg: &mut Config,
+    section: &str,
+    key: &str,
+    v: &toml::Value,
+    origin: &Origin,
+    cwd: &Path,
+    file_dir: Option<&Path>,
+) -> Result<(), String> {
+    let path = |v: &toml::Value| -> Result<PathBuf, String> {
+        let p = PathBuf::from(want_str(v)?);
+        Ok(if p.is_absolute() {
+            p
+        } else {
+            match (origin, file_dir) {
+                (Origin::File(_), Some(dir)) => dir.join(p),
+                _ => cwd.join(p),
+            }
+        })
+    };
+    match (section, key) {
+        ("server", "listen") => {
+            let s = want_str(v)?;
+            let port_ok =
+                s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(format!("{s:?} is not HOST:PORT, e.g. 127.0.0.1:8080 or [::]:8080"));
+            }
+            cfg.server.listen = s;
+        }
+        ("server", "path") => {
+            let s = want_str(v)?;
+            let reserved = ["/healthz", "/readyz", "/metrics", "/admin", "/pay"];
+            if !s.starts_with('/') || s.len() < 2 || s.contains(['?', '#', ' ']) {
+                return Err(format!("{s:?} must be a URL path starting with '/', e.g. /wechat"));
+            }
+            if reserved.iter().any(|r| s == *r || s.starts_with(&format!("{r}/"))) {
+                return Err(format!(
+                    "{s:?} collides with kefu's own endpoints; choose e.g. /wechat"
+                ));
+            }
+            cfg.server.path = s;
+        }
+        ("server", "max_body_bytes") => cfg.server.max_body_bytes = want_int(v, 1024)? as usize,
+        ("server", "max_clock_skew_secs") => {
+            cfg.server.max_clock_skew_secs = want_int(v, 0)? as u64
+        }
+        ("wechat", "app_id") => cfg.wechat.app_id = want_str(v)?.trim().to_string(),
+        ("wechat", "app_secret") => cfg.wechat.app_secret = Secret::new(want_str(v)?.trim()),
+        ("wechat", "account_id") => cfg.wechat.account_id = want_str(v)?.trim().to_string(),
+        ("wechat", "token") => {
+            let s = want_str(v)?;
+            if s.trim() != s || s.contains(char::is_control) {
+                return Err(
+                    "the Token must not contain spaces at the ends or control characters".into()
+                );
+            }
+            cfg.wechat.token = Secret::new(s);
+        }
+        ("wechat", "encoding_aes_key") => {
+            let s = want_str(v)?;
+            check_aes_key(s.trim())?;
+            cfg.wechat.encoding_aes_key = Secret::new(s.trim());
+        }
+        ("wechat", "previous_encoding_aes_key") => {
+            let s = want_str(v)?;
+            check_aes_key(s.trim())?;
+            cfg.wechat.previous_encoding_aes_key = Secret::new(s.trim());
+        }
+        ("wechat", "require_encryption") => cfg.wechat.require_encryption = want_bool(v)?,
+        ("wechat", "api_base") => {
+            let s = want_str(v)?;
+            let u = url::Url::parse(&s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(format!("{s:?} must be an http or https URL"));
+            }
+            cfg.wechat.api_base = s.trim_end_matches('/').to_string();
+        }
+        ("wechat", "token_endpoint") => {
+            cfg.wechat.token_endpoint = match want_str(v)?.as_str() {
+                "stable" => TokenEndpoint::Stable,
+                "classic" => TokenEndpoint::Classic,
+                other => return Err(format!("{other:?} is neither \"stable\" nor \"classic\"")),
+            }
+        }
+        ("window", k) => {
+            let t = Trigger::parse(k).expect("schema lists only triggers");
+            let rule = want_window(v)?;
+            match t {
+                Trigger::Message => cfg.window.message = rule,
+                Trigger::Menu => cfg.window.menu = rule,
+                Trigger::Subscribe => cfg.window.subscribe = rule,
+                Trigger::Scan => cfg.window.scan = rule,
+                Trigger::Payment => cfg.window.payment = rule,
+            }
+        }
+        ("rules", "dir") => cfg.rules.dir = path(v)?,
+        ("rules", "hot_reload") => cfg.rules.hot_reload = want_bool(v)?,
+        ("rules", "passive_first") => cfg.rules.passive_first = want_bool(v)?,
+        ("state", "dir") => cfg.state.dir = path(v)?,
+        ("state", "redis_url") => {
+            let s = want_str(v)?;
+            if !s.is_empty()
+                && !["redis://", "rediss://", "unix://", "redis+unix://"]
+                    .iter()
+                    .any(|p| s.starts_with(p))
+            {
+                return Err("a Redis URL starts with redis://, rediss:// or unix:// (e.g. redis://127.0.0.1:6379/0)".into());
+            }
+            cfg.state.redis_url = Secret::new(s);
+        }
+        ("admin", "token") => {
+            let s = want_str(v)?;
+            if !s.is_empty() && s.len() < 16 {
+                return Err("an admin token shorter than 16 characters is too easy to guess; use e.g. `openssl rand -hex 24`".into());
+            }
+            cfg.admin.token = Secret::new(s);
+        }
+        ("pay", "v2_api_key") => cfg.pay.v2_api_key = Secret::new(want_str(v)?),
+        ("pay", "v3_api_key") => {
+            let s = want_str(v)?;
+            if !s.is_empty() && s.len() != 32 {
+                return Err(format!("an APIv3 key is exactly 32 bytes (this one has {})", s.len()));
+            }
+            cfg.pay.v3_api_key = Secret::new(s);
+        }
+        ("pay", "v3_platform_public_key") => {
+            let s = want_str(v)?;
+            cfg.pay.v3_platform_public_key = if s.is_empty() { None } else { Some(path(v)?) };
+        }
+        _ => unreachable!("schema and apply disagree on {section}.{key}"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_parts(
+            Some(Path::new("/etc/kefu/kefu.toml")),
+            Some(text),
+            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+            Path::new("/work"),
+        )
+    }
+
+    #[test]
+    fn defaults_are_todays_rules() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.window.message.limit, Some(5));
+        assert_eq!(c.window.payment.limit, None);
+        assert_eq!(c.server.path, "/wechat");
+        assert_eq!(c.wechat.token_endpoint, TokenEndpoint::Stable);
+        assert!(c.rules.passive_first);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let c = load(
+            "[wechat]\ntoken = \"abc\"\n[server]\nmax_body_bytes = 2048\n[window]\nmenu = { limit = 2, duration = \"30s\" }\n",
+            &[("KEFU_WECHAT_TOKEN", "fromenv"), ("KEFU_WINDOW_MESSAGE", "7/1h"), ("KEFU_LOG_FORMAT", "json")],
+        )
+        .unwrap();
+        assert_eq!(c.wechat.token.expose(), "fromenv");
+        assert_eq!(c.server.max_body_bytes, 2048);
+        assert_eq!(c.window.menu, WindowRule { limit: Some(2), duration: Duration::from_secs(30) });
+        assert_eq!(
+            c.window.message,
+            WindowRule { limit: Some(7), duration: Duration::from_secs(3600) }
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_per_origin() {
+        let c = load("[rules]\ndir = \"r\"\n", &[("KEFU_STATE_DIR", "d")]).unwrap();
+        assert_eq!(c.rules.dir, PathBuf::from("/etc/kefu/r"));
+        assert_eq!(c.state.dir, PathBuf::from("/work/d"));
+    }
+
+    #[test]
+    fn errors_name_key_and_source() {
+        let e = load("[server]\nlisten = 8080\nbogus = 1\n", &[("KEFU_WECHAT_TOKNE", "x")])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("`server.listen` from /etc/kefu/kefu.toml: expected a string"), "{e}");
+        assert!(e.contains("unknown key `server.bogus`"), "{e}");
+        assert!(
+            e.contains("environment variable KEFU_WECHAT_TOKNE: [wechat] has no key `tokne`"),
+            "{e}"
+        );
+
+        let e = load("", &[("KEFU_WECHAT_ENCODING_AES_KEY", "short")]).unwrap_err().0;
+        assert!(e.contains("environment variable KEFU_WECHAT_ENCODING_AES_KEY"), "{e}");
+        assert!(!e.contains("short"), "secrets are not echoed: {e}");
+
+        let e = load("[window]\nmenu = { limit = 3, duration = \"soon\" }", &[]).unwrap_err().0;
+        assert!(e.contains("`window.menu`") && e.contains("not a duration"), "{e}");
+
+        let e = load("[wechat]\napp_id = \"wx1\"\n", &[]).unwrap_err().0;
+        assert!(e.contains("must be set together"), "{e}");
+
+        let e = load("[nope]\n", &[]).unwrap_err().0;
+        assert!(e.contains("unknown section [nope]"), "{e}");
+    }
+
+    #[test]
+    fn serve_needs_a_token() {
+        let c = load("", &[]).unwrap();
+        assert!(c.check_serve().unwrap_err().0.contains("KEFU_WECHAT_TOKEN"));
+    }
+}

@@ -1,0 +1,551 @@
+//! Domain types every layer shares: validated identifiers, secrets, window triggers, the
+//! outbound message kinds, planned actions, the injected clock and the seams (traits) between
+//! the webhook, the pipeline and the stores.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+
+/// A secret string (app secret, token, AES key, admin token, access token). `Debug` and
+/// `Display` never print it, so it cannot leak through a log line or an error chain.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is put on the wire or compared.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() { f.write_str("\"\"") } else { f.write_str("[redacted]") }
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identifiers
+
+/// Why an identifier was refused at the boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("an OpenID must be 1 to 64 characters of letters, digits, '-' or '_' (got {0:?})")]
+    OpenId(String),
+    #[error(
+        "a kf account must be prefix@wechat_id with a prefix of 1 to 10 letters, digits or '_' \
+         (got {0:?}); a bare prefix needs wechat.account_id set"
+    )]
+    KfAccount(String),
+}
+
+/// A follower's OpenID, validated: WeChat OpenIDs are 28 characters of `[A-Za-z0-9_-]`; we accept
+/// 1..=64 of those so test accounts and future formats still pass, and nothing that could smuggle
+/// a path segment, a query or a control character.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OpenId(Arc<str>);
+
+impl OpenId {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok { Ok(OpenId(Arc::from(s))) } else { Err(IdError::OpenId(s.to_string())) }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for OpenId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        OpenId::parse(&s)
+    }
+}
+impl From<OpenId> for String {
+    fn from(o: OpenId) -> String {
+        o.0.to_string()
+    }
+}
+impl fmt::Display for OpenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A customer-service (kf) account, `prefix@wechat_id` (protocol §7.1).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KfAccount(String);
+
+impl KfAccount {
+    /// Parses `prefix@id`; a bare `prefix` is completed with `account_id` when one is given.
+    pub fn parse_with(s: &str, account_id: Option<&str>) -> Result<Self, IdError> {
+        let s = s.trim();
+        let full = match (s.split_once('@'), account_id) {
+            (Some(_), _) => s.to_string(),
+            (None, Some(acc)) if !acc.is_empty() => format!("{s}@{acc}"),
+            _ => return Err(IdError::KfAccount(s.to_string())),
+        };
+        let (prefix, id) = full.split_once('@').expect("has @");
+        let prefix_ok = !prefix.is_empty()
+            && prefix.len() <= 10
+            && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let id_ok = !id.is_empty()
+            && id.len() <= 30
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if prefix_ok && id_ok {
+            Ok(KfAccount(full))
+        } else {
+            Err(IdError::KfAccount(s.to_string()))
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        Self::parse_with(s, None)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for KfAccount {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        KfAccount::parse(&s)
+    }
+}
+impl From<KfAccount> for String {
+    fn from(k: KfAccount) -> String {
+        k.0
+    }
+}
+impl fmt::Display for KfAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Window triggers
+
+/// The interaction that opened a customer-service window (interface §6.5). The names are the
+/// ledger's grant names and are part of the operator contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Message,
+    Menu,
+    Subscribe,
+    Scan,
+    Payment,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 5] =
+        [Trigger::Message, Trigger::Menu, Trigger::Subscribe, Trigger::Scan, Trigger::Payment];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Message => "message",
+            Trigger::Menu => "menu",
+            Trigger::Subscribe => "subscribe",
+            Trigger::Scan => "scan",
+            Trigger::Payment => "payment",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Trigger::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a push does to the follower's window: open a grant, close everything (unsubscribe), or
+/// nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowEffect {
+    Open(Trigger),
+    CloseAll,
+    None,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound messages
+
+/// One news article (external link).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Article {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub url: String,
+    #[serde(default)]
+    pub picurl: String,
+}
+
+/// One choice of a `msgmenu` message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MenuItem {
+    pub id: String,
+    pub content: String,
+}
+
+/// A message kefu can send to a follower, either as a `custom/send` body (protocol §6.2) or,
+/// for the kinds WeChat allows, as a passive reply (protocol §5.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OutMessage {
+    Text {
+        content: String,
+    },
+    Image {
+        media_id: String,
+    },
+    Voice {
+        media_id: String,
+    },
+    Video {
+        media_id: String,
+        thumb_media_id: String,
+        title: String,
+        description: String,
+    },
+    Music {
+        title: String,
+        description: String,
+        musicurl: String,
+        hqmusicurl: String,
+        thumb_media_id: String,
+    },
+    News {
+        articles: Vec<Article>,
+    },
+    MpNews {
+        media_id: String,
+    },
+    MpNewsArticle {
+        article_id: String,
+    },
+    MsgMenu {
+        head_content: String,
+        list: Vec<MenuItem>,
+        tail_content: String,
+    },
+    WxCard {
+        card_id: String,
+    },
+    MiniProgramPage {
+        title: String,
+        appid: String,
+        pagepath: String,
+        thumb_media_id: String,
+    },
+}
+
+impl OutMessage {
+    /// The `msgtype` of the `custom/send` body.
+    pub fn msgtype(&self) -> &'static str {
+        match self {
+            OutMessage::Text { .. } => "text",
+            OutMessage::Image { .. } => "image",
+            OutMessage::Voice { .. } => "voice",
+            OutMessage::Video { .. } => "video",
+            OutMessage::Music { .. } => "music",
+            OutMessage::News { .. } => "news",
+            OutMessage::MpNews { .. } => "mpnews",
+            OutMessage::MpNewsArticle { .. } => "mpnewsarticle",
+            OutMessage::MsgMenu { .. } => "msgmenu",
+            OutMessage::WxCard { .. } => "wxcard",
+            OutMessage::MiniProgramPage { .. } => "miniprogrampage",
+        }
+    }
+
+    /// Whether a passive (HTTP-answer) reply can carry this kind (interface §6.8).
+    pub fn passive_capable(&self) -> bool {
+        matches!(
+            self,
+            OutMessage::Text { .. }
+                | OutMessage::Image { .. }
+                | OutMessage::Voice { .. }
+                | OutMessage::Video { .. }
+                | OutMessage::Music { .. }
+                | OutMessage::News { .. }
+        )
+    }
+
+    /// The exact `custom/send` JSON body (protocol §6.2). `serde_json` writes non-ASCII as raw
+    /// UTF-8, which WeChat requires (40033 on `\u` escapes).
+    pub fn custom_send_body(&self, touser: &str, kf_account: Option<&str>) -> Value {
+        let inner = match self {
+            OutMessage::Text { content } => json!({ "content": content }),
+            OutMessage::Image { media_id }
+            | OutMessage::Voice { media_id }
+            | OutMessage::MpNews { media_id } => json!({ "media_id": media_id }),
+            OutMessage::Video { media_id, thumb_media_id, title, description } => json!({
+                "media_id": media_id, "thumb_media_id": thumb_media_id,
+                "title": title, "description": description,
+            }),
+            OutMessage::Music { title, description, musicurl, hqmusicurl, thumb_media_id } => {
+                json!({
+                    "title": title, "description": description, "musicurl": musicurl,
+                    "hqmusicurl": hqmusicurl, "thumb_media_id": thumb_media_id,
+                })
+            }
+            OutMessage::News { articles } => json!({ "articles": articles }),
+            OutMessage::MpNewsArticle { article_id } => json!({ "article_id": article_id }),
+            OutMessage::MsgMenu { head_content, list, tail_content } => json!({
+                "head_content": head_content, "list": list, "tail_content": tail_content,
+            }),
+            OutMessage::WxCard { card_id } => json!({ "card_id": card_id }),
+            OutMessage::MiniProgramPage { title, appid, pagepath, thumb_media_id } => json!({
+                "title": title, "appid": appid, "pagepath": pagepath,
+                "thumb_media_id": thumb_media_id,
+            }),
+        };
+        let mut body = serde_json::Map::new();
+        body.insert("touser".into(), Value::String(touser.to_string()));
+        body.insert("msgtype".into(), Value::String(self.msgtype().to_string()));
+        body.insert(self.msgtype().to_string(), inner);
+        if let Some(kf) = kf_account {
+            body.insert("customservice".into(), json!({ "kf_account": kf }));
+        }
+        Value::Object(body)
+    }
+}
+
+/// What one rule reply asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    /// Send a message (passively when allowed and first, else through `custom/send`).
+    Send { message: OutMessage },
+    /// Show the typing indicator (`custom/typing`).
+    Typing,
+    /// Hand the conversation to human customer service (a `transfer_customer_service` passive
+    /// reply), optionally to one kf account.
+    Transfer { kf_account: Option<String> },
+}
+
+/// One action a rule planned for a push, in rule order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedAction {
+    /// The rule that planned it.
+    pub rule: String,
+    pub action: Action,
+    /// Zero = immediate.
+    #[serde(with = "duration_ms")]
+    pub delay: Duration,
+    /// Send as this kf account (`customservice.kf_account`).
+    pub kf_account: Option<String>,
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// The facts of a push that rules match on, independent of the XML model. Built by
+/// `wechat::inbound::Push::rule_input` (and by the payment handlers, `kefu simulate`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleInput {
+    pub from: String,
+    /// `text`, `image`, `voice`, `video`, `shortvideo`, `location`, `link` or `event`.
+    pub msg_type: String,
+    /// The text of a text message, or a voice message's `Recognition`.
+    pub text: Option<String>,
+    /// The `Event` value, or `payment` for payment notifications.
+    pub event: Option<String>,
+    /// The raw `EventKey`.
+    pub event_key: Option<String>,
+    /// The QR scene: `EventKey` without `qrscene_` on subscribe, the key itself on SCAN.
+    pub scene: Option<String>,
+    /// `bizmsgmenuid` of a msgmenu click.
+    pub menu_choice: Option<String>,
+    /// Extra placeholders (`amount`, `out_trade_no`, ...), by name.
+    pub vars: Vec<(String, String)>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+
+/// The injected clock: ledger, dedupe and scheduler read time only through it, so tests advance
+/// time instead of sleeping.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Unix time in milliseconds.
+    fn now_ms(&self) -> i64;
+    fn now_secs(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        let d =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        d.as_millis() as i64
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(now_ms: i64) -> Self {
+        ManualClock(AtomicI64::new(now_ms))
+    }
+    pub fn set_ms(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub type SharedClock = Arc<dyn Clock>;
+
+// ---------------------------------------------------------------------------------------------
+// Access-token cache seam
+
+/// An access token as cached (protocol §8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedToken {
+    pub token: Secret,
+    /// Unix seconds after which WeChat no longer accepts it.
+    pub expires_at: i64,
+    /// Unix seconds when it was fetched.
+    pub fetched_at: i64,
+}
+
+/// Where the access token lives between processes: the embedded store for one instance (shared
+/// by `serve` and every CLI run), Redis for several. The API client keeps an in-memory copy and
+/// single-flights refreshes in-process; this trait makes the copy durable and shared.
+#[async_trait::async_trait]
+pub trait TokenCache: Send + Sync {
+    async fn load(&self) -> anyhow::Result<Option<CachedToken>>;
+    async fn save(&self, token: &CachedToken) -> anyhow::Result<()>;
+    /// Removes the cached token only if it is still `token` (compare-and-invalidate), so a
+    /// late 40001 for an old token cannot throw away a newer one.
+    async fn invalidate(&self, token: &str) -> anyhow::Result<()>;
+    /// Takes the cross-process refresh lock for `ttl`; false when another holder has it. A
+    /// single-process cache may always say true.
+    async fn try_lock_refresh(&self, _holder: &str, _ttl: Duration) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+    async fn unlock_refresh(&self, _holder: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A token cache that lives only in this process (tests, and a client with no store).
+#[derive(Default)]
+pub struct MemoryTokenCache(parking_lot::Mutex<Option<CachedToken>>);
+
+#[async_trait::async_trait]
+impl TokenCache for MemoryTokenCache {
+    async fn load(&self) -> anyhow::Result<Option<CachedToken>> {
+        Ok(self.0.lock().clone())
+    }
+    async fn save(&self, token: &CachedToken) -> anyhow::Result<()> {
+        *self.0.lock() = Some(token.clone());
+        Ok(())
+    }
+    async fn invalidate(&self, token: &str) -> anyhow::Result<()> {
+        let mut g = self.0.lock();
+        if g.as_ref().is_some_and(|t| t.token.expose() == token) {
+            *g = None;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert!(!format!("{:?}", Some(&s)).contains("hunter2"));
+    }
+
+    #[test]
+    fn openid_validation() {
+        assert!(OpenId::parse("oMgHVjngRipVsoxg6TuX3vz6glDg").is_ok());
+        for bad in ["", "a/b", "a b", "x?y", &"a".repeat(65)] {
+            assert!(OpenId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kf_account_completion() {
+        assert_eq!(
+            KfAccount::parse_with("kf01", Some("gh_acct")).unwrap().as_str(),
+            "kf01@gh_acct"
+        );
+        assert_eq!(KfAccount::parse("kf01@wx").unwrap().as_str(), "kf01@wx");
+        assert!(KfAccount::parse("kf01").is_err());
+        assert!(KfAccount::parse("toolongprefix1@wx").is_err());
+        assert!(KfAccount::parse("bad-@wx").is_err());
+    }
+
+    #[test]
+    fn custom_send_bodies() {
+        let m = OutMessage::Text { content: "您好".into() };
+        assert_eq!(
+            serde_json::to_string(&m.custom_send_body("oU", Some("kf@gh"))).unwrap(),
+            r#"{"customservice":{"kf_account":"kf@gh"},"msgtype":"text","text":{"content":"您好"},"touser":"oU"}"#
+        );
+        let m = OutMessage::MsgMenu {
+            head_content: "h".into(),
+            list: vec![MenuItem { id: "101".into(), content: "满意".into() }],
+            tail_content: "t".into(),
+        };
+        let v = m.custom_send_body("oU", None);
+        assert_eq!(v["msgmenu"]["list"][0]["id"], "101");
+        assert!(v.get("customservice").is_none());
+    }
+}

@@ -1,0 +1,1 @@
+//! Test support: a mock WeChat API server. Placeholder.
