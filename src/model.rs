@@ -353,6 +353,16 @@ pub enum Action {
     Transfer { kf_account: Option<String> },
 }
 
+/// The HTTP answer to a push when it is more than `success` (protocol §5.2, §7.4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "lowercase")]
+pub enum PassiveReply {
+    /// One of the passive-capable kinds (`OutMessage::passive_capable`).
+    Message { message: OutMessage },
+    /// `transfer_customer_service`, optionally to one kf account (`TransInfo.KfAccount`).
+    Transfer { kf_account: Option<String> },
+}
+
 /// One action a rule planned for a push, in rule order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedAction {
