@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context as _;
 
@@ -69,11 +68,8 @@ pub fn configure(
             let key = PlatformKey::from_pem(&pem).with_context(|| {
                 format!("`pay.v3_platform_public_key` ({}) is unusable", path.display())
             })?;
-            let verifier = web::Data::new(V3Verifier::new(
-                key,
-                pay_cfg.v3_api_key.clone(),
-                max_skew_secs,
-            ));
+            let verifier =
+                web::Data::new(V3Verifier::new(key, pay_cfg.v3_api_key.clone(), max_skew_secs));
             cfg.service(
                 web::resource(V3_PATH)
                     .app_data(verifier)
@@ -161,11 +157,11 @@ async fn handle(req: &HttpRequest, version: &'static str, outcome: Outcome) -> H
 }
 
 fn xml(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status).content_type(ContentType::xml()).body(body)
+    HttpResponse::build(status).content_type("text/xml; charset=utf-8").body(body)
 }
 
 fn json(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status).content_type(ContentType::json()).body(body)
+    HttpResponse::build(status).content_type("application/json").body(body)
 }
 
 async fn notify_v2(

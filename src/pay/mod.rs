@@ -195,6 +195,7 @@ impl PayError {
         match self {
             PayError::TooLarge { .. } => "body too large",
             PayError::NotUtf8 | PayError::Malformed(_) | PayError::Doctype => "malformed body",
+            PayError::Missing("sign") => "missing sign",
             PayError::Missing(_) | PayError::Invalid { .. } => "missing or invalid field",
             PayError::UnsupportedSignType(_) => "unsupported sign_type",
             PayError::BadSignature(_) => "invalid signature",
@@ -247,7 +248,8 @@ mod tests {
 
     #[test]
     fn yuan_formatting() {
-        for (fen, want) in [(0, "0.00"), (1, "0.01"), (10, "0.10"), (100, "1.00"), (12345, "123.45")]
+        for (fen, want) in
+            [(0, "0.00"), (1, "0.01"), (10, "0.10"), (100, "1.00"), (12345, "123.45")]
         {
             assert_eq!(format_yuan(fen), want);
         }
@@ -270,9 +272,8 @@ mod tests {
 
     #[test]
     fn pay_cell_payment() {
-        let p =
-            Payment::from_pay_cell("4200002", OpenId::parse("oU").unwrap(), 990, "1480000000")
-                .unwrap();
+        let p = Payment::from_pay_cell("4200002", OpenId::parse("oU").unwrap(), 990, "1480000000")
+            .unwrap();
         assert_eq!(p.source, PaymentSource::PayCell);
         assert_eq!(p.amount_yuan(), "9.90");
         assert_eq!(p.out_trade_no, "");

@@ -159,8 +159,8 @@ pub fn decrypt_resource(api_v3_key: &Secret, r: &Resource) -> Result<Vec<u8>, Pa
         return Err(PayError::UnsupportedAlgorithm(r.algorithm.clone()));
     }
     // The config refuses keys that are not 32 bytes; an unusable key cannot decrypt anything.
-    let cipher = Aes256Gcm::new_from_slice(api_v3_key.expose().as_bytes())
-        .map_err(|_| PayError::Decrypt)?;
+    let cipher =
+        Aes256Gcm::new_from_slice(api_v3_key.expose().as_bytes()).map_err(|_| PayError::Decrypt)?;
     if r.nonce.len() != 12 {
         return Err(PayError::Invalid {
             field: "resource.nonce",
@@ -335,8 +335,10 @@ mod tests {
 
     /// A 2048-bit test key stored as a fixture: generating one in a debug build takes seconds.
     static PRIV: LazyLock<RsaPrivateKey> = LazyLock::new(|| {
-        RsaPrivateKey::from_pkcs8_pem(include_str!("../../tests/fixtures/pay/test_platform_key.pem"))
-            .expect("fixture key")
+        RsaPrivateKey::from_pkcs8_pem(include_str!(
+            "../../tests/fixtures/pay/test_platform_key.pem"
+        ))
+        .expect("fixture key")
     });
     const PUB_PEM: &str = include_str!("../../tests/fixtures/pay/test_platform_pub.pem");
 
@@ -442,7 +444,10 @@ mod tests {
         // Missing headers.
         let mut h2 = h.clone();
         h2.signature.clear();
-        assert_eq!(v.verify(&h2, &body, NOW).unwrap_err(), PayError::MissingHeader("Wechatpay-Signature"));
+        assert_eq!(
+            v.verify(&h2, &body, NOW).unwrap_err(),
+            PayError::MissingHeader("Wechatpay-Signature")
+        );
     }
 
     #[test]
@@ -496,13 +501,18 @@ mod tests {
         let pkcs1 = rsa::pkcs1::EncodeRsaPublicKey::to_pkcs1_pem(&pk, LineEnding::LF).unwrap();
         assert!(pkcs1.contains("BEGIN RSA PUBLIC KEY"));
         for pem in [spki.as_str(), pkcs1.as_str(), PUB_PEM] {
-            assert_eq!(format!("{:?}", PlatformKey::from_pem(pem).unwrap()), "PlatformKey(RSA-2048)");
+            assert_eq!(
+                format!("{:?}", PlatformKey::from_pem(pem).unwrap()),
+                "PlatformKey(RSA-2048)"
+            );
         }
-        let e = PlatformKey::from_pem("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----")
-            .unwrap_err();
+        let e =
+            PlatformKey::from_pem("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----")
+                .unwrap_err();
         assert!(e.to_string().contains("openssl x509"), "{e}");
-        let e = PlatformKey::from_pem(include_str!("../../tests/fixtures/pay/test_platform_key.pem"))
-            .unwrap_err();
+        let e =
+            PlatformKey::from_pem(include_str!("../../tests/fixtures/pay/test_platform_key.pem"))
+                .unwrap_err();
         assert!(e.to_string().contains("public"), "{e}");
         let e = PlatformKey::from_pem("hello").unwrap_err();
         assert!(e.to_string().contains("BEGIN PUBLIC KEY"), "{e}");
@@ -511,7 +521,10 @@ mod tests {
     #[test]
     fn answers() {
         assert_eq!(SUCCESS_ANSWER, r#"{"code":"SUCCESS","message":"成功"}"#);
-        assert_eq!(fail_answer("invalid signature"), r#"{"code":"FAIL","message":"invalid signature"}"#);
+        assert_eq!(
+            fail_answer("invalid signature"),
+            r#"{"code":"FAIL","message":"invalid signature"}"#
+        );
     }
 
     #[test]
