@@ -1,1 +1,2 @@
 //! Placeholder: filled by its owner.
+pub mod pay;
