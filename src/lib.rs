@@ -21,6 +21,7 @@ pub mod cmd;
 pub mod config;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod model;
 pub mod pay;
 pub mod pipeline;
