@@ -1,1 +1,3 @@
 //! Placeholder: filled by its owner.
+
+pub mod admin;

@@ -717,3 +717,156 @@ async fn records_split_spans_over_24h() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admin endpoints (interface §3)
+
+mod admin {
+    use super::*;
+    use actix_web::{App, test, web};
+    use kefu::http::admin::{AdminAuth, configure};
+
+    const ADMIN: &str = "admin-token-0123456789";
+
+    macro_rules! app {
+        ($client:expr, $token:expr) => {
+            test::init_service(
+                App::new()
+                    .app_data(web::Data::new($client.clone()))
+                    .app_data(web::Data::new(
+                        AdminAuth::new(Secret::new($token)).with_account_id("gh_test"),
+                    ))
+                    .configure(configure),
+            )
+            .await
+        };
+    }
+
+    fn authed(req: test::TestRequest) -> test::TestRequest {
+        req.insert_header(("Authorization", format!("Bearer {ADMIN}")))
+    }
+
+    #[actix_web::test]
+    async fn off_without_a_token_and_401_without_the_right_one() {
+        let h = harness();
+        let app = app!(h.client, "");
+        let resp = test::call_service(
+            &app,
+            authed(test::TestRequest::get().uri("/admin/kf/accounts")).to_request(),
+        )
+        .await;
+        assert_eq!(resp.status(), 404);
+
+        let app = app!(h.client, ADMIN);
+        for auth in [None, Some("Bearer wrong-token-0123456789"), Some(ADMIN)] {
+            let mut req = test::TestRequest::get().uri("/admin/kf/accounts");
+            if let Some(a) = auth {
+                req = req.insert_header(("Authorization", a));
+            }
+            let resp = test::call_service(&app, req.to_request()).await;
+            assert_eq!(resp.status(), 401, "{auth:?}");
+            assert_eq!(resp.headers().get("www-authenticate").unwrap(), "Bearer");
+        }
+        assert!(h.mock.requests().is_empty());
+    }
+
+    #[actix_web::test]
+    async fn list_add_invite_delete() {
+        let h = harness();
+        h.mock.push_json("/cgi-bin/customservice/getkflist",
+            json!({"kf_list":[{"kf_account":"kf01@gh_test","kf_nick":"小王","kf_id":1001,"kf_headimgurl":""}]}));
+        let app = app!(h.client, ADMIN);
+
+        let v: Value = test::call_and_read_body_json(
+            &app,
+            authed(test::TestRequest::get().uri("/admin/kf/accounts")).to_request(),
+        )
+        .await;
+        assert_eq!(
+            v,
+            json!({"kf_list":[{"kf_account":"kf01@gh_test","kf_nick":"小王","kf_id":"1001","kf_headimgurl":""}]})
+        );
+
+        let req = authed(test::TestRequest::post().uri("/admin/kf/accounts"))
+            .set_json(json!({"kf_account":"kf02","nickname":"小李"}));
+        let v: Value = test::call_and_read_body_json(&app, req.to_request()).await;
+        assert_eq!(v, json!({"errcode":0,"errmsg":"ok","kf_account":"kf02@gh_test"}));
+
+        let req = authed(test::TestRequest::post().uri("/admin/kf/accounts/kf02%40gh_test/invite"))
+            .set_json(json!({"invite_wx":"li_wx"}));
+        let resp = test::call_service(&app, req.to_request()).await;
+        assert_eq!(resp.status(), 200);
+
+        let req = authed(test::TestRequest::delete().uri("/admin/kf/accounts/kf02@gh_test"));
+        let resp = test::call_service(&app, req.to_request()).await;
+        assert_eq!(resp.status(), 200);
+
+        let r = h.mock.requests();
+        assert_call(
+            &r[2],
+            "POST",
+            "/customservice/kfaccount/add",
+            T1,
+            Some(json!({"kf_account":"kf02@gh_test","nickname":"小李"})),
+        );
+        assert_call(
+            &r[3],
+            "POST",
+            "/customservice/kfaccount/inviteworker",
+            T1,
+            Some(json!({"kf_account":"kf02@gh_test","invite_wx":"li_wx"})),
+        );
+        assert_call(
+            &r[4],
+            "POST",
+            "/customservice/kfaccount/del",
+            T1,
+            Some(json!({"kf_account":"kf02@gh_test"})),
+        );
+    }
+
+    #[actix_web::test]
+    async fn bad_input_is_400_and_never_sent() {
+        let h = harness();
+        let app = app!(h.client, ADMIN);
+        for (uri, body) in [
+            ("/admin/kf/accounts", "not json"),
+            ("/admin/kf/accounts", r#"{"kf_account":"bad prefix!","nickname":"x"}"#),
+            ("/admin/kf/accounts", r#"{"kf_account":"kf01"}"#),
+            ("/admin/send", r#"{"touser":"oU1","msgtype":"text"}"#),
+            ("/admin/send", "[]"),
+        ] {
+            let req = authed(test::TestRequest::post().uri(uri))
+                .insert_header(("content-type", "application/json"))
+                .set_payload(body);
+            let resp = test::call_service(&app, req.to_request()).await;
+            assert_eq!(resp.status(), 400, "{uri} {body}");
+            let v: Value = test::read_body_json(resp).await;
+            assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        }
+        assert!(h.mock.requests().is_empty());
+    }
+
+    #[actix_web::test]
+    async fn send_passes_the_body_and_maps_wechat_errors() {
+        let h = harness();
+        let app = app!(h.client, ADMIN);
+        let body = json!({"touser":"oU1","msgtype":"text","text":{"content":"您好"},
+                          "customservice":{"kf_account":"kf01@gh_test"}});
+        let req = authed(test::TestRequest::post().uri("/admin/send")).set_json(body.clone());
+        let v: Value = test::call_and_read_body_json(&app, req.to_request()).await;
+        assert_eq!(v, json!({"errcode":0,"errmsg":"ok","touser":"oU1"}));
+        assert_call(&h.mock.requests_to(SEND)[0], "POST", SEND, T1, Some(body.clone()));
+
+        h.mock.push_error(SEND, 45015, "response out of time limit or subscription is canceled");
+        let req = authed(test::TestRequest::post().uri("/admin/send")).set_json(body);
+        let resp = test::call_service(&app, req.to_request()).await;
+        assert_eq!(resp.status(), 502);
+        let v: Value = test::read_body_json(resp).await;
+        assert_eq!(v["errcode"], 45015);
+        assert_eq!(v["errmsg"], "response out of time limit or subscription is canceled");
+        assert_eq!(v["meaning"], ErrorCode::OutsideWindow.meaning());
+        assert_eq!(v["remedy"], ErrorCode::OutsideWindow.remedy());
+        assert!(v["error"].as_str().unwrap().starts_with("WeChat API errcode 45015"));
+    }
+}
