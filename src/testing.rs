@@ -95,6 +95,8 @@ struct State {
     defaults: Mutex<HashMap<String, MockResponse>>,
     counts: Mutex<HashMap<String, usize>>,
     tokens_issued: AtomicU64,
+    /// Off: only counters are kept (long load runs would otherwise grow without bound).
+    not_recording: std::sync::atomic::AtomicBool,
     last_token: Mutex<Option<String>>,
 }
 
@@ -186,6 +188,16 @@ impl MockWechat {
         self.state.defaults.lock().insert(path.to_string(), resp);
     }
 
+    /// Keeps (true, the default) or drops request details; per-path counters are always kept.
+    pub fn set_recording(&self, on: bool) {
+        self.state.not_recording.store(!on, Ordering::SeqCst);
+    }
+
+    /// Requests so far across all paths.
+    pub fn total_count(&self) -> usize {
+        self.state.counts.lock().values().sum()
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.requests.lock().clone()
@@ -229,21 +241,10 @@ impl Drop for MockWechat {
 
 async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>) -> HttpResponse {
     let path = req.path().to_string();
-    let query = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
-    state.requests.lock().push(RecordedRequest {
-        method: req.method().to_string(),
-        path: path.clone(),
-        query,
-        headers,
-        body: body.to_vec(),
-    });
+    if !state.not_recording.load(Ordering::SeqCst) {
+        record(&req, &path, &body, &state);
+    }
+    // Counted after recording, so a test that sees the count also sees the request.
     *state.counts.lock().entry(path.clone()).or_default() += 1;
 
     let scripted = state.scripts.lock().get_mut(&path).and_then(VecDeque::pop_front);
@@ -256,6 +257,24 @@ async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
     let status = actix_web::http::StatusCode::from_u16(resp.status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(status).content_type(resp.content_type).body(resp.body)
+}
+
+fn record(req: &HttpRequest, path: &str, body: &[u8], state: &State) {
+    let query = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    state.requests.lock().push(RecordedRequest {
+        method: req.method().to_string(),
+        path: path.to_string(),
+        query,
+        headers,
+        body: body.to_vec(),
+    });
 }
 
 /// Defaults shaped like WeChat's answers: a fresh numbered token from the token endpoints,

@@ -175,7 +175,8 @@ impl ApiClient {
             }
         };
         let token = parse_token(path, &answer, i.clock.now_secs())?;
-        tracing::info!(
+        // Debug, not info: every CLI run fetches or reads one, and its stderr is for errors.
+        tracing::debug!(
             endpoint = path,
             expires_at = token.expires_at,
             "fetched a new access token"

@@ -15,12 +15,35 @@ pub(crate) fn account_arg(cfg: &Config, s: &str) -> Result<KfAccount, CmdError> 
         .map_err(|e| CmdError::Usage(e.to_string()))
 }
 
-/// Prints rows under a header, columns padded to their widest cell (by characters).
+/// Terminal columns a string takes: CJK and full-width characters take two (nicknames and
+/// message texts are mostly Chinese, and a table padded by characters would not line up).
+fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c as u32 {
+            0x1100..=0x115F
+            | 0x2E80..=0x303E
+            | 0x3041..=0x33FF
+            | 0x3400..=0x4DBF
+            | 0x4E00..=0x9FFF
+            | 0xA000..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6
+            | 0x1F300..=0x1F64F
+            | 0x20000..=0x3FFFD => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
 pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+            *w = (*w).max(display_width(c));
         }
     }
     let line = |cells: Vec<&str>| {
@@ -30,7 +53,7 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(c);
             } else {
                 out.push_str(c);
-                out.push_str(&" ".repeat(w - c.chars().count() + 2));
+                out.push_str(&" ".repeat(w - display_width(c) + 2));
             }
         }
         println!("{}", out.trim_end());
@@ -42,7 +65,7 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 pub(crate) fn print_json(v: &impl serde::Serialize) -> CmdResult {
-    let s = serde_json::to_string_pretty(v).map_err(|e| CmdError::failed(e))?;
+    let s = serde_json::to_string_pretty(v).map_err(CmdError::failed)?;
     println!("{s}");
     Ok(())
 }
