@@ -8,8 +8,8 @@ use std::time::Duration;
 use kefu::api::{ApiClient, ApiError, ApiOptions, ErrorCode, RetryPolicy, TokenSource};
 use kefu::config::{Config, TokenEndpoint, WechatConfig};
 use kefu::model::{
-    Article, CachedToken, KfAccount, ManualClock, MemoryTokenCache, MenuItem, OpenId, OutMessage,
-    Secret, SharedClock, SystemClock, TokenCache,
+    Article, CachedToken, Clock, KfAccount, ManualClock, MemoryTokenCache, MenuItem, OpenId,
+    OutMessage, Secret, SharedClock, SystemClock, TokenCache,
 };
 use kefu::testing::{MockResponse, MockWechat};
 use serde_json::{Value, json};
@@ -241,6 +241,73 @@ async fn invalidation_compares_before_discarding() {
     assert!(h.cache.load().await.unwrap().is_none());
     assert_eq!(h.client.token_status().await.unwrap().source, TokenSource::Fetched);
     assert_eq!(h.mock.token_fetches(), 2);
+}
+
+/// A shared cache whose refresh lock another process holds.
+#[derive(Default)]
+struct LockedElsewhere {
+    inner: MemoryTokenCache,
+    lock_attempts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl TokenCache for LockedElsewhere {
+    async fn load(&self) -> anyhow::Result<Option<CachedToken>> {
+        self.inner.load().await
+    }
+    async fn save(&self, t: &CachedToken) -> anyhow::Result<()> {
+        self.inner.save(t).await
+    }
+    async fn invalidate(&self, t: &str) -> anyhow::Result<()> {
+        self.inner.invalidate(t).await
+    }
+    async fn try_lock_refresh(&self, _h: &str, _ttl: Duration) -> anyhow::Result<bool> {
+        self.lock_attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(false)
+    }
+}
+
+#[tokio::test]
+async fn waits_for_the_process_holding_the_refresh_lock() {
+    let mock = MockWechat::start();
+    let cache = Arc::new(LockedElsewhere::default());
+    let c = ApiClient::with_options(
+        &wechat_cfg(&mock),
+        cache.clone(),
+        Arc::new(SystemClock),
+        fast_opts(),
+    )
+    .unwrap();
+    let other = cache.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = SystemClock.now_secs();
+        let t = CachedToken {
+            token: Secret::new("FROM_OTHER"),
+            expires_at: now + 7200,
+            fetched_at: now,
+        };
+        other.save(&t).await.unwrap();
+    });
+    let s = c.token_status().await.unwrap();
+    assert_eq!((s.source, s.token.expose()), (TokenSource::Store, "FROM_OTHER"));
+    assert_eq!(mock.token_fetches(), 0);
+    assert!(cache.lock_attempts.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn a_dead_lock_holder_delays_but_does_not_block_the_fetch() {
+    let mock = MockWechat::start();
+    let opts = ApiOptions { lock_wait: Duration::from_millis(300), ..fast_opts() };
+    let c = ApiClient::with_options(
+        &wechat_cfg(&mock),
+        Arc::new(LockedElsewhere::default()),
+        Arc::new(SystemClock),
+        opts,
+    )
+    .unwrap();
+    assert_eq!(c.access_token().await.unwrap().expose(), "MOCK_TOKEN_1");
+    assert_eq!(mock.token_fetches(), 1);
 }
 
 #[tokio::test]
