@@ -1,1 +1,306 @@
-//! Test support: a mock WeChat API server. Placeholder.
+//! Test support: [`MockWechat`], a stand-in for `api.weixin.qq.com` on loopback. It records
+//! every request, counts them per path, and answers from per-path scripts (a queue of canned
+//! answers, each with an optional delay to simulate timeouts) or sensible defaults. It runs its
+//! own actix system on its own thread, so it works from any test, runtime or not, and from the
+//! `mock_wechat` example used by load scripts.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+/// One request the mock received.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    /// The decoded query (last value wins for a repeated key).
+    pub query: BTreeMap<String, String>,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn query(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+/// A canned answer.
+#[derive(Clone, Debug)]
+pub struct MockResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    /// Wait this long before answering (longer than the client's timeout = a timeout after
+    /// the request was sent).
+    pub delay: Duration,
+}
+
+impl MockResponse {
+    pub fn json(v: Value) -> Self {
+        MockResponse {
+            status: 200,
+            body: v.to_string().into_bytes(),
+            content_type: "application/json; charset=utf-8",
+            delay: Duration::ZERO,
+        }
+    }
+    /// `{"errcode":0,"errmsg":"ok"}`.
+    pub fn ok() -> Self {
+        Self::json(json!({"errcode": 0, "errmsg": "ok"}))
+    }
+    /// `{"errcode":code,"errmsg":errmsg}`.
+    pub fn error(code: i64, errmsg: &str) -> Self {
+        Self::json(json!({"errcode": code, "errmsg": errmsg}))
+    }
+    /// A bare HTTP status with a non-JSON body (an unknown path, a gateway error).
+    pub fn status(status: u16) -> Self {
+        MockResponse {
+            status,
+            body: format!("HTTP {status}").into_bytes(),
+            content_type: "text/plain",
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn delayed(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+pub const STABLE_TOKEN_PATH: &str = "/cgi-bin/stable_token";
+pub const CLASSIC_TOKEN_PATH: &str = "/cgi-bin/token";
+
+#[derive(Default)]
+struct State {
+    requests: Mutex<Vec<RecordedRequest>>,
+    scripts: Mutex<HashMap<String, VecDeque<MockResponse>>>,
+    defaults: Mutex<HashMap<String, MockResponse>>,
+    counts: Mutex<HashMap<String, usize>>,
+    tokens_issued: AtomicU64,
+    /// Off: only counters are kept (long load runs would otherwise grow without bound).
+    not_recording: std::sync::atomic::AtomicBool,
+    last_token: Mutex<Option<String>>,
+}
+
+/// A mock WeChat API server on `127.0.0.1:0`. Dropping it stops the server.
+pub struct MockWechat {
+    state: Arc<State>,
+    addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    system: actix_web::rt::System,
+}
+
+impl MockWechat {
+    /// Starts on a free loopback port. Panics if it cannot bind (test support only).
+    pub fn start() -> MockWechat {
+        match Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))) {
+            Ok(m) => m,
+            Err(e) => panic!("MockWechat cannot bind 127.0.0.1:0: {e}"),
+        }
+    }
+
+    /// Starts on `addr` (the example binary picks a fixed port).
+    pub fn start_on(addr: SocketAddr) -> std::io::Result<MockWechat> {
+        let state = Arc::new(State::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = state.clone();
+        std::thread::Builder::new().name("mock-wechat".into()).spawn(move || {
+            let sys = actix_web::rt::System::new();
+            let started = sys.block_on(async move {
+                let data = web::Data::new(st);
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .app_data(web::PayloadConfig::new(16 << 20))
+                        .default_service(web::to(answer))
+                })
+                .workers(1)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .bind(addr)?;
+                let bound = server.addrs().first().copied().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address bound")
+                })?;
+                let server = server.run();
+                let handle = server.handle();
+                actix_web::rt::spawn(server);
+                Ok::<_, std::io::Error>((bound, handle))
+            });
+            match started {
+                Ok((bound, handle)) => {
+                    let _ = tx.send(Ok((bound, handle, actix_web::rt::System::current())));
+                    let _ = sys.run();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })?;
+        let (addr, handle, system) = rx.recv().map_err(|_| {
+            std::io::Error::other("the mock server thread ended before it started")
+        })??;
+        Ok(MockWechat { state, addr, handle, system })
+    }
+
+    /// `http://127.0.0.1:PORT`, for `wechat.api_base`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Queues an answer for the next request to `path` (answers are used in order, then the
+    /// path's default takes over).
+    pub fn push(&self, path: &str, resp: MockResponse) {
+        self.state.scripts.lock().entry(path.to_string()).or_default().push_back(resp);
+    }
+
+    pub fn push_json(&self, path: &str, v: Value) {
+        self.push(path, MockResponse::json(v));
+    }
+
+    pub fn push_error(&self, path: &str, code: i64, errmsg: &str) {
+        self.push(path, MockResponse::error(code, errmsg));
+    }
+
+    /// Replaces the answer given to `path` once its queue is empty.
+    pub fn set_default(&self, path: &str, resp: MockResponse) {
+        self.state.defaults.lock().insert(path.to_string(), resp);
+    }
+
+    /// Keeps (true, the default) or drops request details; per-path counters are always kept.
+    pub fn set_recording(&self, on: bool) {
+        self.state.not_recording.store(!on, Ordering::SeqCst);
+    }
+
+    /// Requests so far across all paths.
+    pub fn total_count(&self) -> usize {
+        self.state.counts.lock().values().sum()
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<RecordedRequest> {
+        self.state.requests.lock().iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// How many requests reached `path`.
+    pub fn count(&self, path: &str) -> usize {
+        self.state.counts.lock().get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests to either token endpoint.
+    pub fn token_fetches(&self) -> usize {
+        self.count(STABLE_TOKEN_PATH) + self.count(CLASSIC_TOKEN_PATH)
+    }
+
+    /// The last access token the default token answer handed out (`MOCK_TOKEN_<n>`).
+    pub fn last_token(&self) -> Option<String> {
+        self.state.last_token.lock().clone()
+    }
+
+    /// Forgets requests, counters, scripts and defaults (token numbering goes on).
+    pub fn clear(&self) {
+        self.state.requests.lock().clear();
+        self.state.counts.lock().clear();
+        self.state.scripts.lock().clear();
+        self.state.defaults.lock().clear();
+    }
+}
+
+impl Drop for MockWechat {
+    fn drop(&mut self) {
+        // `stop` sends its command at once; the returned future only waits for completion.
+        drop(self.handle.stop(false));
+        self.system.stop();
+    }
+}
+
+async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>) -> HttpResponse {
+    let path = req.path().to_string();
+    if !state.not_recording.load(Ordering::SeqCst) {
+        record(&req, &path, &body, &state);
+    }
+    // Counted after recording, so a test that sees the count also sees the request.
+    *state.counts.lock().entry(path.clone()).or_default() += 1;
+
+    let scripted = state.scripts.lock().get_mut(&path).and_then(VecDeque::pop_front);
+    let resp = scripted
+        .or_else(|| state.defaults.lock().get(&path).cloned())
+        .unwrap_or_else(|| builtin(&state, &path));
+    if !resp.delay.is_zero() {
+        actix_web::rt::time::sleep(resp.delay).await;
+    }
+    let status = actix_web::http::StatusCode::from_u16(resp.status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).content_type(resp.content_type).body(resp.body)
+}
+
+fn record(req: &HttpRequest, path: &str, body: &[u8], state: &State) {
+    let query = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    state.requests.lock().push(RecordedRequest {
+        method: req.method().to_string(),
+        path: path.to_string(),
+        query,
+        headers,
+        body: body.to_vec(),
+    });
+}
+
+/// Defaults shaped like WeChat's answers: a fresh numbered token from the token endpoints,
+/// empty lists from the list endpoints, `{"errcode":0,"errmsg":"ok"}` elsewhere.
+fn builtin(state: &State, path: &str) -> MockResponse {
+    match path {
+        STABLE_TOKEN_PATH | CLASSIC_TOKEN_PATH => {
+            let n = state.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let token = format!("MOCK_TOKEN_{n}");
+            *state.last_token.lock() = Some(token.clone());
+            MockResponse::json(json!({"access_token": token, "expires_in": 7200}))
+        }
+        "/cgi-bin/customservice/getkflist" => MockResponse::json(json!({"kf_list": []})),
+        "/cgi-bin/customservice/getonlinekflist" => {
+            MockResponse::json(json!({"kf_online_list": []}))
+        }
+        "/customservice/kfsession/getsession" => MockResponse::json(
+            json!({"errcode": 0, "errmsg": "ok", "kf_account": "", "createtime": 0}),
+        ),
+        "/customservice/kfsession/getsessionlist" => MockResponse::json(json!({"sessionlist": []})),
+        "/customservice/kfsession/getwaitcase" => {
+            MockResponse::json(json!({"count": 0, "waitcaselist": []}))
+        }
+        "/customservice/msgrecord/getmsglist" => {
+            MockResponse::json(json!({"recordlist": [], "number": 0, "msgid": 1}))
+        }
+        _ => MockResponse::ok(),
+    }
+}

@@ -1,8 +1,84 @@
-//! `kefu send` (interface §1). Placeholder until its owner lands it.
+//! `kefu send OPENID (--text STR | --image MEDIA_ID | --json FILE) [--as KF] [--force]`
+//! (interface §1, §6.9): sends one customer-service message now.
+//!
+//! Two steps with a seam between them: [`prepare`] turns the arguments into the exact
+//! `custom/send` body (no network), [`deliver`] sends it. The window gate — refuse unless the
+//! follower's window allows it, or `--force` — needs the durable store and belongs between the
+//! two.
 
+use serde_json::{Value, json};
+
+use crate::api::{ApiClient, validate_send_body};
 use crate::cli::{CmdError, CmdResult, SendArgs};
 use crate::config::Config;
+use crate::model::{OpenId, OutMessage};
 
-pub async fn run(_cfg: &Config, _args: &SendArgs) -> CmdResult {
-    Err(CmdError::failed("`kefu send` is not built yet"))
+use super::accounts::account_arg;
+use super::token::api_client;
+
+/// A send ready to go: its recipient and exact body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedSend {
+    pub openid: OpenId,
+    pub body: Value,
+}
+
+impl PreparedSend {
+    pub fn msgtype(&self) -> &str {
+        self.body.get("msgtype").and_then(Value::as_str).unwrap_or("message")
+    }
+}
+
+/// Builds and checks the body. `--json FILE` is a complete body whose `touser` is replaced by
+/// OPENID (interface §6.9); `--as` sets `customservice.kf_account` (a bare prefix is completed
+/// from `wechat.account_id`).
+pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<PreparedSend, CmdError> {
+    let openid = OpenId::parse(&args.openid).map_err(|e| CmdError::Usage(e.to_string()))?;
+    let kf = args.as_kf.as_deref().map(|k| account_arg(cfg, k)).transpose()?;
+    let kf_str = kf.as_ref().map(|k| k.as_str());
+    let body = if let Some(text) = &args.body.text {
+        OutMessage::Text { content: text.clone() }.custom_send_body(openid.as_str(), kf_str)
+    } else if let Some(media) = &args.body.image {
+        OutMessage::Image { media_id: media.clone() }.custom_send_body(openid.as_str(), kf_str)
+    } else if let Some(path) = &args.body.json {
+        let raw = std::fs::read(path)
+            .map_err(|e| CmdError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let mut v: Value = serde_json::from_slice(&raw)
+            .map_err(|e| CmdError::Usage(format!("{} is not valid JSON: {e}", path.display())))?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(CmdError::Usage(format!(
+                "{} must hold a JSON object: a complete custom/send body",
+                path.display()
+            )));
+        };
+        obj.insert("touser".into(), json!(openid.as_str()));
+        if let Some(k) = kf_str {
+            obj.insert("customservice".into(), json!({ "kf_account": k }));
+        }
+        v
+    } else {
+        return Err(CmdError::Usage("give one of --text, --image or --json".into()));
+    };
+    validate_send_body(&body).map_err(|e| match &args.body.json {
+        Some(p) => CmdError::Usage(format!("{}: {e}", p.display())),
+        None => CmdError::Usage(e.to_string()),
+    })?;
+    Ok(PreparedSend { openid, body })
+}
+
+/// Sends a prepared message (see `api::send` for what is retried).
+pub async fn deliver(client: &ApiClient, p: &PreparedSend) -> CmdResult {
+    client.send(&p.body).await?;
+    Ok(())
+}
+
+pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
+    let prepared = prepare(cfg, args)?;
+    let client = api_client(cfg)?;
+    deliver(&client, &prepared).await?;
+    match prepared.body.pointer("/customservice/kf_account").and_then(Value::as_str) {
+        Some(kf) => println!("sent {} to {} as {kf}", prepared.msgtype(), prepared.openid),
+        None => println!("sent {} to {}", prepared.msgtype(), prepared.openid),
+    }
+    Ok(())
 }

@@ -1,2 +1,4 @@
-//! Placeholder: filled by its owner.
+//! HTTP routes: the webhook, admin, pay, health and metrics.
+
+pub mod admin;
 pub mod pay;

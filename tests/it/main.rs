@@ -1,4 +1,6 @@
 //! The one integration-test binary: a module per feature, shared helpers in `helpers`.
 
+mod api;
+mod cli_api;
 mod helpers;
 mod pay;

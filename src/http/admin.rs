@@ -1,0 +1,253 @@
+//! The admin API's kf-account and send routes (interface §3), and the bearer-token check every
+//! `/admin/*` route shares ([`require_admin`]). Handlers only authenticate, parse, call the
+//! [`ApiClient`] and map errors: WeChat errors become `{errcode, errmsg, meaning, remedy}` with
+//! 502, bad input 400.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api::{ApiClient, ApiError, validate_send_body};
+use crate::config::Config;
+use crate::model::{KfAccount, OpenId, Secret};
+
+/// The admin token (and what the routes need to read account names), shared as
+/// `web::Data<AdminAuth>`. An empty token turns the admin API off: every route answers 404.
+pub struct AdminAuth {
+    token: Secret,
+    /// SHA-256 of the token: comparing digests in constant time hides the token's length too.
+    digest: [u8; 32],
+    /// Completes a bare kf prefix in a path (`wechat.account_id`).
+    account_id: String,
+}
+
+impl AdminAuth {
+    pub fn new(token: Secret) -> AdminAuth {
+        let digest = Sha256::digest(token.expose().as_bytes()).into();
+        AdminAuth { token, digest, account_id: String::new() }
+    }
+
+    /// `admin.token`, and `wechat.account_id` for kf account names.
+    pub fn from_config(cfg: &Config) -> AdminAuth {
+        Self::new(cfg.admin.token.clone()).with_account_id(&cfg.wechat.account_id)
+    }
+
+    pub fn with_account_id(mut self, account_id: &str) -> AdminAuth {
+        self.account_id = account_id.to_string();
+        self
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.token.is_empty()
+    }
+
+    /// Whether an `Authorization` header value carries the admin token.
+    pub fn accepts(&self, authorization: Option<&str>) -> bool {
+        let Some(given) = authorization.and_then(bearer) else { return false };
+        let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        self.enabled() && bool::from(d.ct_eq(&self.digest))
+    }
+
+    fn kf(&self, s: &str) -> Result<KfAccount, AdminError> {
+        KfAccount::parse_with(s, Some(&self.account_id))
+            .map_err(|e| AdminError::BadRequest(e.to_string()))
+    }
+}
+
+fn bearer(h: &str) -> Option<&str> {
+    let (scheme, rest) = h.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
+}
+
+/// Why an admin request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("the admin API is off: set admin.token (KEFU_ADMIN_TOKEN) to enable it")]
+    Off,
+    #[error("missing or wrong bearer token: send Authorization: Bearer <admin.token>")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AdminError::Off => StatusCode::NOT_FOUND,
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Api(e) => match e {
+                ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ApiError::NoCredentials | ApiError::Cache(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ApiError::Ambiguous { .. } => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, AdminError::Unauthorized) {
+            resp.insert_header((WWW_AUTHENTICATE, "Bearer"));
+        }
+        let body = match self {
+            AdminError::Api(e) => {
+                let errmsg = match e {
+                    ApiError::Api { errmsg, .. } => errmsg.clone(),
+                    other => other.to_string(),
+                };
+                json!({
+                    "error": e.to_string(),
+                    "errcode": e.errcode(),
+                    "errmsg": errmsg,
+                    "meaning": e.meaning(),
+                    "remedy": e.remedy(),
+                })
+            }
+            other => json!({ "error": other.to_string() }),
+        };
+        resp.json(body)
+    }
+}
+
+/// The shared `/admin/*` check: 404 when the admin API is off (or not wired), 401 unless the
+/// request carries `Authorization: Bearer <admin.token>` (compared in constant time).
+pub fn require_admin(req: &HttpRequest) -> Result<(), actix_web::Error> {
+    check(req).map(drop).map_err(actix_web::Error::from)
+}
+
+fn check(req: &HttpRequest) -> Result<&AdminAuth, AdminError> {
+    let auth = req.app_data::<web::Data<AdminAuth>>().ok_or(AdminError::Off)?;
+    if !auth.enabled() {
+        return Err(AdminError::Off);
+    }
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if auth.accepts(header) { Ok(auth.get_ref()) } else { Err(AdminError::Unauthorized) }
+}
+
+/// Registers `GET/POST /admin/kf/accounts`, `POST /admin/kf/accounts/{kf_account}/invite`,
+/// `DELETE /admin/kf/accounts/{kf_account}` and `POST /admin/send`. Needs
+/// `web::Data<ApiClient>` and `web::Data<AdminAuth>` in the app.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/admin/kf/accounts")
+            .route(web::get().to(list_accounts))
+            .route(web::post().to(add_account)),
+    )
+    .service(web::resource("/admin/kf/accounts/{kf_account}/invite").route(web::post().to(invite)))
+    .service(web::resource("/admin/kf/accounts/{kf_account}").route(web::delete().to(delete)))
+    .service(web::resource("/admin/send").route(web::post().to(send)));
+}
+
+fn json_body(body: &[u8]) -> Result<Value, AdminError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| AdminError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(AdminError::BadRequest("the body must be a JSON object".into()))
+    }
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, AdminError> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| AdminError::BadRequest(format!("the body needs a string \"{name}\"")))
+}
+
+fn ok(extra: Value) -> HttpResponse {
+    let mut body = json!({"errcode": 0, "errmsg": "ok"});
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    HttpResponse::Ok().json(body)
+}
+
+async fn list_accounts(
+    req: HttpRequest,
+    api: web::Data<ApiClient>,
+) -> Result<HttpResponse, AdminError> {
+    check(&req)?;
+    let list = api.list_accounts().await?;
+    Ok(HttpResponse::Ok().json(json!({ "kf_list": list })))
+}
+
+async fn add_account(
+    req: HttpRequest,
+    api: web::Data<ApiClient>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AdminError> {
+    let auth = check(&req)?;
+    let v = json_body(&body)?;
+    let kf = auth.kf(field(&v, "kf_account")?)?;
+    api.add_account(&kf, field(&v, "nickname")?).await?;
+    Ok(ok(json!({ "kf_account": kf.as_str() })))
+}
+
+async fn invite(
+    req: HttpRequest,
+    api: web::Data<ApiClient>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AdminError> {
+    let auth = check(&req)?;
+    let kf = auth.kf(&path)?;
+    let v = json_body(&body)?;
+    let invite_wx = field(&v, "invite_wx")?;
+    api.invite_worker(&kf, invite_wx).await?;
+    Ok(ok(json!({ "kf_account": kf.as_str(), "invite_wx": invite_wx.trim() })))
+}
+
+async fn delete(
+    req: HttpRequest,
+    api: web::Data<ApiClient>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AdminError> {
+    let auth = check(&req)?;
+    let kf = auth.kf(&path)?;
+    api.delete_account(&kf).await?;
+    Ok(ok(json!({ "kf_account": kf.as_str() })))
+}
+
+/// Parses and checks a `/admin/send` body: the recipient (for the window gate) and the body.
+pub fn parse_send(body: &[u8]) -> Result<(OpenId, Value), AdminError> {
+    let v = json_body(body)?;
+    let openid = validate_send_body(&v).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    Ok((openid, v))
+}
+
+/// `POST /admin/send`: a complete `custom/send` body, sent as is.
+async fn send(
+    req: HttpRequest,
+    api: web::Data<ApiClient>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AdminError> {
+    check(&req)?;
+    let (openid, v) = parse_send(&body)?;
+    api.send(&v).await?;
+    Ok(ok(json!({ "touser": openid.as_str() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_check() {
+        let a = AdminAuth::new(Secret::new("0123456789abcdef0123"));
+        assert!(a.accepts(Some("Bearer 0123456789abcdef0123")));
+        assert!(a.accepts(Some("bearer  0123456789abcdef0123 ")));
+        for bad in
+            [None, Some(""), Some("Bearer"), Some("Bearer x"), Some("Basic 0123456789abcdef0123")]
+        {
+            assert!(!a.accepts(bad), "{bad:?}");
+        }
+        let off = AdminAuth::new(Secret::default());
+        assert!(!off.enabled() && !off.accepts(Some("Bearer ")));
+    }
+}
