@@ -1,1 +1,5 @@
-//! Placeholder: filled by its owner.
+//! The HTTP routes, thin: extract, call the pure protocol code, map errors to status codes.
+//! `webhook` (GET handshake, POST pushes) and `health` (`/healthz`).
+
+pub mod health;
+pub mod webhook;

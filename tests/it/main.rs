@@ -1,3 +1,5 @@
 //! The one integration-test binary: a module per feature, shared helpers in `helpers`.
 
+mod fuzz;
 mod helpers;
+mod webhook;
