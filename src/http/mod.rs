@@ -1,4 +1,7 @@
-//! HTTP routes: the webhook, admin, pay, health and metrics.
+//! HTTP routes, thin: extract, call the pure protocol code, map errors to status codes.
+//! `webhook` (GET handshake, POST pushes), `health`, `admin` (/admin/*), `pay` (/pay/notify/*).
 
 pub mod admin;
+pub mod health;
 pub mod pay;
+pub mod webhook;

@@ -2,5 +2,7 @@
 
 mod api;
 mod cli_api;
+mod fuzz;
 mod helpers;
 mod pay;
+mod webhook;

@@ -1,0 +1,179 @@
+//! `GET|POST {server.path}` (interface §3, §6.3–§6.4): the handshake, and pushes verified,
+//! decrypted and decoded by `wechat::webhook`, handed to a `PushSink`, answered with `success`
+//! or a passive reply (sealed for the push's mode). No outbound I/O happens here; bad input is
+//! never a 5xx, and every refusal is logged with its reason.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt;
+
+use crate::model::{PassiveReply, SharedClock};
+use crate::wechat::reply;
+use crate::wechat::webhook::{self, Keys, Opened, PushError, Query};
+
+/// Where verified pushes go. The pipeline implements it; `AckOnly` is the stand-in.
+#[async_trait::async_trait]
+pub trait PushSink: Send + Sync + 'static {
+    /// Records the push durably and decides the answer. Err => 503 so WeChat redelivers.
+    async fn accept(
+        &self,
+        opened: &Opened,
+        received_at_ms: i64,
+    ) -> anyhow::Result<Option<PassiveReply>>;
+}
+
+/// Acknowledges every push with `success` and keeps nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AckOnly;
+
+#[async_trait::async_trait]
+impl PushSink for AckOnly {
+    async fn accept(&self, _: &Opened, _: i64) -> anyhow::Result<Option<PassiveReply>> {
+        Ok(None)
+    }
+}
+
+/// What the webhook routes share.
+pub struct WebhookState {
+    keys: Keys,
+    sink: Arc<dyn PushSink>,
+    max_body_bytes: usize,
+    clock: SharedClock,
+}
+
+impl WebhookState {
+    pub fn new(
+        keys: Keys,
+        sink: Arc<dyn PushSink>,
+        max_body_bytes: usize,
+        clock: SharedClock,
+    ) -> Self {
+        WebhookState { keys, sink, max_body_bytes, clock }
+    }
+}
+
+/// Mounts the handshake and the push endpoint at `path`.
+pub fn configure(
+    path: &str,
+    state: web::Data<WebhookState>,
+) -> impl FnOnce(&mut web::ServiceConfig) + use<> {
+    let path = path.to_string();
+    move |cfg| {
+        cfg.service(
+            web::resource(path)
+                .app_data(state)
+                .route(web::get().to(handshake))
+                .route(web::post().to(push)),
+        );
+    }
+}
+
+fn query(req: &HttpRequest) -> Result<Query, HttpResponse> {
+    web::Query::<Query>::from_query(req.query_string()).map(web::Query::into_inner).map_err(|e| {
+        tracing::warn!(status = 400, reason = "bad_query", error = %e, "webhook request refused");
+        plain(StatusCode::BAD_REQUEST, "malformed query string")
+    })
+}
+
+fn plain(status: StatusCode, body: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(body.into())
+}
+
+/// Logs a refusal and answers it. The body names the cause but carries nothing secret.
+fn refuse(e: &PushError, q: Option<&Query>) -> HttpResponse {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let openid = q.and_then(|q| q.openid.as_deref()).unwrap_or("");
+    tracing::warn!(status = e.status(), reason = e.reason(), error = %e, openid, "push refused");
+    plain(status, e.to_string())
+}
+
+async fn handshake(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
+    let q = match query(&req) {
+        Ok(q) => q,
+        Err(resp) => return resp,
+    };
+    match webhook::handshake(&state.keys, &q) {
+        Ok(echostr) => {
+            tracing::info!("handshake verified");
+            plain(StatusCode::OK, echostr)
+        }
+        Err(e) => refuse(&e, Some(&q)),
+    }
+}
+
+async fn push(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<WebhookState>,
+) -> HttpResponse {
+    let received_at_ms = state.clock.now_ms();
+    let q = match query(&req) {
+        Ok(q) => q,
+        Err(resp) => return resp,
+    };
+    let max = state.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return refuse(&PushError::TooLarge(max), Some(&q));
+    }
+    // Chunked bodies declare no length: count while reading.
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(status = 400, reason = "body_read", error = %e, "push refused");
+                return plain(StatusCode::BAD_REQUEST, "could not read the request body");
+            }
+        };
+        if body.len() + chunk.len() > max {
+            return refuse(&PushError::TooLarge(max), Some(&q));
+        }
+        body.extend_from_slice(&chunk);
+    }
+
+    let now_secs = received_at_ms.div_euclid(1000);
+    let opened = match webhook::open(&state.keys, &q, &body, now_secs) {
+        Ok(o) => o,
+        Err(e) => return refuse(&e, Some(&q)),
+    };
+    let p = &opened.push;
+    if let crate::wechat::inbound::PushKind::Unknown { msg_type, event, .. } = &p.kind {
+        tracing::info!(msg_type, event = event.as_deref().unwrap_or(""), from = %p.from,
+            "push of a kind this version does not model; acknowledged");
+    }
+    tracing::info!(
+        mode = opened.mode.as_str(),
+        msg_type = %p.msg_type,
+        event = p.event().unwrap_or(""),
+        from = %p.from,
+        key = %p.dedupe_key(),
+        "push accepted"
+    );
+
+    let reply = match state.sink.accept(&opened, received_at_ms).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), key = %p.dedupe_key(),
+                "could not record the push; answering 503 so WeChat redelivers it");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+        }
+    };
+    let Some(reply) = reply else { return plain(StatusCode::OK, "success") };
+    match reply::render(&p.from, &p.to, now_secs, &reply) {
+        Ok(xml) => HttpResponse::Ok()
+            .content_type("application/xml; charset=utf-8")
+            .body(webhook::seal(&state.keys, &opened, &xml)),
+        Err(e) => {
+            // A bug upstream, not bad input: WeChat still gets a valid answer.
+            tracing::error!(error = %e, key = %p.dedupe_key(), "passive reply dropped");
+            plain(StatusCode::OK, "success")
+        }
+    }
+}
