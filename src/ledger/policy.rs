@@ -198,9 +198,11 @@ impl Window {
     }
 
     /// Gives back a charge for a send WeChat refused for a reason that is not the window's
-    /// (bad media id, content too long...). Only the exact grant charged is credited; if it
-    /// has since been replaced or closed there is nothing to give back. Returns whether a
-    /// charge was returned.
+    /// (bad media id, content too long...). Only the grant charged is credited (identified by
+    /// trigger and opening second); if it has since been replaced or closed there is nothing
+    /// to give back. A replacement opened within the same second is indistinguishable and
+    /// takes the credit: at worst one extra send on a grant the follower renewed that very
+    /// second. Returns whether a charge was returned.
     pub fn refund(&mut self, trigger: Trigger, opened_at: i64) -> bool {
         match self.grants.iter_mut().find(|g| g.trigger == trigger && g.opened_at == opened_at) {
             Some(g) if g.used > 0 => {
@@ -441,6 +443,8 @@ mod tests {
                 match op {
                     Op::Open(t) => {
                         w.open(t, now, &cfg);
+                        // A replacement within the same second reuses the key (see `refund`).
+                        net.remove(&(t, now));
                         closed_since_unsub = false;
                     }
                     Op::Advance(d) => now += d,

@@ -20,7 +20,7 @@
 //! transaction, so a charge made by another process (`kefu send`) is never lost.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -152,6 +152,9 @@ struct Inner {
     /// When the purge task plans to wake (Unix ms); a commit creating an earlier expiry
     /// notifies it.
     next_purge_ms: AtomicI64,
+    /// Write transactions committed, and the jobs they carried (group-commit evidence).
+    transactions: AtomicU64,
+    jobs_committed: AtomicU64,
 }
 
 /// The embedded store; a cheap handle (clone it freely).
@@ -284,6 +287,8 @@ impl SqliteStore {
             db_path,
             purge_wake: Arc::new(Notify::new()),
             next_purge_ms: AtomicI64::new(i64::MAX),
+            transactions: AtomicU64::new(0),
+            jobs_committed: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -300,6 +305,15 @@ impl SqliteStore {
     /// The in-memory ledger index (empty for a client).
     pub fn index(&self) -> &LedgerIndex {
         &self.inner.index
+    }
+
+    /// (write transactions committed, jobs they carried) since open: with concurrent writers
+    /// the second is a multiple of the first.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (
+            self.inner.transactions.load(Ordering::Relaxed),
+            self.inner.jobs_committed.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops taking writes; queued jobs still commit. Later writes fail with `Closed`.
@@ -509,6 +523,10 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, store: Weak<Inner>) {
                     (finishes, Err(e.into()))
                 }
             };
+        if commit.is_ok() {
+            inner.transactions.fetch_add(1, Ordering::Relaxed);
+            inner.jobs_committed.fetch_add(finishes.len() as u64, Ordering::Relaxed);
+        }
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = finishes.len(), "state store: a write batch failed");
         }
