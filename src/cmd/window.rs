@@ -1,8 +1,125 @@
-//! `kefu window` (interface §1). Placeholder until its owner lands it.
+//! `kefu window show OPENID | list` (interface §1, §5): reads the ledger from the store under
+//! `state.dir`. It opens the store as a client, so it works while `serve` runs and never
+//! touches the server's in-flight sends.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::cli::{CmdError, CmdResult, WindowCmd};
 use crate::config::Config;
+use crate::ledger::WindowView;
+use crate::model::{OpenId, SharedClock, SystemClock};
+use crate::store::{SqliteStore, Store};
 
-pub async fn run(_cfg: &Config, _args: &WindowCmd) -> CmdResult {
-    Err(CmdError::failed("`kefu window` is not built yet"))
+pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let now = clock.now_secs();
+    let store = SqliteStore::open_client(&cfg.state.dir, &cfg.window, clock)
+        .map_err(|e| CmdError::Failed(e.into()))?;
+    let out = match args {
+        WindowCmd::Show { openid, json } => {
+            let openid = OpenId::parse(openid).map_err(|e| CmdError::Usage(e.to_string()))?;
+            let view = store.window(&openid, now).await.map_err(|e| CmdError::Failed(e.into()))?;
+            if *json { to_json(&view)? } else { render(&view, now) }
+        }
+        WindowCmd::List { json } => {
+            let views = store.list_windows(now).await.map_err(|e| CmdError::Failed(e.into()))?;
+            if *json {
+                to_json(&views)?
+            } else if views.is_empty() {
+                "no follower has a live customer-service window\n".to_string()
+            } else {
+                views.iter().map(|v| render(v, now)).collect::<Vec<_>>().join("\n")
+            }
+        }
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CmdError> {
+    serde_json::to_string(v)
+        .map(|s| s + "\n")
+        .map_err(|e| CmdError::failed(format!("cannot encode the window as JSON: {e}")))
+}
+
+/// "1h 2m" style, rounded to what an operator cares about.
+fn left(secs: i64) -> String {
+    let secs = secs.max(0) as u64;
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// The human view of one follower's window.
+pub fn render(v: &WindowView, now: i64) -> String {
+    let mut s = String::new();
+    let subscribed = match v.subscribed {
+        Some(true) => "following",
+        Some(false) => "unsubscribed",
+        None => "follow state unknown",
+    };
+    let state = if v.open { "OPEN" } else { "closed" };
+    let _ = writeln!(s, "{}  {state}  ({subscribed}, {} pending)", v.openid, v.pending);
+    if v.grants.is_empty() {
+        let _ = writeln!(s, "  no live grant");
+    }
+    for g in &v.grants {
+        let quota = match g.limit {
+            Some(l) => format!("{}/{} used", g.used, l),
+            None => format!("{} used, unlimited", g.used),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<9} {quota:<20} opened {} ago, expires in {} (at {})",
+            g.trigger.as_str(),
+            left(now - g.opened_at),
+            left(g.expires_at - now),
+            g.expires_at
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Grant;
+    use crate::model::Trigger;
+
+    #[test]
+    fn human_output() {
+        let v = WindowView {
+            openid: OpenId::parse("oUser").unwrap(),
+            open: true,
+            subscribed: Some(true),
+            grants: vec![
+                Grant {
+                    trigger: Trigger::Message,
+                    opened_at: 1000,
+                    expires_at: 1000 + 48 * 3600,
+                    limit: Some(5),
+                    used: 2,
+                },
+                Grant {
+                    trigger: Trigger::Payment,
+                    opened_at: 1000,
+                    expires_at: 1090,
+                    limit: None,
+                    used: 0,
+                },
+            ],
+            pending: 1,
+        };
+        assert_eq!(
+            render(&v, 1030),
+            "oUser  OPEN  (following, 1 pending)\n  \
+             message   2/5 used             opened 30s ago, expires in 1d 23h (at 173800)\n  \
+             payment   0 used, unlimited    opened 30s ago, expires in 1m 0s (at 1090)\n"
+        );
+    }
 }

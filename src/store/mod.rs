@@ -1,1 +1,228 @@
-//! Placeholder: filled by its owner.
+//! Durable state behind one trait: push dedupe records, the window ledger, the outbox of
+//! planned customer-service messages and the shared access token.
+//!
+//! [`Store`] is what the webhook, the pipeline, the admin API and the CLI call, always as an
+//! `Arc<dyn Store>`. [`sqlite::SqliteStore`] is the embedded implementation (one instance);
+//! a Redis store for several instances implements the same trait, keeping ledger, dedupe and
+//! token in Redis and delegating the outbox (which is per instance) to a `SqliteStore`.
+//!
+//! Times: ledger times are Unix seconds (the unit of interface §5); outbox and dedupe times
+//! are Unix milliseconds (delays are given in ms and ordering within a second matters).
+
+pub mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use crate::ledger::http::window_handler;
+pub use crate::ledger::{ChargeOutcome, DenyReason, Grant, Window, WindowView};
+use crate::model::{OpenId, PlannedAction, TokenCache, Trigger, WindowEffect};
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed. Cloneable because one failed group commit answers many
+/// callers with the same error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the state store in {dir}: {why}; check that state.dir exists or can be \
+         created and is writable by the user running kefu"
+    )]
+    Open { dir: String, why: String },
+    /// The backend (SQLite, Redis) refused or failed.
+    #[error("state store: {0}")]
+    Backend(String),
+    #[error(
+        "the state store holds data kefu cannot read ({0}); was it written by another version \
+         or edited by hand?"
+    )]
+    Corrupt(String),
+    #[error("outbox entry {0} does not exist")]
+    UnknownEntry(i64),
+    #[error("the state store has shut down")]
+    Closed,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How long a push's dedupe record must outlive its arrival. A push is accepted while its
+/// signed timestamp is within `skew` of our clock, so a push stamped `skew` ahead of us can be
+/// replayed (and accepted) until `2 * skew` after we first received it; 60 s more covers
+/// WeChat's own retries (3 × 5 s) and clock jitter. With the freshness check off (`skew` 0)
+/// nothing refuses an old replay, so records are kept a day.
+pub fn dedupe_retention_secs(max_clock_skew_secs: u64) -> u64 {
+    if max_clock_skew_secs == 0 { 86_400 } else { max_clock_skew_secs.saturating_mul(2) + 60 }
+}
+
+/// One planned customer-service message (or typing indicator) of a push, as the pipeline
+/// hands it to [`Store::commit_push`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewOutboxEntry {
+    pub rule: String,
+    /// Position within the push's plan (rule order), so a follower's messages leave in order.
+    pub seq: u32,
+    pub action: PlannedAction,
+    /// When it may be sent (Unix ms): receipt time plus the reply's delay.
+    pub due_at_ms: i64,
+}
+
+/// Everything one push changes, committed atomically before the HTTP answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushCommit {
+    /// `msg:<MsgId>`, `evt:<From>:<CreateTime>:<Event>:<EventKey>` (protocol §5.1), or
+    /// `pay:<transaction_id>` for payment notifications. Built by the pipeline.
+    pub dedupe_key: String,
+    pub openid: OpenId,
+    pub effect: WindowEffect,
+    /// When kefu received the push; a grant it opens has `opened_at` = this in seconds.
+    pub received_at_ms: i64,
+    /// The serialized HTTP answer, stored so a redelivery gets exactly the same one.
+    pub answer: Option<String>,
+    pub outbox: Vec<NewOutboxEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// First delivery: everything was written. `outbox_ids` are in the order given.
+    Fresh { window_after: Window, outbox_ids: Vec<i64> },
+    /// Seen before: nothing was written; answer as the first delivery was answered.
+    Duplicate { answer: Option<String> },
+}
+
+/// Where an outbox entry is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxStatus {
+    /// Waiting for its time (and the window).
+    Pending,
+    /// Claimed by the sender; the send may or may not have reached WeChat.
+    InFlight,
+    Sent,
+    Failed,
+    Dropped,
+}
+
+impl OutboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::InFlight => "in_flight",
+            OutboxStatus::Sent => "sent",
+            OutboxStatus::Failed => "failed",
+            OutboxStatus::Dropped => "dropped",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::InFlight, Self::Sent, Self::Failed, Self::Dropped]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+    /// Sent, failed or dropped: nothing more will happen to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, OutboxStatus::Sent | OutboxStatus::Failed | OutboxStatus::Dropped)
+    }
+}
+
+impl fmt::Display for OutboxStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reason recorded on entries that were in flight when kefu stopped: WeChat may or may not
+/// have delivered them, and sending again could deliver twice, so they are never re-sent.
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown: kefu stopped during the send";
+/// Reason recorded on pending entries cancelled by an unsubscribe.
+pub const UNSUBSCRIBED: &str = "unsubscribed";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub openid: OpenId,
+    pub rule: String,
+    pub seq: u32,
+    pub action: PlannedAction,
+    pub due_at_ms: i64,
+    pub status: OutboxStatus,
+    pub reason: Option<String>,
+    /// Times it was claimed for sending.
+    pub attempts: u32,
+    /// The dedupe key of the push that planned it.
+    pub push_key: String,
+}
+
+/// How a claimed send ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    /// WeChat refused it, or the send failed beyond the retry policy.
+    Failed {
+        reason: String,
+    },
+    /// Not attempted, for a reason (window closed at its time, quota used up...).
+    Dropped {
+        reason: String,
+    },
+    /// Back to pending, to be tried again at `due_at_ms` (a retriable error).
+    Retry {
+        due_at_ms: i64,
+        reason: String,
+    },
+}
+
+/// Durable state. Every method is atomic on its own; `commit_push` is atomic across
+/// dedupe, ledger and outbox. Implementations must be safe to share across tasks and, for the
+/// ledger, across processes using the same state (serve and the CLI).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- pushes ------------------------------------------------------------------------
+
+    /// Records a push: its dedupe record, its window effect, its answer and its planned
+    /// messages, in one transaction, durable when this returns. An unsubscribe
+    /// (`WindowEffect::CloseAll`) also drops the follower's pending entries (reason
+    /// [`UNSUBSCRIBED`]). A key seen before writes nothing and returns the stored answer.
+    async fn commit_push(&self, push: PushCommit) -> StoreResult<CommitOutcome>;
+
+    // ---- ledger ------------------------------------------------------------------------
+
+    /// Charges one send to the follower's earliest-expiring usable grant, or refuses.
+    async fn charge(&self, openid: &OpenId, now: i64) -> StoreResult<ChargeOutcome>;
+    /// Gives back a charge (from `ChargeOutcome::Allowed`) for a send WeChat refused for a
+    /// reason that is not the window's. Returns whether anything was given back.
+    async fn refund(&self, openid: &OpenId, trigger: Trigger, opened_at: i64) -> StoreResult<bool>;
+    /// WeChat answered 45015: close every grant.
+    async fn close_window(&self, openid: &OpenId) -> StoreResult<()>;
+    /// WeChat answered 45047: mark every live grant used up.
+    async fn exhaust_window(&self, openid: &OpenId, now: i64) -> StoreResult<()>;
+    /// The follower's ledger entry as of `now` (interface §5), from the durable state.
+    async fn window(&self, openid: &OpenId, now: i64) -> StoreResult<WindowView>;
+    /// Every follower with a live grant, by OpenID.
+    async fn list_windows(&self, now: i64) -> StoreResult<Vec<WindowView>>;
+    /// Hot-path read: the follower's window as this process last committed it (served from
+    /// memory where the implementation can). A hint for planning; `charge` is the authority.
+    async fn peek_window(&self, openid: &OpenId) -> StoreResult<Option<Window>>;
+
+    // ---- outbox ------------------------------------------------------------------------
+
+    /// Pending entries due at `now_ms`, oldest due first (rule order within a push).
+    async fn due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxEntry>>;
+    /// When the next pending entry falls due.
+    async fn next_due_at(&self) -> StoreResult<Option<i64>>;
+    /// pending → in_flight, durable before it returns, so a crash during the send can never
+    /// lead to a second send. False if the entry was not pending (dropped, already claimed).
+    async fn claim(&self, id: i64) -> StoreResult<bool>;
+    async fn finish(&self, id: i64, outcome: Outcome) -> StoreResult<()>;
+    /// The follower's entries not yet sent (pending or in flight).
+    async fn pending_count(&self, openid: &OpenId) -> StoreResult<u64>;
+    async fn pending_for(&self, openid: &OpenId) -> StoreResult<Vec<OutboxEntry>>;
+    async fn outbox_entry(&self, id: i64) -> StoreResult<Option<OutboxEntry>>;
+
+    // ---- misc --------------------------------------------------------------------------
+
+    /// The access-token cache kept in this store (interface §6.10).
+    fn token_cache(&self) -> Arc<dyn TokenCache>;
+    /// Ok when the store answers (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -5,4 +5,6 @@ mod cli_api;
 mod fuzz;
 mod helpers;
 mod pay;
+mod rules;
+mod state;
 mod webhook;

@@ -1,0 +1,33 @@
+//! `GET /admin/windows/{openid}` (interface §3, §5): the follower's ledger entry as JSON. The
+//! lead mounts it behind the admin bearer-token check and registers the store and the clock
+//! as app data (`web::Data<Arc<dyn Store>>`, `web::Data<SharedClock>`).
+
+use std::sync::Arc;
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::model::{OpenId, SharedClock};
+use crate::store::Store;
+
+pub async fn window_handler(
+    path: web::Path<String>,
+    store: web::Data<Arc<dyn Store>>,
+    clock: web::Data<SharedClock>,
+) -> HttpResponse {
+    let raw = path.into_inner();
+    let openid = match OpenId::parse(&raw) {
+        Ok(o) => o,
+        Err(e) => {
+            return HttpResponse::BadRequest().json(json!({ "error": e.to_string() }));
+        }
+    };
+    match store.window(&openid, clock.now_secs()).await {
+        Ok(view) => HttpResponse::Ok().json(view),
+        Err(e) => {
+            tracing::error!(error = %e, openid = %openid, "window lookup failed");
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "error": format!("the window ledger is unavailable: {e}") }))
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! Durable state: the SQLite store behind the `Store` trait (dedupe, ledger, outbox, token),
+//! the admin window endpoint, `kefu window`, and a SIGKILL crash test.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, test as atest, web};
+use kefu::config::{WindowConfig, WindowRule};
+use kefu::ledger::{ChargeOutcome, DenyReason};
+use kefu::model::{
+    Action, CachedToken, Clock, ManualClock, OpenId, OutMessage, PlannedAction, Secret,
+    SharedClock, SystemClock, TokenCache, Trigger, WindowEffect,
+};
+use kefu::store::{
+    CommitOutcome, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxStatus, Outcome, PushCommit, SqliteStore,
+    Store, StoreError, UNSUBSCRIBED, window_handler,
+};
+
+const T0_MS: i64 = 1_700_000_000_000;
+const T0: i64 = T0_MS / 1000;
+const RETENTION: u64 = 660;
+
+fn oid(s: &str) -> OpenId {
+    OpenId::parse(s).unwrap()
+}
+
+fn text(rule: &str, content: &str, delay_ms: u64) -> PlannedAction {
+    PlannedAction {
+        rule: rule.into(),
+        action: Action::Send { message: OutMessage::Text { content: content.into() } },
+        delay: Duration::from_millis(delay_ms),
+        kf_account: None,
+    }
+}
+
+/// A push from `who` opening `effect`, with one outbox entry per `(rule, delay_ms)`.
+fn push(
+    key: &str,
+    who: &str,
+    effect: WindowEffect,
+    at_ms: i64,
+    plan: &[(&str, u64)],
+) -> PushCommit {
+    PushCommit {
+        dedupe_key: key.into(),
+        openid: oid(who),
+        effect,
+        received_at_ms: at_ms,
+        answer: Some(format!("answer to {key}")),
+        outbox: plan
+            .iter()
+            .enumerate()
+            .map(|(i, (rule, delay))| NewOutboxEntry {
+                rule: (*rule).into(),
+                seq: i as u32,
+                action: text(rule, &format!("{key} #{i}"), *delay),
+                due_at_ms: at_ms + *delay as i64,
+            })
+            .collect(),
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    store: SqliteStore,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::with_window(WindowConfig::default())
+    }
+    fn with_window(window: WindowConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0_MS));
+        let store = SqliteStore::open(dir.path(), &window, RETENTION, true, clock.clone()).unwrap();
+        Fixture { dir, clock, store }
+    }
+    fn reopen(&self) -> SqliteStore {
+        self.store.close();
+        SqliteStore::open(
+            self.dir.path(),
+            &WindowConfig::default(),
+            RETENTION,
+            true,
+            self.clock.clone(),
+        )
+        .unwrap()
+    }
+    fn client(&self) -> SqliteStore {
+        SqliteStore::open_client(self.dir.path(), &WindowConfig::default(), self.clock.clone())
+            .unwrap()
+    }
+}
+
+fn fresh_ids(o: CommitOutcome) -> Vec<i64> {
+    match o {
+        CommitOutcome::Fresh { outbox_ids, .. } => outbox_ids,
+        other => panic!("expected a fresh commit, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn commit_records_push_and_redelivery_gets_the_same_answer() {
+    let f = Fixture::new();
+    let p = push(
+        "msg:1",
+        "oAlice",
+        WindowEffect::Open(Trigger::Message),
+        T0_MS + 1500,
+        &[("hello", 0), ("later", 30_000)],
+    );
+    let out = f.store.commit_push(p.clone()).await.unwrap();
+    let CommitOutcome::Fresh { window_after, outbox_ids } = out else { panic!("{out:?}") };
+    assert_eq!(outbox_ids.len(), 2);
+    assert_eq!(window_after.grants[0].opened_at, T0 + 1, "opened_at is the receipt second");
+    assert_eq!(window_after.subscribed, Some(true));
+
+    // A redelivery (even with a different plan) writes nothing and answers as the first.
+    let mut again = p.clone();
+    again.answer = Some("something else".into());
+    assert_eq!(
+        f.store.commit_push(again).await.unwrap(),
+        CommitOutcome::Duplicate { answer: Some("answer to msg:1".into()) }
+    );
+    let view = f.store.window(&oid("oAlice"), T0 + 2).await.unwrap();
+    assert_eq!(
+        serde_json::to_string(&view).unwrap(),
+        format!(
+            r#"{{"openid":"oAlice","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{o},"expires_at":{e},"limit":5,"used":0}}],"pending":2}}"#,
+            o = T0 + 1,
+            e = T0 + 1 + 48 * 3600
+        )
+    );
+    let pending = f.store.pending_for(&oid("oAlice")).await.unwrap();
+    assert_eq!(pending.iter().map(|e| e.rule.as_str()).collect::<Vec<_>>(), ["hello", "later"]);
+    assert_eq!(pending[1].due_at_ms, T0_MS + 1500 + 30_000);
+    assert_eq!(pending[1].action, text("later", "msg:1 #1", 30_000));
+    assert_eq!(pending[0].push_key, "msg:1");
+    assert_eq!(f.store.peek_window(&oid("oAlice")).await.unwrap(), Some(window_after));
+}
+
+#[tokio::test]
+async fn never_seen_follower_is_closed_with_no_grants() {
+    let f = Fixture::new();
+    let v = f.store.window(&oid("oNobody"), T0).await.unwrap();
+    assert_eq!(
+        serde_json::to_string(&v).unwrap(),
+        r#"{"openid":"oNobody","open":false,"subscribed":null,"grants":[],"pending":0}"#
+    );
+    assert_eq!(f.store.peek_window(&oid("oNobody")).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_concurrent_deliveries_commit_once() {
+    let f = Fixture::new();
+    let store: Arc<dyn Store> = Arc::new(f.store.clone());
+    let p = push(
+        "evt:oBob:123:CLICK:K",
+        "oBob",
+        WindowEffect::Open(Trigger::Menu),
+        T0_MS,
+        &[("a", 0), ("b", 0)],
+    );
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, p) = (store.clone(), p.clone());
+            tokio::spawn(async move { s.commit_push(p).await.unwrap() })
+        })
+        .collect();
+    let mut fresh = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            CommitOutcome::Fresh { .. } => fresh += 1,
+            CommitOutcome::Duplicate { answer } => {
+                assert_eq!(answer.as_deref(), Some("answer to evt:oBob:123:CLICK:K"))
+            }
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(store.pending_count(&oid("oBob")).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_share_transactions() {
+    let f = Fixture::new();
+    let store = Arc::new(f.store.clone());
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                let p = push(
+                    &format!("msg:{i}"),
+                    &format!("oU{i}"),
+                    WindowEffect::None,
+                    T0_MS,
+                    &[("r", 0)],
+                );
+                s.commit_push(p).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), CommitOutcome::Fresh { .. }));
+    }
+    let (txs, jobs) = f.store.commit_stats();
+    assert_eq!(jobs, 300);
+    assert!(txs < 150, "300 concurrent commits took {txs} transactions: no grouping");
+}
+
+#[tokio::test]
+async fn unsubscribe_closes_grants_and_cancels_pending_messages() {
+    let f = Fixture::new();
+    let ids = fresh_ids(
+        f.store
+            .commit_push(push(
+                "msg:1",
+                "oCarol",
+                WindowEffect::Open(Trigger::Message),
+                T0_MS,
+                &[("soon", 10_000), ("later", 60_000)],
+            ))
+            .await
+            .unwrap(),
+    );
+    assert!(f.store.claim(ids[0]).await.unwrap(), "the first is being sent");
+    let out = f
+        .store
+        .commit_push(push(
+            "evt:oCarol:9:unsubscribe:",
+            "oCarol",
+            WindowEffect::CloseAll,
+            T0_MS + 5000,
+            &[],
+        ))
+        .await
+        .unwrap();
+    let CommitOutcome::Fresh { window_after, .. } = out else { panic!() };
+    assert!(window_after.grants.is_empty());
+    let v = f.store.window(&oid("oCarol"), T0 + 5).await.unwrap();
+    assert_eq!((v.open, v.subscribed, v.grants.len(), v.pending), (false, Some(false), 0, 1));
+    let e = f.store.outbox_entry(ids[1]).await.unwrap().unwrap();
+    assert_eq!((e.status, e.reason.as_deref()), (OutboxStatus::Dropped, Some(UNSUBSCRIBED)));
+    let e = f.store.outbox_entry(ids[0]).await.unwrap().unwrap();
+    assert_eq!(e.status, OutboxStatus::InFlight, "a send already under way is not cancelled");
+    assert_eq!(
+        f.store.charge(&oid("oCarol"), T0 + 6).await.unwrap(),
+        ChargeOutcome::Denied { reason: DenyReason::Unsubscribed }
+    );
+    assert_eq!(f.store.peek_window(&oid("oCarol")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn charge_refund_exhaust_and_close() {
+    let f = Fixture::new();
+    let who = oid("oDan");
+    f.store
+        .commit_push(push("msg:1", "oDan", WindowEffect::Open(Trigger::Message), T0_MS, &[]))
+        .await
+        .unwrap();
+    f.store
+        .commit_push(push("evt:1", "oDan", WindowEffect::Open(Trigger::Menu), T0_MS + 10_000, &[]))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..9 {
+        got.push(f.store.charge(&who, T0 + 20).await.unwrap());
+    }
+    let menu = ChargeOutcome::Allowed { trigger: Trigger::Menu, opened_at: T0 + 10 };
+    let msg = ChargeOutcome::Allowed { trigger: Trigger::Message, opened_at: T0 };
+    let no = ChargeOutcome::Denied { reason: DenyReason::Exhausted };
+    assert_eq!(got, [menu, menu, menu, msg, msg, msg, msg, msg, no]);
+    assert!(f.store.refund(&who, Trigger::Message, T0).await.unwrap());
+    assert!(!f.store.refund(&who, Trigger::Message, T0 - 1).await.unwrap(), "no such grant");
+    assert_eq!(f.store.charge(&who, T0 + 21).await.unwrap(), msg);
+    assert_eq!(f.store.charge(&who, T0 + 21).await.unwrap(), no);
+    // The menu grant ran out of time: after 70 s only the message grant is live.
+    let v = f.store.window(&who, T0 + 70).await.unwrap();
+    assert_eq!(
+        v.grants.iter().map(|g| (g.trigger, g.used)).collect::<Vec<_>>(),
+        [(Trigger::Message, 5)]
+    );
+    // The index agrees with the database.
+    let peek = f.store.peek_window(&who).await.unwrap().unwrap();
+    assert_eq!(peek.grants.iter().map(|g| g.used).collect::<Vec<_>>(), [5, 3]);
+
+    f.store
+        .commit_push(push(
+            "pay:42",
+            "oDan",
+            WindowEffect::Open(Trigger::Payment),
+            T0_MS + 80_000,
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert!(f.store.charge(&who, T0 + 81).await.unwrap().is_allowed());
+    f.store.exhaust_window(&who, T0 + 82).await.unwrap();
+    let v = f.store.window(&who, T0 + 82).await.unwrap();
+    assert!(!v.open);
+    assert_eq!(v.grants.len(), 1, "the unlimited payment grant closed on 45047");
+    assert_eq!(f.store.charge(&who, T0 + 83).await.unwrap(), no);
+    f.store.close_window(&who).await.unwrap();
+    assert_eq!(
+        f.store.charge(&who, T0 + 84).await.unwrap(),
+        ChargeOutcome::Denied { reason: DenyReason::Closed }
+    );
+    assert_eq!(f.store.window(&who, T0 + 84).await.unwrap().grants, vec![]);
+}
+
+#[tokio::test]
+async fn outbox_lifecycle() {
+    let f = Fixture::new();
+    let a = fresh_ids(
+        f.store
+            .commit_push(push(
+                "msg:a",
+                "oEve",
+                WindowEffect::Open(Trigger::Message),
+                T0_MS,
+                &[("first", 0), ("second", 0), ("delayed", 60_000)],
+            ))
+            .await
+            .unwrap(),
+    );
+    let b = fresh_ids(
+        f.store
+            .commit_push(push(
+                "msg:b",
+                "oFay",
+                WindowEffect::Open(Trigger::Message),
+                T0_MS + 1,
+                &[("x", 0)],
+            ))
+            .await
+            .unwrap(),
+    );
+    let due = f.store.due(T0_MS + 10, 10).await.unwrap();
+    assert_eq!(due.iter().map(|e| e.id).collect::<Vec<_>>(), [a[0], a[1], b[0]]);
+    assert_eq!(f.store.due(T0_MS + 10, 2).await.unwrap().len(), 2);
+    assert_eq!(f.store.next_due_at().await.unwrap(), Some(T0_MS));
+
+    assert!(f.store.claim(a[0]).await.unwrap());
+    assert!(!f.store.claim(a[0]).await.unwrap(), "claimed once only");
+    f.store.finish(a[0], Outcome::Sent).await.unwrap();
+    assert!(f.store.claim(a[1]).await.unwrap());
+    f.store
+        .finish(
+            a[1],
+            Outcome::Retry { due_at_ms: T0_MS + 5000, reason: "45011 too frequent".into() },
+        )
+        .await
+        .unwrap();
+    let e = f.store.outbox_entry(a[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.attempts, e.due_at_ms, e.reason.as_deref()),
+        (OutboxStatus::Pending, 1, T0_MS + 5000, Some("45011 too frequent"))
+    );
+    assert!(f.store.claim(b[0]).await.unwrap());
+    f.store.finish(b[0], Outcome::Failed { reason: "45002 too long".into() }).await.unwrap();
+    f.store
+        .finish(a[2], Outcome::Dropped { reason: "window closed at its time".into() })
+        .await
+        .unwrap();
+    assert_eq!(f.store.due(T0_MS + 10, 10).await.unwrap(), vec![]);
+    assert_eq!(f.store.next_due_at().await.unwrap(), Some(T0_MS + 5000));
+    assert_eq!(f.store.pending_count(&oid("oEve")).await.unwrap(), 1);
+    assert_eq!(f.store.pending_count(&oid("oFay")).await.unwrap(), 0);
+    let sent = f.store.outbox_entry(a[0]).await.unwrap().unwrap();
+    assert_eq!((sent.status, sent.attempts, sent.seq), (OutboxStatus::Sent, 1, 0));
+    assert_eq!(
+        f.store.finish(9999, Outcome::Sent).await.unwrap_err(),
+        StoreError::UnknownEntry(9999)
+    );
+}
+
+#[tokio::test]
+async fn reopen_settles_in_flight_sends_and_rebuilds_the_index() {
+    let f = Fixture::new();
+    let ids = fresh_ids(
+        f.store
+            .commit_push(push(
+                "msg:1",
+                "oGus",
+                WindowEffect::Open(Trigger::Message),
+                T0_MS,
+                &[("a", 0), ("b", 0)],
+            ))
+            .await
+            .unwrap(),
+    );
+    assert!(f.store.claim(ids[0]).await.unwrap());
+    f.store.charge(&oid("oGus"), T0).await.unwrap();
+
+    // A CLI opening the store while serve runs must not touch the in-flight send.
+    let client = f.client();
+    assert_eq!(client.outbox_entry(ids[0]).await.unwrap().unwrap().status, OutboxStatus::InFlight);
+    assert!(client.index().is_empty(), "a client does not load the index");
+    assert_eq!(client.peek_window(&oid("oGus")).await.unwrap().unwrap().grants[0].used, 1);
+
+    let store = f.reopen();
+    let e = store.outbox_entry(ids[0]).await.unwrap().unwrap();
+    assert_eq!((e.status, e.reason.as_deref()), (OutboxStatus::Failed, Some(OUTCOME_UNKNOWN)));
+    assert_eq!(store.outbox_entry(ids[1]).await.unwrap().unwrap().status, OutboxStatus::Pending);
+    assert_eq!(store.index().len(), 1);
+    let w = store.index().get(&oid("oGus")).unwrap();
+    assert_eq!((w.grants[0].used, w.subscribed), (1, Some(true)));
+    // The dedupe record survived too.
+    assert!(matches!(
+        store
+            .commit_push(push("msg:1", "oGus", WindowEffect::Open(Trigger::Message), T0_MS, &[]))
+            .await
+            .unwrap(),
+        CommitOutcome::Duplicate { .. }
+    ));
+}
+
+#[tokio::test]
+async fn charges_from_another_process_are_not_lost() {
+    let f = Fixture::new();
+    let who = oid("oHal");
+    f.store
+        .commit_push(push("evt:scan", "oHal", WindowEffect::Open(Trigger::Scan), T0_MS, &[]))
+        .await
+        .unwrap();
+    let cli = f.client();
+    assert!(cli.charge(&who, T0 + 1).await.unwrap().is_allowed());
+    assert!(cli.charge(&who, T0 + 1).await.unwrap().is_allowed());
+    // serve's index has not seen those charges, but its charge reads the database.
+    assert!(f.store.charge(&who, T0 + 2).await.unwrap().is_allowed());
+    assert_eq!(
+        f.store.charge(&who, T0 + 2).await.unwrap(),
+        ChargeOutcome::Denied { reason: DenyReason::Exhausted }
+    );
+    assert_eq!(cli.window(&who, T0 + 3).await.unwrap().grants[0].used, 3);
+}
+
+#[tokio::test]
+async fn access_token_is_shared_and_outlives_the_process() {
+    let f = Fixture::new();
+    let cache = f.store.token_cache();
+    assert_eq!(cache.load().await.unwrap(), None);
+    let tok = CachedToken { token: Secret::new("ACCESS_1"), expires_at: T0 + 7200, fetched_at: T0 };
+    cache.save(&tok).await.unwrap();
+    let cli = f.client();
+    assert_eq!(cli.load().await.unwrap(), Some(tok.clone()));
+    cli.invalidate("ACCESS_0").await.unwrap();
+    assert_eq!(f.reopen().load().await.unwrap(), Some(tok.clone()), "a stale 40001 is ignored");
+    let store = f.client();
+    store.invalidate("ACCESS_1").await.unwrap();
+    assert_eq!(store.load().await.unwrap(), None);
+
+    assert!(store.try_lock_refresh("serve-1", Duration::from_secs(10)).await.unwrap());
+    assert!(!cli.try_lock_refresh("cli-2", Duration::from_secs(10)).await.unwrap());
+    assert!(store.try_lock_refresh("serve-1", Duration::from_secs(10)).await.unwrap());
+    f.clock.advance(Duration::from_secs(11));
+    assert!(cli.try_lock_refresh("cli-2", Duration::from_secs(10)).await.unwrap(), "expired");
+    store.unlock_refresh("serve-1").await.unwrap();
+    assert!(!store.try_lock_refresh("serve-1", Duration::from_secs(10)).await.unwrap());
+    cli.unlock_refresh("cli-2").await.unwrap();
+    assert!(store.try_lock_refresh("serve-1", Duration::from_secs(10)).await.unwrap());
+}
+
+#[tokio::test]
+async fn purge_removes_expired_grants_and_old_dedupe_records() {
+    let f = Fixture::new();
+    f.store
+        .commit_push(push("evt:menu", "oIda", WindowEffect::Open(Trigger::Menu), T0_MS, &[]))
+        .await
+        .unwrap();
+    f.store
+        .commit_push(push("msg:1", "oJoe", WindowEffect::Open(Trigger::Message), T0_MS, &[]))
+        .await
+        .unwrap();
+    assert_eq!(f.store.next_expiry_ms().await.unwrap(), Some(T0_MS + 60_000));
+    assert_eq!(f.store.purge(T0_MS + 59_000).await.unwrap(), (0, 0, 0));
+    assert_eq!(f.store.purge(T0_MS + 60_000).await.unwrap(), (1, 0, 0));
+    assert_eq!(f.store.index().len(), 1, "the index forgot the expired menu grant");
+    assert_eq!(
+        f.store.next_expiry_ms().await.unwrap(),
+        Some(T0_MS + RETENTION as i64 * 1000),
+        "next: the dedupe records"
+    );
+    // Within retention a replay is caught; after it the record is gone.
+    let replay = push("msg:1", "oJoe", WindowEffect::Open(Trigger::Message), T0_MS, &[]);
+    assert!(matches!(
+        f.store.commit_push(replay.clone()).await.unwrap(),
+        CommitOutcome::Duplicate { .. }
+    ));
+    assert_eq!(f.store.purge(T0_MS + RETENTION as i64 * 1000).await.unwrap(), (0, 2, 0));
+    assert!(matches!(f.store.commit_push(replay).await.unwrap(), CommitOutcome::Fresh { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_task_wakes_at_the_earliest_expiry() {
+    let window = WindowConfig {
+        menu: WindowRule { limit: Some(3), duration: Duration::from_secs(1) },
+        ..WindowConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let store = SqliteStore::open(dir.path(), &window, RETENTION, true, clock.clone()).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = store.spawn_purger(stopped);
+    // Let it compute an empty schedule (an hour away) first; the commit must wake it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let now = clock.now_ms();
+    store
+        .commit_push(push("evt:m", "oKim", WindowEffect::Open(Trigger::Menu), now, &[]))
+        .await
+        .unwrap();
+    assert_eq!(store.index().len(), 1);
+    let t = Instant::now();
+    while !store.index().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the purge task never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+}
+
+#[actix_web::test]
+async fn admin_window_endpoint() {
+    let f = Fixture::new();
+    f.store
+        .commit_push(push(
+            "msg:1",
+            "oLee",
+            WindowEffect::Open(Trigger::Message),
+            T0_MS,
+            &[("r", 1000)],
+        ))
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(f.store.clone());
+    let clock: SharedClock = f.clock.clone();
+    let app = atest::init_service(
+        App::new()
+            .app_data(web::Data::new(store))
+            .app_data(web::Data::new(clock))
+            .route("/admin/windows/{openid}", web::get().to(window_handler)),
+    )
+    .await;
+    let get = |uri: &str| atest::TestRequest::get().uri(uri).to_request();
+    let resp = atest::call_service(&app, get("/admin/windows/oLee")).await;
+    assert_eq!(resp.status(), 200);
+    let body = atest::read_body(resp).await;
+    assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        format!(
+            r#"{{"openid":"oLee","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{T0},"expires_at":{},"limit":5,"used":0}}],"pending":1}}"#,
+            T0 + 48 * 3600
+        )
+    );
+    let resp = atest::call_service(&app, get("/admin/windows/oNew")).await;
+    assert_eq!(resp.status(), 200);
+    let body = atest::read_body(resp).await;
+    assert_eq!(
+        &body[..],
+        br#"{"openid":"oNew","open":false,"subscribed":null,"grants":[],"pending":0}"#
+    );
+    let resp = atest::call_service(&app, get("/admin/windows/bad%20id")).await;
+    assert_eq!(resp.status(), 400);
+    let body = atest::read_body(resp).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("OpenID must be 1 to 64 characters"), "{v}");
+}
+
+#[tokio::test]
+async fn kefu_window_cli_reads_the_store_of_a_running_server() {
+    let f = Fixture::new();
+    let now_ms = SystemClock.now_ms();
+    f.store
+        .commit_push(push("msg:1", "oMay", WindowEffect::Open(Trigger::Message), now_ms, &[]))
+        .await
+        .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
+            .args(args)
+            .current_dir(f.dir.path())
+            .env("KEFU_STATE_DIR", f.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let opened = now_ms / 1000;
+    let json = run(&["window", "show", "oMay", "--json"]);
+    assert_eq!(
+        json,
+        format!(
+            "{{\"openid\":\"oMay\",\"open\":true,\"subscribed\":true,\"grants\":[{{\"trigger\":\"message\",\"opened_at\":{opened},\"expires_at\":{},\"limit\":5,\"used\":0}}],\"pending\":0}}\n",
+            opened + 48 * 3600
+        )
+    );
+    let list = run(&["window", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v.as_array().map(|a| a.len()), Some(1));
+    assert_eq!(v[0]["openid"], "oMay");
+    let human = run(&["window", "show", "oMay"]);
+    assert!(
+        human.starts_with("oMay  OPEN  (following, 0 pending)\n  message   0/5 used"),
+        "{human}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
+        .args(["window", "show", "not/an/openid"])
+        .current_dir(f.dir.path())
+        .env("KEFU_STATE_DIR", f.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OpenID must be"));
+}
+
+// ---- crash test ------------------------------------------------------------------------------
+
+const CRASH_ENV: &str = "KEFU_TEST_CRASH_DIR";
+const CRASH_WRITERS: u64 = 8;
+
+fn crash_push(i: u64, now_ms: i64) -> PushCommit {
+    push(
+        &format!("msg:{i}"),
+        &format!("oCrash{i}"),
+        WindowEffect::Open(Trigger::Message),
+        now_ms,
+        &[("one", 3_600_000), ("two", 3_600_000)],
+    )
+}
+
+/// The child side of `crash_recovery`: commits pushes from several tasks and prints `ACK i`
+/// after each commit returns. Does nothing unless started by the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of crash_recovery"]
+async fn crash_child() {
+    let Ok(dir) = std::env::var(CRASH_ENV) else { return };
+    let store = Arc::new(
+        SqliteStore::open(
+            Path::new(&dir),
+            &WindowConfig::default(),
+            RETENTION,
+            true,
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tasks: Vec<_> = (0..CRASH_WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut i = w;
+                while Instant::now() < deadline {
+                    let out = store.commit_push(crash_push(i, SystemClock.now_ms())).await.unwrap();
+                    assert!(matches!(out, CommitOutcome::Fresh { .. }));
+                    println!("ACK {i}");
+                    i += CRASH_WRITERS;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_recovery_keeps_every_acknowledged_commit_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["state::crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CRASH_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.strip_prefix("ACK ").and_then(|n| n.trim().parse().ok()) {
+                let _ = tx.send(i);
+            }
+        }
+    });
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < 400 {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(i) => {
+                acked.insert(i);
+            }
+            Err(e) => panic!("child stopped acknowledging after {} commits: {e}", acked.len()),
+        }
+    }
+    child.0.kill().unwrap(); // SIGKILL: no destructor, no flush, no checkpoint.
+    child.0.wait().unwrap();
+    reader.join().unwrap();
+    // Lines written before the kill are acknowledgements too.
+    acked.extend(rx.try_iter());
+    let max = *acked.last().unwrap();
+
+    let store = SqliteStore::open(
+        dir.path(),
+        &WindowConfig::default(),
+        RETENTION,
+        true,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let now = SystemClock.now_secs();
+    let mut unacked_present = 0;
+    for i in 0..=max + 2 * CRASH_WRITERS {
+        let who = oid(&format!("oCrash{i}"));
+        let w = store.window(&who, now).await.unwrap();
+        let entries = store.pending_for(&who).await.unwrap();
+        let present = !w.grants.is_empty();
+        // All or nothing, and never twice.
+        assert_eq!(entries.len(), if present { 2 } else { 0 }, "push {i}: {w:?} {entries:?}");
+        if present {
+            assert_eq!(w.grants.len(), 1);
+            assert_eq!((w.grants[0].trigger, w.grants[0].used), (Trigger::Message, 0));
+            assert!(entries.iter().all(|e| e.push_key == format!("msg:{i}")));
+            assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
+        }
+        if acked.contains(&i) {
+            assert!(present, "acknowledged push {i} was lost");
+            assert_eq!(
+                store.commit_push(crash_push(i, SystemClock.now_ms())).await.unwrap(),
+                CommitOutcome::Duplicate { answer: Some(format!("answer to msg:{i}")) },
+                "acknowledged push {i} lost its dedupe record"
+            );
+        } else if present {
+            unacked_present += 1;
+        }
+    }
+    eprintln!(
+        "crash test: {} acknowledged commits all present once; {unacked_present} committed but \
+         unacknowledged at the kill",
+        acked.len()
+    );
+}
