@@ -97,22 +97,21 @@ pub(crate) fn compile(
         let shared_path: Arc<Path> = Arc::from(path.as_path());
         let mut ctx = Ctx { path, text, diags: &mut diags };
         for (order, Located { item, span }) in parsed.rules.into_iter().enumerate() {
-            let Some(rule) =
-                compile_rule(item, span.start, &shared_path, window, &mut builder, &mut ctx)
-            else {
-                continue;
-            };
-            if let Some(first) = names.get(&rule.name) {
-                let msg = format!("duplicate rule name `{}`: already used at {first}", rule.name);
-                ctx.diags.push(Diagnostic {
-                    line: rule.origin.line,
-                    col: rule.origin.col,
-                    ..Diagnostic::error(path, text, 0, msg)
-                });
-                continue;
+            // Names are claimed before compiling, so a broken rule still claims its name.
+            let (line, col) = line_col(text, item.name.span().start);
+            let origin = Origin { path: shared_path.clone(), line, col };
+            if let Some(first) = names.get(item.name.get_ref()) {
+                let msg =
+                    format!("duplicate rule name `{}`: already used at {first}", item.name.get_ref());
+                ctx.err(item.name.span().start, msg);
+            } else {
+                names.insert(item.name.get_ref().clone(), origin);
             }
-            names.insert(rule.name.clone(), rule.origin.clone());
-            pres.push(Pre { rule, file, order });
+            if let Some(rule) =
+                compile_rule(item, span.start, &shared_path, window, &mut builder, &mut ctx)
+            {
+                pres.push(Pre { rule, file, order });
+            }
         }
         for Located { item, span } in parsed.tests {
             if let Some(t) = compile_test(item, span.start, &mut ctx) {
@@ -125,6 +124,8 @@ pub(crate) fn compile(
         b.rule.priority.cmp(&a.rule.priority).then(a.file.cmp(&b.file)).then(a.order.cmp(&b.order))
     });
     let rules: Vec<Rule> = pres.into_iter().map(|p| p.rule).collect();
+    // Discovery order is parse-then-compile per file; readers want file and line order.
+    diags.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
@@ -143,6 +144,7 @@ pub(crate) fn compile(
         ));
     }
     shadow_warnings(&rules, &matcher, &keywords, &mut diags);
+    diags.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
     Ok(Loaded {
         set: RuleSet {
             rules,
@@ -172,8 +174,11 @@ fn compile_rule(
     }
     let (line, col) = line_col(ctx.text, name_at);
     let origin = Origin { path: path.clone(), line, col };
+    // A broken `when` still lets the replies be checked; only placeholder checks are off,
+    // since the captures are unknown.
     let (cond, caps) = match raw.when {
-        Some(w) => compile_when(w, b, ctx)?,
+        Some(w) => compile_when(w, b, ctx)
+            .unwrap_or_else(|| (Cond::default(), Caps { unknown: true, ..Caps::default() })),
         None => (Cond::default(), Caps::default()),
     };
     let pays = cond.exact(Exact::Event).is_some_and(|e| e.iter().any(|v| v == "payment"));
@@ -217,6 +222,8 @@ fn compile_rule(
 struct Caps {
     max_groups: usize,
     names: Vec<String>,
+    /// The conditions did not compile: do not guess what they capture.
+    unknown: bool,
 }
 
 fn compile_when(w: RawWhen, b: &mut MatcherBuilder, ctx: &mut Ctx<'_>) -> Option<(Cond, Caps)> {
@@ -490,7 +497,7 @@ fn compile_reply(
                         "delay {} is longer than the longest window ({}): it could never be \
                          sent; shorten it or lengthen [window] in kefu.toml",
                         d.get_ref().trim(),
-                        humantime::format_duration(window.longest())
+                        short_duration(window.longest())
                     ),
                 );
             }
@@ -523,7 +530,8 @@ fn compile_reply(
 fn template(s: &Spanned<String>, caps: &Caps, pays: bool, ctx: &mut Ctx<'_>) -> Template {
     let t = Template::parse(s.get_ref());
     for (name, group) in t.needs() {
-        let provided = match group {
+        let provided = caps.unknown
+            || match group {
             Some(n) => n < caps.max_groups,
             None => caps.names.iter().any(|c| *c == name) || pays,
         };
@@ -532,6 +540,17 @@ fn template(s: &Spanned<String>, caps: &Caps, pays: bool, ctx: &mut Ctx<'_>) -> 
         }
     }
     t
+}
+
+/// `48h`, `1m`, `90s`: the way durations are written in kefu.toml.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn kf_message(field: &str, got: &str) -> String {
@@ -545,9 +564,8 @@ fn placeholder_message(name: &str, group: Option<usize>, caps: &Caps) -> String 
     let builtins = BUILTINS.map(|b| format!("{{{b}}}")).join(", ");
     match group {
         Some(_) if caps.max_groups > 0 => format!(
-            "placeholder {{{name}}} is not provided: this rule's regexes have {} capture \
-             group(s), {{0}} to {{{}}}",
-            caps.max_groups - 1,
+            "placeholder {{{name}}} is not provided: this rule's regexes capture only {{0}} to \
+             {{{}}}",
             caps.max_groups - 1
         ),
         _ => format!(

@@ -36,7 +36,7 @@ pub(crate) fn parse_file(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -
                 path,
                 text,
                 span.start,
-                format!("TOML syntax error: {}", e.message().trim()),
+                format!("TOML syntax error: {}", one_line(e.message())),
             ));
             return out;
         }
@@ -77,6 +77,11 @@ pub(crate) fn parse_file(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -
         }
     }
     out
+}
+
+/// toml_edit's messages span lines ("invalid table header\nexpected ..."); a diagnostic is one.
+fn one_line(msg: &str) -> String {
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 /// The tables of `[[x]]` (or `x = [{...}]`) as values, each with its own span.
@@ -158,6 +163,10 @@ fn remove_at(v: &mut Value, offset: usize, path: &mut Vec<String>) -> bool {
             for i in 0..a.len() {
                 if let Some(child) = a.get_mut(i) {
                     if remove_at(child, offset, path) {
+                        // A reply that lost its kind would only add a "needs one kind" error.
+                        if path.len() == 2 && path[0] == "reply" {
+                            a.remove(i);
+                        }
                         return true;
                     }
                 }
