@@ -1,1 +1,312 @@
-//! Placeholder: filled by its owner.
+//! Operator rules (interface §4): rule files are parsed into raw types (`file`), compiled once
+//! into an immutable [`RuleSet`] (`compile`, `matcher`, `actions`), evaluated per push, checked
+//! by `kefu rules check` (`check`), imported from the admin panel (`import`), and hot-reloaded
+//! behind the [`Rules`] handle (`watch`).
+
+pub mod check;
+mod compile;
+pub mod file;
+pub mod import;
+mod actions;
+mod matcher;
+mod parse;
+mod watch;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::Rng;
+
+use crate::config::WindowConfig;
+use crate::model::{PassiveReply, PlannedAction, RuleInput};
+
+pub use check::{TestCase, TestOutcome};
+pub use watch::{ReloadStatus, Rules, WatchGuard};
+
+/// How bad a [`Diagnostic`] is: an error keeps the rules from loading, a warning does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a rule file, displayed as `path:line:col: message` (warnings as
+/// `path:line:col: warning: message`). `line` 0 means the whole file or directory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub path: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// An error at byte `offset` of `text`.
+    pub(crate) fn error(path: &Path, text: &str, offset: usize, message: String) -> Self {
+        let (line, col) = line_col(text, offset);
+        Diagnostic { path: path.to_path_buf(), line, col, severity: Severity::Error, message }
+    }
+    pub(crate) fn warning(path: &Path, text: &str, offset: usize, message: String) -> Self {
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(path, text, offset, message) }
+    }
+    /// About a file or directory as a whole.
+    pub(crate) fn file(path: &Path, severity: Severity, message: String) -> Self {
+        Diagnostic { path: path.to_path_buf(), line: 0, col: 0, severity, message }
+    }
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.col)?;
+        }
+        let sev = if self.is_error() { "" } else { "warning: " };
+        write!(f, ": {sev}{}", self.message)
+    }
+}
+
+/// 1-based line and column (in characters, so CJK text points at the right place).
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut off = offset.min(text.len());
+    while !text.is_char_boundary(off) {
+        off -= 1;
+    }
+    let before = &text[..off];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// A freshly loaded rule set with its warnings and the `[[test]]` cases of its files.
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: RuleSet,
+    pub warnings: Vec<Diagnostic>,
+    pub tests: Vec<TestCase>,
+}
+
+/// Where a rule was defined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub path: Arc<Path>,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.path.display(), self.line, self.col)
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub name: String,
+    pub origin: Origin,
+    pub priority: i64,
+    pub continue_: bool,
+    pub random_one: bool,
+    pub cond: matcher::Cond,
+    pub replies: Vec<actions::Reply>,
+}
+
+/// The compiled, immutable rules of one directory, in evaluation order.
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    matcher: matcher::Matcher,
+    dir: PathBuf,
+    window: WindowConfig,
+    files: usize,
+}
+
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("dir", &self.dir)
+            .field("files", &self.files)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+/// The rules that fired for one push and what they planned, in rule then reply order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evaluation {
+    pub fired: Vec<String>,
+    pub actions: Vec<PlannedAction>,
+}
+
+impl Evaluation {
+    /// Splits off the passive HTTP answer (interface §6.8): a transfer always is one; else,
+    /// with `passive_first`, the first immediate send of a kind a passive reply supports
+    /// (not one sent `as` a kf account). Delayed replies never are. The rest stay planned.
+    pub fn split_passive(self, passive_first: bool) -> (Option<PassiveReply>, Vec<PlannedAction>) {
+        actions::split_passive(self.actions, passive_first)
+    }
+}
+
+impl RuleSet {
+    /// Loads and compiles every `*.toml` file directly in `dir` (hidden files skipped).
+    /// Every error of every file is returned at once, warnings included.
+    pub fn load_dir(dir: &Path, window: &WindowConfig) -> Result<Loaded, Vec<Diagnostic>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            vec![Diagnostic::file(
+                dir,
+                Severity::Error,
+                format!("cannot read the rules directory: {e} (set rules.dir in kefu.toml)"),
+            )]
+        })?;
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(".toml") || !path.is_file() {
+                continue;
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => sources.push((path, text)),
+                Err(e) => errors.push(Diagnostic::file(
+                    &path,
+                    Severity::Error,
+                    format!("cannot read the rule file: {e}"),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        compile::compile(sources, window, dir)
+    }
+
+    /// Compiles rule files given as `(path, text)`, as if they were one directory's files.
+    pub fn from_sources(
+        sources: Vec<(PathBuf, String)>,
+        window: &WindowConfig,
+    ) -> Result<Loaded, Vec<Diagnostic>> {
+        compile::compile(sources, window, Path::new(""))
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+    /// The number of rule files it was compiled from.
+    pub fn files(&self) -> usize {
+        self.files
+    }
+    /// The directory it was loaded from (empty for [`RuleSet::from_sources`]).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn window(&self) -> &WindowConfig {
+        &self.window
+    }
+    /// Rule names in evaluation order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// Evaluates one push; `random_one` rules pick with the thread's RNG.
+    pub fn evaluate(&self, input: &RuleInput) -> Evaluation {
+        self.evaluate_with(input, &mut rand::thread_rng())
+    }
+
+    /// Evaluates one push with the given RNG (seed it in tests).
+    pub fn evaluate_with<R: Rng + ?Sized>(&self, input: &RuleInput, rng: &mut R) -> Evaluation {
+        let (cands, facts) = self.matcher.candidates(input);
+        let mut ev = Evaluation::default();
+        for i in cands {
+            let rule = &self.rules[i as usize];
+            if !self.matcher.holds(&rule.cond, input, &facts) {
+                continue;
+            }
+            let captured = self.matcher.matched_regex(&rule.cond, &facts).and_then(|(text, id)| {
+                if text {
+                    actions::Captured::from_regex(
+                        self.matcher.text_regex(id),
+                        input.text.as_deref()?,
+                    )
+                } else {
+                    actions::Captured::from_regex(
+                        self.matcher.key_regex(id),
+                        input.event_key.as_deref()?,
+                    )
+                }
+            });
+            let ctx = actions::RenderCtx { input, captures: captured.as_ref() };
+            ev.fired.push(rule.name.clone());
+            if rule.random_one && !rule.replies.is_empty() {
+                let pick = rng.gen_range(0..rule.replies.len());
+                ev.actions.push(rule.replies[pick].plan(&rule.name, &ctx));
+            } else {
+                ev.actions.extend(rule.replies.iter().map(|r| r.plan(&rule.name, &ctx)));
+            }
+            if !rule.continue_ {
+                break;
+            }
+        }
+        ev
+    }
+}
+
+/// The rule input of a text message (as `kefu simulate --text` and `[[test]] text` build it).
+pub fn text_input(from: &str, text: &str) -> RuleInput {
+    RuleInput {
+        from: from.to_string(),
+        msg_type: "text".into(),
+        text: Some(text.to_string()),
+        ..Default::default()
+    }
+}
+
+/// The rule input of an event (as `kefu simulate --event` and `[[test]] event` build it):
+/// the scene is the key without `qrscene_` on subscribe and the key itself on SCAN
+/// (interface §6.7). Payment notifications are events named `payment`.
+pub fn event_input(from: &str, event: &str, key: Option<&str>) -> RuleInput {
+    let scene = match (event, key) {
+        ("subscribe", Some(k)) => k.strip_prefix("qrscene_").map(str::to_string),
+        ("SCAN", Some(k)) => Some(k.to_string()),
+        _ => None,
+    };
+    RuleInput {
+        from: from.to_string(),
+        msg_type: "event".into(),
+        event: Some(event.to_string()),
+        event_key: key.map(str::to_string),
+        scene,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_characters() {
+        let t = "ab\n退款x";
+        assert_eq!(line_col(t, 0), (1, 1));
+        assert_eq!(line_col(t, 3), (2, 1));
+        assert_eq!(line_col(t, 6), (2, 2));
+        assert_eq!(line_col(t, 100), (2, 4));
+    }
+
+    #[test]
+    fn diagnostic_display() {
+        let d = Diagnostic::error(Path::new("rules/a.toml"), "x\ny", 2, "bad".into());
+        assert_eq!(d.to_string(), "rules/a.toml:2:1: bad");
+        let w = Diagnostic::file(Path::new("rules"), Severity::Warning, "empty".into());
+        assert_eq!(w.to_string(), "rules: warning: empty");
+    }
+}

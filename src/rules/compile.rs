@@ -1,0 +1,731 @@
+//! Raw rule files to a [`RuleSet`]: every check that does not need a push (names, regexes,
+//! durations, kf accounts, placeholders, reply shapes) runs here, all of them, so one
+//! `rules check` shows every mistake. Then the rules are ordered, the matcher is built, and
+//! rules that can never fire are found.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use toml::Spanned;
+
+use super::actions::{BUILTINS, Reply, ReplyKind, Template};
+use super::check::TestCase;
+use super::file::{RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList};
+use super::matcher::{Cond, Exact, Matcher, MatcherBuilder, normalize_equals};
+use super::parse::{Located, parse_file};
+use super::{Diagnostic, Loaded, Origin, Rule, RuleSet, Severity, line_col};
+use crate::config::WindowConfig;
+use crate::model::KfAccount;
+
+const MSG_TYPES: [&str; 8] =
+    ["text", "image", "voice", "video", "shortvideo", "location", "link", "event"];
+
+/// Event values WeChat sends (protocol §3.3, §3.4), plus kefu's `payment`; used only to catch
+/// a value written in the wrong case. Other values are accepted: WeChat adds events.
+const KNOWN_EVENTS: [&str; 22] = [
+    "subscribe",
+    "unsubscribe",
+    "SCAN",
+    "LOCATION",
+    "CLICK",
+    "VIEW",
+    "scancode_push",
+    "scancode_waitmsg",
+    "pic_sysphoto",
+    "pic_photo_or_album",
+    "pic_weixin",
+    "location_select",
+    "view_miniprogram",
+    "TEMPLATESENDJOBFINISH",
+    "MASSSENDJOBFINISH",
+    "kf_create_session",
+    "kf_close_session",
+    "kf_switch_session",
+    "user_pay_from_pay_cell",
+    "card_pay_order",
+    "merchant_order",
+    "payment",
+];
+
+const REPLY_KINDS: &str = "text, image, voice, video, music, news, mpnews, mpnewsarticle, menu, \
+                           wxcard, miniprogram, typing or transfer";
+
+/// A rule before ordering.
+struct Pre {
+    rule: Rule,
+    file: usize,
+    order: usize,
+}
+
+/// Per-file context for diagnostics.
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, offset: usize, msg: String) {
+        self.diags.push(Diagnostic::error(self.path, self.text, offset, msg));
+    }
+    fn errors(&self) -> usize {
+        self.diags.iter().filter(|d| d.is_error()).count()
+    }
+    fn warn(&mut self, offset: usize, msg: String) {
+        self.diags.push(Diagnostic::warning(self.path, self.text, offset, msg));
+    }
+}
+
+pub(crate) fn compile(
+    mut sources: Vec<(PathBuf, String)>,
+    window: &WindowConfig,
+    dir: &Path,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    // Ties in priority go by file name: sort once, here.
+    sources.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()).then(a.0.cmp(&b.0)));
+    let mut diags = Vec::new();
+    let mut builder = MatcherBuilder::default();
+    let mut pres = Vec::new();
+    let mut tests = Vec::new();
+    let mut names: HashMap<String, Origin> = HashMap::new();
+
+    for (file, (path, text)) in sources.iter().enumerate() {
+        let parsed = parse_file(path, text, &mut diags);
+        let shared_path: Arc<Path> = Arc::from(path.as_path());
+        let mut ctx = Ctx { path, text, diags: &mut diags };
+        for (order, Located { item, span }) in parsed.rules.into_iter().enumerate() {
+            // Names are claimed before compiling, so a broken rule still claims its name.
+            let (line, col) = line_col(text, item.name.span().start);
+            let origin = Origin { path: shared_path.clone(), line, col };
+            if let Some(first) = names.get(item.name.get_ref()) {
+                let msg =
+                    format!("duplicate rule name `{}`: already used at {first}", item.name.get_ref());
+                ctx.err(item.name.span().start, msg);
+            } else {
+                names.insert(item.name.get_ref().clone(), origin);
+            }
+            if let Some(rule) =
+                compile_rule(item, span.start, &shared_path, window, &mut builder, &mut ctx)
+            {
+                pres.push(Pre { rule, file, order });
+            }
+        }
+        for Located { item, span } in parsed.tests {
+            if let Some(t) = compile_test(item, span.start, &mut ctx) {
+                tests.push(t);
+            }
+        }
+    }
+
+    pres.sort_by(|a, b| {
+        b.rule.priority.cmp(&a.rule.priority).then(a.file.cmp(&b.file)).then(a.order.cmp(&b.order))
+    });
+    let rules: Vec<Rule> = pres.into_iter().map(|p| p.rule).collect();
+    // Discovery order is parse-then-compile per file; readers want file and line order.
+    diags.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    let conds: Vec<&Cond> = rules.iter().map(|r| &r.cond).collect();
+    let keywords = builder.keywords_snapshot();
+    let matcher = builder.build(&conds).map_err(|e| {
+        let mut d = std::mem::take(&mut diags);
+        d.push(Diagnostic::file(dir, Severity::Error, e));
+        d
+    })?;
+    if sources.is_empty() {
+        diags.push(Diagnostic::file(
+            dir,
+            Severity::Warning,
+            "no rule files (*.toml): every push will be answered with `success` only".into(),
+        ));
+    }
+    shadow_warnings(&rules, &matcher, &keywords, &mut diags);
+    diags.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+    Ok(Loaded {
+        set: RuleSet {
+            rules,
+            matcher,
+            dir: dir.to_path_buf(),
+            window: window.clone(),
+            files: sources.len(),
+        },
+        warnings: diags,
+        tests,
+    })
+}
+
+fn compile_rule(
+    raw: RawRule,
+    header: usize,
+    path: &Arc<Path>,
+    window: &WindowConfig,
+    b: &mut MatcherBuilder,
+    ctx: &mut Ctx<'_>,
+) -> Option<Rule> {
+    let name_at = raw.name.span().start;
+    let name = raw.name.into_inner();
+    let start = ctx.errors();
+    if name.trim().is_empty() {
+        ctx.err(name_at, "a rule name must not be empty".into());
+    }
+    let (line, col) = line_col(ctx.text, name_at);
+    let origin = Origin { path: path.clone(), line, col };
+    // A broken `when` still lets the replies be checked; only placeholder checks are off,
+    // since the captures are unknown.
+    let (cond, caps) = match raw.when {
+        Some(w) => compile_when(w, b, ctx)
+            .unwrap_or_else(|| (Cond::default(), Caps { unknown: true, ..Caps::default() })),
+        None => (Cond::default(), Caps::default()),
+    };
+    let pays = cond.exact(Exact::Event).is_some_and(|e| e.iter().any(|v| v == "payment"));
+    let can_be_event = cond.is_empty()
+        || cond.exact(Exact::Event).is_some()
+        || cond.exact(Exact::MsgType).is_some_and(|m| m.iter().any(|v| v == "event"));
+    let mut replies = Vec::new();
+    for r in raw.reply {
+        match compile_reply(r, header, window, &caps, pays, ctx) {
+            Some(reply) => {
+                if matches!(reply.kind, ReplyKind::Transfer(_)) && can_be_event {
+                    ctx.warn(
+                        name_at,
+                        format!(
+                            "rule `{name}` transfers to human service but can match events; \
+                             WeChat transfers only user messages: add a msg_type or text condition"
+                        ),
+                    );
+                }
+                replies.push(reply);
+            }
+            None => continue,
+        }
+    }
+    if ctx.errors() != start {
+        return None;
+    }
+    Some(Rule {
+        name,
+        origin,
+        priority: raw.priority,
+        continue_: raw.continue_,
+        random_one: raw.reply_mode == ReplyMode::RandomOne,
+        cond,
+        replies,
+    })
+}
+
+/// What the rule's regexes can capture, for checking `{1}` / `{name}` placeholders.
+#[derive(Default)]
+struct Caps {
+    max_groups: usize,
+    names: Vec<String>,
+    /// The conditions did not compile: do not guess what they capture.
+    unknown: bool,
+}
+
+fn compile_when(w: RawWhen, b: &mut MatcherBuilder, ctx: &mut Ctx<'_>) -> Option<(Cond, Caps)> {
+    let start = ctx.errors();
+    let mut cond = Cond::default();
+    let mut caps = Caps::default();
+    let exacts = [
+        (Exact::MsgType, "msg_type", w.msg_type),
+        (Exact::Event, "event", w.event),
+        (Exact::EventKey, "event_key", w.event_key),
+        (Exact::Scene, "scene", w.scene),
+        (Exact::MenuChoice, "menu_choice", w.menu_choice),
+        (Exact::From, "from", w.from),
+        (Exact::TextEquals, "text_equals", w.text_equals),
+    ];
+    for (kind, field, list) in exacts {
+        let Some(list) = non_empty(field, list, ctx) else { continue };
+        let mut vals = Vec::new();
+        for (v, span) in list.iter() {
+            match kind {
+                Exact::MsgType if !MSG_TYPES.contains(&v) => ctx.err(
+                    span.start,
+                    format!(
+                        "unknown msg_type `{v}`: use text, image, voice, video, shortvideo, \
+                         location, link or event"
+                    ),
+                ),
+                Exact::Event if !KNOWN_EVENTS.contains(&v) => {
+                    if let Some(k) = KNOWN_EVENTS.iter().find(|k| k.eq_ignore_ascii_case(v)) {
+                        ctx.err(
+                            span.start,
+                            format!(
+                                "unknown event `{v}`: events are case-sensitive, did you mean \
+                                 `{k}`?"
+                            ),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            vals.push(if kind == Exact::TextEquals { normalize_equals(v) } else { v.to_string() });
+        }
+        cond.exact[kind as usize] = Some(vals.into_boxed_slice());
+    }
+    if let Some(list) = non_empty("text_contains", w.text_contains, ctx) {
+        let mut ids = Vec::new();
+        for (v, span) in list.iter() {
+            if v.is_empty() {
+                ctx.err(
+                    span.start,
+                    "an empty keyword matches every text: remove it (a rule without \
+                     text_contains matches any text)"
+                        .into(),
+                );
+            } else {
+                ids.push(b.keyword(v));
+            }
+        }
+        cond.text_contains = Some(ids.into_boxed_slice());
+    }
+    for (field, list, text) in
+        [("text_regex", w.text_regex, true), ("event_key_regex", w.event_key_regex, false)]
+    {
+        let Some(list) = non_empty(field, list, ctx) else { continue };
+        let mut ids = Vec::new();
+        for (v, span) in list.iter() {
+            match Regex::new(v) {
+                Ok(re) => {
+                    caps.max_groups = caps.max_groups.max(re.captures_len());
+                    caps.names.extend(re.capture_names().flatten().map(str::to_string));
+                    ids.push(if text { b.text_regex(re) } else { b.key_regex(re) });
+                }
+                Err(e) => ctx.err(
+                    span.start,
+                    format!("bad regex `{v}` in {field}: {}", regex_reason(&e)),
+                ),
+            }
+        }
+        let ids = Some(ids.into_boxed_slice());
+        if text {
+            cond.text_regex = ids;
+        } else {
+            cond.event_key_regex = ids;
+        }
+    }
+    (ctx.errors() == start).then_some((cond, caps))
+}
+
+/// An empty list is refused: "any one of nothing" never matches, surely not what was meant.
+fn non_empty(field: &str, list: Option<StrList>, ctx: &mut Ctx<'_>) -> Option<StrList> {
+    let list = list?;
+    if list.items.is_empty() {
+        ctx.err(
+            list.span.start,
+            format!(
+                "empty list for `{field}` never matches: give at least one value or remove the \
+                 condition"
+            ),
+        );
+        return None;
+    }
+    Some(list)
+}
+
+/// The regex crate's syntax errors are a multi-line drawing; keep the reason line.
+fn regex_reason(e: &regex::Error) -> String {
+    let s = e.to_string();
+    s.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: ").map(str::to_string))
+        .unwrap_or_else(|| s.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn compile_reply(
+    r: RawReply,
+    header: usize,
+    window: &WindowConfig,
+    caps: &Caps,
+    pays: bool,
+    ctx: &mut Ctx<'_>,
+) -> Option<Reply> {
+    let start = ctx.errors();
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    let tpl = |s: &Spanned<String>, ctx: &mut Ctx<'_>| template(s, caps, pays, ctx);
+    let opt = |s: &Option<Spanned<String>>, ctx: &mut Ctx<'_>| match s {
+        Some(s) => template(s, caps, pays, ctx),
+        None => Template::parse(""),
+    };
+    let mut kind = None;
+    if let Some(s) = &r.text {
+        kinds.push(("text", s.span().start));
+        kind = Some(ReplyKind::Text(tpl(s, ctx)));
+    }
+    if let Some(s) = &r.image {
+        kinds.push(("image", s.span().start));
+        kind = Some(ReplyKind::Image(tpl(s, ctx)));
+    }
+    if let Some(s) = &r.voice {
+        kinds.push(("voice", s.span().start));
+        kind = Some(ReplyKind::Voice(tpl(s, ctx)));
+    }
+    if let Some(v) = &r.video {
+        kinds.push(("video", v.media_id.span().start));
+        kind = Some(ReplyKind::Video {
+            media_id: tpl(&v.media_id, ctx),
+            thumb_media_id: opt(&v.thumb_media_id, ctx),
+            title: opt(&v.title, ctx),
+            description: opt(&v.description, ctx),
+        });
+    }
+    if let Some(m) = &r.music {
+        kinds.push(("music", m.thumb_media_id.span().start));
+        kind = Some(ReplyKind::Music {
+            title: opt(&m.title, ctx),
+            description: opt(&m.description, ctx),
+            musicurl: opt(&m.musicurl, ctx),
+            hqmusicurl: opt(&m.hqmusicurl, ctx),
+            thumb_media_id: tpl(&m.thumb_media_id, ctx),
+        });
+    }
+    if let Some(n) = &r.news {
+        kinds.push(("news", n.title.span().start));
+        kind = Some(ReplyKind::News {
+            title: tpl(&n.title, ctx),
+            description: opt(&n.description, ctx),
+            url: tpl(&n.url, ctx),
+            picurl: opt(&n.picurl, ctx),
+        });
+    }
+    if let Some(s) = &r.mpnews {
+        kinds.push(("mpnews", s.span().start));
+        kind = Some(ReplyKind::MpNews(tpl(s, ctx)));
+    }
+    if let Some(s) = &r.mpnewsarticle {
+        kinds.push(("mpnewsarticle", s.span().start));
+        kind = Some(ReplyKind::MpNewsArticle(tpl(s, ctx)));
+    }
+    if let Some(m) = &r.menu {
+        let at = m.items.first().map_or(header, |i| i.id.span().start);
+        kinds.push(("menu", at));
+        if m.items.is_empty() {
+            ctx.err(
+                at,
+                "a menu needs at least one item: items = [{ id = \"1\", content = \"…\" }]"
+                    .into(),
+            );
+        }
+        let items = m.items.iter().map(|i| (tpl(&i.id, ctx), tpl(&i.content, ctx))).collect();
+        kind = Some(ReplyKind::Menu {
+            head: opt(&m.head, ctx),
+            items,
+            tail: opt(&m.tail, ctx),
+        });
+    }
+    if let Some(s) = &r.wxcard {
+        kinds.push(("wxcard", s.span().start));
+        kind = Some(ReplyKind::WxCard(tpl(s, ctx)));
+    }
+    if let Some(m) = &r.miniprogram {
+        kinds.push(("miniprogram", m.title.span().start));
+        kind = Some(ReplyKind::MiniProgram {
+            title: tpl(&m.title, ctx),
+            appid: tpl(&m.appid, ctx),
+            pagepath: tpl(&m.pagepath, ctx),
+            thumb_media_id: tpl(&m.thumb_media_id, ctx),
+        });
+    }
+    if let Some(t) = &r.typing {
+        kinds.push(("typing", t.span().start));
+        if !*t.get_ref() {
+            ctx.err(t.span().start, "typing = false does nothing: remove this reply".into());
+        }
+        kind = Some(ReplyKind::Typing);
+    }
+    if let Some(t) = &r.transfer {
+        let at = t.span().start;
+        kinds.push(("transfer", at));
+        kind = Some(ReplyKind::Transfer(match t.get_ref() {
+            RawTransfer::Any(true) => None,
+            RawTransfer::Any(false) => {
+                ctx.err(at, "transfer = false does nothing: remove this reply".into());
+                None
+            }
+            RawTransfer::To(s) => match KfAccount::parse(s) {
+                Ok(k) => Some(k.as_str().to_string()),
+                Err(_) => {
+                    ctx.err(at, kf_message("transfer", s));
+                    None
+                }
+            },
+        }));
+        if r.delay.is_some() {
+            ctx.err(at, "a transfer cannot be delayed: it is the answer to the push itself".into());
+        }
+        if r.as_kf.is_some() {
+            ctx.err(
+                at,
+                "a transfer takes no `as`: name the kf account with transfer = \"kf@account\""
+                    .into(),
+            );
+        }
+    }
+    match kinds.len() {
+        0 => {
+            let at = r.delay.as_ref().map(|d| d.span().start);
+            let at = at.or(r.as_kf.as_ref().map(|a| a.span().start));
+            ctx.err(at.unwrap_or(header), format!("a reply needs one kind: {REPLY_KINDS}"));
+            return None;
+        }
+        1 => {}
+        n => {
+            let names: Vec<&str> = kinds.iter().map(|k| k.0).collect();
+            ctx.err(
+                kinds[1].1,
+                format!(
+                    "a reply has one kind, this one has {n} ({}): split it into separate \
+                     [[rule.reply]] tables",
+                    names.join(", ")
+                ),
+            );
+            return None;
+        }
+    }
+    let mut delay = Duration::ZERO;
+    if let Some(d) = &r.delay {
+        match humantime::parse_duration(d.get_ref().trim()) {
+            Ok(v) if v > window.longest() => {
+                ctx.err(
+                    d.span().start,
+                    format!(
+                        "delay {} is longer than the longest window ({}): it could never be \
+                         sent; shorten it or lengthen [window] in kefu.toml",
+                        d.get_ref().trim(),
+                        short_duration(window.longest())
+                    ),
+                );
+            }
+            Ok(v) => delay = v,
+            Err(_) => {
+                ctx.err(
+                    d.span().start,
+                    format!(
+                        "bad duration `{}` in delay: use humantime like 30s, 2m, 1h30m",
+                        d.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    let mut kf_account = None;
+    if let Some(a) = &r.as_kf {
+        match KfAccount::parse(a.get_ref()) {
+            Ok(k) => kf_account = Some(k.as_str().to_string()),
+            Err(_) => {
+                ctx.err(a.span().start, kf_message("as", a.get_ref()));
+            }
+        }
+    }
+    let kind = kind?;
+    (ctx.errors() == start).then_some(Reply { kind, delay, kf_account })
+}
+
+/// Parses a reply string and checks that something provides each of its placeholders.
+fn template(s: &Spanned<String>, caps: &Caps, pays: bool, ctx: &mut Ctx<'_>) -> Template {
+    let t = Template::parse(s.get_ref());
+    for (name, group) in t.needs() {
+        let provided = caps.unknown
+            || match group {
+            Some(n) => n < caps.max_groups,
+            None => caps.names.iter().any(|c| *c == name) || pays,
+        };
+        if !provided {
+            ctx.err(s.span().start, placeholder_message(&name, group, caps));
+        }
+    }
+    t
+}
+
+/// `48h`, `1m`, `90s`: the way durations are written in kefu.toml.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn kf_message(field: &str, got: &str) -> String {
+    format!(
+        "`{field}` must be a kf account prefix@wechat_id with a prefix of 1 to 10 letters, digits \
+         or '_' (got {got:?})"
+    )
+}
+
+fn placeholder_message(name: &str, group: Option<usize>, caps: &Caps) -> String {
+    let builtins = BUILTINS.map(|b| format!("{{{b}}}")).join(", ");
+    match group {
+        Some(_) if caps.max_groups > 0 => format!(
+            "placeholder {{{name}}} is not provided: this rule's regexes capture only {{0}} to \
+             {{{}}}",
+            caps.max_groups - 1
+        ),
+        _ => format!(
+            "placeholder {{{name}}} is not provided: use {builtins}, a capture group of this \
+             rule's text_regex or event_key_regex, or a payment variable in a rule with \
+             event = \"payment\"; write {{{{ for a literal brace"
+        ),
+    }
+}
+
+fn compile_test(t: RawTest, header: usize, ctx: &mut Ctx<'_>) -> Option<TestCase> {
+    let (line, col) = line_col(ctx.text, header);
+    let from = t.from.clone().unwrap_or_else(|| super::check::TEST_OPENID.to_string());
+    let mut input = match (&t.text, &t.event) {
+        (Some(text), None) => {
+            if t.key.is_some() {
+                ctx.err(header, "`key` goes with `event`, not `text`".into());
+                return None;
+            }
+            let mut i = super::text_input(&from, text);
+            i.menu_choice = t.menu_choice.clone();
+            i
+        }
+        (None, Some(event)) => super::event_input(&from, event, t.key.as_deref()),
+        (Some(_), Some(_)) => {
+            ctx.err(header, "a [[test]] takes `text` or `event`, not both".into());
+            return None;
+        }
+        (None, None) => {
+            ctx.err(header, "a [[test]] needs `text` or `event` (with optional `key`)".into());
+            return None;
+        }
+    };
+    input.vars = t.vars.into_iter().collect();
+    Some(TestCase {
+        path: ctx.path.to_path_buf(),
+        line,
+        col,
+        input,
+        expect: t.expect.values(),
+    })
+}
+
+/// Warns about rules that can never fire: an earlier rule (higher priority, or same priority
+/// earlier in order) without `continue` matches every push they match. Candidates are found
+/// through shared values, so this stays near-linear for large rule sets.
+fn shadow_warnings(rules: &[Rule], m: &Matcher, keywords: &[String], diags: &mut Vec<Diagnostic>) {
+    let mut by_value: HashMap<(usize, &str), Vec<usize>> = HashMap::new();
+    let mut by_kw: HashMap<u32, Vec<usize>> = HashMap::new();
+    let mut by_re: HashMap<(bool, u32), Vec<usize>> = HashMap::new();
+    let mut catch_all = None;
+    for (i, r) in rules.iter().enumerate() {
+        if let Some(a) = catch_all {
+            warn_shadowed(&rules[a], r, diags);
+            continue;
+        }
+        // Find earlier stoppers sharing something with `r`.
+        let mut cands: Vec<usize> = Vec::new();
+        for k in 0..r.cond.exact.len() {
+            for v in r.cond.exact[k].iter().flatten() {
+                cands.extend(by_value.get(&(k, v.as_str())).into_iter().flatten());
+            }
+        }
+        if r.cond.exact(Exact::Event).is_some() {
+            cands.extend(by_value.get(&(Exact::MsgType as usize, "event")).into_iter().flatten());
+        }
+        let mut texts: Vec<&str> = Vec::new();
+        texts.extend(r.cond.text_contains.iter().flatten().map(|k| keywords[*k as usize].as_str()));
+        texts.extend(r.cond.exact(Exact::TextEquals).into_iter().flatten().map(String::as_str));
+        if let Some(ac) = m.keywords() {
+            for t in texts {
+                for hit in ac.find_overlapping_iter(t) {
+                    cands.extend(by_kw.get(&hit.pattern().as_u32()).into_iter().flatten());
+                }
+            }
+        }
+        for (text, ids) in [(true, &r.cond.text_regex), (false, &r.cond.event_key_regex)] {
+            for id in ids.iter().flatten() {
+                cands.extend(by_re.get(&(text, *id)).into_iter().flatten());
+            }
+        }
+        cands.sort_unstable();
+        cands.dedup();
+        if let Some(a) = cands.into_iter().find(|a| subsumes(&rules[*a].cond, &r.cond, keywords)) {
+            warn_shadowed(&rules[a], r, diags);
+        }
+        if r.continue_ {
+            continue;
+        }
+        if r.cond.is_empty() {
+            catch_all = Some(i);
+            continue;
+        }
+        for k in 0..r.cond.exact.len() {
+            for v in r.cond.exact[k].iter().flatten() {
+                by_value.entry((k, v.as_str())).or_default().push(i);
+            }
+        }
+        for k in r.cond.text_contains.iter().flatten() {
+            by_kw.entry(*k).or_default().push(i);
+        }
+        for id in r.cond.text_regex.iter().flatten() {
+            by_re.entry((true, *id)).or_default().push(i);
+        }
+        for id in r.cond.event_key_regex.iter().flatten() {
+            by_re.entry((false, *id)).or_default().push(i);
+        }
+    }
+}
+
+fn warn_shadowed(a: &Rule, b: &Rule, diags: &mut Vec<Diagnostic>) {
+    let what = if a.cond.is_empty() { "matches every push" } else { "matches every push it matches" };
+    diags.push(Diagnostic {
+        path: b.origin.path.to_path_buf(),
+        line: b.origin.line,
+        col: b.origin.col,
+        severity: Severity::Warning,
+        message: format!(
+            "rule `{}` can never fire: rule `{}` ({}) comes first, {what}, and has no \
+             `continue = true`",
+            b.name, a.name, a.origin
+        ),
+    });
+}
+
+/// Whether every push `b` matches is also matched by `a`.
+fn subsumes(a: &Cond, b: &Cond, keywords: &[String]) -> bool {
+    let subset = |x: &[String], y: &[String]| x.iter().all(|v| y.contains(v));
+    for k in 0..a.exact.len() {
+        let Some(la) = a.exact[k].as_deref() else { continue };
+        let ok = match b.exact[k].as_deref() {
+            Some(lb) => subset(lb, la),
+            None => {
+                k == Exact::MsgType as usize
+                    && la.iter().any(|v| v == "event")
+                    && b.exact(Exact::Event).is_some()
+            }
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let Some(ka) = &a.text_contains {
+        let contains_one = |s: &str| {
+            let s = s.to_ascii_lowercase();
+            ka.iter().any(|k| s.contains(keywords[*k as usize].as_str()))
+        };
+        let ok = match (&b.text_contains, b.exact(Exact::TextEquals)) {
+            (Some(kb), _) => kb.iter().all(|k| contains_one(&keywords[*k as usize])),
+            (None, Some(eq)) => eq.iter().all(|e| contains_one(e)),
+            (None, None) => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    let ids_subset = |x: &Option<Box<[u32]>>, y: &Option<Box<[u32]>>| match (x, y) {
+        (None, _) => true,
+        (Some(ya), Some(yb)) => yb.iter().all(|i| ya.contains(i)),
+        (Some(_), None) => false,
+    };
+    ids_subset(&a.text_regex, &b.text_regex) && ids_subset(&a.event_key_regex, &b.event_key_regex)
+}
