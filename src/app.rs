@@ -18,7 +18,7 @@ use crate::wechat::webhook::Keys;
 pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
 /// How long a stopping server waits for in-flight requests.
-pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
 pub struct Application {
     addr: SocketAddr,
@@ -34,6 +34,21 @@ impl Application {
         let keys = Keys::from_config(&cfg).map_err(|e| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("wechat keys: {e}"))
         })?;
+        let state = web::Data::new(WebhookState::new(
+            keys,
+            sink,
+            cfg.server.max_body_bytes,
+            Arc::new(SystemClock),
+        ));
+        Self::build_with(&cfg, state, extra)
+    }
+
+    /// Builds with a prepared webhook state (an injected clock, metrics).
+    pub fn build_with(
+        cfg: &Config,
+        state: web::Data<WebhookState>,
+        extra: Option<ExtraRoutes>,
+    ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(&cfg.server.listen).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -41,12 +56,6 @@ impl Application {
             )
         })?;
         let addr = listener.local_addr()?;
-        let state = web::Data::new(WebhookState::new(
-            keys,
-            sink,
-            cfg.server.max_body_bytes,
-            Arc::new(SystemClock),
-        ));
         let path = cfg.server.path.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()

@@ -26,6 +26,7 @@ pub mod model;
 pub mod pay;
 pub mod pipeline;
 pub mod rules;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod testing;

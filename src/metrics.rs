@@ -56,6 +56,7 @@ pub struct Metrics {
     pub token_refreshes: Counter,
     pub rule_reloads: Family<OutcomeLabels, Counter>,
     pub payments: Family<OutcomeLabels, Counter>,
+    reload_sync: parking_lot::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -72,10 +73,9 @@ impl Metrics {
         let refusals = Family::<ReasonLabels, Counter>::default();
         registry.register("refusals", "Pushes refused, by reason", refusals.clone());
         // Buckets from 50 µs to ~1.6 s: the answer budget is 5 s, the target p99 a few ms.
-        let answer_seconds =
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.00005, 2.0, 16,
-            ));
+        let answer_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16),
+        );
         registry.register(
             "answer_seconds",
             "Time from receiving a push to answering it",
@@ -90,7 +90,11 @@ impl Metrics {
             sends.clone(),
         );
         let dropped = Family::<ReasonLabels, Counter>::default();
-        registry.register("dropped_messages", "Planned messages dropped, by reason", dropped.clone());
+        registry.register(
+            "dropped_messages",
+            "Planned messages dropped, by reason",
+            dropped.clone(),
+        );
         let open_windows = Gauge::default();
         registry.register(
             "open_windows",
@@ -126,6 +130,7 @@ impl Metrics {
             token_refreshes,
             rule_reloads,
             payments,
+            reload_sync: parking_lot::Mutex::new(()),
         }
     }
 
@@ -160,6 +165,19 @@ impl Metrics {
         self.rule_reloads.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
     }
 
+    /// Brings the reload counters up to the rule handle's own counts (the watcher reloads
+    /// without knowing about metrics).
+    pub fn sync_reloads(&self, status: &crate::rules::ReloadStatus) {
+        let _one_at_a_time = self.reload_sync.lock();
+        for (outcome, total) in [("ok", status.reloads), ("failed", status.failures)] {
+            let c = self.rule_reloads.get_or_create(&OutcomeLabels { outcome: outcome.into() });
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -184,7 +202,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains("kefu_pushes_total{kind=\"text\",outcome=\"fresh\"} 2"), "{text}");
         assert!(
-            text.contains("kefu_sends_total{msgtype=\"text\",outcome=\"failed\",errcode=\"45015\"} 1"),
+            text.contains(
+                "kefu_sends_total{msgtype=\"text\",outcome=\"failed\",errcode=\"45015\"} 1"
+            ),
             "{text}"
         );
     }

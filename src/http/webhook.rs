@@ -41,6 +41,7 @@ pub struct WebhookState {
     sink: Arc<dyn PushSink>,
     max_body_bytes: usize,
     clock: SharedClock,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl WebhookState {
@@ -50,9 +51,19 @@ impl WebhookState {
         max_body_bytes: usize,
         clock: SharedClock,
     ) -> Self {
-        WebhookState { keys, sink, max_body_bytes, clock }
+        WebhookState { keys, sink, max_body_bytes, clock, metrics: None }
+    }
+
+    /// Counts refusals and answer latency into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
+
+/// Why a push was refused, carried on the response so the metrics see every refusal path.
+#[derive(Clone, Copy)]
+struct Refusal(&'static str);
 
 /// Mounts the handshake and the push endpoint at `path`.
 pub fn configure(
@@ -86,7 +97,9 @@ fn refuse(e: &PushError, q: Option<&Query>) -> HttpResponse {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let openid = q.and_then(|q| q.openid.as_deref()).unwrap_or("");
     tracing::warn!(status = e.status(), reason = e.reason(), error = %e, openid, "push refused");
-    plain(status, e.to_string())
+    let mut resp = plain(status, e.to_string());
+    resp.extensions_mut().insert(Refusal(e.reason()));
+    resp
 }
 
 async fn handshake(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
@@ -104,6 +117,32 @@ async fn handshake(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResp
 }
 
 async fn push(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<WebhookState>,
+) -> HttpResponse {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "push",
+        openid = tracing::field::Empty,
+        kind = tracing::field::Empty,
+        status = tracing::field::Empty
+    );
+    let resp = push_inner(req, payload, state.clone()).instrument(span.clone()).await;
+    span.record("status", resp.status().as_u16());
+    if let Some(m) = &state.metrics {
+        m.answer_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(Refusal(reason)) = resp.extensions().get::<Refusal>().copied() {
+            m.refusal(reason);
+        } else if !resp.status().is_success() {
+            m.refusal(if resp.status().is_server_error() { "unavailable" } else { "bad_request" });
+        }
+    }
+    resp
+}
+
+async fn push_inner(
     req: HttpRequest,
     mut payload: web::Payload,
     state: web::Data<WebhookState>,
@@ -144,6 +183,9 @@ async fn push(
         Err(e) => return refuse(&e, Some(&q)),
     };
     let p = &opened.push;
+    let span = tracing::Span::current();
+    span.record("openid", p.from.as_str());
+    span.record("kind", p.event().unwrap_or(p.msg_type.as_str()));
     if let crate::wechat::inbound::PushKind::Unknown { msg_type, event, .. } = &p.kind {
         tracing::info!(msg_type, event = event.as_deref().unwrap_or(""), from = %p.from,
             "push of a kind this version does not model; acknowledged");

@@ -1,1 +1,204 @@
-//! Placeholder: filled by its owner.
+//! The push path (inside the request): decoded push -> rules -> one durable commit of dedupe
+//! record, ledger grant, stored answer and planned outbox entries -> the answer. Nothing here
+//! talks to WeChat; the [`sender`] drains the outbox afterwards.
+
+pub mod sender;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::http::webhook::PushSink;
+use crate::metrics::Metrics;
+use crate::model::{
+    Action, OpenId, PassiveReply, PlannedAction, RuleInput, SharedClock, WindowEffect,
+};
+use crate::rules::Rules;
+use crate::store::{CommitOutcome, NewOutboxEntry, PushCommit, Store};
+use crate::wechat::webhook::Opened;
+
+/// What one push or payment asks of the pipeline.
+pub struct Intake {
+    pub dedupe_key: String,
+    pub openid: OpenId,
+    pub effect: WindowEffect,
+    pub input: RuleInput,
+    pub received_at_ms: i64,
+    /// Whether the answer can carry a passive reply (pushes yes, payment notifications no).
+    pub passive_allowed: bool,
+    /// Whether a transfer to human service is allowed (user messages only, protocol §7.4).
+    pub transfer_allowed: bool,
+    /// A label for logs and metrics: the MsgType or Event.
+    pub kind: String,
+}
+
+/// The outcome of [`Pipeline::process`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    pub fresh: bool,
+    pub fired: Vec<String>,
+    pub passive: Option<PassiveReply>,
+    pub planned: usize,
+}
+
+pub struct Pipeline {
+    store: Arc<dyn Store>,
+    rules: Arc<Rules>,
+    passive_first: bool,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    _clock: SharedClock,
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Arc<dyn Store>,
+        rules: Arc<Rules>,
+        passive_first: bool,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+        clock: SharedClock,
+    ) -> Self {
+        Pipeline { store, rules, passive_first, metrics, wake, _clock: clock }
+    }
+
+    /// Runs rules and commits everything the push changes in one durable step.
+    pub async fn process(&self, intake: Intake) -> anyhow::Result<Processed> {
+        let rules = self.rules.current();
+        let eval = rules.evaluate(&intake.input);
+        let fired = eval.fired.clone();
+        let (mut passive, mut planned) = if intake.effect == WindowEffect::CloseAll {
+            // An unfollowed user can be sent nothing; rules still show in logs.
+            (None, Vec::new())
+        } else {
+            eval.split_passive(self.passive_first && intake.passive_allowed)
+        };
+        if let Some(PassiveReply::Transfer { .. }) = passive {
+            if !intake.transfer_allowed {
+                warn!(kind = %intake.kind, "a rule asked to transfer an event to human service; WeChat only transfers user messages, so it is dropped");
+                self.metrics.drop_message("transfer_on_event");
+                passive = None;
+            }
+        }
+        planned.retain(|p: &PlannedAction| {
+            let keep = !matches!(p.action, Action::Transfer { .. });
+            if !keep {
+                self.metrics.drop_message("transfer_not_passive");
+            }
+            keep
+        });
+        let answer = match &passive {
+            Some(p) => Some(serde_json::to_string(p)?),
+            None => None,
+        };
+        let outbox: Vec<NewOutboxEntry> = planned
+            .into_iter()
+            .enumerate()
+            .map(|(seq, p)| NewOutboxEntry {
+                rule: p.rule.clone(),
+                seq: seq as u32,
+                due_at_ms: intake.received_at_ms + p.delay.as_millis() as i64,
+                action: p,
+            })
+            .collect();
+        let n_planned = outbox.len();
+        let outcome = self
+            .store
+            .commit_push(PushCommit {
+                dedupe_key: intake.dedupe_key,
+                openid: intake.openid.clone(),
+                effect: intake.effect,
+                received_at_ms: intake.received_at_ms,
+                answer,
+                outbox,
+            })
+            .await?;
+        match outcome {
+            CommitOutcome::Fresh { .. } => {
+                for r in &fired {
+                    self.metrics.rule_hit(r);
+                }
+                self.metrics.push(&intake.kind, "fresh");
+                if n_planned > 0 {
+                    self.wake.notify_one();
+                }
+                info!(openid = %intake.openid, kind = %intake.kind, rules = ?fired, passive = passive.is_some(), planned = n_planned, "push recorded");
+                Ok(Processed { fresh: true, fired, passive, planned: n_planned })
+            }
+            CommitOutcome::Duplicate { answer } => {
+                self.metrics.push(&intake.kind, "duplicate");
+                let passive = match answer {
+                    Some(a) => serde_json::from_str(&a).ok(),
+                    None => None,
+                };
+                info!(openid = %intake.openid, kind = %intake.kind, "redelivered push: answered as the first time, nothing planned again");
+                Ok(Processed { fresh: false, fired: Vec::new(), passive, planned: 0 })
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PushSink for Pipeline {
+    async fn accept(
+        &self,
+        opened: &Opened,
+        received_at_ms: i64,
+    ) -> anyhow::Result<Option<PassiveReply>> {
+        let push = &opened.push;
+        let input = push.rule_input();
+        let kind = input.event.clone().unwrap_or_else(|| input.msg_type.clone());
+        let Ok(openid) = OpenId::parse(&input.from) else {
+            // Not a follower we could ever message (a system sender); acknowledge and move on.
+            self.metrics.push(&kind, "ignored");
+            info!(from = %input.from, kind = %kind, "push from a sender that is not an OpenID; acknowledged, nothing recorded");
+            return Ok(None);
+        };
+        let processed = self
+            .process(Intake {
+                dedupe_key: push.dedupe_key(),
+                openid,
+                effect: push.window_effect(),
+                transfer_allowed: push.is_user_message(),
+                input,
+                received_at_ms,
+                passive_allowed: true,
+                kind,
+            })
+            .await?;
+        Ok(processed.passive)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::http::pay::PaymentSink for Pipeline {
+    async fn on_payment(
+        &self,
+        payment: &crate::pay::Payment,
+        received_at_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let input = payment.rule_input();
+        let openid = OpenId::parse(&input.from)
+            .map_err(|e| anyhow::anyhow!("payment notification with an unusable payer: {e}"))?;
+        let processed = self
+            .process(Intake {
+                dedupe_key: format!("pay:{}", payment.transaction_id),
+                openid,
+                effect: WindowEffect::Open(crate::model::Trigger::Payment),
+                input,
+                received_at_ms,
+                passive_allowed: false,
+                transfer_allowed: false,
+                kind: "payment".into(),
+            })
+            .await?;
+        self.metrics
+            .payments
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: if processed.fresh { "new" } else { "duplicate" }.into(),
+            })
+            .inc();
+        Ok(processed.fresh)
+    }
+}

@@ -101,8 +101,10 @@ pub(crate) fn compile(
             let (line, col) = line_col(text, item.name.span().start);
             let origin = Origin { path: shared_path.clone(), line, col };
             if let Some(first) = names.get(item.name.get_ref()) {
-                let msg =
-                    format!("duplicate rule name `{}`: already used at {first}", item.name.get_ref());
+                let msg = format!(
+                    "duplicate rule name `{}`: already used at {first}",
+                    item.name.get_ref()
+                );
                 ctx.err(item.name.span().start, msg);
             } else {
                 names.insert(item.name.get_ref().clone(), origin);
@@ -296,10 +298,9 @@ fn compile_when(w: RawWhen, b: &mut MatcherBuilder, ctx: &mut Ctx<'_>) -> Option
                     caps.names.extend(re.capture_names().flatten().map(str::to_string));
                     ids.push(if text { b.text_regex(re) } else { b.key_regex(re) });
                 }
-                Err(e) => ctx.err(
-                    span.start,
-                    format!("bad regex `{v}` in {field}: {}", regex_reason(&e)),
-                ),
+                Err(e) => {
+                    ctx.err(span.start, format!("bad regex `{v}` in {field}: {}", regex_reason(&e)))
+                }
             }
         }
         let ids = Some(ids.into_boxed_slice());
@@ -407,16 +408,11 @@ fn compile_reply(
         if m.items.is_empty() {
             ctx.err(
                 at,
-                "a menu needs at least one item: items = [{ id = \"1\", content = \"…\" }]"
-                    .into(),
+                "a menu needs at least one item: items = [{ id = \"1\", content = \"…\" }]".into(),
             );
         }
         let items = m.items.iter().map(|i| (tpl(&i.id, ctx), tpl(&i.content, ctx))).collect();
-        kind = Some(ReplyKind::Menu {
-            head: opt(&m.head, ctx),
-            items,
-            tail: opt(&m.tail, ctx),
-        });
+        kind = Some(ReplyKind::Menu { head: opt(&m.head, ctx), items, tail: opt(&m.tail, ctx) });
     }
     if let Some(s) = &r.wxcard {
         kinds.push(("wxcard", s.span().start));
@@ -532,9 +528,9 @@ fn template(s: &Spanned<String>, caps: &Caps, pays: bool, ctx: &mut Ctx<'_>) -> 
     for (name, group) in t.needs() {
         let provided = caps.unknown
             || match group {
-            Some(n) => n < caps.max_groups,
-            None => caps.names.iter().any(|c| *c == name) || pays,
-        };
+                Some(n) => n < caps.max_groups,
+                None => caps.names.contains(&name) || pays,
+            };
         if !provided {
             ctx.err(s.span().start, placeholder_message(&name, group, caps));
         }
@@ -600,13 +596,7 @@ fn compile_test(t: RawTest, header: usize, ctx: &mut Ctx<'_>) -> Option<TestCase
         }
     };
     input.vars = t.vars.into_iter().collect();
-    Some(TestCase {
-        path: ctx.path.to_path_buf(),
-        line,
-        col,
-        input,
-        expect: t.expect.values(),
-    })
+    Some(TestCase { path: ctx.path.to_path_buf(), line, col, input, expect: t.expect.values() })
 }
 
 /// Warns about rules that can never fire: an earlier rule (higher priority, or same priority
@@ -677,7 +667,8 @@ fn shadow_warnings(rules: &[Rule], m: &Matcher, keywords: &[String], diags: &mut
 }
 
 fn warn_shadowed(a: &Rule, b: &Rule, diags: &mut Vec<Diagnostic>) {
-    let what = if a.cond.is_empty() { "matches every push" } else { "matches every push it matches" };
+    let what =
+        if a.cond.is_empty() { "matches every push" } else { "matches every push it matches" };
     diags.push(Diagnostic {
         path: b.origin.path.to_path_buf(),
         line: b.origin.line,

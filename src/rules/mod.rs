@@ -3,11 +3,11 @@
 //! by `kefu rules check` (`check`), imported from the admin panel (`import`), and hot-reloaded
 //! behind the [`Rules`] handle (`watch`).
 
+mod actions;
 pub mod check;
 mod compile;
 pub mod file;
 pub mod import;
-mod actions;
 mod matcher;
 mod parse;
 mod watch;

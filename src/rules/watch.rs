@@ -47,7 +47,10 @@ pub struct Rules {
 
 impl std::fmt::Debug for Rules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rules").field("dir", &self.dir).field("status", &*self.status.lock()).finish()
+        f.debug_struct("Rules")
+            .field("dir", &self.dir)
+            .field("status", &*self.status.lock())
+            .finish()
     }
 }
 

@@ -225,4 +225,22 @@ pub trait Store: Send + Sync + 'static {
     fn token_cache(&self) -> Arc<dyn TokenCache>;
     /// Ok when the store answers (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Counts for `/metrics`. The default walks the windows; stores override it with a count.
+    async fn stats(&self, now: i64) -> StoreResult<StoreStats> {
+        let ws = self.list_windows(now).await?;
+        Ok(StoreStats {
+            open_windows: ws.iter().filter(|w| w.open).count() as u64,
+            outbox_pending: ws.iter().map(|w| w.pending).sum(),
+        })
+    }
+}
+
+/// Gauges for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Followers with a live grant.
+    pub open_windows: u64,
+    /// Outbox entries pending or in flight.
+    pub outbox_pending: u64,
 }

@@ -840,6 +840,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn stats(&self, now: i64) -> StoreResult<super::StoreStats> {
+        self.read(move |conn| {
+            let open: i64 = conn.query_row(
+                "SELECT COUNT(DISTINCT openid) FROM grants WHERE expires_at > ?1",
+                [now],
+                |r| r.get(0),
+            )?;
+            let pending: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'in_flight')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(super::StoreStats {
+                open_windows: u64::try_from(open).unwrap_or(0),
+                outbox_pending: u64::try_from(pending).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
     async fn list_windows(&self, now: i64) -> StoreResult<Vec<WindowView>> {
         self.read(move |conn| {
             let mut pending = std::collections::HashMap::<String, u64>::new();

@@ -418,6 +418,7 @@ async fn serve_binary_stops_on_sigterm() {
         .env("KEFU_WECHAT_TOKEN", TOKEN)
         .env("KEFU_SERVER_LISTEN", "127.0.0.1:0")
         .env("KEFU_STATE_DIR", dir.path().join("state"))
+        .env("KEFU_RULES_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
         .env("KEFU_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())

@@ -1,0 +1,245 @@
+//! The sender: drains the durable outbox into `custom/send`, one ordered worker per follower and
+//! followers in parallel under a global bound. Every send is gated by the ledger at the moment it
+//! leaves, so a delayed message goes out only if the window still allows it then.
+//!
+//! Exactly-once rests on two store operations: `claim` marks an entry in flight *before* the
+//! request (a crash mid-send leaves it in flight, and the store turns it into "outcome unknown"
+//! on the next start instead of sending it again), and `finish` records the outcome.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::{ApiClient, ApiError};
+use crate::metrics::Metrics;
+use crate::model::{Action, OpenId, SharedClock, Trigger};
+use crate::store::{ChargeOutcome, DenyReason, OutboxEntry, Outcome, Store};
+
+/// How many followers are served at once.
+pub const DEFAULT_PARALLEL_FOLLOWERS: usize = 32;
+/// How many due entries one pass of the dispatcher reads.
+const BATCH: usize = 512;
+
+pub struct Sender {
+    store: Arc<dyn Store>,
+    /// None = dry-run: sends are logged, not made.
+    client: Option<ApiClient>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    wake: Arc<Notify>,
+    parallel: usize,
+}
+
+/// Stops the sender: no new sends start, the ones in flight finish within the bound, the rest
+/// stays in the outbox for the next start.
+pub struct SenderHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SenderHandle {
+    pub async fn shutdown(self, bound: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(bound, self.task).await.is_err() {
+            warn!(
+                bound_secs = bound.as_secs(),
+                "sender did not stop in time; unsent messages stay in the outbox"
+            );
+        }
+    }
+}
+
+impl Sender {
+    pub fn new(
+        store: Arc<dyn Store>,
+        client: Option<ApiClient>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Sender { store, client, metrics, clock, wake, parallel: DEFAULT_PARALLEL_FOLLOWERS }
+    }
+
+    pub fn with_parallelism(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
+    }
+
+    pub fn spawn(self) -> SenderHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(Arc::new(self).run(stop_rx));
+        SenderHandle { stop, task }
+    }
+
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.parallel));
+        let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let mut workers = JoinSet::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let now = self.clock.now_ms();
+            let due = match self.store.due(now, BATCH).await {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the outbox; retrying in 1 s");
+                    Vec::new()
+                }
+            };
+            // Group by follower, keeping the store's (due time, plan order) order.
+            let mut groups: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
+            for e in due {
+                let key = e.openid.as_str().to_string();
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(e),
+                    None => groups.push((key, vec![e])),
+                }
+            }
+            for (openid, entries) in groups {
+                if !busy.lock().insert(openid.clone()) {
+                    continue; // that follower's worker is running; it is picked up next pass
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let this = self.clone();
+                let busy = busy.clone();
+                let stop = stop.clone();
+                workers.spawn(async move {
+                    for entry in entries {
+                        if *stop.borrow() {
+                            break;
+                        }
+                        this.deliver(entry).await;
+                    }
+                    busy.lock().remove(&openid);
+                    drop(permit);
+                    this.wake.notify_one();
+                });
+            }
+            while workers.try_join_next().is_some() {}
+
+            let sleep_for = match self.store.next_due_at().await {
+                Ok(Some(t)) => {
+                    Duration::from_millis((t - self.clock.now_ms()).clamp(0, 1000) as u64)
+                }
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        // Let the sends already in flight finish; the handle bounds how long we wait.
+        while workers.join_next().await.is_some() {}
+    }
+
+    async fn deliver(&self, entry: OutboxEntry) {
+        let span =
+            info_span!("send", openid = %entry.openid, rule = %entry.action.rule, id = entry.id);
+        async {
+            match self.store.claim(entry.id).await {
+                Ok(true) => {}
+                Ok(false) => return, // another worker or instance took it
+                Err(e) => {
+                    warn!(error = %e, "cannot claim an outbox entry; it stays pending");
+                    return;
+                }
+            }
+            let outcome = self.attempt(&entry).await;
+            if let Err(e) = self.store.finish(entry.id, outcome).await {
+                warn!(error = %e, "cannot record a send's outcome");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt(&self, entry: &OutboxEntry) -> Outcome {
+        let openid = &entry.openid;
+        let message = match &entry.action.action {
+            Action::Send { message } => message,
+            Action::Typing => {
+                if let Some(client) = &self.client {
+                    if let Err(e) = client.typing(openid.as_str(), true).await {
+                        info!(error = %e, "typing indicator refused");
+                    }
+                } else {
+                    info!(openid = %openid, "dry-run: would show the typing indicator");
+                }
+                return Outcome::Sent;
+            }
+            Action::Transfer { .. } => {
+                self.metrics.drop_message("transfer_not_passive");
+                return Outcome::Dropped {
+                    reason: "a transfer can only be the passive answer to a user message".into(),
+                };
+            }
+        };
+        let now = self.clock.now_secs();
+        let (trigger, opened_at) = match self.store.charge(openid, now).await {
+            Ok(ChargeOutcome::Allowed { trigger, opened_at }) => (trigger, opened_at),
+            Ok(ChargeOutcome::Denied { reason }) => {
+                info!(reason = %reason, "dropped: the window does not allow this message");
+                self.metrics.drop_message(deny_label(reason));
+                return Outcome::Dropped { reason: reason.to_string() };
+            }
+            Err(e) => {
+                // Not charged, so not sent: retry at the next pass rather than lose it.
+                warn!(error = %e, "ledger unavailable; the message waits");
+                return Outcome::Retry {
+                    due_at_ms: self.clock.now_ms() + 1000,
+                    reason: format!("ledger unavailable: {e}"),
+                };
+            }
+        };
+        let body = message.custom_send_body(openid.as_str(), entry.action.kf_account.as_deref());
+        let Some(client) = &self.client else {
+            info!(body = %body, trigger = %trigger, "dry-run: would send (no app_id/app_secret configured)");
+            self.metrics.send(message.msgtype(), "dry_run", 0);
+            return Outcome::Sent;
+        };
+        match client.send(&body).await {
+            Ok(()) => {
+                self.metrics.send(message.msgtype(), "sent", 0);
+                info!(msgtype = message.msgtype(), trigger = %trigger, "sent");
+                Outcome::Sent
+            }
+            Err(e) => {
+                self.feed_back(openid, trigger, opened_at, &e).await;
+                self.metrics.send(message.msgtype(), "failed", e.errcode().unwrap_or(-2));
+                warn!(error = %e, "send failed");
+                Outcome::Failed { reason: e.to_string() }
+            }
+        }
+    }
+
+    /// API outcomes correct the ledger: WeChat's view of the window wins over ours.
+    async fn feed_back(&self, openid: &OpenId, trigger: Trigger, opened_at: i64, e: &ApiError) {
+        let r = match e.errcode() {
+            Some(45015) => self.store.close_window(openid).await,
+            Some(45047) => self.store.exhaust_window(openid, self.clock.now_secs()).await,
+            // WeChat may have delivered it: keep the charge.
+            _ if e.is_ambiguous() => Ok(()),
+            // Refused outright (too long, bad media, ...): it did not use the quota.
+            _ => self.store.refund(openid, trigger, opened_at).await.map(|_| ()),
+        };
+        if let Err(err) = r {
+            warn!(error = %err, "cannot update the ledger after a send error");
+        }
+    }
+}
+
+/// A stable metrics label for a refusal.
+fn deny_label(r: DenyReason) -> &'static str {
+    match r {
+        DenyReason::Closed => "window_closed",
+        DenyReason::Unsubscribed => "unsubscribed",
+        DenyReason::Exhausted => "quota_used",
+    }
+}

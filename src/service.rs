@@ -1,0 +1,319 @@
+//! Assembles a running kefu from its parts: the store (SQLite, or Redis + SQLite), the rules,
+//! the API client, the pipeline and its sender, and every HTTP route. `kefu serve` and the
+//! end-to-end tests both start kefu through [`Service::build`], so tests run the real thing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use crate::api::ApiClient;
+use crate::app::{Application, ExtraRoutes};
+use crate::config::Config;
+use crate::http::pay::PaymentSink;
+use crate::http::webhook::{PushSink, WebhookState};
+use crate::metrics::Metrics;
+use crate::model::{SharedClock, TokenCache};
+use crate::pipeline::Pipeline;
+use crate::pipeline::sender::{Sender, SenderHandle};
+use crate::rules::{RuleSet, Rules, WatchGuard};
+use crate::store::{SqliteStore, Store, dedupe_retention_secs};
+use crate::wechat::webhook::Keys;
+
+/// How long in-flight sends may take to finish after the server stopped; with actix's own
+/// bound this keeps `serve` inside the 10 s a SIGTERM allows (interface §6.12).
+const SENDER_STOP_BOUND: Duration = Duration::from_secs(3);
+
+/// Which process opens the store: the server owns it (purges, recovers in-flight entries); a
+/// CLI command only reads and charges beside a running server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Cli,
+}
+
+/// Opens the configured store: SQLite under `state.dir`, and with `state.redis_url` the Redis
+/// store for ledger, dedupe and token with this instance's outbox in SQLite.
+pub async fn open_store(
+    cfg: &Config,
+    role: Role,
+    clock: SharedClock,
+) -> anyhow::Result<(Arc<dyn Store>, Option<SqliteStore>)> {
+    let window = &cfg.window;
+    let sqlite = match role {
+        Role::Server => SqliteStore::open(
+            &cfg.state.dir,
+            window,
+            dedupe_retention_secs(cfg.server.max_clock_skew_secs),
+            true,
+            clock.clone(),
+        )?,
+        Role::Cli => SqliteStore::open_client(&cfg.state.dir, window, clock.clone())?,
+    };
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    Ok((store, Some(sqlite)))
+}
+
+/// The access-token cache every process shares: the store's, counted for metrics.
+struct CountingTokenCache {
+    inner: Arc<dyn TokenCache>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl TokenCache for CountingTokenCache {
+    async fn load(&self) -> anyhow::Result<Option<crate::model::CachedToken>> {
+        self.inner.load().await
+    }
+    async fn save(&self, token: &crate::model::CachedToken) -> anyhow::Result<()> {
+        // The client saves exactly once per token it fetched.
+        self.metrics.token_refreshes.inc();
+        self.inner.save(token).await
+    }
+    async fn invalidate(&self, token: &str) -> anyhow::Result<()> {
+        self.inner.invalidate(token).await
+    }
+    async fn try_lock_refresh(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
+        self.inner.try_lock_refresh(holder, ttl).await
+    }
+    async fn unlock_refresh(&self, holder: &str) -> anyhow::Result<()> {
+        self.inner.unlock_refresh(holder).await
+    }
+}
+
+/// Everything a running kefu shares; also what the HTTP handlers read.
+pub struct Shared {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub rules: Arc<Rules>,
+    pub client: Option<ApiClient>,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+    pub pipeline: Arc<Pipeline>,
+    sqlite: Option<SqliteStore>,
+}
+
+pub struct Service {
+    app: Application,
+    shared: Arc<Shared>,
+    sender: SenderHandle,
+    purge_stop: watch::Sender<bool>,
+    purger: Option<tokio::task::JoinHandle<()>>,
+    _watcher: Option<WatchGuard>,
+}
+
+impl Service {
+    /// Opens the store, loads the rules (every error reported, none tolerated at start), and
+    /// starts the server, the sender and the background tasks.
+    pub async fn build(cfg: Config, clock: SharedClock) -> anyhow::Result<Service> {
+        cfg.check_serve()?;
+        let metrics = Arc::new(Metrics::new());
+        let (store, sqlite) = open_store(&cfg, Role::Server, clock.clone()).await?;
+
+        let loaded = RuleSet::load_dir(&cfg.rules.dir, &cfg.window).map_err(|diags| {
+            let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            anyhow::anyhow!(
+                "the rules in {} do not load ({} problems); fix them (`kefu rules check`) and start again:\n{}",
+                cfg.rules.dir.display(),
+                list.len(),
+                list.join("\n")
+            )
+        })?;
+        for w in &loaded.warnings {
+            tracing::warn!(target: "kefu::rules", "{w}");
+        }
+        let rules = Arc::new(Rules::new(loaded));
+        let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
+
+        let client = if cfg.wechat.has_credentials() {
+            let cache = Arc::new(CountingTokenCache {
+                inner: store.token_cache(),
+                metrics: metrics.clone(),
+            });
+            Some(ApiClient::new(&cfg.wechat, cache, clock.clone())?)
+        } else {
+            tracing::info!(
+                "no wechat.app_id/app_secret: dry-run mode, customer-service messages are logged, not sent"
+            );
+            None
+        };
+
+        let wake = Arc::new(Notify::new());
+        let pipeline = Arc::new(Pipeline::new(
+            store.clone(),
+            rules.clone(),
+            cfg.rules.passive_first,
+            metrics.clone(),
+            wake.clone(),
+            clock.clone(),
+        ));
+        let sender =
+            Sender::new(store.clone(), client.clone(), metrics.clone(), clock.clone(), wake)
+                .spawn();
+
+        let (purge_stop, purge_rx) = watch::channel(false);
+        let purger = sqlite.as_ref().map(|s| s.spawn_purger(purge_rx));
+
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            store,
+            rules,
+            client,
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            pipeline: pipeline.clone(),
+            sqlite,
+        });
+
+        let keys = Keys::from_config(&cfg)?;
+        let sink: Arc<dyn PushSink> = pipeline.clone();
+        let state = web::Data::new(
+            WebhookState::new(keys, sink, cfg.server.max_body_bytes, clock.clone())
+                .with_metrics(metrics.clone()),
+        );
+        let extra = routes(shared.clone())?;
+        let app = Application::build_with(&cfg, state, Some(extra))?;
+        tracing::info!(address = %app.local_addr(), path = %cfg.server.path, rules = shared.rules.current().len(), "kefu listening");
+        Ok(Service { app, shared, sender, purge_stop, purger, _watcher: watcher })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.app.port()
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.app.local_addr()
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or [`Self::handle`]'s stop), then stops the sender within
+    /// its bound, leaving unsent messages in the outbox for the next start.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Service { app, shared, sender, purge_stop, purger, _watcher } = self;
+        let served = app.run_until_stopped().await;
+        sender.shutdown(SENDER_STOP_BOUND).await;
+        let _ = purge_stop.send(true);
+        if let Some(p) = purger {
+            let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
+        }
+        if let Some(s) = &shared.sqlite {
+            s.close();
+        }
+        served?;
+        tracing::info!("kefu stopped");
+        Ok(())
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.app.handle()
+    }
+}
+
+/// The routes beside the webhook: readiness, metrics, admin, pay.
+fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
+    let data = web::Data::from(shared.clone());
+    let store = web::Data::new(shared.store.clone());
+    let clock = web::Data::new(shared.clock.clone());
+    let auth = web::Data::new(
+        crate::http::admin::AdminAuth::from_config(&shared.cfg)
+            .with_account_id(&shared.cfg.wechat.account_id),
+    );
+    let client = shared.client.clone().map(web::Data::new);
+    let pay_sink: web::Data<Arc<dyn PaymentSink>> =
+        web::Data::new(shared.pipeline.clone() as Arc<dyn PaymentSink>);
+    // Validate pay keys now so a bad PEM stops the start with its message.
+    let mut probe = Ok(());
+    let pay_cfg = shared.cfg.pay.clone();
+    let skew = shared.cfg.server.max_clock_skew_secs;
+    {
+        let check = |c: &mut web::ServiceConfig| {
+            probe = crate::http::pay::configure(c, &pay_cfg, skew);
+        };
+        let _ = actix_web::App::new().configure(check);
+    }
+    probe?;
+    Ok(Arc::new(move |c: &mut web::ServiceConfig| {
+        c.app_data(data.clone())
+            .app_data(store.clone())
+            .app_data(clock.clone())
+            .app_data(auth.clone())
+            .app_data(pay_sink.clone());
+        if let Some(client) = &client {
+            c.app_data(client.clone());
+        }
+        c.route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .route("/admin/windows/{openid}", web::get().to(admin_window))
+            .route("/admin/rules/reload", web::post().to(reload));
+        crate::http::admin::configure(c);
+        if let Err(e) = crate::http::pay::configure(c, &pay_cfg, skew) {
+            // Already checked above; cannot differ.
+            tracing::error!(error = %e, "pay routes not mounted");
+        }
+    }))
+}
+
+async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
+    let mut problems = Vec::new();
+    if let Err(e) = shared.store.ping().await {
+        problems.push(format!("store unreachable: {e}"));
+    }
+    let rules = shared.rules.current();
+    let status = shared.rules.status();
+    let body = json!({
+        "ready": problems.is_empty(),
+        "rules": rules.len(),
+        "last_reload_ok": status.last_ok,
+        "problems": problems,
+    });
+    if problems.is_empty() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
+    let m = &shared.metrics;
+    let now = shared.clock.now_secs();
+    if let Ok(stats) = shared.store.stats(now).await {
+        m.open_windows.set(stats.open_windows as i64);
+        m.outbox_depth.set(stats.outbox_pending as i64);
+    }
+    m.sync_reloads(&shared.rules.status());
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(m.render())
+}
+
+async fn admin_window(
+    req: HttpRequest,
+    path: web::Path<String>,
+    store: web::Data<Arc<dyn Store>>,
+    clock: web::Data<SharedClock>,
+) -> Result<HttpResponse, actix_web::Error> {
+    crate::http::admin::require_admin(&req)?;
+    Ok(crate::store::window_handler(path, store, clock).await)
+}
+
+async fn reload(
+    req: HttpRequest,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, actix_web::Error> {
+    crate::http::admin::require_admin(&req)?;
+    let rules = shared.rules.clone();
+    let result = web::block(move || rules.reload()).await?;
+    Ok(match result {
+        Ok(n) => HttpResponse::Ok().json(json!({ "ok": true, "rules": n })),
+        Err(diags) => HttpResponse::UnprocessableEntity().json(json!({
+            "ok": false,
+            "errors": diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect::<Vec<_>>(),
+            "message": "the rules did not reload; the previous rules stay active",
+        })),
+    })
+}
