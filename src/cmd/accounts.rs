@@ -71,7 +71,7 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> CmdResult {
 }
 
 pub async fn run(cfg: &Config, args: &AccountsCmd) -> CmdResult {
-    let client = api_client(cfg)?;
+    let client = api_client(cfg).await?;
     match args {
         AccountsCmd::List { json } => {
             let list = client.list_accounts().await?;

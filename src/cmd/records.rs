@@ -21,7 +21,7 @@ pub async fn run(cfg: &Config, args: &RecordsArgs) -> CmdResult {
             fmt_time(since)
         )));
     }
-    let client = api_client(cfg)?;
+    let client = api_client(cfg).await?;
     let records = client.records(since, until).await?;
     if args.json {
         return print_json(&records);

@@ -8,13 +8,14 @@
 
 use serde_json::{Value, json};
 
-use crate::api::{ApiClient, validate_send_body};
+use crate::api::validate_send_body;
 use crate::cli::{CmdError, CmdResult, SendArgs};
 use crate::config::Config;
-use crate::model::{OpenId, OutMessage};
+use crate::model::{Clock, OpenId, OutMessage, SystemClock};
+use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
 
 use super::accounts::account_arg;
-use super::token::api_client;
+use super::token::{api_client_with, cli_store};
 
 /// A send ready to go: its recipient and exact body.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,19 +67,34 @@ pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<PreparedSend, CmdError> 
     Ok(PreparedSend { openid, body })
 }
 
-/// Sends a prepared message (see `api::send` for what is retried).
-pub async fn deliver(client: &ApiClient, p: &PreparedSend) -> CmdResult {
-    client.send(&p.body).await?;
-    Ok(())
-}
-
 pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let prepared = prepare(cfg, args)?;
-    let client = api_client(cfg)?;
-    deliver(&client, &prepared).await?;
+    let store = cli_store(cfg).await?;
+    let client = api_client_with(cfg, &store)?;
+    let mode = if args.force { GateMode::Force } else { GateMode::Enforce };
+    let now = SystemClock.now_secs();
+    let charged =
+        match send_gated(store.as_ref(), &client, &prepared.openid, &prepared.body, mode, now)
+            .await
+        {
+            Ok(Gated::Sent { charged }) => charged,
+            Ok(Gated::Refused(reason)) => {
+                return Err(CmdError::failed(format!(
+                    "not sent to {}: {reason}. `kefu window show {}` shows the ledger; --force \
+                     sends anyway (WeChat will likely refuse it with 45015 or 45047)",
+                    prepared.openid, prepared.openid
+                )));
+            }
+            Err(GateError::Api(e)) => return Err(e.into()),
+            Err(GateError::Store(e)) => return Err(CmdError::failed(e)),
+        };
+    let grant = match charged {
+        Some(t) => format!(" (charged to the {t} grant)"),
+        None => " (forced: no live grant was charged)".into(),
+    };
     match prepared.body.pointer("/customservice/kf_account").and_then(Value::as_str) {
-        Some(kf) => println!("sent {} to {} as {kf}", prepared.msgtype(), prepared.openid),
-        None => println!("sent {} to {}", prepared.msgtype(), prepared.openid),
+        Some(kf) => println!("sent {} to {} as {kf}{grant}", prepared.msgtype(), prepared.openid),
+        None => println!("sent {} to {}{grant}", prepared.msgtype(), prepared.openid),
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ fn openid_arg(s: &str) -> Result<OpenId, CmdError> {
 }
 
 pub async fn run(cfg: &Config, args: &SessionsCmd) -> CmdResult {
-    let client = api_client(cfg)?;
+    let client = api_client(cfg).await?;
     match args {
         SessionsCmd::List { kf_account, json } => {
             let kf = account_arg(cfg, kf_account)?;

@@ -10,20 +10,36 @@ use serde_json::json;
 use crate::api::{ApiClient, ApiError};
 use crate::cli::{CmdError, CmdResult, TokenArgs};
 use crate::config::Config;
-use crate::model::{Clock, MemoryTokenCache, SharedClock, SystemClock};
+use crate::model::{Clock, SharedClock, SystemClock};
+use crate::store::Store;
 
 /// The API client every API command uses. It refuses to start without credentials (exit 2,
-/// naming the variables to set).
-///
-/// The token cache is in-memory for now; the durable store's cache goes here so that CLI runs
-/// reuse the token `serve` holds (interface §6.10).
-pub fn api_client(cfg: &Config) -> Result<ApiClient, CmdError> {
+/// naming the variables to set). Its token cache is the store's, so a CLI run reuses the
+/// token `serve` holds instead of fetching one (interface §6.10).
+pub async fn api_client(cfg: &Config) -> Result<ApiClient, CmdError> {
+    if !cfg.wechat.has_credentials() {
+        return Err(ApiError::NoCredentials.into());
+    }
+    let store = cli_store(cfg).await?;
+    api_client_with(cfg, &store)
+}
+
+/// The client over an already opened store.
+pub fn api_client_with(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient, CmdError> {
     if !cfg.wechat.has_credentials() {
         return Err(ApiError::NoCredentials.into());
     }
     let clock: SharedClock = Arc::new(SystemClock);
-    ApiClient::new(&cfg.wechat, Arc::new(MemoryTokenCache::default()), clock)
-        .map_err(CmdError::Failed)
+    ApiClient::new(&cfg.wechat, store.token_cache(), clock).map_err(CmdError::Failed)
+}
+
+/// The store as a CLI process opens it, beside a running `serve`.
+pub async fn cli_store(cfg: &Config) -> Result<Arc<dyn Store>, CmdError> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    crate::service::open_store(cfg, crate::service::Role::Cli, clock)
+        .await
+        .map(|(store, _)| store)
+        .map_err(|e| CmdError::failed(format!("{e:#}")))
 }
 
 /// Bad input and missing configuration are usage errors (exit 2); everything WeChat or the
@@ -47,7 +63,7 @@ pub(crate) fn fmt_time(secs: i64) -> String {
 }
 
 pub async fn run(cfg: &Config, args: &TokenArgs) -> CmdResult {
-    let client = api_client(cfg)?;
+    let client = api_client(cfg).await?;
     let info = client.token_status().await?;
     let now = SystemClock.now_secs();
     let left = (info.expires_at - now).max(0);

@@ -15,9 +15,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{ApiClient, ApiError};
+use crate::api::ApiClient;
 use crate::metrics::Metrics;
-use crate::model::{Action, OpenId, SharedClock, Trigger};
+use crate::model::{Action, SharedClock};
 use crate::store::{ChargeOutcome, DenyReason, OutboxEntry, Outcome, Store};
 
 /// How many followers are served at once.
@@ -211,26 +211,18 @@ impl Sender {
                 Outcome::Sent
             }
             Err(e) => {
-                self.feed_back(openid, trigger, opened_at, &e).await;
+                super::gate::feed_back(
+                    self.store.as_ref(),
+                    openid,
+                    Some((trigger, opened_at)),
+                    &e,
+                    self.clock.now_secs(),
+                )
+                .await;
                 self.metrics.send(message.msgtype(), "failed", e.errcode().unwrap_or(-2));
                 warn!(error = %e, "send failed");
                 Outcome::Failed { reason: e.to_string() }
             }
-        }
-    }
-
-    /// API outcomes correct the ledger: WeChat's view of the window wins over ours.
-    async fn feed_back(&self, openid: &OpenId, trigger: Trigger, opened_at: i64, e: &ApiError) {
-        let r = match e.errcode() {
-            Some(45015) => self.store.close_window(openid).await,
-            Some(45047) => self.store.exhaust_window(openid, self.clock.now_secs()).await,
-            // WeChat may have delivered it: keep the charge.
-            _ if e.is_ambiguous() => Ok(()),
-            // Refused outright (too long, bad media, ...): it did not use the quota.
-            _ => self.store.refund(openid, trigger, opened_at).await.map(|_| ()),
-        };
-        if let Err(err) = r {
-            warn!(error = %err, "cannot update the ledger after a send error");
         }
     }
 }

@@ -1,0 +1,81 @@
+//! The window gate that every customer-service send passes: charge the follower's ledger, send,
+//! and let WeChat's answer correct the ledger. The sender, `kefu send` and `POST /admin/send`
+//! all go through here, so a manual send uses the same quota the bot does.
+
+use serde_json::Value;
+use tracing::warn;
+
+use crate::api::{ApiClient, ApiError};
+use crate::model::{OpenId, Trigger};
+use crate::store::{ChargeOutcome, DenyReason, Store, StoreError};
+
+/// Whether a closed window stops the send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateMode {
+    Enforce,
+    /// Send even when the ledger says no (`--force`, `?force=true`); still charged when it can be.
+    Force,
+}
+
+#[derive(Debug)]
+pub enum Gated {
+    /// Sent; charged to this grant (None when forced past a closed window).
+    Sent { charged: Option<Trigger> },
+    /// Not sent: the window does not allow it.
+    Refused(DenyReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// Charges, sends `body` to `openid`, and feeds WeChat's answer back into the ledger.
+pub async fn send_gated(
+    store: &dyn Store,
+    client: &ApiClient,
+    openid: &OpenId,
+    body: &Value,
+    mode: GateMode,
+    now: i64,
+) -> Result<Gated, GateError> {
+    let charged = match store.charge(openid, now).await? {
+        ChargeOutcome::Allowed { trigger, opened_at } => Some((trigger, opened_at)),
+        ChargeOutcome::Denied { reason } if mode == GateMode::Enforce => {
+            return Ok(Gated::Refused(reason));
+        }
+        ChargeOutcome::Denied { .. } => None,
+    };
+    match client.send(body).await {
+        Ok(()) => Ok(Gated::Sent { charged: charged.map(|c| c.0) }),
+        Err(e) => {
+            feed_back(store, openid, charged, &e, now).await;
+            Err(GateError::Api(e))
+        }
+    }
+}
+
+/// API outcomes correct the ledger, because WeChat's view of the window wins over ours: 45015
+/// closes the window, 45047 exhausts it, an outright refusal gives the charge back, and an
+/// ambiguous failure keeps it (WeChat may have delivered and counted the message).
+pub async fn feed_back(
+    store: &dyn Store,
+    openid: &OpenId,
+    charged: Option<(Trigger, i64)>,
+    e: &ApiError,
+    now: i64,
+) {
+    let r = match (e.errcode(), charged) {
+        (Some(45015), _) => store.close_window(openid).await,
+        (Some(45047), _) => store.exhaust_window(openid, now).await,
+        _ if e.is_ambiguous() => Ok(()),
+        (_, Some((trigger, opened_at))) => store.refund(openid, trigger, opened_at).await.map(drop),
+        (_, None) => Ok(()),
+    };
+    if let Err(err) = r {
+        warn!(error = %err, openid = %openid, "cannot update the ledger after a send error");
+    }
+}
