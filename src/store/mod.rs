@@ -18,10 +18,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use self::redis::RedisStore;
 pub use crate::ledger::http::window_handler;
 pub use crate::ledger::{ChargeOutcome, DenyReason, Grant, Window, WindowView};
 use crate::model::{OpenId, PlannedAction, TokenCache, Trigger, WindowEffect};
-pub use self::redis::RedisStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Cloneable because one failed group commit answers many

@@ -408,9 +408,7 @@ impl RedisStore {
     ) -> StoreResult<T> {
         match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                Err(StoreError::Backend(format!("redis at {}: {e}", self.inner.target)))
-            }
+            Ok(Err(e)) => Err(StoreError::Backend(format!("redis at {}: {e}", self.inner.target))),
             Err(_) => Err(StoreError::Backend(format!(
                 "redis at {} did not answer within {limit:?}; is it running and reachable?",
                 self.inner.target
@@ -432,7 +430,12 @@ impl RedisStore {
             && self
                 .inner
                 .next_index_prune
-                .compare_exchange(due, now + INDEX_PRUNE_EVERY_SECS, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(
+                    due,
+                    now + INDEX_PRUNE_EVERY_SECS,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
                 .is_ok()
         {
             self.inner.index.prune(now);
@@ -757,8 +760,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let mut con = self.con();
-        let pong: String =
-            self.io(PING_TIMEOUT, redis::cmd("PING").query_async(&mut con)).await?;
+        let pong: String = self.io(PING_TIMEOUT, redis::cmd("PING").query_async(&mut con)).await?;
         if pong != "PONG" {
             return Err(StoreError::Backend(format!(
                 "redis at {} answered PING with {pong:?}",
@@ -797,7 +799,8 @@ impl TokenCache for RedisStore {
 
     async fn save(&self, token: &CachedToken) -> anyhow::Result<()> {
         let value = serde_json::to_string(token)?;
-        let ttl_ms = token.expires_at.saturating_mul(1000).saturating_sub(self.inner.clock.now_ms());
+        let ttl_ms =
+            token.expires_at.saturating_mul(1000).saturating_sub(self.inner.clock.now_ms());
         let mut con = self.con();
         if ttl_ms <= 0 {
             // Already expired: storing it would only hand out a dead token.
