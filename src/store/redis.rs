@@ -21,7 +21,10 @@
 //! current value and the change is recomputed on it. Redis runs scripts one at a time, so two
 //! instances charging the same follower are serialized: a quota of 5 gives exactly 5 sends.
 //! The first attempt guesses the stored value from this process's last committed copy (the
-//! local index), so the common case is one round trip; a stale guess costs one more. The same
+//! local index), so the common case is one round trip; a stale guess costs one more. Within one
+//! instance, changes of one follower take turns on a striped async lock, so only instances
+//! (not every task of every instance) ever race on a follower: under 64 concurrent charges of
+//! one follower, retries stay rare instead of growing with the square of the tasks. The same
 //! script with "keep" verifies a decision that writes nothing (a refusal), so a refusal is
 //! never based on a stale copy either. (`WATCH`/`MULTI` would need a dedicated connection per
 //! transaction; the compare-and-set script runs on the shared multiplexed connection.)
@@ -95,6 +98,8 @@ pub const FOLLOW_STATE_TTL_SECS: i64 = 7 * 86_400;
 const MAX_CAS_ATTEMPTS: u32 = 200;
 /// How often the local index (a cache of this instance's windows) drops expired grants.
 const INDEX_PRUNE_EVERY_SECS: i64 = 60;
+/// Stripes of the in-process lock that makes one instance's changes of a follower take turns.
+const LOCK_STRIPES: usize = 256;
 
 // The window encoding the scripts compare: '0' = no key, '1' followed by the stored value.
 
@@ -283,6 +288,9 @@ struct Inner {
     /// compare-and-set guess. Never the authority.
     index: LedgerIndex,
     next_index_prune: AtomicI64,
+    /// Per-follower turn-taking inside this instance (striped by OpenID hash).
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 /// Ledger, dedupe and token in Redis; the outbox in a per-instance [`SqliteStore`]. A cheap
@@ -362,6 +370,8 @@ impl RedisStore {
                 clock,
                 index: LedgerIndex::new(),
                 next_index_prune: AtomicI64::new(0),
+                stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                hasher: Default::default(),
             }),
         };
         store.ping().await?;
@@ -394,6 +404,13 @@ impl RedisStore {
 
     fn lock_key(&self) -> String {
         format!("{}:token:lock", self.inner.ns)
+    }
+
+    /// This instance's turn on the follower's window.
+    async fn turn(&self, openid: &OpenId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let i = self.inner.hasher.hash_one(openid) as usize % self.inner.stripes.len();
+        self.inner.stripes[i].lock().await
     }
 
     fn con(&self) -> ConnectionManager {
@@ -483,6 +500,7 @@ impl RedisStore {
         mut f: impl FnMut(&mut Window) -> (T, bool) + Send,
     ) -> StoreResult<(T, Window)> {
         let key = self.window_key(openid);
+        let _turn = self.turn(openid).await;
         let mut current = self.guess(openid)?;
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let mut w = decode_window(current.as_deref())?;
@@ -569,6 +587,7 @@ impl Store for RedisStore {
         let wkey = self.window_key(&push.openid);
         let now = push.received_at_ms.div_euclid(1000);
         let effect = push.effect;
+        let turn = self.turn(&push.openid).await;
         let mut current = self.guess(&push.openid)?;
         let mut attempt = 0;
         let window_after = loop {
@@ -613,6 +632,7 @@ impl Store for RedisStore {
             }
         };
         self.remember(&push.openid, &window_after);
+        drop(turn);
 
         let unsubscribe = effect == WindowEffect::CloseAll;
         if push.outbox.is_empty() && !unsubscribe {

@@ -16,6 +16,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use kefu::config::WindowConfig;
@@ -461,6 +462,61 @@ async fn redis_token_refresh_lock_has_one_holder() {
     assert!(!b.try_lock_refresh(&w, ttl).await.unwrap());
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(b.try_lock_refresh(&w, ttl).await.unwrap(), "an abandoned lock expires");
+}
+
+/// The refresh protocol the API client follows on a shared cache: read; on a miss take the
+/// lock, read again (another holder may have just saved one), fetch only if still missing,
+/// save, unlock; without the lock, wait and read again.
+async fn token_via(
+    cache: Arc<dyn kefu::model::TokenCache>,
+    fetches: Arc<AtomicUsize>,
+    me: String,
+) -> String {
+    loop {
+        if let Some(t) = cache.load().await.expect("load") {
+            return t.token.expose().to_string();
+        }
+        if cache.try_lock_refresh(&me, Duration::from_secs(10)).await.expect("lock") {
+            let token = match cache.load().await.expect("load") {
+                Some(t) => t.token.expose().to_string(),
+                None => {
+                    // The "fetch": slow enough that every other task meets the empty cache.
+                    let n = fetches.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let now = SystemClock.now_secs();
+                    let t = CachedToken {
+                        token: Secret::new(format!("FETCHED-{n}")),
+                        expires_at: now + 7200,
+                        fetched_at: now,
+                    };
+                    cache.save(&t).await.expect("save");
+                    t.token.expose().to_string()
+                }
+            };
+            cache.unlock_refresh(&me).await.expect("unlock");
+            return token;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_hundred_concurrent_token_users_cause_one_fetch() {
+    let Some(url) = test_redis_url() else { return };
+    let mut fx = Fixture::new(&url);
+    let a = fx.instance().await.token_cache();
+    let b = fx.instance().await.token_cache();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(token_via(c, fetches.clone(), format!("instance{}-task{i}", i % 2)))
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "FETCHED-1");
+    }
+    assert_eq!(fetches.load(AtomicOrdering::SeqCst), 1, "one token fetch for every instance");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
