@@ -9,6 +9,7 @@
 //! Times: ledger times are Unix seconds (the unit of interface §5); outbox and dedupe times
 //! are Unix milliseconds (delays are given in ms and ordering within a second matters).
 
+pub mod redis;
 pub mod sqlite;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use self::redis::RedisStore;
 pub use crate::ledger::http::window_handler;
 pub use crate::ledger::{ChargeOutcome, DenyReason, Grant, Window, WindowView};
 use crate::model::{OpenId, PlannedAction, TokenCache, Trigger, WindowEffect};

@@ -394,6 +394,27 @@ impl SqliteStore {
         .await
     }
 
+    /// The outbox half of a push, for a store that keeps dedupe and ledger elsewhere (the
+    /// Redis store, where the outbox stays per instance): inserts the planned entries and, for
+    /// an unsubscribe, drops the follower's pending ones, in one transaction, durable when this
+    /// returns. Ids are in the order given.
+    pub async fn add_push_outbox(
+        &self,
+        openid: OpenId,
+        push_key: String,
+        unsubscribe: bool,
+        entries: Vec<NewOutboxEntry>,
+    ) -> StoreResult<Vec<i64>> {
+        self.write(move |conn, inner, _| {
+            if unsubscribe {
+                drop_pending_unsubscribed(conn, inner, &openid)?;
+            }
+            let now_ms = inner.clock.now_ms();
+            entries.iter().map(|e| insert_outbox(conn, &openid, &push_key, e, now_ms)).collect()
+        })
+        .await
+    }
+
     /// The earliest time (Unix ms) at which something becomes purgeable.
     pub async fn next_expiry_ms(&self) -> StoreResult<Option<i64>> {
         let retention = self.inner.retention_ms;
@@ -731,6 +752,16 @@ fn insert_outbox(
     Ok(conn.last_insert_rowid())
 }
 
+/// An unsubscribe cancels the follower's planned messages not yet claimed.
+fn drop_pending_unsubscribed(conn: &Connection, inner: &Inner, openid: &OpenId) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET status = 'dropped', reason = ?1, updated_at_ms = ?2 \
+         WHERE openid = ?3 AND status = 'pending'",
+    )?
+    .execute(params![UNSUBSCRIBED, inner.clock.now_ms(), openid.as_str()])?;
+    Ok(())
+}
+
 fn commit_push_tx(
     conn: &Connection,
     inner: &Inner,
@@ -753,11 +784,7 @@ fn commit_push_tx(
         ((), effect != WindowEffect::None)
     })?;
     if effect == WindowEffect::CloseAll {
-        conn.prepare_cached(
-            "UPDATE outbox SET status = 'dropped', reason = ?1, updated_at_ms = ?2 \
-             WHERE openid = ?3 AND status = 'pending'",
-        )?
-        .execute(params![UNSUBSCRIBED, inner.clock.now_ms(), push.openid.as_str()])?;
+        drop_pending_unsubscribed(conn, inner, &push.openid)?;
     }
     let now_ms = inner.clock.now_ms();
     let mut outbox_ids = Vec::with_capacity(push.outbox.len());

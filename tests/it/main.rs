@@ -5,6 +5,7 @@ mod cli_api;
 mod fuzz;
 mod helpers;
 mod pay;
+mod redis;
 mod rules;
 mod state;
 mod webhook;

@@ -1,0 +1,922 @@
+//! The shared store for several kefu instances behind one load balancer: push dedupe, the
+//! window ledger and the access token live in Redis, so the instances behave as one (one reply
+//! set per push, one quota per follower, one token — protocol §8.2); each instance's outbox
+//! stays in its own embedded [`SqliteStore`], because a planned message belongs to the process
+//! that will send it and must survive that process's crash.
+//!
+//! # Keys (all under the namespace, e.g. `kefu:{wx123}`)
+//! - `{ns}:d:{dedupe key}` — a push's dedupe record: claim nonce + stored HTTP answer, with a
+//!   TTL of the dedupe retention.
+//! - `{ns}:w:{openid}` — a follower's [`Window`] as JSON, expiring with its last grant (or,
+//!   with no grant but a known follow state, [`FOLLOW_STATE_TTL_SECS`] after the last change).
+//! - `{ns}:token`, `{ns}:token:lock` — the access token and its refresh lock.
+//!
+//! A namespace like `kefu:{app_id}` carries a Redis Cluster hash tag, so every key of one
+//! account lands in one slot and the multi-key scripts below stay legal on a cluster.
+//!
+//! # Ledger: the Rust policy under optimistic concurrency
+//! The quota rules exist once, in [`crate::ledger::policy`]. A ledger change reads the window,
+//! applies the policy in Rust and writes it back with a compare-and-set Lua script that writes
+//! only if the stored value is still the one read; otherwise the script answers with the
+//! current value and the change is recomputed on it. Redis runs scripts one at a time, so two
+//! instances charging the same follower are serialized: a quota of 5 gives exactly 5 sends.
+//! The first attempt guesses the stored value from this process's last committed copy (the
+//! local index), so the common case is one round trip; a stale guess costs one more. Within one
+//! instance, changes of one follower take turns on a striped async lock, so only instances
+//! (not every task of every instance) ever race on a follower: under 64 concurrent charges of
+//! one follower, retries stay rare instead of growing with the square of the tasks. The same
+//! script with "keep" verifies a decision that writes nothing (a refusal), so a refusal is
+//! never based on a stale copy either. (`WATCH`/`MULTI` would need a dedicated connection per
+//! transaction; the compare-and-set script runs on the shared multiplexed connection.)
+//!
+//! # A push, and the crash window
+//! One script checks the dedupe record, compares-and-sets the window and sets the dedupe record
+//! (`SET … PX retention`), atomically: no instance can see a push deduplicated without its
+//! ledger effect, or the other way round. Only then are the planned messages written to the
+//! local outbox, and only after that does the webhook answer. The order is deliberate:
+//! - kefu dies between the two writes → the push is recorded as seen in Redis but its outbox
+//!   entries do not exist and WeChat got no answer. WeChat's retry, on any instance, is a
+//!   duplicate and is answered with the stored answer; the planned customer-service messages
+//!   of that push are never sent. It fails towards **at most once**: never twice.
+//! - The other order (outbox first) would, on the same crash, leave sendable entries in the
+//!   dead instance's outbox while the retry, finding no dedupe record, plans and sends them
+//!   again on another instance: twice.
+//!
+//! When the local write fails without a crash (disk full, store closed), the dedupe record is
+//! released (compare-and-delete on this attempt's nonce) and the error returned, so WeChat's
+//! retry runs the push afresh and its messages are planned once. Its ledger effect is applied a
+//! second time then, which is harmless: an opening replaces the grant of its trigger with a
+//! fresh one, and an unsubscribe closes what is already closed.
+//!
+//! An unsubscribe cancels the pending entries of the instance that receives it; entries of the
+//! same follower planned on other instances are refused at send time by the shared ledger
+//! (the sender charges before sending), so none of them goes out either. `pending` in a
+//! window view counts this instance's outbox only.
+//!
+//! # Time
+//! Expiries are given to Redis as relative TTLs (`PX`) computed from the injected clock, not as
+//! absolute `PEXPIREAT` times: the instance's clock and Redis's may disagree, and tests drive a
+//! manual clock. Either way a key lives until its last grant's expiry.
+//!
+//! # Outages
+//! A [`ConnectionManager`] reconnects by itself. Every call is bounded by [`OP_TIMEOUT`]
+//! (`ping` by [`PING_TIMEOUT`]), so while Redis is down each operation fails with a clear
+//! error instead of hanging, `/readyz` reports not ready, and the next call after Redis is back
+//! succeeds without reopening the store. A call that timed out may or may not have been
+//! applied; every caller treats the error as "not done", which at worst under-sends (a charge
+//! that counted but whose send was not made), never over-sends.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisResult, Script};
+
+use super::{
+    CommitOutcome, OutboxEntry, Outcome, PushCommit, SqliteStore, Store, StoreError, StoreResult,
+};
+use crate::config::WindowConfig;
+use crate::ledger::{ChargeOutcome, LedgerIndex, Window, WindowView};
+use crate::model::{CachedToken, OpenId, SharedClock, TokenCache, Trigger, WindowEffect};
+
+/// Longest wait for any Redis operation; past it the operation fails (and may or may not have
+/// been applied — see the module notes).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for the readiness probe.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for one connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A follower's follow state with no grant left (after an unsubscribe, say) is kept this long,
+/// so a refused send can still say "unsubscribed" rather than "closed".
+pub const FOLLOW_STATE_TTL_SECS: i64 = 7 * 86_400;
+/// Compare-and-set attempts before a ledger change gives up. Each failed attempt means another
+/// change of the same follower won, so this bounds a task's wait under heavy contention.
+const MAX_CAS_ATTEMPTS: u32 = 200;
+/// How often the local index (a cache of this instance's windows) drops expired grants.
+const INDEX_PRUNE_EVERY_SECS: i64 = 60;
+/// Stripes of the in-process lock that makes one instance's changes of a follower take turns.
+const LOCK_STRIPES: usize = 256;
+
+// The window encoding the scripts compare: '0' = no key, '1' followed by the stored value.
+
+/// Compare-and-set of one window. KEYS[1] window; ARGV[1] expected encoding; ARGV[2] op:
+/// `keep` (verify only), `del`, `set`; ARGV[3] value; ARGV[4] TTL in ms. Returns {1, ''} when
+/// done, {0, current encoding} when the window had changed.
+static LEDGER_CAS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+local enc = cur and ('1' .. cur) or '0'
+if enc ~= ARGV[1] then return {0, enc} end
+if ARGV[2] == 'set' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+elseif ARGV[2] == 'del' then
+  redis.call('DEL', KEYS[1])
+end
+return {1, ''}
+",
+    )
+});
+
+/// A push: dedupe check, window compare-and-set and dedupe record, atomically. KEYS[1] dedupe,
+/// KEYS[2] window; ARGV[1] dedupe value; ARGV[2] dedupe TTL ms; ARGV[3..6] as [`LEDGER_CAS`]
+/// (with `keep` the window is not compared, only returned). Returns {0, stored dedupe value}
+/// for a duplicate, {2, current encoding} when the window had changed, {1, window encoding
+/// before the push} when recorded.
+static COMMIT_PUSH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local seen = redis.call('GET', KEYS[1])
+if seen then return {0, seen} end
+local cur = redis.call('GET', KEYS[2])
+local enc = cur and ('1' .. cur) or '0'
+if ARGV[4] ~= 'keep' then
+  if enc ~= ARGV[3] then return {2, enc} end
+  if ARGV[4] == 'set' then
+    redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+  else
+    redis.call('DEL', KEYS[2])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, enc}
+",
+    )
+});
+
+/// Compare-and-delete: KEYS[1] is deleted only if it still holds ARGV[1].
+static COMPARE_AND_DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// Deletes the cached token (JSON) only if its `token` is still ARGV[1].
+static TOKEN_INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, t = pcall(cjson.decode, v)
+if ok and type(t) == 'table' and t.token == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// The refresh lock: taken when free, extended when ARGV[1] already holds it.
+static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// What a ledger change does to the stored window.
+enum Write {
+    Keep,
+    Delete,
+    Set { value: String, ttl_ms: i64 },
+}
+
+impl Write {
+    /// (op, value, ttl) as the scripts take them.
+    fn args(&self) -> (&'static str, &str, i64) {
+        match self {
+            Write::Keep => ("keep", "", 0),
+            Write::Delete => ("del", "", 0),
+            Write::Set { value, ttl_ms } => ("set", value.as_str(), *ttl_ms),
+        }
+    }
+}
+
+fn encode_expected(raw: Option<&str>) -> String {
+    match raw {
+        Some(v) => format!("1{v}"),
+        None => "0".to_string(),
+    }
+}
+
+fn decode_encoding(enc: &str) -> StoreResult<Option<String>> {
+    match enc.split_at_checked(1) {
+        Some(("0", "")) => Ok(None),
+        Some(("1", v)) => Ok(Some(v.to_string())),
+        _ => Err(StoreError::Corrupt(format!("unexpected window encoding from redis: {enc:?}"))),
+    }
+}
+
+fn decode_window(raw: Option<&str>) -> StoreResult<Window> {
+    match raw {
+        None => Ok(Window::default()),
+        Some(v) => serde_json::from_str(v)
+            .map_err(|e| StoreError::Corrupt(format!("a window in redis is not valid JSON: {e}"))),
+    }
+}
+
+fn encode_window(w: &Window) -> StoreResult<String> {
+    serde_json::to_string(w)
+        .map_err(|e| StoreError::Backend(format!("cannot serialize a window: {e}")))
+}
+
+/// The dedupe value: 16 hex digits of this attempt's nonce, then `0` (no stored answer) or
+/// `1` and the answer.
+fn encode_dedupe(nonce: u64, answer: Option<&str>) -> String {
+    match answer {
+        Some(a) => format!("{nonce:016x}1{a}"),
+        None => format!("{nonce:016x}0"),
+    }
+}
+
+fn decode_dedupe(v: &str) -> StoreResult<Option<String>> {
+    let bad = || StoreError::Corrupt(format!("a dedupe record in redis is malformed ({v:?})"));
+    let (_nonce, rest) = v.split_at_checked(16).ok_or_else(bad)?;
+    match rest.split_at_checked(1) {
+        Some(("0", "")) => Ok(None),
+        Some(("1", answer)) => Ok(Some(answer.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(the configured state.redis_url)".to_string(),
+    }
+}
+
+/// Escapes glob characters so a namespace matches itself only in `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+struct Inner {
+    con: ConnectionManager,
+    /// The Redis URL with its password redacted.
+    target: String,
+    ns: String,
+    outbox: Arc<SqliteStore>,
+    window: WindowConfig,
+    retention_ms: i64,
+    clock: SharedClock,
+    /// This instance's last committed copy of each window it touched: hot reads and the first
+    /// compare-and-set guess. Never the authority.
+    index: LedgerIndex,
+    next_index_prune: AtomicI64,
+    /// Per-follower turn-taking inside this instance (striped by OpenID hash).
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Ledger, dedupe and token in Redis; the outbox in a per-instance [`SqliteStore`]. A cheap
+/// handle (clone it freely).
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.inner.target)
+            .field("namespace", &self.inner.ns)
+            .field("outbox", &self.inner.outbox)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to Redis at `redis_url` (`state.redis_url`) and keeps every key under
+    /// `namespace` (e.g. `kefu:{app_id}`). `outbox` is this instance's embedded store; its
+    /// purge task is the caller's to spawn. Fails when Redis does not answer now; once open,
+    /// the store reconnects by itself.
+    pub async fn open(
+        redis_url: &str,
+        namespace: &str,
+        outbox: Arc<SqliteStore>,
+        window: &WindowConfig,
+        dedupe_retention_secs: u64,
+        clock: SharedClock,
+    ) -> StoreResult<RedisStore> {
+        let target = redact(redis_url);
+        if namespace.is_empty() {
+            return Err(StoreError::Backend(
+                "the Redis key namespace is empty; kefu needs a prefix such as kefu:{app_id} so \
+                 several accounts can share one Redis"
+                    .into(),
+            ));
+        }
+        let client = redis::Client::open(redis_url).map_err(|e| {
+            StoreError::Backend(format!(
+                "state.redis_url {target} is not a usable Redis URL ({e}); expected \
+                 redis://[[user]:password@]host[:port][/db] or rediss://..."
+            ))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(OP_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_max_delay(500);
+        let unreachable = |why: String| {
+            StoreError::Backend(format!(
+                "cannot reach Redis at {target} ({why}); check state.redis_url \
+                 (KEFU_STATE_REDIS_URL) and that Redis is running"
+            ))
+        };
+        let con = tokio::time::timeout(
+            OP_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no connection within {:?}", OP_TIMEOUT * 2)))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let retention_ms = i64::try_from(dedupe_retention_secs)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+            .max(1);
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                con,
+                target,
+                ns: namespace.to_string(),
+                outbox,
+                window: window.clone(),
+                retention_ms,
+                clock,
+                index: LedgerIndex::new(),
+                next_index_prune: AtomicI64::new(0),
+                stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                hasher: Default::default(),
+            }),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// This instance's outbox store.
+    pub fn outbox(&self) -> &Arc<SqliteStore> {
+        &self.inner.outbox
+    }
+
+    /// The key namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.ns
+    }
+
+    /// The Redis key of a follower's window.
+    pub fn window_key(&self, openid: &OpenId) -> String {
+        format!("{}:w:{}", self.inner.ns, openid.as_str())
+    }
+
+    /// The Redis key of a push's dedupe record.
+    pub fn dedupe_key(&self, dedupe_key: &str) -> String {
+        format!("{}:d:{dedupe_key}", self.inner.ns)
+    }
+
+    fn token_key(&self) -> String {
+        format!("{}:token", self.inner.ns)
+    }
+
+    fn lock_key(&self) -> String {
+        format!("{}:token:lock", self.inner.ns)
+    }
+
+    /// This instance's turn on the follower's window.
+    async fn turn(&self, openid: &OpenId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let i = self.inner.hasher.hash_one(openid) as usize % self.inner.stripes.len();
+        self.inner.stripes[i].lock().await
+    }
+
+    fn con(&self) -> ConnectionManager {
+        self.inner.con.clone()
+    }
+
+    /// Runs one Redis call with the operation timeout and a clear error.
+    async fn io<T>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Backend(format!("redis at {}: {e}", self.inner.target))),
+            Err(_) => Err(StoreError::Backend(format!(
+                "redis at {} did not answer within {limit:?}; is it running and reachable?",
+                self.inner.target
+            ))),
+        }
+    }
+
+    /// The stored value this instance last committed for the follower, as the first guess.
+    fn guess(&self, openid: &OpenId) -> StoreResult<Option<String>> {
+        self.inner.index.get(openid).map(|w| encode_window(&w)).transpose()
+    }
+
+    /// Records a committed (or verified) window in the local index, pruning it now and then.
+    fn remember(&self, openid: &OpenId, w: &Window) {
+        self.inner.index.put(openid.clone(), w.clone());
+        let now = self.inner.clock.now_secs();
+        let due = self.inner.next_index_prune.load(Ordering::Relaxed);
+        if now >= due
+            && self
+                .inner
+                .next_index_prune
+                .compare_exchange(
+                    due,
+                    now + INDEX_PRUNE_EVERY_SECS,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+        {
+            self.inner.index.prune(now);
+        }
+    }
+
+    /// How a changed window is stored: until its last grant expires, or for
+    /// [`FOLLOW_STATE_TTL_SECS`] when only the follow state is left, or not at all.
+    fn plan_write(&self, w: &mut Window, now: i64) -> StoreResult<Write> {
+        w.prune(now);
+        let now_ms = self.inner.clock.now_ms();
+        let ttl_ms = match w.grants.iter().map(|g| g.expires_at).max() {
+            // At least a second: a grant live at the caller's `now` keeps its key even if the
+            // clock has moved on a little since.
+            Some(last) => last.saturating_mul(1000).saturating_sub(now_ms).max(1000),
+            None if w.subscribed.is_some() => FOLLOW_STATE_TTL_SECS * 1000,
+            None => return Ok(Write::Delete),
+        };
+        Ok(Write::Set { value: encode_window(w)?, ttl_ms })
+    }
+
+    /// Backs off a little after repeated conflicts so contending tasks spread out.
+    async fn backoff(attempt: u32) {
+        if attempt >= 3 {
+            let ms = rand::thread_rng().gen_range(0..=u64::from(attempt.min(20)));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn contention(openid: &OpenId) -> StoreError {
+        StoreError::Backend(format!(
+            "redis: the window of {openid} kept changing under {MAX_CAS_ATTEMPTS} concurrent \
+             updates; try again"
+        ))
+    }
+
+    /// Reads, changes (with the policy, in `f`) and compare-and-sets one follower's window;
+    /// `f` says whether it changed anything. Retries on the current value after a conflict.
+    async fn update<T>(
+        &self,
+        openid: &OpenId,
+        now: i64,
+        mut f: impl FnMut(&mut Window) -> (T, bool) + Send,
+    ) -> StoreResult<(T, Window)> {
+        let key = self.window_key(openid);
+        let _turn = self.turn(openid).await;
+        let mut current = self.guess(openid)?;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let mut w = decode_window(current.as_deref())?;
+            let (out, changed) = f(&mut w);
+            let write = if changed { self.plan_write(&mut w, now)? } else { Write::Keep };
+            let (op, value, ttl) = write.args();
+            let mut con = self.con();
+            let (done, enc): (i64, String) = self
+                .io(
+                    OP_TIMEOUT,
+                    LEDGER_CAS
+                        .key(&key)
+                        .arg(encode_expected(current.as_deref()))
+                        .arg(op)
+                        .arg(value)
+                        .arg(ttl)
+                        .invoke_async(&mut con),
+                )
+                .await?;
+            if done == 1 {
+                self.remember(openid, &w);
+                return Ok((out, w));
+            }
+            current = decode_encoding(&enc)?;
+            Self::backoff(attempt).await;
+        }
+        Err(Self::contention(openid))
+    }
+
+    /// Removes every key under `namespace` (tests, and tearing an account down). Returns
+    /// how many were deleted.
+    pub async fn delete_namespace(&self) -> StoreResult<usize> {
+        let keys = self.scan(&format!("{}:*", glob_escape(&self.inner.ns))).await?;
+        let mut n = 0;
+        for chunk in keys.chunks(500) {
+            let mut con = self.con();
+            let d: usize =
+                self.io(OP_TIMEOUT, redis::cmd("DEL").arg(chunk).query_async(&mut con)).await?;
+            n += d;
+        }
+        Ok(n)
+    }
+
+    async fn scan(&self, pattern: &str) -> StoreResult<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut con = self.con();
+            let (next, batch): (u64, Vec<String>) = self
+                .io(
+                    OP_TIMEOUT,
+                    redis::cmd("SCAN")
+                        .cursor_arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut con),
+                )
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(keys)
+    }
+
+    async fn load_window(&self, openid: &OpenId) -> StoreResult<Window> {
+        let mut con = self.con();
+        let raw: Option<String> = self
+            .io(OP_TIMEOUT, redis::cmd("GET").arg(self.window_key(openid)).query_async(&mut con))
+            .await?;
+        decode_window(raw.as_deref())
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn commit_push(&self, push: PushCommit) -> StoreResult<CommitOutcome> {
+        let claim = encode_dedupe(rand::thread_rng().r#gen(), push.answer.as_deref());
+        let dkey = self.dedupe_key(&push.dedupe_key);
+        let wkey = self.window_key(&push.openid);
+        let now = push.received_at_ms.div_euclid(1000);
+        let effect = push.effect;
+        let turn = self.turn(&push.openid).await;
+        let mut current = self.guess(&push.openid)?;
+        let mut attempt = 0;
+        let window_after = loop {
+            if attempt == MAX_CAS_ATTEMPTS {
+                return Err(Self::contention(&push.openid));
+            }
+            let mut w = decode_window(current.as_deref())?;
+            let write = if effect == WindowEffect::None {
+                Write::Keep
+            } else {
+                w.apply(effect, now, &self.inner.window);
+                self.plan_write(&mut w, now)?
+            };
+            let (op, value, ttl) = write.args();
+            let mut con = self.con();
+            let (state, reply): (i64, String) = self
+                .io(
+                    OP_TIMEOUT,
+                    COMMIT_PUSH
+                        .key(&dkey)
+                        .key(&wkey)
+                        .arg(&claim)
+                        .arg(self.inner.retention_ms)
+                        .arg(encode_expected(current.as_deref()))
+                        .arg(op)
+                        .arg(value)
+                        .arg(ttl)
+                        .invoke_async(&mut con),
+                )
+                .await?;
+            match state {
+                0 => return Ok(CommitOutcome::Duplicate { answer: decode_dedupe(&reply)? }),
+                1 => match write {
+                    Write::Keep => break decode_window(decode_encoding(&reply)?.as_deref())?,
+                    _ => break w,
+                },
+                _ => {
+                    current = decode_encoding(&reply)?;
+                    Self::backoff(attempt).await;
+                    attempt += 1;
+                }
+            }
+        };
+        self.remember(&push.openid, &window_after);
+        drop(turn);
+
+        let unsubscribe = effect == WindowEffect::CloseAll;
+        if push.outbox.is_empty() && !unsubscribe {
+            return Ok(CommitOutcome::Fresh { window_after, outbox_ids: Vec::new() });
+        }
+        match self
+            .inner
+            .outbox
+            .add_push_outbox(push.openid.clone(), push.dedupe_key.clone(), unsubscribe, push.outbox)
+            .await
+        {
+            Ok(outbox_ids) => Ok(CommitOutcome::Fresh { window_after, outbox_ids }),
+            Err(e) => {
+                // Nothing of this push reached the outbox: let WeChat's retry run it afresh
+                // rather than answer it as a duplicate with its messages lost.
+                let mut con = self.con();
+                let released: StoreResult<i64> = self
+                    .io(
+                        OP_TIMEOUT,
+                        COMPARE_AND_DELETE.key(&dkey).arg(&claim).invoke_async(&mut con),
+                    )
+                    .await;
+                tracing::error!(
+                    error = %e,
+                    push = %push.dedupe_key,
+                    released = matches!(released, Ok(1)),
+                    "cannot write a push's planned messages to the local outbox; its dedupe \
+                     record was released so a redelivery is processed again"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    async fn charge(&self, openid: &OpenId, now: i64) -> StoreResult<ChargeOutcome> {
+        let (out, _) = self
+            .update(openid, now, |w| {
+                let out = w.charge(now);
+                (out, out.is_allowed())
+            })
+            .await?;
+        Ok(out)
+    }
+
+    async fn refund(&self, openid: &OpenId, trigger: Trigger, opened_at: i64) -> StoreResult<bool> {
+        let now = self.inner.clock.now_secs();
+        let (done, _) = self
+            .update(openid, now, |w| {
+                let done = w.refund(trigger, opened_at);
+                (done, done)
+            })
+            .await?;
+        Ok(done)
+    }
+
+    async fn close_window(&self, openid: &OpenId) -> StoreResult<()> {
+        let now = self.inner.clock.now_secs();
+        self.update(openid, now, |w| {
+            let had = !w.grants.is_empty();
+            w.close();
+            ((), had)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn exhaust_window(&self, openid: &OpenId, now: i64) -> StoreResult<()> {
+        self.update(openid, now, |w| {
+            let before = w.clone();
+            w.exhaust(now);
+            ((), *w != before)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn window(&self, openid: &OpenId, now: i64) -> StoreResult<WindowView> {
+        let w = self.load_window(openid).await?;
+        let pending = self.inner.outbox.pending_count(openid).await?;
+        Ok(w.view(openid.clone(), now, pending))
+    }
+
+    async fn list_windows(&self, now: i64) -> StoreResult<Vec<WindowView>> {
+        let prefix = format!("{}:w:", self.inner.ns);
+        let keys = self.scan(&format!("{}*", glob_escape(&prefix))).await?;
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let mut con = self.con();
+            let values: Vec<Option<String>> =
+                self.io(OP_TIMEOUT, redis::cmd("MGET").arg(chunk).query_async(&mut con)).await?;
+            for (key, value) in chunk.iter().zip(values) {
+                // Gone between SCAN and MGET: it expired or was deleted; nothing to list.
+                let Some(value) = value else { continue };
+                let w = decode_window(Some(&value))?;
+                if w.live_grants(now).next().is_none() {
+                    continue;
+                }
+                let id = key.strip_prefix(&prefix).unwrap_or(key);
+                let openid = OpenId::parse(id).map_err(|e| {
+                    StoreError::Corrupt(format!("redis key {key:?} names no OpenID: {e}"))
+                })?;
+                let pending = self.inner.outbox.pending_count(&openid).await?;
+                out.push(w.view(openid, now, pending));
+            }
+        }
+        out.sort_by(|a, b| a.openid.cmp(&b.openid));
+        Ok(out)
+    }
+
+    async fn peek_window(&self, openid: &OpenId) -> StoreResult<Option<Window>> {
+        Ok(self.inner.index.get(openid))
+    }
+
+    async fn due(&self, now_ms: i64, limit: usize) -> StoreResult<Vec<OutboxEntry>> {
+        self.inner.outbox.due(now_ms, limit).await
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<i64>> {
+        self.inner.outbox.next_due_at().await
+    }
+
+    async fn claim(&self, id: i64) -> StoreResult<bool> {
+        self.inner.outbox.claim(id).await
+    }
+
+    async fn finish(&self, id: i64, outcome: Outcome) -> StoreResult<()> {
+        self.inner.outbox.finish(id, outcome).await
+    }
+
+    async fn pending_count(&self, openid: &OpenId) -> StoreResult<u64> {
+        self.inner.outbox.pending_count(openid).await
+    }
+
+    async fn pending_for(&self, openid: &OpenId) -> StoreResult<Vec<OutboxEntry>> {
+        self.inner.outbox.pending_for(openid).await
+    }
+
+    async fn outbox_entry(&self, id: i64) -> StoreResult<Option<OutboxEntry>> {
+        self.inner.outbox.outbox_entry(id).await
+    }
+
+    fn token_cache(&self) -> Arc<dyn TokenCache> {
+        Arc::new(self.clone())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut con = self.con();
+        let pong: String = self.io(PING_TIMEOUT, redis::cmd("PING").query_async(&mut con)).await?;
+        if pong != "PONG" {
+            return Err(StoreError::Backend(format!(
+                "redis at {} answered PING with {pong:?}",
+                self.inner.target
+            )));
+        }
+        // The outbox is part of this store too.
+        self.inner.outbox.ping().await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access-token cache (protocol §8.2): one token for every instance. The API client
+// single-flights in-process and takes the lock so only one instance fetches; the others wait
+// and re-read.
+
+#[async_trait]
+impl TokenCache for RedisStore {
+    async fn load(&self) -> anyhow::Result<Option<CachedToken>> {
+        let mut con = self.con();
+        let raw: Option<String> = self
+            .io(OP_TIMEOUT, redis::cmd("GET").arg(self.token_key()).query_async(&mut con))
+            .await?;
+        match raw {
+            None => Ok(None),
+            Some(v) => match serde_json::from_str::<CachedToken>(&v) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) => {
+                    // Never echo the value: it holds the token.
+                    tracing::warn!(error = %e, "ignoring an unreadable access token in redis");
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    async fn save(&self, token: &CachedToken) -> anyhow::Result<()> {
+        let value = serde_json::to_string(token)?;
+        let ttl_ms =
+            token.expires_at.saturating_mul(1000).saturating_sub(self.inner.clock.now_ms());
+        let mut con = self.con();
+        if ttl_ms <= 0 {
+            // Already expired: storing it would only hand out a dead token.
+            let _: i64 = self
+                .io(OP_TIMEOUT, redis::cmd("DEL").arg(self.token_key()).query_async(&mut con))
+                .await?;
+            return Ok(());
+        }
+        let _: () = self
+            .io(
+                OP_TIMEOUT,
+                redis::cmd("SET")
+                    .arg(self.token_key())
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn invalidate(&self, token: &str) -> anyhow::Result<()> {
+        let mut con = self.con();
+        let _: i64 = self
+            .io(
+                OP_TIMEOUT,
+                TOKEN_INVALIDATE.key(self.token_key()).arg(token).invoke_async(&mut con),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn try_lock_refresh(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let mut con = self.con();
+        let got: i64 = self
+            .io(
+                OP_TIMEOUT,
+                TRY_LOCK.key(self.lock_key()).arg(holder).arg(ttl_ms).invoke_async(&mut con),
+            )
+            .await?;
+        Ok(got == 1)
+    }
+
+    async fn unlock_refresh(&self, holder: &str) -> anyhow::Result<()> {
+        let mut con = self.con();
+        let _: i64 = self
+            .io(
+                OP_TIMEOUT,
+                COMPARE_AND_DELETE.key(self.lock_key()).arg(holder).invoke_async(&mut con),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_round_trip() {
+        assert_eq!(encode_expected(None), "0");
+        assert_eq!(encode_expected(Some("{}")), "1{}");
+        assert_eq!(decode_encoding("0").unwrap(), None);
+        assert_eq!(decode_encoding("1{\"a\":1}").unwrap().as_deref(), Some("{\"a\":1}"));
+        assert!(decode_encoding("").is_err());
+        assert!(decode_encoding("0x").is_err());
+
+        let v = encode_dedupe(0xabc, Some("<xml>1</xml>"));
+        assert_eq!(v, "0000000000000abc1<xml>1</xml>");
+        assert_eq!(decode_dedupe(&v).unwrap().as_deref(), Some("<xml>1</xml>"));
+        assert_eq!(decode_dedupe(&encode_dedupe(u64::MAX, None)).unwrap(), None);
+        assert_eq!(decode_dedupe(&encode_dedupe(1, Some(""))).unwrap().as_deref(), Some(""));
+        assert!(decode_dedupe("short").is_err());
+        assert!(decode_dedupe("0000000000000abc2").is_err());
+    }
+
+    #[test]
+    fn stored_window_is_byte_stable() {
+        // The first compare-and-set guess re-encodes the cached copy; it must equal the bytes
+        // stored, or every change would cost a second round trip.
+        let mut w = Window::default();
+        w.open(Trigger::Message, 1_700_000_000, &WindowConfig::default());
+        w.open(Trigger::Payment, 1_700_000_000, &WindowConfig::default());
+        w.charge(1_700_000_001);
+        let s = encode_window(&w).unwrap();
+        assert_eq!(encode_window(&decode_window(Some(&s)).unwrap()).unwrap(), s);
+    }
+
+    #[test]
+    fn passwords_are_redacted_and_globs_escaped() {
+        assert_eq!(redact("redis://:hunter2@10.0.0.1:6380/2"), "redis://:redacted@10.0.0.1:6380/2");
+        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert!(!redact("not a url hunter2").contains("hunter2"));
+        assert_eq!(glob_escape("kefu:{wx1}*?[a]\\"), "kefu:{wx1}\\*\\?\\[a\\]\\\\");
+    }
+}
