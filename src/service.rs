@@ -19,7 +19,7 @@ use crate::model::{SharedClock, TokenCache};
 use crate::pipeline::Pipeline;
 use crate::pipeline::sender::{Sender, SenderHandle};
 use crate::rules::{RuleSet, Rules, WatchGuard};
-use crate::store::{SqliteStore, Store, dedupe_retention_secs};
+use crate::store::{RedisStore, SqliteStore, Store, dedupe_retention_secs};
 use crate::wechat::webhook::Keys;
 
 /// How long in-flight sends may take to finish after the server stopped; with actix's own
@@ -52,8 +52,21 @@ pub async fn open_store(
         )?,
         Role::Cli => SqliteStore::open_client(&cfg.state.dir, window, clock.clone())?,
     };
-    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
-    Ok((store, Some(sqlite)))
+    if cfg.state.redis_url.is_empty() {
+        return Ok((Arc::new(sqlite.clone()), Some(sqlite)));
+    }
+    // Hash-tagged so the multi-key scripts stay legal on a Redis Cluster.
+    let app = if cfg.wechat.app_id.is_empty() { "dry-run" } else { cfg.wechat.app_id.as_str() };
+    let redis = RedisStore::open(
+        cfg.state.redis_url.expose(),
+        &format!("kefu:{{{app}}}"),
+        Arc::new(sqlite.clone()),
+        window,
+        dedupe_retention_secs(cfg.server.max_clock_skew_secs),
+        clock,
+    )
+    .await?;
+    Ok((Arc::new(redis), Some(sqlite)))
 }
 
 /// The access-token cache every process shares: the store's, counted for metrics.
@@ -88,7 +101,10 @@ pub struct Shared {
     pub cfg: Config,
     pub store: Arc<dyn Store>,
     pub rules: Arc<Rules>,
+    /// Sends for real; None in dry-run.
     pub client: Option<ApiClient>,
+    /// Always present, for the admin API (answers NoCredentials in dry-run).
+    pub api: ApiClient,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub pipeline: Arc<Pipeline>,
@@ -127,12 +143,15 @@ impl Service {
         let rules = Arc::new(Rules::new(loaded));
         let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
 
+        // Without credentials the client still exists (its calls answer NoCredentials, so the
+        // admin API says 503 with the fix), but the sender runs dry.
+        let api = ApiClient::new(
+            &cfg.wechat,
+            Arc::new(CountingTokenCache { inner: store.token_cache(), metrics: metrics.clone() }),
+            clock.clone(),
+        )?;
         let client = if cfg.wechat.has_credentials() {
-            let cache = Arc::new(CountingTokenCache {
-                inner: store.token_cache(),
-                metrics: metrics.clone(),
-            });
-            Some(ApiClient::new(&cfg.wechat, cache, clock.clone())?)
+            Some(api.clone())
         } else {
             tracing::info!(
                 "no wechat.app_id/app_secret: dry-run mode, customer-service messages are logged, not sent"
@@ -161,6 +180,7 @@ impl Service {
             store,
             rules,
             client,
+            api,
             metrics: metrics.clone(),
             clock: clock.clone(),
             pipeline: pipeline.clone(),
@@ -223,7 +243,7 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
         crate::http::admin::AdminAuth::from_config(&shared.cfg)
             .with_account_id(&shared.cfg.wechat.account_id),
     );
-    let client = shared.client.clone().map(web::Data::new);
+    let client = web::Data::new(shared.api.clone());
     let pay_sink: web::Data<Arc<dyn PaymentSink>> =
         web::Data::new(shared.pipeline.clone() as Arc<dyn PaymentSink>);
     // Validate pay keys now so a bad PEM stops the start with its message.
@@ -243,9 +263,7 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
             .app_data(clock.clone())
             .app_data(auth.clone())
             .app_data(pay_sink.clone());
-        if let Some(client) = &client {
-            c.app_data(client.clone());
-        }
+        c.app_data(client.clone());
         c.route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .route("/admin/windows/{openid}", web::get().to(admin_window))

@@ -73,21 +73,27 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let client = api_client_with(cfg, &store)?;
     let mode = if args.force { GateMode::Force } else { GateMode::Enforce };
     let now = SystemClock.now_secs();
-    let charged =
-        match send_gated(store.as_ref(), &client, &prepared.openid, &prepared.body, mode, now)
-            .await
-        {
-            Ok(Gated::Sent { charged }) => charged,
-            Ok(Gated::Refused(reason)) => {
-                return Err(CmdError::failed(format!(
-                    "not sent to {}: {reason}. `kefu window show {}` shows the ledger; --force \
+    let charged = match send_gated(
+        store.as_ref(),
+        &client,
+        &prepared.openid,
+        &prepared.body,
+        mode,
+        now,
+    )
+    .await
+    {
+        Ok(Gated::Sent { charged }) => charged,
+        Ok(Gated::Refused(reason)) => {
+            return Err(CmdError::failed(format!(
+                "not sent to {}: {reason}. `kefu window show {}` shows the ledger; --force \
                      sends anyway (WeChat will likely refuse it with 45015 or 45047)",
-                    prepared.openid, prepared.openid
-                )));
-            }
-            Err(GateError::Api(e)) => return Err(e.into()),
-            Err(GateError::Store(e)) => return Err(CmdError::failed(e)),
-        };
+                prepared.openid, prepared.openid
+            )));
+        }
+        Err(GateError::Api(e)) => return Err(e.into()),
+        Err(GateError::Store(e)) => return Err(CmdError::failed(e)),
+    };
     let grant = match charged {
         Some(t) => format!(" (charged to the {t} grant)"),
         None => " (forced: no live grant was charged)".into(),

@@ -221,16 +221,41 @@ pub fn parse_send(body: &[u8]) -> Result<(OpenId, Value), AdminError> {
     Ok((openid, v))
 }
 
-/// `POST /admin/send`: a complete `custom/send` body, sent as is.
+#[derive(serde::Deserialize)]
+struct SendQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /admin/send[?force=true]`: a complete `custom/send` body, sent through the window
+/// gate: charged to the follower's ledger, refused with 409 when the window does not allow it
+/// (unless forced).
 async fn send(
     req: HttpRequest,
     api: web::Data<ApiClient>,
+    store: web::Data<std::sync::Arc<dyn crate::store::Store>>,
+    clock: web::Data<crate::model::SharedClock>,
+    query: web::Query<SendQuery>,
     body: web::Bytes,
 ) -> Result<HttpResponse, AdminError> {
+    use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
     check(&req)?;
     let (openid, v) = parse_send(&body)?;
-    api.send(&v).await?;
-    Ok(ok(json!({ "touser": openid.as_str() })))
+    let mode = if query.force { GateMode::Force } else { GateMode::Enforce };
+    match send_gated(store.as_ref().as_ref(), &api, &openid, &v, mode, clock.now_secs()).await {
+        Ok(Gated::Sent { charged }) => Ok(ok(json!({
+            "touser": openid.as_str(),
+            "charged": charged.map(|t| t.as_str()),
+        }))),
+        Ok(Gated::Refused(reason)) => Ok(HttpResponse::Conflict().json(json!({
+            "error": format!("not sent: {reason}"),
+            "touser": openid.as_str(),
+            "remedy": "wait for the follower to interact, or add ?force=true to send anyway",
+        }))),
+        Err(GateError::Api(e)) => Err(AdminError::Api(e)),
+        Err(GateError::Store(e)) => Ok(HttpResponse::ServiceUnavailable()
+            .json(json!({ "error": format!("the window ledger is unavailable: {e}") }))),
+    }
 }
 
 #[cfg(test)]

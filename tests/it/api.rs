@@ -800,6 +800,10 @@ mod admin {
             test::init_service(
                 App::new()
                     .app_data(web::Data::new($client.clone()))
+                    .app_data(web::Data::new(test_store()))
+                    .app_data(web::Data::new(
+                        std::sync::Arc::new(kefu::model::SystemClock) as kefu::model::SharedClock
+                    ))
                     .app_data(web::Data::new(
                         AdminAuth::new(Secret::new($token)).with_account_id("gh_test"),
                     ))
@@ -807,6 +811,21 @@ mod admin {
             )
             .await
         };
+    }
+
+    /// A throwaway ledger for the window gate of `/admin/send` (no follower has a window).
+    fn test_store() -> std::sync::Arc<dyn kefu::store::Store> {
+        let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        std::sync::Arc::new(
+            kefu::store::SqliteStore::open(
+                dir.path(),
+                &kefu::config::WindowConfig::default(),
+                660,
+                false,
+                std::sync::Arc::new(kefu::model::SystemClock),
+            )
+            .unwrap(),
+        )
     }
 
     fn authed(req: test::TestRequest) -> test::TestRequest {
@@ -920,13 +939,22 @@ mod admin {
         let app = app!(h.client, ADMIN);
         let body = json!({"touser":"oU1","msgtype":"text","text":{"content":"您好"},
                           "customservice":{"kf_account":"kf01@gh_test"}});
+        // No window: the gate refuses, and nothing reaches WeChat.
         let req = authed(test::TestRequest::post().uri("/admin/send")).set_json(body.clone());
+        let resp = test::call_service(&app, req.to_request()).await;
+        assert_eq!(resp.status(), 409);
+        let v: Value = test::read_body_json(resp).await;
+        assert!(v["error"].as_str().unwrap().starts_with("not sent: the follower's"), "{v}");
+        assert!(h.mock.requests_to(SEND).is_empty());
+
+        let req =
+            authed(test::TestRequest::post().uri("/admin/send?force=true")).set_json(body.clone());
         let v: Value = test::call_and_read_body_json(&app, req.to_request()).await;
-        assert_eq!(v, json!({"errcode":0,"errmsg":"ok","touser":"oU1"}));
+        assert_eq!(v, json!({"errcode":0,"errmsg":"ok","touser":"oU1","charged":null}));
         assert_call(&h.mock.requests_to(SEND)[0], "POST", SEND, T1, Some(body.clone()));
 
         h.mock.push_error(SEND, 45015, "response out of time limit or subscription is canceled");
-        let req = authed(test::TestRequest::post().uri("/admin/send")).set_json(body);
+        let req = authed(test::TestRequest::post().uri("/admin/send?force=true")).set_json(body);
         let resp = test::call_service(&app, req.to_request()).await;
         assert_eq!(resp.status(), 502);
         let v: Value = test::read_body_json(resp).await;

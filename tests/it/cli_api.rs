@@ -108,7 +108,7 @@ fn the_operator_reads_errcode_meaning_and_remedy() {
     assert_eq!(r.stdout, "");
 
     mock.push_error(SEND, 48001, "api unauthorized");
-    let r = kefu(&mock, &["send", "oUser1", "--text", "hi"]);
+    let r = kefu(&mock, &["send", "oUser1", "--text", "hi", "--force"]);
     assert_eq!(r.code, 1);
     assert_eq!(
         r.stderr,
@@ -211,12 +211,33 @@ fn accounts_commands() {
 }
 
 #[test]
+fn send_is_refused_outside_the_window() {
+    let mock = MockWechat::start();
+    let r = kefu(&mock, &["send", "oUser1", "--text", "hi"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with(
+            "kefu: not sent to oUser1: the follower's customer-service window is closed"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--force sends anyway"), "{}", r.stderr);
+    assert!(mock.requests_to(SEND).is_empty());
+}
+
+#[test]
 fn send_text_image_and_json_file() {
     let mock = MockWechat::start();
-    let r =
-        kefu(&mock, &["send", "oUser1", "--text", "您好，请问有什么可以帮您？", "--as", "kf01"]);
+    let r = kefu(
+        &mock,
+        &["send", "oUser1", "--text", "您好，请问有什么可以帮您？", "--as", "kf01", "--force"],
+    );
     ok(&r);
-    assert_eq!(r.stdout, "sent text to oUser1 as kf01@gh_test\n");
+    assert_eq!(
+        r.stdout,
+        "sent text to oUser1 as kf01@gh_test (forced: no live grant was charged)\n"
+    );
     let sent = &mock.requests_to(SEND)[0];
     assert_eq!(sent.query("access_token"), Some("MOCK_TOKEN_1"));
     assert_eq!(
@@ -226,7 +247,7 @@ fn send_text_image_and_json_file() {
     );
     assert!(sent.body_text().contains("您好"), "raw UTF-8");
 
-    ok(&kefu(&mock, &["send", "oUser1", "--image", "MEDIA_123"]));
+    ok(&kefu(&mock, &["send", "oUser1", "--image", "MEDIA_123", "--force"]));
     assert_eq!(
         last_json(&mock, SEND),
         json!({"touser":"oUser1","msgtype":"image","image":{"media_id":"MEDIA_123"}})
@@ -235,14 +256,14 @@ fn send_text_image_and_json_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("menu.json");
     std::fs::write(&file, r#"{"touser":"PLACEHOLDER","msgtype":"msgmenu","msgmenu":{"head_content":"满意吗","list":[{"id":"101","content":"满意"}],"tail_content":""}}"#).unwrap();
-    ok(&kefu(&mock, &["send", "oUser2", "--json", file.to_str().unwrap()]));
+    ok(&kefu(&mock, &["send", "oUser2", "--json", file.to_str().unwrap(), "--force"]));
     assert_eq!(
         last_json(&mock, SEND),
         json!({"touser":"oUser2","msgtype":"msgmenu","msgmenu":{"head_content":"满意吗","list":[{"id":"101","content":"满意"}],"tail_content":""}})
     );
 
     mock.push_error(SEND, 45015, "response out of time limit or subscription is canceled");
-    let r = kefu(&mock, &["send", "oUser1", "--text", "late"]);
+    let r = kefu(&mock, &["send", "oUser1", "--text", "late", "--force"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.starts_with("kefu: WeChat API errcode 45015 (the follower is outside the customer-service window, or has unfollowed): wait until the follower writes or clicks again"), "{}", r.stderr);
 
