@@ -160,14 +160,17 @@ impl Service {
         };
 
         let wake = Arc::new(Notify::new());
-        let pipeline = Arc::new(Pipeline::new(
-            store.clone(),
-            rules.clone(),
-            cfg.rules.passive_first,
-            metrics.clone(),
-            wake.clone(),
-            clock.clone(),
-        ));
+        let pipeline = Arc::new(
+            Pipeline::new(
+                store.clone(),
+                rules.clone(),
+                cfg.rules.passive_first,
+                metrics.clone(),
+                wake.clone(),
+                clock.clone(),
+            )
+            .with_app_id(&cfg.wechat.app_id),
+        );
         let sender =
             Sender::new(store.clone(), client.clone(), metrics.clone(), clock.clone(), wake)
                 .spawn();

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{CmdError, CmdResult, SimulateArgs};
 use crate::config::Config;
-use crate::model::{Action, OpenId, OutMessage, PassiveReply, PlannedAction, RuleInput};
+use crate::model::{Action, OpenId, PassiveReply, PlannedAction, RuleInput, Trigger, WindowEffect};
 use crate::rules::{self, RuleSet};
 
 /// The account id put in the passive reply's `FromUserName` when none is configured.
@@ -16,10 +16,13 @@ const SIMULATED_ACCOUNT: &str = "gh_simulated";
 
 pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let from = OpenId::parse(&args.from).map_err(|e| CmdError::Usage(format!("--from: {e}")))?;
-    let input = if let Some(text) = &args.input.text {
-        rules::text_input(from.as_str(), text)
+    let (input, effect, user_message) = if let Some(text) = &args.input.text {
+        (rules::text_input(from.as_str(), text), WindowEffect::Open(Trigger::Message), true)
     } else if let Some(event) = &args.input.event {
-        rules::event_input(from.as_str(), event, args.key.as_deref())
+        let input = rules::event_input(from.as_str(), event, args.key.as_deref());
+        let effect =
+            if event == "unsubscribe" { WindowEffect::CloseAll } else { WindowEffect::None };
+        (input, effect, false)
     } else if let Some(file) = &args.input.xml {
         xml_input(file)?
     } else {
@@ -39,7 +42,9 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
 
     let ev = loaded.set.evaluate(&input);
     let fired = ev.fired.clone();
-    let (passive, planned) = ev.split_passive(cfg.rules.passive_first);
+    let plan = crate::pipeline::plan(ev, cfg.rules.passive_first, effect, user_message);
+    plan.dropped.iter().for_each(|r| eprintln!("dropped a planned reply: {r}"));
+    let (passive, planned) = (plan.passive, plan.planned);
     let account = if cfg.wechat.account_id.is_empty() {
         SIMULATED_ACCOUNT
     } else {
@@ -112,97 +117,25 @@ fn planned_json(openid: &str, a: &PlannedAction) -> Value {
     })
 }
 
-/// Reads a push from an XML file. Parsing pushes belongs to `wechat::inbound`; until this is
-/// pointed at it, --xml is refused with a clear message.
-fn xml_input(file: &Path) -> Result<RuleInput, CmdError> {
-    Err(CmdError::Usage(format!(
-        "--xml {}: reading a push from XML is not available in this build yet; use --text or \
-         --event [--key KEY]",
-        file.display()
-    )))
+/// Reads a push from an XML file (a plaintext push body, as WeChat sends it).
+fn xml_input(file: &Path) -> Result<(RuleInput, WindowEffect, bool), CmdError> {
+    let raw = std::fs::read(file)
+        .map_err(|e| CmdError::Usage(format!("--xml {}: cannot read it: {e}", file.display())))?;
+    let push = crate::wechat::inbound::parse(&raw)
+        .map_err(|e| CmdError::Usage(format!("--xml {}: {e}", file.display())))?;
+    Ok((push.rule_input(), push.window_effect(), push.is_user_message()))
 }
 
-/// The passive reply as the XML WeChat receives (protocol §5.2). The one place the renderer
-/// is called, so it can be pointed at `wechat::reply::render`.
+/// The passive reply as the XML WeChat receives (protocol §5.2).
 fn passive_xml(to: &str, from: &str, create_time: i64, reply: &PassiveReply) -> String {
-    let cdata = |s: &str| format!("<![CDATA[{}]]>", s.replace("]]>", "]]]]><![CDATA[>"));
-    let head = |t: &str| {
-        format!(
-            "<xml><ToUserName>{}</ToUserName><FromUserName>{}</FromUserName>\
-             <CreateTime>{create_time}</CreateTime><MsgType>{}</MsgType>",
-            cdata(to),
-            cdata(from),
-            cdata(t)
-        )
-    };
-    let body = match reply {
-        PassiveReply::Transfer { kf_account } => {
-            let mut s = head("transfer_customer_service");
-            if let Some(k) = kf_account {
-                s.push_str(&format!("<TransInfo><KfAccount>{}</KfAccount></TransInfo>", cdata(k)));
-            }
-            s
-        }
-        PassiveReply::Message { message } => {
-            let mut s = head(message.msgtype());
-            s.push_str(&match message {
-                OutMessage::Text { content } => format!("<Content>{}</Content>", cdata(content)),
-                OutMessage::Image { media_id } => {
-                    format!("<Image><MediaId>{}</MediaId></Image>", cdata(media_id))
-                }
-                OutMessage::Voice { media_id } => {
-                    format!("<Voice><MediaId>{}</MediaId></Voice>", cdata(media_id))
-                }
-                OutMessage::Video { media_id, title, description, .. } => format!(
-                    "<Video><MediaId>{}</MediaId><Title>{}</Title><Description>{}</Description>\
-                     </Video>",
-                    cdata(media_id),
-                    cdata(title),
-                    cdata(description)
-                ),
-                OutMessage::Music { title, description, musicurl, hqmusicurl, thumb_media_id } => {
-                    format!(
-                        "<Music><Title>{}</Title><Description>{}</Description><MusicUrl>{}\
-                         </MusicUrl><HQMusicUrl>{}</HQMusicUrl><ThumbMediaId>{}</ThumbMediaId>\
-                         </Music>",
-                        cdata(title),
-                        cdata(description),
-                        cdata(musicurl),
-                        cdata(hqmusicurl),
-                        cdata(thumb_media_id)
-                    )
-                }
-                OutMessage::News { articles } => {
-                    let items: String = articles
-                        .iter()
-                        .map(|a| {
-                            format!(
-                                "<item><Title>{}</Title><Description>{}</Description><PicUrl>{}\
-                                 </PicUrl><Url>{}</Url></item>",
-                                cdata(&a.title),
-                                cdata(&a.description),
-                                cdata(&a.picurl),
-                                cdata(&a.url)
-                            )
-                        })
-                        .collect();
-                    format!(
-                        "<ArticleCount>{}</ArticleCount><Articles>{items}</Articles>",
-                        articles.len()
-                    )
-                }
-                // split_passive only picks passive-capable kinds.
-                other => format!("<!-- {} cannot be a passive reply -->", other.msgtype()),
-            });
-            s
-        }
-    };
-    format!("{body}</xml>")
+    crate::wechat::reply::render(to, from, create_time, reply)
+        .unwrap_or_else(|e| format!("<!-- not a valid passive reply: {e} -->"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::OutMessage;
     use std::time::Duration;
 
     #[test]

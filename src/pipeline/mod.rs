@@ -50,6 +50,9 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     _clock: SharedClock,
+    /// The account's AppID: payments made through another app carry an OpenID this account
+    /// cannot message, so they open nothing.
+    app_id: String,
 }
 
 impl Pipeline {
@@ -61,7 +64,20 @@ impl Pipeline {
         wake: Arc<Notify>,
         clock: SharedClock,
     ) -> Self {
-        Pipeline { store, rules, passive_first, metrics, wake, _clock: clock }
+        Pipeline {
+            store,
+            rules,
+            passive_first,
+            metrics,
+            wake,
+            _clock: clock,
+            app_id: String::new(),
+        }
+    }
+
+    pub fn with_app_id(mut self, app_id: &str) -> Self {
+        self.app_id = app_id.to_string();
+        self
     }
 
     /// Runs rules and commits everything the push changes in one durable step.
@@ -69,26 +85,16 @@ impl Pipeline {
         let rules = self.rules.current();
         let eval = rules.evaluate(&intake.input);
         let fired = eval.fired.clone();
-        let (mut passive, mut planned) = if intake.effect == WindowEffect::CloseAll {
-            // An unfollowed user can be sent nothing; rules still show in logs.
-            (None, Vec::new())
-        } else {
-            eval.split_passive(self.passive_first && intake.passive_allowed)
-        };
-        if let Some(PassiveReply::Transfer { .. }) = passive {
-            if !intake.transfer_allowed {
-                warn!(kind = %intake.kind, "a rule asked to transfer an event to human service; WeChat only transfers user messages, so it is dropped");
-                self.metrics.drop_message("transfer_on_event");
-                passive = None;
-            }
+        let Plan { passive, planned, dropped } = plan(
+            eval,
+            self.passive_first && intake.passive_allowed,
+            intake.effect,
+            intake.transfer_allowed,
+        );
+        for reason in dropped {
+            warn!(kind = %intake.kind, reason, "a planned reply was dropped");
+            self.metrics.drop_message(reason);
         }
-        planned.retain(|p: &PlannedAction| {
-            let keep = !matches!(p.action, Action::Transfer { .. });
-            if !keep {
-                self.metrics.drop_message("transfer_not_passive");
-            }
-            keep
-        });
         let answer = match &passive {
             Some(p) => Some(serde_json::to_string(p)?),
             None => None,
@@ -140,6 +146,45 @@ impl Pipeline {
     }
 }
 
+/// What a push will answer and send, before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub passive: Option<PassiveReply>,
+    pub planned: Vec<PlannedAction>,
+    /// Replies that cannot be carried out, by reason label.
+    pub dropped: Vec<&'static str>,
+}
+
+/// Turns the rules' evaluation into the answer and the outbox plan (pure; `kefu simulate`
+/// shows exactly this). An unfollow plans nothing; a transfer is only ever a passive answer,
+/// and only to a user message (protocol §7.4).
+pub fn plan(
+    eval: crate::rules::Evaluation,
+    passive_first: bool,
+    effect: WindowEffect,
+    transfer_allowed: bool,
+) -> Plan {
+    let mut dropped = Vec::new();
+    if effect == WindowEffect::CloseAll {
+        // An unfollowed user can be sent nothing; the fired rules still show in logs.
+        dropped.extend(eval.actions.iter().map(|_| "unsubscribed"));
+        return Plan { passive: None, planned: Vec::new(), dropped };
+    }
+    let (mut passive, mut planned) = eval.split_passive(passive_first);
+    if matches!(passive, Some(PassiveReply::Transfer { .. })) && !transfer_allowed {
+        dropped.push("transfer_on_event");
+        passive = None;
+    }
+    planned.retain(|p| {
+        let keep = !matches!(p.action, Action::Transfer { .. });
+        if !keep {
+            dropped.push("transfer_not_passive");
+        }
+        keep
+    });
+    Plan { passive, planned, dropped }
+}
+
 #[async_trait::async_trait]
 impl PushSink for Pipeline {
     async fn accept(
@@ -179,6 +224,17 @@ impl crate::http::pay::PaymentSink for Pipeline {
         payment: &crate::pay::Payment,
         received_at_ms: i64,
     ) -> anyhow::Result<bool> {
+        if let Some(appid) =
+            payment.appid.as_deref().filter(|a| !self.app_id.is_empty() && *a != self.app_id)
+        {
+            warn!(appid, transaction_id = %payment.transaction_id,
+                "payment made through another app (its OpenID is not this account's); acknowledged, no window opened");
+            self.metrics
+                .payments
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "foreign_app".into() })
+                .inc();
+            return Ok(false);
+        }
         let input = payment.rule_input();
         let openid = OpenId::parse(&input.from)
             .map_err(|e| anyhow::anyhow!("payment notification with an unusable payer: {e}"))?;
