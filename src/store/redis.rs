@@ -641,7 +641,7 @@ impl Store for RedisStore {
         match self
             .inner
             .outbox
-            .add_push_outbox(push.openid.clone(), push.dedupe_key.clone(), unsubscribe, push.outbox)
+            .append_outbox(&push.openid, &push.dedupe_key, unsubscribe, push.outbox)
             .await
         {
             Ok(outbox_ids) => Ok(CommitOutcome::Fresh { window_after, outbox_ids }),

@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, due_at_ms);
 CREATE INDEX IF NOT EXISTS outbox_follower ON outbox (openid, status);
+CREATE INDEX IF NOT EXISTS outbox_push ON outbox (push_key);
 CREATE TABLE IF NOT EXISTS token (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     token       TEXT NOT NULL,
@@ -394,22 +395,32 @@ impl SqliteStore {
         .await
     }
 
-    /// The outbox half of a push, for a store that keeps dedupe and ledger elsewhere (the
-    /// Redis store, where the outbox stays per instance): inserts the planned entries and, for
-    /// an unsubscribe, drops the follower's pending ones, in one transaction, durable when this
-    /// returns. Ids are in the order given.
-    pub async fn add_push_outbox(
+    /// Writes a push's planned entries without touching dedupe or ledger, for a store that
+    /// keeps those elsewhere (Redis) and delegates the per-instance outbox here. Idempotent
+    /// per `push_key`: if entries of that push exist, nothing is written and their ids are
+    /// returned, so such a store can write the outbox first and its dedupe record second, and
+    /// a crash between the two is healed by the redelivery. `cancel_pending` drops the
+    /// follower's pending entries first (an unsubscribe).
+    pub async fn append_outbox(
         &self,
-        openid: OpenId,
-        push_key: String,
-        unsubscribe: bool,
+        openid: &OpenId,
+        push_key: &str,
+        cancel_pending: bool,
         entries: Vec<NewOutboxEntry>,
     ) -> StoreResult<Vec<i64>> {
+        let (openid, push_key) = (openid.clone(), push_key.to_string());
         self.write(move |conn, inner, _| {
-            if unsubscribe {
-                drop_pending_unsubscribed(conn, inner, &openid)?;
+            let existing: Vec<i64> = conn
+                .prepare_cached("SELECT id FROM outbox WHERE push_key = ?1 ORDER BY id")?
+                .query_map([&push_key], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if !existing.is_empty() {
+                return Ok(existing);
             }
             let now_ms = inner.clock.now_ms();
+            if cancel_pending {
+                cancel_pending_tx(conn, &openid, now_ms)?;
+            }
             entries.iter().map(|e| insert_outbox(conn, &openid, &push_key, e, now_ms)).collect()
         })
         .await
@@ -441,6 +452,9 @@ impl SqliteStore {
         let wake = self.inner.purge_wake.clone();
         tokio::spawn(async move {
             loop {
+                if *shutdown.borrow() {
+                    return;
+                }
                 let wait_ms = {
                     let Some(inner) = weak.upgrade() else { return };
                     let store = SqliteStore { inner };
@@ -503,16 +517,18 @@ fn apply_post(inner: &Inner, post: Post) {
     }
 }
 
-/// Runs one job in a savepoint so its failure leaves the rest of the batch intact.
+/// Runs one job in a savepoint so its failure leaves the rest of the batch intact. The
+/// statements are cached: at thousands of jobs a second, re-parsing them shows up.
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT job")?;
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f() {
         Ok(v) => {
-            conn.execute_batch("RELEASE job")?;
+            conn.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+            conn.prepare_cached("RELEASE job")?.execute([])?;
             Err(e)
         }
     }
@@ -591,14 +607,30 @@ fn load_window(conn: &Connection, openid: &OpenId) -> StoreResult<Window> {
     Ok(Window { grants, subscribed: subscribed.flatten() })
 }
 
-fn save_window(conn: &Connection, openid: &OpenId, w: &Window) -> StoreResult<()> {
-    conn.prepare_cached("DELETE FROM grants WHERE openid = ?1")?.execute([openid.as_str()])?;
-    let mut ins = conn.prepare_cached(
-        "INSERT INTO grants (openid, trigger, opened_at, expires_at, quota, used) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for g in &w.grants {
-        ins.execute(params![
+/// Writes what changed between `before` and `after` (usually one grant row).
+fn save_window(
+    conn: &Connection,
+    openid: &OpenId,
+    before: &Window,
+    after: &Window,
+) -> StoreResult<()> {
+    for g in &before.grants {
+        if !after.grants.iter().any(|a| a.trigger == g.trigger) {
+            conn.prepare_cached("DELETE FROM grants WHERE openid = ?1 AND trigger = ?2")?
+                .execute([openid.as_str(), g.trigger.as_str()])?;
+        }
+    }
+    for g in &after.grants {
+        if before.grants.contains(g) {
+            continue;
+        }
+        conn.prepare_cached(
+            "INSERT INTO grants (openid, trigger, opened_at, expires_at, quota, used) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (openid, trigger) DO UPDATE SET \
+             opened_at = excluded.opened_at, expires_at = excluded.expires_at, \
+             quota = excluded.quota, used = excluded.used",
+        )?
+        .execute(params![
             openid.as_str(),
             g.trigger.as_str(),
             g.opened_at,
@@ -607,12 +639,14 @@ fn save_window(conn: &Connection, openid: &OpenId, w: &Window) -> StoreResult<()
             g.used
         ])?;
     }
-    if let Some(s) = w.subscribed {
-        conn.prepare_cached(
-            "INSERT INTO followers (openid, subscribed) VALUES (?1, ?2) \
-             ON CONFLICT (openid) DO UPDATE SET subscribed = excluded.subscribed",
-        )?
-        .execute(params![openid.as_str(), s])?;
+    if after.subscribed != before.subscribed {
+        if let Some(s) = after.subscribed {
+            conn.prepare_cached(
+                "INSERT INTO followers (openid, subscribed) VALUES (?1, ?2) \
+                 ON CONFLICT (openid) DO UPDATE SET subscribed = excluded.subscribed",
+            )?
+            .execute(params![openid.as_str(), s])?;
+        }
     }
     Ok(())
 }
@@ -622,12 +656,13 @@ fn update_window<T>(
     conn: &Connection,
     post: &mut Post,
     openid: &OpenId,
-    f: impl FnOnce(&mut Window) -> (T, bool),
+    f: impl FnOnce(&mut Window) -> T,
 ) -> StoreResult<(T, Window)> {
-    let mut w = load_window(conn, openid)?;
-    let (out, changed) = f(&mut w);
-    if changed {
-        save_window(conn, openid, &w)?;
+    let before = load_window(conn, openid)?;
+    let mut w = before.clone();
+    let out = f(&mut w);
+    if w != before {
+        save_window(conn, openid, &before, &w)?;
         post.windows.push((openid.clone(), w.clone()));
     }
     Ok((out, w))
@@ -752,14 +787,13 @@ fn insert_outbox(
     Ok(conn.last_insert_rowid())
 }
 
-/// An unsubscribe cancels the follower's planned messages not yet claimed.
-fn drop_pending_unsubscribed(conn: &Connection, inner: &Inner, openid: &OpenId) -> StoreResult<()> {
-    conn.prepare_cached(
-        "UPDATE outbox SET status = 'dropped', reason = ?1, updated_at_ms = ?2 \
-         WHERE openid = ?3 AND status = 'pending'",
-    )?
-    .execute(params![UNSUBSCRIBED, inner.clock.now_ms(), openid.as_str()])?;
-    Ok(())
+fn cancel_pending_tx(conn: &Connection, openid: &OpenId, now_ms: i64) -> StoreResult<usize> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE outbox SET status = 'dropped', reason = ?1, updated_at_ms = ?2 \
+             WHERE openid = ?3 AND status = 'pending'",
+        )?
+        .execute(params![UNSUBSCRIBED, now_ms, openid.as_str()])?)
 }
 
 fn commit_push_tx(
@@ -768,25 +802,26 @@ fn commit_push_tx(
     post: &mut Post,
     push: PushCommit,
 ) -> StoreResult<CommitOutcome> {
-    let seen: Option<Option<String>> = conn
-        .prepare_cached("SELECT answer FROM dedupe WHERE key = ?1")?
-        .query_row([&push.dedupe_key], |r| r.get(0))
-        .optional()?;
-    if let Some(answer) = seen {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO dedupe (key, received_at_ms, answer) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO NOTHING",
+        )?
+        .execute(params![push.dedupe_key, push.received_at_ms, push.answer])?;
+    if inserted == 0 {
+        let answer: Option<String> = conn
+            .prepare_cached("SELECT answer FROM dedupe WHERE key = ?1")?
+            .query_row([&push.dedupe_key], |r| r.get(0))?;
         return Ok(CommitOutcome::Duplicate { answer });
     }
-    conn.prepare_cached("INSERT INTO dedupe (key, received_at_ms, answer) VALUES (?1, ?2, ?3)")?
-        .execute(params![push.dedupe_key, push.received_at_ms, push.answer])?;
     let now = push.received_at_ms.div_euclid(1000);
     let effect = push.effect;
-    let ((), window_after) = update_window(conn, post, &push.openid, |w| {
-        w.apply(effect, now, &inner.window);
-        ((), effect != WindowEffect::None)
-    })?;
-    if effect == WindowEffect::CloseAll {
-        drop_pending_unsubscribed(conn, inner, &push.openid)?;
-    }
+    let ((), window_after) =
+        update_window(conn, post, &push.openid, |w| w.apply(effect, now, &inner.window))?;
     let now_ms = inner.clock.now_ms();
+    if effect == WindowEffect::CloseAll {
+        cancel_pending_tx(conn, &push.openid, now_ms)?;
+    }
     let mut outbox_ids = Vec::with_capacity(push.outbox.len());
     for e in &push.outbox {
         outbox_ids.push(insert_outbox(conn, &push.openid, &push.dedupe_key, e, now_ms)?);
@@ -809,10 +844,7 @@ impl Store for SqliteStore {
     async fn charge(&self, openid: &OpenId, now: i64) -> StoreResult<ChargeOutcome> {
         let openid = openid.clone();
         self.write(move |conn, _, post| {
-            let (out, _) = update_window(conn, post, &openid, |w| {
-                let out = w.charge(now);
-                (out, out.is_allowed())
-            })?;
+            let (out, _) = update_window(conn, post, &openid, |w| w.charge(now))?;
             Ok(out)
         })
         .await
@@ -821,10 +853,7 @@ impl Store for SqliteStore {
     async fn refund(&self, openid: &OpenId, trigger: Trigger, opened_at: i64) -> StoreResult<bool> {
         let openid = openid.clone();
         self.write(move |conn, _, post| {
-            let (done, _) = update_window(conn, post, &openid, |w| {
-                let done = w.refund(trigger, opened_at);
-                (done, done)
-            })?;
+            let (done, _) = update_window(conn, post, &openid, |w| w.refund(trigger, opened_at))?;
             Ok(done)
         })
         .await
@@ -833,11 +862,7 @@ impl Store for SqliteStore {
     async fn close_window(&self, openid: &OpenId) -> StoreResult<()> {
         let openid = openid.clone();
         self.write(move |conn, _, post| {
-            update_window(conn, post, &openid, |w| {
-                let had = !w.grants.is_empty();
-                w.close();
-                ((), had)
-            })?;
+            update_window(conn, post, &openid, Window::close)?;
             Ok(())
         })
         .await
@@ -846,12 +871,7 @@ impl Store for SqliteStore {
     async fn exhaust_window(&self, openid: &OpenId, now: i64) -> StoreResult<()> {
         let openid = openid.clone();
         self.write(move |conn, _, post| {
-            update_window(conn, post, &openid, |w| {
-                let before = w.clone();
-                w.exhaust(now);
-                let changed = *w != before;
-                ((), changed)
-            })?;
+            update_window(conn, post, &openid, |w| w.exhaust(now))?;
             Ok(())
         })
         .await

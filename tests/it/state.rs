@@ -378,6 +378,24 @@ async fn outbox_lifecycle() {
 }
 
 #[tokio::test]
+async fn append_outbox_is_idempotent_per_push_for_a_delegating_store() {
+    let f = Fixture::new();
+    let plan = push("msg:7", "oNed", WindowEffect::None, T0_MS, &[("a", 0), ("b", 5000)]).outbox;
+    let who = oid("oNed");
+    let ids = f.store.append_outbox(&who, "msg:7", false, plan.clone()).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(f.store.append_outbox(&who, "msg:7", false, plan.clone()).await.unwrap(), ids);
+    assert_eq!(f.store.pending_count(&who).await.unwrap(), 2);
+    assert_eq!(f.store.window(&who, T0).await.unwrap().grants, vec![], "no ledger change");
+    // An unsubscribe delivered this way still cancels what is pending.
+    assert_eq!(
+        f.store.append_outbox(&who, "evt:u", true, vec![]).await.unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(f.store.pending_count(&who).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn reopen_settles_in_flight_sends_and_rebuilds_the_index() {
     let f = Fixture::new();
     let ids = fresh_ids(
