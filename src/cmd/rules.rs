@@ -65,10 +65,7 @@ pub fn check(cfg: &Config, dir: Option<&Path>, json: bool) -> CmdResult {
         );
     }
     if failed > 0 {
-        return Err(CmdError::failed(format!(
-            "{failed} of {} rule tests failed",
-            outcomes.len()
-        )));
+        return Err(CmdError::failed(format!("{failed} of {} rule tests failed", outcomes.len())));
     }
     Ok(())
 }
@@ -81,9 +78,8 @@ pub fn import(file: &Path, out: Option<&Path>) -> CmdResult {
         .map_err(|e| CmdError::failed(format!("{}: {e}", file.display())))?;
     match out {
         Some(path) => {
-            std::fs::write(path, &rules).map_err(|e| {
-                CmdError::failed(format!("cannot write {}: {e}", path.display()))
-            })?;
+            std::fs::write(path, &rules)
+                .map_err(|e| CmdError::failed(format!("cannot write {}: {e}", path.display())))?;
             eprintln!("wrote {}; check it with `kefu rules check`", path.display());
         }
         None => print!("{rules}"),

@@ -90,9 +90,10 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
 /// One planned action as the request kefu would make for it.
 fn planned_json(openid: &str, a: &PlannedAction) -> Value {
     let (endpoint, body) = match &a.action {
-        Action::Send { message } => {
-            ("/cgi-bin/message/custom/send", message.custom_send_body(openid, a.kf_account.as_deref()))
-        }
+        Action::Send { message } => (
+            "/cgi-bin/message/custom/send",
+            message.custom_send_body(openid, a.kf_account.as_deref()),
+        ),
         Action::Typing => {
             ("/cgi-bin/message/custom/typing", json!({ "touser": openid, "command": "Typing" }))
         }

@@ -162,7 +162,12 @@ pub(crate) enum ReplyKind {
     Text(Template),
     Image(Template),
     Voice(Template),
-    Video { media_id: Template, thumb_media_id: Template, title: Template, description: Template },
+    Video {
+        media_id: Template,
+        thumb_media_id: Template,
+        title: Template,
+        description: Template,
+    },
     Music {
         title: Template,
         description: Template,
@@ -170,12 +175,26 @@ pub(crate) enum ReplyKind {
         hqmusicurl: Template,
         thumb_media_id: Template,
     },
-    News { title: Template, description: Template, url: Template, picurl: Template },
+    News {
+        title: Template,
+        description: Template,
+        url: Template,
+        picurl: Template,
+    },
     MpNews(Template),
     MpNewsArticle(Template),
-    Menu { head: Template, items: Vec<(Template, Template)>, tail: Template },
+    Menu {
+        head: Template,
+        items: Vec<(Template, Template)>,
+        tail: Template,
+    },
     WxCard(Template),
-    MiniProgram { title: Template, appid: Template, pagepath: Template, thumb_media_id: Template },
+    MiniProgram {
+        title: Template,
+        appid: Template,
+        pagepath: Template,
+        thumb_media_id: Template,
+    },
     Typing,
     Transfer(Option<String>),
 }
@@ -330,13 +349,16 @@ mod tests {
     #[test]
     fn passive_is_first_immediate_capable_send() {
         let menu = PlannedAction {
-            action: Action::Send {
-                message: OutMessage::WxCard { card_id: "c".into() },
-            },
+            action: Action::Send { message: OutMessage::WxCard { card_id: "c".into() } },
             ..send("", 0, None)
         };
-        let acts = vec![send("later", 30, None), menu.clone(), send("as kf", 0, Some("k@g")),
-            send("now", 0, None), send("next", 0, None)];
+        let acts = vec![
+            send("later", 30, None),
+            menu.clone(),
+            send("as kf", 0, Some("k@g")),
+            send("now", 0, None),
+            send("next", 0, None),
+        ];
         let (p, rest) = split_passive(acts.clone(), true);
         assert_eq!(
             p,

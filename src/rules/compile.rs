@@ -16,7 +16,7 @@ use super::check::TestCase;
 use super::file::{RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList};
 use super::matcher::{Cond, Exact, Matcher, MatcherBuilder, normalize_equals};
 use super::parse::{Located, parse_file};
-use super::{Diagnostic, Loaded, Origin, Rule, RuleSet, Severity, line_col};
+use super::{Diagnostic, LineIndex, Loaded, Origin, Rule, RuleSet, Severity};
 use crate::config::WindowConfig;
 use crate::model::KfAccount;
 
@@ -64,10 +64,14 @@ struct Pre {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    lines: LineIndex,
     diags: &'a mut Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
+    fn pos(&self, offset: usize) -> (usize, usize) {
+        self.lines.line_col(self.text, offset)
+    }
     fn err(&mut self, offset: usize, msg: String) {
         self.diags.push(Diagnostic::error(self.path, self.text, offset, msg));
     }
@@ -95,14 +99,16 @@ pub(crate) fn compile(
     for (file, (path, text)) in sources.iter().enumerate() {
         let parsed = parse_file(path, text, &mut diags);
         let shared_path: Arc<Path> = Arc::from(path.as_path());
-        let mut ctx = Ctx { path, text, diags: &mut diags };
+        let mut ctx = Ctx { path, text, lines: LineIndex::new(text), diags: &mut diags };
         for (order, Located { item, span }) in parsed.rules.into_iter().enumerate() {
             // Names are claimed before compiling, so a broken rule still claims its name.
-            let (line, col) = line_col(text, item.name.span().start);
+            let (line, col) = ctx.pos(item.name.span().start);
             let origin = Origin { path: shared_path.clone(), line, col };
             if let Some(first) = names.get(item.name.get_ref()) {
-                let msg =
-                    format!("duplicate rule name `{}`: already used at {first}", item.name.get_ref());
+                let msg = format!(
+                    "duplicate rule name `{}`: already used at {first}",
+                    item.name.get_ref()
+                );
                 ctx.err(item.name.span().start, msg);
             } else {
                 names.insert(item.name.get_ref().clone(), origin);
@@ -172,7 +178,7 @@ fn compile_rule(
     if name.trim().is_empty() {
         ctx.err(name_at, "a rule name must not be empty".into());
     }
-    let (line, col) = line_col(ctx.text, name_at);
+    let (line, col) = ctx.pos(name_at);
     let origin = Origin { path: path.clone(), line, col };
     // A broken `when` still lets the replies be checked; only placeholder checks are off,
     // since the captures are unknown.
@@ -296,10 +302,9 @@ fn compile_when(w: RawWhen, b: &mut MatcherBuilder, ctx: &mut Ctx<'_>) -> Option
                     caps.names.extend(re.capture_names().flatten().map(str::to_string));
                     ids.push(if text { b.text_regex(re) } else { b.key_regex(re) });
                 }
-                Err(e) => ctx.err(
-                    span.start,
-                    format!("bad regex `{v}` in {field}: {}", regex_reason(&e)),
-                ),
+                Err(e) => {
+                    ctx.err(span.start, format!("bad regex `{v}` in {field}: {}", regex_reason(&e)))
+                }
             }
         }
         let ids = Some(ids.into_boxed_slice());
@@ -407,16 +412,11 @@ fn compile_reply(
         if m.items.is_empty() {
             ctx.err(
                 at,
-                "a menu needs at least one item: items = [{ id = \"1\", content = \"…\" }]"
-                    .into(),
+                "a menu needs at least one item: items = [{ id = \"1\", content = \"…\" }]".into(),
             );
         }
         let items = m.items.iter().map(|i| (tpl(&i.id, ctx), tpl(&i.content, ctx))).collect();
-        kind = Some(ReplyKind::Menu {
-            head: opt(&m.head, ctx),
-            items,
-            tail: opt(&m.tail, ctx),
-        });
+        kind = Some(ReplyKind::Menu { head: opt(&m.head, ctx), items, tail: opt(&m.tail, ctx) });
     }
     if let Some(s) = &r.wxcard {
         kinds.push(("wxcard", s.span().start));
@@ -532,9 +532,9 @@ fn template(s: &Spanned<String>, caps: &Caps, pays: bool, ctx: &mut Ctx<'_>) -> 
     for (name, group) in t.needs() {
         let provided = caps.unknown
             || match group {
-            Some(n) => n < caps.max_groups,
-            None => caps.names.iter().any(|c| *c == name) || pays,
-        };
+                Some(n) => n < caps.max_groups,
+                None => caps.names.contains(&name) || pays,
+            };
         if !provided {
             ctx.err(s.span().start, placeholder_message(&name, group, caps));
         }
@@ -577,7 +577,7 @@ fn placeholder_message(name: &str, group: Option<usize>, caps: &Caps) -> String 
 }
 
 fn compile_test(t: RawTest, header: usize, ctx: &mut Ctx<'_>) -> Option<TestCase> {
-    let (line, col) = line_col(ctx.text, header);
+    let (line, col) = ctx.pos(header);
     let from = t.from.clone().unwrap_or_else(|| super::check::TEST_OPENID.to_string());
     let mut input = match (&t.text, &t.event) {
         (Some(text), None) => {
@@ -600,13 +600,7 @@ fn compile_test(t: RawTest, header: usize, ctx: &mut Ctx<'_>) -> Option<TestCase
         }
     };
     input.vars = t.vars.into_iter().collect();
-    Some(TestCase {
-        path: ctx.path.to_path_buf(),
-        line,
-        col,
-        input,
-        expect: t.expect.values(),
-    })
+    Some(TestCase { path: ctx.path.to_path_buf(), line, col, input, expect: t.expect.values() })
 }
 
 /// Warns about rules that can never fire: an earlier rule (higher priority, or same priority
@@ -677,7 +671,8 @@ fn shadow_warnings(rules: &[Rule], m: &Matcher, keywords: &[String], diags: &mut
 }
 
 fn warn_shadowed(a: &Rule, b: &Rule, diags: &mut Vec<Diagnostic>) {
-    let what = if a.cond.is_empty() { "matches every push" } else { "matches every push it matches" };
+    let what =
+        if a.cond.is_empty() { "matches every push" } else { "matches every push it matches" };
     diags.push(Diagnostic {
         path: b.origin.path.to_path_buf(),
         line: b.origin.line,

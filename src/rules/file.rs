@@ -4,8 +4,8 @@
 
 use std::ops::Range;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
 /// One `[[rule]]`.

@@ -119,7 +119,9 @@ pub fn import_autoreply(json: &str) -> Result<String, ImportError> {
             reply(&mut out, r);
             probes.push((Probe::Event("subscribe".into()), name));
         }
-        (Some(_), _) => out.push_str("\n# The follow reply is switched off in the panel: not imported.\n"),
+        (Some(_), _) => {
+            out.push_str("\n# The follow reply is switched off in the panel: not imported.\n")
+        }
         (None, _) => {}
     }
 
@@ -180,7 +182,9 @@ pub fn import_autoreply(json: &str) -> Result<String, ImportError> {
             reply(&mut out, r);
             probes.push((Probe::Text("kefu import probe: no keyword here".into()), name));
         }
-        (Some(_), _) => out.push_str("\n# The default reply is switched off in the panel: not imported.\n"),
+        (Some(_), _) => {
+            out.push_str("\n# The default reply is switched off in the panel: not imported.\n")
+        }
         (None, _) => {}
     }
 
@@ -206,7 +210,9 @@ fn tests_for(rules_text: &str, probes: Vec<(Probe, String)>) -> String {
     for (probe, name) in probes {
         let (input, line) = match &probe {
             Probe::Text(t) => (text_input(TEST_OPENID, t), format!("text = {}", toml_str(t))),
-            Probe::Event(e) => (event_input(TEST_OPENID, e, None), format!("event = {}", toml_str(e))),
+            Probe::Event(e) => {
+                (event_input(TEST_OPENID, e, None), format!("event = {}", toml_str(e)))
+            }
         };
         let fired = loaded.set.evaluate(&input).fired;
         if fired == [name.clone()] {

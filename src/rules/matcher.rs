@@ -262,9 +262,9 @@ impl Matcher {
             && one_of(Exact::MenuChoice, input.menu_choice.as_deref())
             && one_of(Exact::From, Some(&input.from))
             && one_of(Exact::TextEquals, f.equals.as_deref())
-            && c.text_contains.as_ref().is_none_or(|ids| {
-                ids.iter().any(|k| f.kw_hits.binary_search(k).is_ok())
-            })
+            && c.text_contains
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|k| f.kw_hits.binary_search(k).is_ok()))
             && c.text_regex.as_ref().is_none_or(|ids| {
                 f.text_hits.as_ref().is_some_and(|h| ids.iter().any(|i| h.matched(*i as usize)))
             })

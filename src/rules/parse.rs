@@ -72,7 +72,9 @@ pub(crate) fn parse_file(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -
                 path,
                 text,
                 key_span.start,
-                format!("unknown top-level key `{other}`: a rule file holds only [[rule]] and [[test]]"),
+                format!(
+                    "unknown top-level key `{other}`: a rule file holds only [[rule]] and [[test]]"
+                ),
             )),
         }
     }
@@ -215,9 +217,18 @@ mod tests {
                     [[rule.reply]]\ntxt = \"hi\"\n";
         let e = errors(text);
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e[0].starts_with("r.toml:3:1: unknown key `prio` in [[rule]], expected one of"), "{e:?}");
-        assert!(e[1].starts_with("r.toml:5:1: unknown condition `text_contain` in [rule.when]"), "{e:?}");
-        assert!(e[2].starts_with("r.toml:7:1: unknown reply kind `txt` in [[rule.reply]]"), "{e:?}");
+        assert!(
+            e[0].starts_with("r.toml:3:1: unknown key `prio` in [[rule]], expected one of"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("r.toml:5:1: unknown condition `text_contain` in [rule.when]"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("r.toml:7:1: unknown reply kind `txt` in [[rule.reply]]"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -229,6 +240,9 @@ mod tests {
     #[test]
     fn single_table_is_refused() {
         let e = errors("[rule]\nname = \"a\"\n");
-        assert_eq!(e, vec!["r.toml:1:2: `rule` must be an array of tables: write [[rule]], not [rule]"]);
+        assert_eq!(
+            e,
+            vec!["r.toml:1:2: `rule` must be an array of tables: write [[rule]], not [rule]"]
+        );
     }
 }

@@ -47,13 +47,20 @@ pub struct Rules {
 
 impl std::fmt::Debug for Rules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rules").field("dir", &self.dir).field("status", &*self.status.lock()).finish()
+        f.debug_struct("Rules")
+            .field("dir", &self.dir)
+            .field("status", &*self.status.lock())
+            .finish()
     }
 }
 
 impl Rules {
-    /// Starts from a loaded set; reloads read the same directory with the same windows.
+    /// Starts from a loaded set (logging its warnings); reloads read the same directory with
+    /// the same windows.
     pub fn new(loaded: Loaded) -> Self {
+        for w in &loaded.warnings {
+            tracing::warn!(target: "kefu::rules", "{w}");
+        }
         let set = loaded.set;
         let status = ReloadStatus {
             last_ok: true,

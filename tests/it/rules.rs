@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kefu::config::WindowConfig;
-use kefu::model::{
-    Action, Article, MenuItem, OutMessage, PassiveReply, PlannedAction, RuleInput,
-};
+use kefu::model::{Action, Article, MenuItem, OutMessage, PassiveReply, PlannedAction, RuleInput};
 use kefu::rules::{self, Diagnostic, RuleSet, Rules, event_input, text_input};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -366,7 +364,9 @@ priority = -5
     // a-low and b-never come after b-stop, which has no `continue`: both reported.
     let w: Vec<String> = l.warnings.iter().map(|d| d.to_string()).collect();
     assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w[0].starts_with("dir/a.toml:3:8: warning: rule `a-low` can never fire: rule `b-stop`"));
+    assert!(
+        w[0].starts_with("dir/a.toml:3:8: warning: rule `a-low` can never fire: rule `b-stop`")
+    );
     assert!(w[1].starts_with("dir/b.toml:15:8: warning: rule `b-never` can never fire"));
 }
 
@@ -429,7 +429,10 @@ text = "paid {amount} for {out_trade_no}{missing}"
     let ev = s.evaluate(&text("查物流 12345"));
     assert_eq!(
         ev.actions,
-        [send("order", txt(&format!("{U} asked 查物流 12345: 物流 #12345 (查物流 12345) {{literal}}")))]
+        [send(
+            "order",
+            txt(&format!("{U} asked 查物流 12345: 物流 #12345 (查物流 12345) {{literal}}"))
+        )]
     );
     let ev = s.evaluate(&event_input(U, "subscribe", Some("qrscene_spring_7")));
     assert_eq!(
@@ -466,7 +469,9 @@ fn every_error_is_reported_at_once_with_its_position() {
             "{a}:9:12: unknown msg_type `txt`: use text, image, voice, video, shortvideo, \
              location, link or event"
         ),
-        format!("{a}:10:9: unknown event `click`: events are case-sensitive, did you mean `CLICK`?"),
+        format!(
+            "{a}:10:9: unknown event `click`: events are case-sensitive, did you mean `CLICK`?"
+        ),
         format!(
             "{a}:11:8: empty list for `from` never matches: give at least one value or remove \
              the condition"
@@ -514,10 +519,7 @@ fn every_error_is_reported_at_once_with_its_position() {
 #[test]
 fn more_error_messages() {
     let cases: &[(&str, &str)] = &[
-        (
-            "[[rule]]\nname = \"\"\n",
-            "t.toml:2:8: a rule name must not be empty",
-        ),
+        ("[[rule]]\nname = \"\"\n", "t.toml:2:8: a rule name must not be empty"),
         (
             "[[rule]]\nname = \"r\"\n[[rule.reply]]\ndelay = \"1s\"\n",
             "t.toml:4:9: a reply needs one kind: text, image, voice, video, music, news, mpnews, \
@@ -670,7 +672,10 @@ fn import_of_the_admin_panel_settings_passes_rules_check() {
     assert!(fired(&l.set, &event_input(U, "CLICK", Some("K"))).is_empty());
     let img = l.set.evaluate(&text("图片")).actions;
     assert_eq!(img.len(), 2);
-    assert_eq!(img[0], send("autoreply-img", OutMessage::Image { media_id: "IMG_MEDIA_ID".into() }));
+    assert_eq!(
+        img[0],
+        send("autoreply-img", OutMessage::Image { media_id: "IMG_MEDIA_ID".into() })
+    );
     let news = l.set.evaluate(&text("news测试")).actions;
     assert_eq!(
         news,
@@ -697,8 +702,13 @@ fn simulate_prints_the_passive_reply_and_the_custom_send_bodies() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["fired"], serde_json::json!(["order-number"]));
-    assert_eq!(v["passive"]["reply"]["message"]["content"], "已收到订单 2024050112345678，客服会在 2 小时内联系您。");
-    assert!(v["passive"]["xml"].as_str().unwrap_or("").contains("<MsgType><![CDATA[text]]></MsgType>"));
+    assert_eq!(
+        v["passive"]["reply"]["message"]["content"],
+        "已收到订单 2024050112345678，客服会在 2 小时内联系您。"
+    );
+    assert!(
+        v["passive"]["xml"].as_str().unwrap_or("").contains("<MsgType><![CDATA[text]]></MsgType>")
+    );
     assert_eq!(
         v["messages"],
         serde_json::json!([{
@@ -796,7 +806,11 @@ fn a_broken_edit_keeps_the_old_rules() {
         .expect("write");
     let errs = rules.reload().expect_err("broken");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].to_string().ends_with("rules.toml:4:14: bad regex `(` in text_regex: unclosed group"));
+    assert!(
+        errs[0]
+            .to_string()
+            .ends_with("rules.toml:4:14: bad regex `(` in text_regex: unclosed group")
+    );
     assert_eq!(rules.current().len(), 3);
     assert!(!rules.last_reload_ok());
     assert_eq!(rules.status().failures, 1);
