@@ -16,7 +16,7 @@ use super::check::TestCase;
 use super::file::{RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList};
 use super::matcher::{Cond, Exact, Matcher, MatcherBuilder, normalize_equals};
 use super::parse::{Located, parse_file};
-use super::{Diagnostic, Loaded, Origin, Rule, RuleSet, Severity, line_col};
+use super::{Diagnostic, LineIndex, Loaded, Origin, Rule, RuleSet, Severity};
 use crate::config::WindowConfig;
 use crate::model::KfAccount;
 
@@ -64,10 +64,14 @@ struct Pre {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    lines: LineIndex,
     diags: &'a mut Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
+    fn pos(&self, offset: usize) -> (usize, usize) {
+        self.lines.line_col(self.text, offset)
+    }
     fn err(&mut self, offset: usize, msg: String) {
         self.diags.push(Diagnostic::error(self.path, self.text, offset, msg));
     }
@@ -95,10 +99,10 @@ pub(crate) fn compile(
     for (file, (path, text)) in sources.iter().enumerate() {
         let parsed = parse_file(path, text, &mut diags);
         let shared_path: Arc<Path> = Arc::from(path.as_path());
-        let mut ctx = Ctx { path, text, diags: &mut diags };
+        let mut ctx = Ctx { path, text, lines: LineIndex::new(text), diags: &mut diags };
         for (order, Located { item, span }) in parsed.rules.into_iter().enumerate() {
             // Names are claimed before compiling, so a broken rule still claims its name.
-            let (line, col) = line_col(text, item.name.span().start);
+            let (line, col) = ctx.pos(item.name.span().start);
             let origin = Origin { path: shared_path.clone(), line, col };
             if let Some(first) = names.get(item.name.get_ref()) {
                 let msg = format!(
@@ -174,7 +178,7 @@ fn compile_rule(
     if name.trim().is_empty() {
         ctx.err(name_at, "a rule name must not be empty".into());
     }
-    let (line, col) = line_col(ctx.text, name_at);
+    let (line, col) = ctx.pos(name_at);
     let origin = Origin { path: path.clone(), line, col };
     // A broken `when` still lets the replies be checked; only placeholder checks are off,
     // since the captures are unknown.
@@ -573,7 +577,7 @@ fn placeholder_message(name: &str, group: Option<usize>, caps: &Caps) -> String 
 }
 
 fn compile_test(t: RawTest, header: usize, ctx: &mut Ctx<'_>) -> Option<TestCase> {
-    let (line, col) = line_col(ctx.text, header);
+    let (line, col) = ctx.pos(header);
     let from = t.from.clone().unwrap_or_else(|| super::check::TEST_OPENID.to_string());
     let mut input = match (&t.text, &t.event) {
         (Some(text), None) => {

@@ -84,6 +84,28 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// Line starts of one file, so positions of thousands of rules cost a binary search each
+/// rather than a scan from the top of the file.
+pub(crate) struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    pub fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex(starts)
+    }
+    /// The same answer as [`line_col`].
+    pub fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut off = offset.min(text.len());
+        while !text.is_char_boundary(off) {
+            off -= 1;
+        }
+        let line = self.0.partition_point(|s| *s <= off);
+        let start = self.0[line - 1];
+        (line, text[start..off].chars().count() + 1)
+    }
+}
+
 /// A freshly loaded rule set with its warnings and the `[[test]]` cases of its files.
 #[derive(Debug)]
 pub struct Loaded {
@@ -300,6 +322,10 @@ mod tests {
         assert_eq!(line_col(t, 3), (2, 1));
         assert_eq!(line_col(t, 6), (2, 2));
         assert_eq!(line_col(t, 100), (2, 4));
+        let idx = LineIndex::new(t);
+        for off in 0..t.len() + 2 {
+            assert_eq!(idx.line_col(t, off), line_col(t, off), "offset {off}");
+        }
     }
 
     #[test]

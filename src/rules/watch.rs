@@ -55,8 +55,12 @@ impl std::fmt::Debug for Rules {
 }
 
 impl Rules {
-    /// Starts from a loaded set; reloads read the same directory with the same windows.
+    /// Starts from a loaded set (logging its warnings); reloads read the same directory with
+    /// the same windows.
     pub fn new(loaded: Loaded) -> Self {
+        for w in &loaded.warnings {
+            tracing::warn!(target: "kefu::rules", "{w}");
+        }
         let set = loaded.set;
         let status = ReloadStatus {
             last_ok: true,
