@@ -23,32 +23,12 @@ use crate::model::KfAccount;
 const MSG_TYPES: [&str; 8] =
     ["text", "image", "voice", "video", "shortvideo", "location", "link", "event"];
 
-/// Event values WeChat sends (protocol §3.3, §3.4), plus kefu's `payment`; used only to catch
-/// a value written in the wrong case. Other values are accepted: WeChat adds events.
-const KNOWN_EVENTS: [&str; 22] = [
-    "subscribe",
-    "unsubscribe",
-    "SCAN",
-    "LOCATION",
-    "CLICK",
-    "VIEW",
-    "scancode_push",
-    "scancode_waitmsg",
-    "pic_sysphoto",
-    "pic_photo_or_album",
-    "pic_weixin",
-    "location_select",
-    "view_miniprogram",
-    "TEMPLATESENDJOBFINISH",
-    "MASSSENDJOBFINISH",
-    "kf_create_session",
-    "kf_close_session",
-    "kf_switch_session",
-    "user_pay_from_pay_cell",
-    "card_pay_order",
-    "merchant_order",
-    "payment",
-];
+/// Event values a rule may name without a case warning: every event kefu decodes, plus
+/// `card_pay_order` (decoded as unknown but real) and kefu's own `payment`. Other values are
+/// accepted: WeChat adds events.
+fn known_events() -> impl Iterator<Item = &'static str> {
+    crate::wechat::inbound::MODELLED_EVENTS.into_iter().chain(["card_pay_order", "payment"])
+}
 
 const REPLY_KINDS: &str = "text, image, voice, video, music, news, mpnews, mpnewsarticle, menu, \
                            wxcard, miniprogram, typing or transfer";
@@ -257,8 +237,8 @@ fn compile_when(w: RawWhen, b: &mut MatcherBuilder, ctx: &mut Ctx<'_>) -> Option
                          location, link or event"
                     ),
                 ),
-                Exact::Event if !KNOWN_EVENTS.contains(&v) => {
-                    if let Some(k) = KNOWN_EVENTS.iter().find(|k| k.eq_ignore_ascii_case(v)) {
+                Exact::Event if !known_events().any(|k| k == v) => {
+                    if let Some(k) = known_events().find(|k| k.eq_ignore_ascii_case(v)) {
                         ctx.err(
                             span.start,
                             format!(

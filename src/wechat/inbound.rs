@@ -15,6 +15,32 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{RuleInput, Trigger, WindowEffect};
 
+
+/// Every `Event` value this version decodes into a typed event (protocol §3.3, §3.4); others
+/// are kept as `PushKind::Unknown`. Case matters: WeChat sends `CLICK`, not `click`.
+pub const MODELLED_EVENTS: [&str; 20] = [
+    "subscribe",
+    "unsubscribe",
+    "SCAN",
+    "LOCATION",
+    "CLICK",
+    "VIEW",
+    "scancode_push",
+    "scancode_waitmsg",
+    "pic_sysphoto",
+    "pic_photo_or_album",
+    "pic_weixin",
+    "location_select",
+    "view_miniprogram",
+    "TEMPLATESENDJOBFINISH",
+    "MASSSENDJOBFINISH",
+    "kf_create_session",
+    "kf_close_session",
+    "kf_switch_session",
+    "user_pay_from_pay_cell",
+    "merchant_order",
+];
+
 /// Deeper nesting than any real push (five levels: xml/SendPicsInfo/PicList/item/PicMd5Sum).
 const MAX_DEPTH: usize = 16;
 
@@ -1485,28 +1511,7 @@ mod tests {
     #[test]
     fn event_names_round_trip() {
         // Every modelled event decodes back to the name it reports.
-        let names = [
-            "subscribe",
-            "unsubscribe",
-            "SCAN",
-            "LOCATION",
-            "CLICK",
-            "VIEW",
-            "scancode_push",
-            "scancode_waitmsg",
-            "pic_sysphoto",
-            "pic_photo_or_album",
-            "pic_weixin",
-            "location_select",
-            "view_miniprogram",
-            "TEMPLATESENDJOBFINISH",
-            "MASSSENDJOBFINISH",
-            "kf_create_session",
-            "kf_close_session",
-            "kf_switch_session",
-            "user_pay_from_pay_cell",
-            "merchant_order",
-        ];
+        let names = MODELLED_EVENTS;
         for name in names {
             let xml = format!(
                 "<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName>\
