@@ -15,7 +15,6 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{RuleInput, Trigger, WindowEffect};
 
-
 /// Every `Event` value this version decodes into a typed event (protocol §3.3, §3.4); others
 /// are kept as `PushKind::Unknown`. Case matters: WeChat sends `CLICK`, not `click`.
 pub const MODELLED_EVENTS: [&str; 20] = [
