@@ -468,3 +468,49 @@ async fn example_config_runs_in_dry_run_and_never_calls_the_api() {
     assert_eq!(mock.total_count(), 0, "dry-run reached the API: {:?}", mock.requests());
     child.kill();
 }
+
+// ---- the sender idles while a slow send is under way ---------------------------------------
+
+/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // The command name (field 2) may hold spaces; count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_does_not_make_the_sender_spin() {
+    let mock = MockWechat::start();
+    let slow = kefu::testing::MockResponse::ok().delayed(Duration::from_millis(400));
+    mock.set_default(SEND_PATH, slow);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = child_env(&mock, &dir.path().join("state"), false);
+    let child = Child::spawn(&[], &env, dir.path());
+    let client = reqwest::Client::new();
+    let user = "oCrashSlow";
+    let xml = text_push(user, "six", 90_001, helpers::now_secs());
+    assert_eq!(post_push(&client, &child.webhook(), TOKEN, &xml).await.expect("push").0, 200);
+
+    // While m1..m5 go out one by one (400 ms each), the follower's later entries are due but
+    // wait for its worker. The dispatcher must wait too, not re-read them in a loop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mock.count(SEND_PATH) < 1 {
+        assert!(Instant::now() < deadline, "no send:\n{}", child.log_text());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (t0, c0) = (Instant::now(), cpu_ticks(child.proc.id()));
+    while mock.count(SEND_PATH) < 5 {
+        assert!(Instant::now() < deadline, "sends stalled:\n{}", child.log_text());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (wall, cpu) = (t0.elapsed(), cpu_ticks(child.proc.id()) - c0);
+    eprintln!("sender during {wall:?} of slow sends: {cpu} CPU ticks");
+    // Waiting costs ~2 % of a core here (debug build); re-reading the due entries in a loop
+    // cost ~13 % (a pass per tokio timer tick). Ticks are 10 ms (USER_HZ 100).
+    assert!(wall >= Duration::from_millis(1500), "sends were not slow: {wall:?}");
+    let busy_pct = cpu * 10 * 100 / wall.as_millis().max(1) as u64;
+    assert!(busy_pct <= 6, "the sender used {busy_pct} % of a core while waiting ({cpu} ticks)");
+    child.kill();
+}

@@ -481,6 +481,30 @@ async fn api_45015_closes_the_window_and_later_messages_are_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_45015_delayed_typing_and_messages_are_not_attempted() {
+    let mock = MockWechat::start();
+    mock.push_error(SEND_PATH, 45015, "response out of time limit or subscription is canceled");
+    let kefu = Kefu::start(&mock, false).await;
+    let user = "oPipeClosing";
+    assert_eq!(kefu.push(&text_push(user, "closing", 6003, kefu.now_secs())).await.1, "success");
+    kefu.settle(user, 2).await; // k1 failed; the typing indicator and k2 wait 2 s
+    assert_eq!(kefu.window(user).await["grants"], json!([]));
+
+    kefu.clock.advance(Duration::from_secs(3));
+    kefu.settle(user, 0).await;
+    let entries = kefu.outbox().await;
+    assert_eq!(
+        entries.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [OutboxStatus::Failed, OutboxStatus::Dropped, OutboxStatus::Dropped]
+    );
+    assert!(entries[1].reason.as_deref().unwrap_or("").contains("typing indicator"));
+    assert_eq!(entries[2].reason.as_deref(), Some(DenyReason::Closed.to_string().as_str()));
+    assert_eq!(sends(&mock), vec![text_body(user, "k1")]);
+    assert_eq!(mock.count(TYPING_PATH), 0, "no typing indicator outside the window");
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_45047_exhausts_the_window() {
     let mock = MockWechat::start();
     mock.push(SEND_PATH, kefu::testing::MockResponse::ok());
