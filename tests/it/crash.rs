@@ -514,3 +514,53 @@ async fn a_slow_api_does_not_make_the_sender_spin() {
     assert!(busy_pct <= 6, "the sender used {busy_pct} % of a core while waiting ({cpu} ticks)");
     child.kill();
 }
+
+// ---- SIGTERM: stop within 10 s, keep what is planned (interface §6.12) ----------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_within_ten_seconds_and_keeps_planned_messages() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut child = Child::spawn(&[], &child_env(&mock, &state, false), dir.path());
+    // Keep-alive, as a reverse proxy or WeChat would: the idle connection must not hold the
+    // stop past the bound.
+    let client = reqwest::Client::new();
+    let user = "oCrashTerm";
+    let xml = text_push(user, "term", 95_001, helpers::now_secs());
+    assert_eq!(post_push(&client, &child.webhook(), TOKEN, &xml).await.expect("push").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while mock.count(SEND_PATH) < 1 {
+        assert!(Instant::now() < deadline, "the immediate reply was not sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let pid = i32::try_from(child.proc.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(s) = child.proc.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("stopped {:?} after SIGTERM", signalled.elapsed());
+    assert!(status.success(), "exit status {status}; log:\n{}", child.log_text());
+    // The stderr reader may still be draining the last lines.
+    child.wait_log(&["kefu stopped"], Duration::from_secs(5));
+
+    let store = SqliteStore::open_client(&state, &WindowConfig::default(), Arc::new(SystemClock))
+        .expect("open the store");
+    let pending = store.pending_for(&OpenId::parse(user).unwrap()).await.expect("pending");
+    let texts: Vec<_> = pending
+        .iter()
+        .map(|e| match &e.action.action {
+            Action::Send { message: OutMessage::Text { content } } => (content.clone(), e.status),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, [("t-later".to_string(), OutboxStatus::Pending)]);
+    assert_eq!(sends(&mock), vec![text_body(user, "t-now")]);
+}

@@ -170,9 +170,14 @@ impl Kefu {
         out
     }
 
+    /// The graceful stop `serve` does on SIGTERM. The client goes first: actix holds a
+    /// graceful stop open for idle keep-alive connections until its shutdown timeout.
     async fn stop(self) {
-        self.app.handle.stop(true).await;
-        match tokio::time::timeout(Duration::from_secs(10), self.task).await {
+        let Kefu { app, task, .. } = self;
+        let TestApp { client, handle, .. } = app;
+        drop(client);
+        handle.stop(true).await;
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
             Ok(Ok(Ok(()))) => {}
             other => panic!("kefu did not stop cleanly: {other:?}"),
         }
@@ -285,6 +290,30 @@ async fn passive_first_answers_the_first_reply_and_sends_the_rest() {
     );
     // The passive reply cost no quota.
     assert_eq!(w["grants"][0]["used"], json!(2), "{w}");
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_mode_push_gets_the_passive_reply_encrypted() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let user = "oPipeSafe";
+    let resp = kefu.app.push_safe(&text_push(user, "hello", 1003, kefu.now_secs())).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.text().await.expect("answer");
+    let xml = kefu.app.open_reply(&body, &helpers::k1());
+    let expected = reply::render(
+        user,
+        ACCOUNT,
+        kefu.now_secs(),
+        &PassiveReply::Message {
+            message: OutMessage::Text { content: format!("hi {user}, you said hello") },
+        },
+    )
+    .expect("render");
+    assert_eq!(xml, expected);
+    kefu.settle(user, 0).await;
+    assert_eq!(sends(&mock).len(), 2);
     kefu.stop().await;
 }
 
