@@ -187,56 +187,68 @@ async fn killed_with_delayed_messages_pending_each_is_sent_once_at_its_time() {
     assert_eq!(answer, (200, "success".to_string()));
 
     // The immediate ones (typing, "now") go out; then the kill, with "in 3s" and "in 6s"
-    // planned and not yet due.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while mock.count(SEND_PATH) < 1 {
-        assert!(Instant::now() < deadline, "the immediate reply was not sent:\n{}", a.log_text());
+    // planned and not yet due. On a very slow machine the kill comes at t0 + 2 s regardless,
+    // and "now" may be cut off mid-send: then it is never sent again.
+    while mock.count(SEND_PATH) < 1 && now_ms() < t0 + 2000 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let now_sent = mock.count(SEND_PATH) == 1;
     a.kill();
     let killed_at = now_ms();
     assert!(killed_at < t0 + 3000, "the first process lived past the first delay; too slow");
-    assert_eq!(sends(&mock), vec![text_body(user, "now")]);
+    let before: Vec<Value> = if now_sent { vec![text_body(user, "now")] } else { vec![] };
+    assert_eq!(sends(&mock), before);
 
     let b = Child::spawn(&[], &env, dir.path());
     // Poll densely: a message absent at a poll before its due time was not sent before it.
-    let delays = [3000, 6000];
-    let mut polls: Vec<(i64, usize)> = Vec::new();
+    let delayed = [("in 3s", 3000), ("in 6s", 6000)];
+    let mut polls: Vec<(i64, Vec<Value>)> = Vec::new();
     let deadline = t0 + 6000 + 15_000;
     loop {
         let p = now_ms();
-        let n = mock.count(SEND_PATH);
-        polls.push((p, n));
-        if n >= 3 {
+        let got = sends(&mock);
+        let done = delayed.iter().all(|(m, _)| got.contains(&text_body(user, m)));
+        polls.push((p, got));
+        if done {
             break;
         }
-        assert!(p < deadline, "delayed messages not sent; {n} sends; log:\n{}", b.log_text());
+        assert!(p < deadline, "delayed messages not sent; log:\n{}", b.log_text());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for (k, delay) in delays.iter().enumerate() {
-        // Message k+1 of the three: absent at every poll before t0 + delay (its due time is
-        // at least that), present at the first poll at most 8 s after it.
-        let early: Vec<_> = polls.iter().filter(|(p, n)| *p < t0 + delay && *n > k + 1).collect();
-        assert!(early.is_empty(), "message {} sent before its time: {early:?}", k + 1);
-        let first = polls.iter().find(|(_, n)| *n > k + 1).map(|(p, _)| *p).unwrap_or(i64::MAX);
-        assert!(first <= t0 + delay + 8000, "message {} late: {} ms", k + 1, first - t0);
+    for (m, delay) in delayed {
+        // Absent at every poll before t0 + delay (its due time is at least that), present
+        // at the first poll at most 8 s after it.
+        let body = text_body(user, m);
+        let early: Vec<i64> = polls
+            .iter()
+            .filter(|(p, got)| *p < t0 + delay && got.contains(&body))
+            .map(|x| x.0 - t0)
+            .collect();
+        assert!(early.is_empty(), "{m:?} sent before its time, seen at {early:?} ms");
+        let first =
+            polls.iter().find(|(_, got)| got.contains(&body)).map(|x| x.0).unwrap_or(i64::MAX);
+        assert!(first <= t0 + delay + 8000, "{m:?} late: seen at {} ms", first - t0);
     }
-    // Let a duplicate show itself if there were one, then check exactly what was sent.
+    let deadline = Instant::now() + Duration::from_secs(15);
     let w = loop {
         let w = admin_window(&client, &b, user).await;
         if w["pending"] == json!(0) {
             break w;
         }
+        assert!(Instant::now() < deadline, "outbox did not drain: {w}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // Let a duplicate show itself if there were one, then check exactly what was sent.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        sends(&mock),
-        vec![text_body(user, "now"), text_body(user, "in 3s"), text_body(user, "in 6s")]
-    );
-    assert_eq!(mock.count(TYPING_PATH), 1);
-    assert_eq!(mock.token_fetches(), 1, "the restart reused the stored access token");
-    assert_eq!(w["grants"][0]["used"], json!(3), "{w}");
+    let mut want = before.clone();
+    want.extend([text_body(user, "in 3s"), text_body(user, "in 6s")]);
+    assert_eq!(sends(&mock), want);
+    assert!(mock.count(TYPING_PATH) <= 1);
+    if now_sent {
+        assert_eq!(mock.count(TYPING_PATH), 1);
+        assert_eq!(mock.token_fetches(), 1, "the restart reused the stored access token");
+        assert_eq!(w["grants"][0]["used"], json!(3), "{w}");
+    }
     // Redelivered after the restart: a duplicate, answered as before, nothing planned again.
     assert_eq!(post_push(&client, &b.webhook(), TOKEN, &xml).await.expect("push"), answer);
     assert_eq!(admin_window(&client, &b, user).await["pending"], json!(0));
