@@ -24,6 +24,8 @@ use crate::store::{ChargeOutcome, DenyReason, OutboxEntry, Outcome, Store};
 pub const DEFAULT_PARALLEL_FOLLOWERS: usize = 32;
 /// How many due entries one pass of the dispatcher reads.
 const BATCH: usize = 512;
+/// How often the dispatcher looks again while due entries are in workers' hands.
+const BUSY_TICK: Duration = Duration::from_millis(50);
 
 pub struct Sender {
     store: Arc<dyn Store>,
@@ -92,6 +94,7 @@ impl Sender {
                     Vec::new()
                 }
             };
+            let batch_full = due.len() >= BATCH;
             // Group by follower, keeping the store's (due time, plan order) order.
             let mut groups: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
             for e in due {
@@ -123,11 +126,20 @@ impl Sender {
             }
             while workers.try_join_next().is_some() {}
 
-            let sleep_for = match self.store.next_due_at().await {
-                Ok(Some(t)) => {
-                    Duration::from_millis((t - self.clock.now_ms()).clamp(0, 1000) as u64)
+            let sleep_for = if batch_full {
+                Duration::ZERO // more is due than one pass reads
+            } else {
+                match self.store.next_due_at().await {
+                    // Due already: these are the entries workers hold (claimed one by one) or
+                    // that wait for their follower's worker, which wakes us when it ends.
+                    // Reading them again at once would spin; a short tick still catches
+                    // entries falling due meanwhile.
+                    Ok(Some(t)) if t <= self.clock.now_ms() => BUSY_TICK,
+                    Ok(Some(t)) => {
+                        Duration::from_millis((t - self.clock.now_ms()).clamp(0, 1000) as u64)
+                    }
+                    _ => Duration::from_secs(1),
                 }
-                _ => Duration::from_secs(1),
             };
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -165,6 +177,18 @@ impl Sender {
         let message = match &entry.action.action {
             Action::Send { message } => message,
             Action::Typing => {
+                // Not charged, but pointless (and refused by WeChat) when no message may
+                // follow it: a delayed indicator after the window closed is not shown.
+                if let Ok(view) = self.store.window(openid, self.clock.now_secs()).await
+                    && !view.open
+                {
+                    self.metrics.drop_message("typing_window_closed");
+                    return Outcome::Dropped {
+                        reason: "the window allows no message now, so the typing indicator is \
+                                 not shown"
+                            .into(),
+                    };
+                }
                 if let Some(client) = &self.client {
                     if let Err(e) = client.typing(openid.as_str(), true).await {
                         info!(error = %e, "typing indicator refused");

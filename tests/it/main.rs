@@ -2,9 +2,11 @@
 
 mod api;
 mod cli_api;
+mod crash;
 mod fuzz;
 mod helpers;
 mod pay;
+mod pipeline;
 mod redis;
 mod rules;
 mod state;
