@@ -4,6 +4,7 @@ mod api;
 mod cli_api;
 mod fuzz;
 mod helpers;
+mod ops;
 mod pay;
 mod rules;
 mod state;
