@@ -1033,7 +1033,9 @@ async fn no_output_line_carries_a_secret_json_logs() {
 /// error on a secret's line, bad secret values from the file and from the environment.
 #[test]
 fn config_errors_print_no_secret() {
-    let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    /// What is wrong, the kefu.toml, and extra environment.
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             "a TOML syntax error on the app_secret line",
             format!(
