@@ -552,6 +552,16 @@ impl Served {
     }
 }
 
+/// A test that fails half-way must not leave a server running.
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 // The secrets of the scenario: distinctive, so any form of them in the output is found.
 const APP_SECRET: &str = "AppSecretOps7Qp2Lk9Xz4VbNw";
 const WX_TOKEN: &str = "WxTokenOps8fJ2kQ7wZrM3";
