@@ -349,8 +349,8 @@ async fn readyz_is_ready_with_the_rules_loaded() {
 
 /// `/readyz` must answer 503 naming the store when the database is gone from under a running
 /// server. It does not yet: `SqliteStore::ping` runs `SELECT 1` on a pooled connection, which
-/// touches no file, so a removed state dir still reads as ready (and writes keep going into
-/// the unlinked file). Ignored until `ping` checks the database file; see the ops report.
+/// touches no file, so a removed state dir still reads as ready. Ignored until `ping` checks
+/// the database file (and the writer); see the ops report.
 #[tokio::test]
 #[ignore = "SqliteStore::ping cannot see a removed database yet"]
 async fn readyz_is_unavailable_when_the_database_is_gone() {
