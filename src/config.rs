@@ -297,10 +297,19 @@ impl Config {
             let origin = Origin::File(path.to_path_buf());
             match text.parse::<toml::Table>() {
                 Err(e) => {
+                    // Not `e`'s Display: it quotes the offending line, and that line may
+                    // hold a secret. Where, and what is wrong, is enough to fix it.
+                    let at = e
+                        .span()
+                        .map(|s| {
+                            let (line, col) = line_col(text, s.start);
+                            format!(":{line}:{col}")
+                        })
+                        .unwrap_or_default();
                     return Err(ConfigError(format!(
-                        "{}: not valid TOML: {}",
+                        "{}{at}: not valid TOML: {}",
                         path.display(),
-                        e.to_string().trim()
+                        e.message().trim().replace('\n', "; ")
                     )));
                 }
                 Ok(table) => {
@@ -431,6 +440,14 @@ impl Config {
     pub fn state_dir(&self) -> &Path {
         &self.state.dir
     }
+}
+
+/// 1-based line and column (in characters) of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
 }
 
 fn schema_section(name: &str) -> Option<&'static [(&'static str, Kind)]> {
@@ -742,6 +759,14 @@ mod tests {
 
         let e = load("[nope]\n", &[]).unwrap_err().0;
         assert!(e.contains("unknown section [nope]"), "{e}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_say_where_without_quoting_the_line() {
+        let e = load("[wechat]\napp_secret = \"s3cret-value\ntoken = \"t\"\n", &[]).unwrap_err().0;
+        assert!(e.starts_with("/etc/kefu/kefu.toml:2:"), "{e}");
+        assert!(e.contains("not valid TOML: "), "{e}");
+        assert!(!e.contains("s3cret"), "the line is not quoted: {e}");
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl Metrics {
         let open_windows = Gauge::default();
         registry.register(
             "open_windows",
-            "Followers with a live customer-service grant",
+            "Followers whose window is open (a live grant with quota left)",
             open_windows.clone(),
         );
         let outbox_depth = Gauge::default();

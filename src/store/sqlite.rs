@@ -889,8 +889,11 @@ impl Store for SqliteStore {
 
     async fn stats(&self, now: i64) -> StoreResult<super::StoreStats> {
         self.read(move |conn| {
+            // Open as the ledger says `open` (and the trait's default counts): a live grant
+            // with quota left. A used-up grant is live but allows nothing.
             let open: i64 = conn.query_row(
-                "SELECT COUNT(DISTINCT openid) FROM grants WHERE expires_at > ?1",
+                "SELECT COUNT(DISTINCT openid) FROM grants \
+                 WHERE expires_at > ?1 AND (quota IS NULL OR used < quota)",
                 [now],
                 |r| r.get(0),
             )?;
