@@ -18,7 +18,7 @@ use crate::wechat::webhook::Keys;
 pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
 /// How long a stopping server waits for in-flight requests.
-pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 3;
 
 pub struct Application {
     addr: SocketAddr,

@@ -193,7 +193,7 @@ impl PushSink for Pipeline {
         received_at_ms: i64,
     ) -> anyhow::Result<Option<PassiveReply>> {
         let push = &opened.push;
-        let input = push.rule_input();
+        let input = pay_cell_payment(push).map_or_else(|| push.rule_input(), |p| p.rule_input());
         let kind = input.event.clone().unwrap_or_else(|| input.msg_type.clone());
         let Ok(openid) = OpenId::parse(&input.from) else {
             // Not a follower we could ever message (a system sender); acknowledge and move on.
@@ -215,6 +215,18 @@ impl PushSink for Pipeline {
             .await?;
         Ok(processed.passive)
     }
+}
+
+/// A `user_pay_from_pay_cell` push is a payment (interface §4: `event = "payment"` rules fire
+/// for it, with the amount); its window effect is already the payment grant.
+fn pay_cell_payment(push: &crate::wechat::inbound::Push) -> Option<crate::pay::Payment> {
+    use crate::wechat::inbound::{Event, PushKind};
+    let PushKind::Event(Event::UserPayFromPayCell { trans_id, fee, .. }) = &push.kind else {
+        return None;
+    };
+    let openid = OpenId::parse(&push.from).ok()?;
+    let fee = u64::try_from(fee.unwrap_or(0)).unwrap_or(0);
+    crate::pay::Payment::from_pay_cell(trans_id, openid, fee, &push.create_time.to_string()).ok()
 }
 
 #[async_trait::async_trait]

@@ -1045,6 +1045,14 @@ impl Store for SqliteStore {
         if self.inner.jobs.lock().is_none() {
             return Err(StoreError::Closed);
         }
+        // An open connection keeps answering after its file was deleted (the inode lives on),
+        // and writes into it would be lost at the next start: the file itself must be there.
+        if !self.inner.db_path.is_file() {
+            return Err(StoreError::Backend(format!(
+                "the database file {} is gone; restore it or restart kefu to create a new one",
+                self.inner.db_path.display()
+            )));
+        }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
             .await
     }

@@ -352,7 +352,6 @@ async fn readyz_is_ready_with_the_rules_loaded() {
 /// touches no file, so a removed state dir still reads as ready. Ignored until `ping` checks
 /// the database file (and the writer); see the ops report.
 #[tokio::test]
-#[ignore = "SqliteStore::ping cannot see a removed database yet"]
 async fn readyz_is_unavailable_when_the_database_is_gone() {
     let mock = MockWechat::start();
     let dir = tempfile::tempdir().expect("tempdir");

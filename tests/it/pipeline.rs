@@ -570,7 +570,8 @@ async fn api_45047_exhausts_the_window() {
 fn v2_notification(openid: &str, transaction_id: &str, out_trade_no: &str, fen: u64) -> String {
     let mut fields = std::collections::BTreeMap::new();
     for (k, v) in [
-        ("appid", "wxd930ea5d5a258f4f"),
+        // The account's own AppID: a payment through another app opens nothing.
+        ("appid", helpers::APP_ID),
         ("bank_type", "CMC"),
         ("fee_type", "CNY"),
         ("is_subscribe", "Y"),
