@@ -7,5 +7,6 @@ mod helpers;
 mod pay;
 mod redis;
 mod rules;
+mod scale;
 mod state;
 mod webhook;
