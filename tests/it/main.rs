@@ -10,5 +10,6 @@ mod pay;
 mod pipeline;
 mod redis;
 mod rules;
+mod scale;
 mod state;
 mod webhook;
