@@ -11,10 +11,12 @@
 #   REPEAT=1 MODES=safe PATHS=send DURATION=5s scripts/load.sh
 #
 # Knobs (environment): DURATION (10s), CONNS (32), THREADS (2), REPEAT (2), MODES ("plain safe"),
-# PATHS ("passive send": passive_first true / false), BODIES (safe-mode pushes generated per run,
-# 80000), OPENIDS (1000 simulated followers), RUST_LOG (info, kefu's default), NO_BUILD=1,
-# SEND_DELAY_MS (0: latency of the mock's custom/send), OUT (results directory),
-# PORT_MOCK/PORT_CEIL/PORT_KEFU (9310/9311/9312). Needs wrk (Debian: apt-get install wrk), curl.
+# PATHS ("passive send": passive_first true / false), BODIES (safe-mode pushes generated per
+# run, 120000), CAL_DURATION (3s, the pacing calibration run), OPENIDS (20000 simulated
+# followers), RUST_LOG (info, kefu's default), NO_BUILD=1, SEND_DELAY_MS (0: latency of the
+# mock's custom/send), OUT (results directory), STATE_BASE (where kefu's state dirs go, default
+# OUT; /dev/shm shows what the fsyncs cost), PORT_MOCK/PORT_CEIL/PORT_KEFU (9310/9311/9312).
+# Needs wrk (Debian: apt-get install wrk) and curl.
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
 
@@ -25,14 +27,16 @@ THREADS=${THREADS:-2}
 REPEAT=${REPEAT:-2}
 MODES=${MODES:-plain safe}
 PATHS=${PATHS:-passive send}
-BODIES=${BODIES:-80000}
-OPENIDS=${OPENIDS:-1000}
+BODIES=${BODIES:-120000}
+CAL_DURATION=${CAL_DURATION:-3s}
+OPENIDS=${OPENIDS:-20000}
 SEND_DELAY_MS=${SEND_DELAY_MS:-0}
 PORT_MOCK=${PORT_MOCK:-9310}
 PORT_CEIL=${PORT_CEIL:-9311}
 PORT_KEFU=${PORT_KEFU:-9312}
 export RUST_LOG=${RUST_LOG:-info}
 OUT=${OUT:-$ROOT/target/load/$(date +%Y%m%d-%H%M%S)}
+STATE_BASE=${STATE_BASE:-$OUT}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 TOKEN=pamtest
 AES_KEY=abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG
@@ -87,6 +91,13 @@ snapshot() { # what else is running, for the record
         uptime
         ps -eo pcpu,pmem,etime,comm --sort=-pcpu | head -12
     } >>"$OUT/machine.txt"
+}
+
+fsync_probe() { # the latency of one synced 4 KiB write where kefu keeps its state
+    local f="$STATE_BASE/fsync-probe.$$" t
+    t=$(dd if=/dev/zero of="$f" bs=4k count=100 oflag=dsync 2>&1 | awk '/copied/ { print $(NF-3) }')
+    rm -f "$f"
+    awk -v t="$t" 'BEGIN { printf "%.2f ms per synced write", t * 1000 / 100 }'
 }
 
 gen() { # gen MODE FILE [COUNT]
@@ -155,11 +166,12 @@ start ceiling "$BIN/examples/ceiling" --port "$PORT_CEIL"
 wait_up "http://127.0.0.1:$PORT_MOCK/"
 wait_up "http://127.0.0.1:$PORT_CEIL/"
 
+FSYNC=$(fsync_probe)
 SUMMARY="$OUT/summary.md"
 {
-    echo "wrk -t$THREADS -c$CONNS -d$DURATION; RUST_LOG=$RUST_LOG; $OPENIDS followers; mock send delay ${SEND_DELAY_MS} ms; $(nproc) CPUs"
+    echo "wrk -t$THREADS -c$CONNS -d$DURATION; RUST_LOG=$RUST_LOG; $OPENIDS followers; state in $STATE_BASE; mock send delay ${SEND_DELAY_MS} ms; $(nproc) CPUs; fsync probe: $FSYNC"
     echo
-    echo "| mode | reply | rep | ceiling req/s | kefu req/s | kefu/ceiling | half pace req/s (kefu) | kefu p50 ms | kefu p99 ms | ceiling p99 ms at same pace | kefu non-2xx | wraps |"
+    echo "| mode | reply | rep | ceiling req/s | kefu req/s | kefu/ceiling | half pace req/s: achieved of target | kefu p50 ms | kefu p99 ms | ceiling p99 ms at same pace | kefu non-2xx | wraps |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 } >"$SUMMARY"
 
@@ -168,7 +180,7 @@ for mode in $MODES; do
     for path in $PATHS; do
         passive=true
         [[ $path == send ]] && passive=false
-        state="$OUT/state-$mode-$path"
+        state="$STATE_BASE/state-$mode-$path-$$"
         cfg="$OUT/kefu-$mode-$path.toml"
         cat >"$cfg" <<EOF
 [server]
@@ -211,8 +223,16 @@ EOF
             k_rps=$R_rps k_non2xx=$R_non2xx k_wraps=$R_wraps
             ((k_wraps == 0)) || echo "load.sh: warning: $tag: safe-mode pushes ran out ($k_wraps wraps, raise BODIES)" >&2
             drain
-            # Half of kefu's maximum: CONNS connections, each one request per (reply + delay).
-            delay=$(awk -v c="$CONNS" -v r="$k_rps" 'BEGIN { d = c * 1000 / (r / 2); printf "%d", (d < 1 ? 1 : d + 0.5) }')
+            # Half of kefu's maximum. Each of CONNS connections sends one request per
+            # (answer time + delay): a short calibration run at the naive delay measures the
+            # answer time at that pace, and the delay is corrected by it.
+            target=$(awk -v r="$k_rps" 'BEGIN { printf "%.1f", r / 2 }')
+            delay=$(awk -v c="$CONNS" -v t="$target" 'BEGIN { d = c * 1000 / t; printf "%d", (d < 1 ? 1 : d + 0.5) }')
+            gen "$mode" "$req"
+            DURATION=$CAL_DURATION wrk_run "$tag-kefu-calibrate" "$PORT_KEFU" "$mode" "$req" "$delay"
+            delay=$(awk -v c="$CONNS" -v t="$target" -v d="$delay" -v r="$R_rps" \
+                'BEGIN { lat = c * 1000 / r - d; n = c * 1000 / t - lat; printf "%d", (n < 1 ? 1 : n + 0.5) }')
+            drain
             gen "$mode" "$req"
             wrk_run "$tag-kefu-half" "$PORT_KEFU" "$mode" "$req" "$delay"
             h_rps=$R_rps h_p50=$R_p50_us h_p99=$R_p99_us
@@ -221,7 +241,7 @@ EOF
             wrk_run "$tag-ceiling-half" "$PORT_CEIL" "$mode" "$req" "$delay"
             c_p99=$R_p99_us
             ratio=$(awk -v k="$k_rps" -v c="$c_rps" 'BEGIN { printf "%.0f %%", 100 * k / c }')
-            echo "| $mode | $path | $rep | $c_rps | $k_rps | $ratio | $h_rps (delay ${delay} ms) | $(fmt_ms "$h_p50") | $(fmt_ms "$h_p99") | $(fmt_ms "$c_p99") | $k_non2xx | $k_wraps |" |
+            echo "| $mode | $path | $rep | $c_rps | $k_rps | $ratio | $h_rps of $target (delay ${delay} ms) | $(fmt_ms "$h_p50") | $(fmt_ms "$h_p99") | $(fmt_ms "$c_p99") | $k_non2xx | $k_wraps |" |
                 tee -a "$SUMMARY"
         done
         drain
@@ -232,6 +252,7 @@ EOF
         } >>"$OUT/metrics.txt"
         snapshot "after $mode/$path"
         stop "$kefu_pid"
+        [[ $STATE_BASE == "$OUT" ]] || rm -rf "$state"
     done
 done
 
