@@ -110,6 +110,14 @@ impl Pipeline {
             })
             .collect();
         let n_planned = outbox.len();
+        // An unfollow cancels what was still planned for the follower; counted for metrics.
+        let cancelled = if intake.effect == WindowEffect::CloseAll {
+            self.store.pending_for(&intake.openid).await.map_or(0, |v| {
+                v.iter().filter(|e| e.status == crate::store::OutboxStatus::Pending).count()
+            })
+        } else {
+            0
+        };
         let outcome = self
             .store
             .commit_push(PushCommit {
@@ -127,6 +135,9 @@ impl Pipeline {
                     self.metrics.rule_hit(r);
                 }
                 self.metrics.push(&intake.kind, "fresh");
+                for _ in 0..cancelled {
+                    self.metrics.drop_message("unsubscribed");
+                }
                 if n_planned > 0 {
                     self.wake.notify_one();
                 }

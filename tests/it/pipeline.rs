@@ -470,6 +470,13 @@ async fn unsubscribe_cancels_pending_delayed_messages() {
             (OutboxStatus::Dropped, Some(UNSUBSCRIBED)),
         ]
     );
+    assert!(
+        kefu.shared
+            .metrics
+            .render()
+            .contains("kefu_dropped_messages_total{reason=\"unsubscribed\"} 2\n"),
+        "the two cancelled messages are counted as dropped"
+    );
 
     // Their time comes and goes: the sender only ever picks pending entries, so nothing
     // leaves. Give it two of its polling periods to prove it.
