@@ -130,10 +130,12 @@ impl Service {
 
         let loaded = RuleSet::load_dir(&cfg.rules.dir, &cfg.window).map_err(|diags| {
             let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            let n = list.len();
             anyhow::anyhow!(
-                "the rules in {} do not load ({} problems); fix them (`kefu rules check`) and start again:\n{}",
+                "the rules in {} do not load ({n} problem{}); fix them (`kefu rules check`) and \
+                 start again:\n{}",
                 cfg.rules.dir.display(),
-                list.len(),
+                if n == 1 { "" } else { "s" },
                 list.join("\n")
             )
         })?;
