@@ -251,17 +251,11 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
     let client = web::Data::new(shared.api.clone());
     let pay_sink: web::Data<Arc<dyn PaymentSink>> =
         web::Data::new(shared.pipeline.clone() as Arc<dyn PaymentSink>);
-    // Validate pay keys now so a bad PEM stops the start with its message.
-    let mut probe = Ok(());
-    let pay_cfg = shared.cfg.pay.clone();
-    let skew = shared.cfg.server.max_clock_skew_secs;
-    {
-        let check = |c: &mut web::ServiceConfig| {
-            probe = crate::http::pay::configure(c, &pay_cfg, skew);
-        };
-        let _ = actix_web::App::new().configure(check);
-    }
-    probe?;
+    // Loaded once here, so a bad PEM stops the start with its message.
+    let pay = crate::http::pay::PayRoutes::from_config(
+        &shared.cfg.pay,
+        shared.cfg.server.max_clock_skew_secs,
+    )?;
     Ok(Arc::new(move |c: &mut web::ServiceConfig| {
         c.app_data(data.clone())
             .app_data(store.clone())
@@ -274,10 +268,7 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
             .route("/admin/windows/{openid}", web::get().to(admin_window))
             .route("/admin/rules/reload", web::post().to(reload));
         crate::http::admin::configure(c);
-        if let Err(e) = crate::http::pay::configure(c, &pay_cfg, skew) {
-            // Already checked above; cannot differ.
-            tracing::error!(error = %e, "pay routes not mounted");
-        }
+        pay.register(c);
     }))
 }
 

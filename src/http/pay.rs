@@ -25,60 +25,90 @@ pub trait PaymentSink: Send + Sync + 'static {
     async fn on_payment(&self, payment: &Payment, received_at_ms: i64) -> anyhow::Result<bool>;
 }
 
-/// Registers the notify routes the config enables. The handlers read
-/// `web::Data<Arc<dyn PaymentSink>>` and, when present, `web::Data<SharedClock>` (else the
-/// system clock) from app data.
+/// The notify routes the config enables, loaded once at startup: the v3 platform public key is
+/// read and parsed here, so a bad one stops startup with the key name and the fix instead of
+/// failing every notification. [`PayRoutes::register`] then mounts them in each worker.
 ///
-/// The v3 platform public key is read and parsed here, so a bad one stops startup with the
-/// key name and the fix instead of failing every notification.
+/// The handlers read `web::Data<Arc<dyn PaymentSink>>` and, when present,
+/// `web::Data<SharedClock>` (else the system clock) from app data.
+#[derive(Clone, Default)]
+pub struct PayRoutes {
+    v2: Option<web::Data<V2Verifier>>,
+    v3: Option<web::Data<V3Verifier>>,
+}
+
+impl PayRoutes {
+    pub fn from_config(pay_cfg: &PayConfig, max_skew_secs: u64) -> anyhow::Result<PayRoutes> {
+        let mut routes = PayRoutes::default();
+        if !pay_cfg.v2_api_key.is_empty() {
+            routes.v2 = Some(web::Data::new(V2Verifier::new(pay_cfg.v2_api_key.clone())));
+            tracing::info!(path = V2_PATH, "WeChat Pay v2 notifications enabled");
+        }
+        match (pay_cfg.v3_api_key.is_empty(), &pay_cfg.v3_platform_public_key) {
+            (true, None) => {}
+            (false, None) => anyhow::bail!(
+                "`pay.v3_api_key` is set but `pay.v3_platform_public_key` is not: set it to the \
+                 path of the WeChat Pay platform public key (PEM), or clear `pay.v3_api_key`"
+            ),
+            (true, Some(path)) => anyhow::bail!(
+                "`pay.v3_platform_public_key` ({}) is set but `pay.v3_api_key` is not: set the \
+                 32-byte APIv3 key from the merchant platform (API安全), or clear the key path",
+                path.display()
+            ),
+            (false, Some(path)) => {
+                let pem = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "cannot read `pay.v3_platform_public_key` ({}): point it to the WeChat \
+                         Pay platform public key PEM downloaded from the merchant platform",
+                        path.display()
+                    )
+                })?;
+                let key = PlatformKey::from_pem(&pem).with_context(|| {
+                    format!("`pay.v3_platform_public_key` ({}) is unusable", path.display())
+                })?;
+                routes.v3 = Some(web::Data::new(V3Verifier::new(
+                    key,
+                    pay_cfg.v3_api_key.clone(),
+                    max_skew_secs,
+                )));
+                tracing::info!(
+                    path = V3_PATH,
+                    max_skew_secs,
+                    "WeChat Pay v3 notifications enabled"
+                );
+            }
+        }
+        Ok(routes)
+    }
+
+    /// Mounts the enabled routes (cheap: the verifiers are shared).
+    pub fn register(&self, cfg: &mut web::ServiceConfig) {
+        if let Some(verifier) = &self.v2 {
+            cfg.service(
+                web::resource(V2_PATH)
+                    .app_data(verifier.clone())
+                    .app_data(web::PayloadConfig::new(MAX_NOTIFY_BYTES))
+                    .route(web::post().to(notify_v2)),
+            );
+        }
+        if let Some(verifier) = &self.v3 {
+            cfg.service(
+                web::resource(V3_PATH)
+                    .app_data(verifier.clone())
+                    .app_data(web::PayloadConfig::new(MAX_NOTIFY_BYTES))
+                    .route(web::post().to(notify_v3)),
+            );
+        }
+    }
+}
+
+/// Loads and mounts in one step (a single-worker app, tests).
 pub fn configure(
     cfg: &mut web::ServiceConfig,
     pay_cfg: &PayConfig,
     max_skew_secs: u64,
 ) -> anyhow::Result<()> {
-    if !pay_cfg.v2_api_key.is_empty() {
-        let verifier = web::Data::new(V2Verifier::new(pay_cfg.v2_api_key.clone()));
-        cfg.service(
-            web::resource(V2_PATH)
-                .app_data(verifier)
-                .app_data(web::PayloadConfig::new(MAX_NOTIFY_BYTES))
-                .route(web::post().to(notify_v2)),
-        );
-        tracing::info!(path = V2_PATH, "WeChat Pay v2 notifications enabled");
-    }
-    match (pay_cfg.v3_api_key.is_empty(), &pay_cfg.v3_platform_public_key) {
-        (true, None) => {}
-        (false, None) => anyhow::bail!(
-            "`pay.v3_api_key` is set but `pay.v3_platform_public_key` is not: set it to the path \
-             of the WeChat Pay platform public key (PEM), or clear `pay.v3_api_key`"
-        ),
-        (true, Some(path)) => anyhow::bail!(
-            "`pay.v3_platform_public_key` ({}) is set but `pay.v3_api_key` is not: set the 32-byte \
-             APIv3 key from the merchant platform (API安全), or clear the key path",
-            path.display()
-        ),
-        (false, Some(path)) => {
-            let pem = std::fs::read_to_string(path).with_context(|| {
-                format!(
-                    "cannot read `pay.v3_platform_public_key` ({}): point it to the WeChat Pay \
-                     platform public key PEM downloaded from the merchant platform",
-                    path.display()
-                )
-            })?;
-            let key = PlatformKey::from_pem(&pem).with_context(|| {
-                format!("`pay.v3_platform_public_key` ({}) is unusable", path.display())
-            })?;
-            let verifier =
-                web::Data::new(V3Verifier::new(key, pay_cfg.v3_api_key.clone(), max_skew_secs));
-            cfg.service(
-                web::resource(V3_PATH)
-                    .app_data(verifier)
-                    .app_data(web::PayloadConfig::new(MAX_NOTIFY_BYTES))
-                    .route(web::post().to(notify_v3)),
-            );
-            tracing::info!(path = V3_PATH, max_skew_secs, "WeChat Pay v3 notifications enabled");
-        }
-    }
+    PayRoutes::from_config(pay_cfg, max_skew_secs)?.register(cfg);
     Ok(())
 }
 
