@@ -40,7 +40,7 @@ pub async fn open_store(
     cfg: &Config,
     role: Role,
     clock: SharedClock,
-) -> anyhow::Result<(Arc<dyn Store>, Option<SqliteStore>)> {
+) -> anyhow::Result<(Arc<dyn Store>, SqliteStore)> {
     let window = &cfg.window;
     let sqlite = match role {
         Role::Server => SqliteStore::open(
@@ -53,7 +53,7 @@ pub async fn open_store(
         Role::Cli => SqliteStore::open_client(&cfg.state.dir, window, clock.clone())?,
     };
     if cfg.state.redis_url.is_empty() {
-        return Ok((Arc::new(sqlite.clone()), Some(sqlite)));
+        return Ok((Arc::new(sqlite.clone()), sqlite));
     }
     // Hash-tagged so the multi-key scripts stay legal on a Redis Cluster.
     let app = if cfg.wechat.app_id.is_empty() { "dry-run" } else { cfg.wechat.app_id.as_str() };
@@ -66,7 +66,7 @@ pub async fn open_store(
         clock,
     )
     .await?;
-    Ok((Arc::new(redis), Some(sqlite)))
+    Ok((Arc::new(redis), sqlite))
 }
 
 /// The access-token cache every process shares: the store's, counted for metrics.
@@ -108,7 +108,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub pipeline: Arc<Pipeline>,
-    sqlite: Option<SqliteStore>,
+    /// The embedded store under `state.dir` (the whole store, or the outbox beside Redis).
+    sqlite: SqliteStore,
 }
 
 pub struct Service {
@@ -116,7 +117,7 @@ pub struct Service {
     shared: Arc<Shared>,
     sender: SenderHandle,
     purge_stop: watch::Sender<bool>,
-    purger: Option<tokio::task::JoinHandle<()>>,
+    purger: tokio::task::JoinHandle<()>,
     _watcher: Option<WatchGuard>,
 }
 
@@ -169,7 +170,6 @@ impl Service {
                 cfg.rules.passive_first,
                 metrics.clone(),
                 wake.clone(),
-                clock.clone(),
             )
             .with_app_id(&cfg.wechat.app_id),
         );
@@ -178,7 +178,7 @@ impl Service {
                 .spawn();
 
         let (purge_stop, purge_rx) = watch::channel(false);
-        let purger = sqlite.as_ref().map(|s| s.spawn_purger(purge_rx));
+        let purger = sqlite.spawn_purger(purge_rx);
 
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
@@ -223,12 +223,8 @@ impl Service {
         let served = app.run_until_stopped().await;
         sender.shutdown(SENDER_STOP_BOUND).await;
         let _ = purge_stop.send(true);
-        if let Some(p) = purger {
-            let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
-        }
-        if let Some(s) = &shared.sqlite {
-            s.close();
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), purger).await;
+        shared.sqlite.close();
         served?;
         tracing::info!("kefu stopped");
         Ok(())

@@ -12,9 +12,7 @@ use tracing::{info, warn};
 
 use crate::http::webhook::PushSink;
 use crate::metrics::Metrics;
-use crate::model::{
-    Action, OpenId, PassiveReply, PlannedAction, RuleInput, SharedClock, WindowEffect,
-};
+use crate::model::{Action, OpenId, PassiveReply, PlannedAction, RuleInput, WindowEffect};
 use crate::rules::Rules;
 use crate::store::{CommitOutcome, NewOutboxEntry, PushCommit, Store};
 use crate::wechat::webhook::Opened;
@@ -49,7 +47,6 @@ pub struct Pipeline {
     passive_first: bool,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
-    _clock: SharedClock,
     /// The account's AppID: payments made through another app carry an OpenID this account
     /// cannot message, so they open nothing.
     app_id: String,
@@ -62,17 +59,8 @@ impl Pipeline {
         passive_first: bool,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
-        clock: SharedClock,
     ) -> Self {
-        Pipeline {
-            store,
-            rules,
-            passive_first,
-            metrics,
-            wake,
-            _clock: clock,
-            app_id: String::new(),
-        }
+        Pipeline { store, rules, passive_first, metrics, wake, app_id: String::new() }
     }
 
     pub fn with_app_id(mut self, app_id: &str) -> Self {
