@@ -157,7 +157,11 @@ impl Metrics {
     }
 
     pub fn drop_message(&self, reason: &str) {
-        self.dropped.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.drop_messages(reason, 1);
+    }
+
+    pub fn drop_messages(&self, reason: &str, n: u64) {
+        self.dropped.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(n);
     }
 
     pub fn reload(&self, ok: bool) {

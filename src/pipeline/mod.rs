@@ -98,14 +98,6 @@ impl Pipeline {
             })
             .collect();
         let n_planned = outbox.len();
-        // An unfollow cancels what was still planned for the follower; counted for metrics.
-        let cancelled = if intake.effect == WindowEffect::CloseAll {
-            self.store.pending_for(&intake.openid).await.map_or(0, |v| {
-                v.iter().filter(|e| e.status == crate::store::OutboxStatus::Pending).count()
-            })
-        } else {
-            0
-        };
         let outcome = self
             .store
             .commit_push(PushCommit {
@@ -118,13 +110,13 @@ impl Pipeline {
             })
             .await?;
         match outcome {
-            CommitOutcome::Fresh { .. } => {
+            CommitOutcome::Fresh { cancelled, .. } => {
                 for r in &fired {
                     self.metrics.rule_hit(r);
                 }
                 self.metrics.push(&intake.kind, "fresh");
-                for _ in 0..cancelled {
-                    self.metrics.drop_message("unsubscribed");
+                if cancelled > 0 {
+                    self.metrics.drop_messages("unsubscribed", cancelled);
                 }
                 if n_planned > 0 {
                     self.wake.notify_one();

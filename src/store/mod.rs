@@ -87,8 +87,9 @@ pub struct PushCommit {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
-    /// First delivery: everything was written. `outbox_ids` are in the order given.
-    Fresh { window_after: Window, outbox_ids: Vec<i64> },
+    /// First delivery: everything was written. `outbox_ids` are in the order given;
+    /// `cancelled` counts the follower's pending entries an unsubscribe dropped.
+    Fresh { window_after: Window, outbox_ids: Vec<i64>, cancelled: u64 },
     /// Seen before: nothing was written; answer as the first delivery was answered.
     Duplicate { answer: Option<String> },
 }

@@ -636,15 +636,17 @@ impl Store for RedisStore {
 
         let unsubscribe = effect == WindowEffect::CloseAll;
         if push.outbox.is_empty() && !unsubscribe {
-            return Ok(CommitOutcome::Fresh { window_after, outbox_ids: Vec::new() });
+            return Ok(CommitOutcome::Fresh { window_after, outbox_ids: Vec::new(), cancelled: 0 });
         }
         match self
             .inner
             .outbox
-            .append_outbox(&push.openid, &push.dedupe_key, unsubscribe, push.outbox)
+            .append_outbox_counted(&push.openid, &push.dedupe_key, unsubscribe, push.outbox)
             .await
         {
-            Ok(outbox_ids) => Ok(CommitOutcome::Fresh { window_after, outbox_ids }),
+            Ok((outbox_ids, cancelled)) => {
+                Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled })
+            }
             Err(e) => {
                 // Nothing of this push reached the outbox: let WeChat's retry run it afresh
                 // rather than answer it as a duplicate with its messages lost.

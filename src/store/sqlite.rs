@@ -408,6 +408,17 @@ impl SqliteStore {
         cancel_pending: bool,
         entries: Vec<NewOutboxEntry>,
     ) -> StoreResult<Vec<i64>> {
+        Ok(self.append_outbox_counted(openid, push_key, cancel_pending, entries).await?.0)
+    }
+
+    /// [`Self::append_outbox`], also saying how many pending entries it cancelled.
+    pub async fn append_outbox_counted(
+        &self,
+        openid: &OpenId,
+        push_key: &str,
+        cancel_pending: bool,
+        entries: Vec<NewOutboxEntry>,
+    ) -> StoreResult<(Vec<i64>, u64)> {
         let (openid, push_key) = (openid.clone(), push_key.to_string());
         self.write(move |conn, inner, _| {
             let existing: Vec<i64> = conn
@@ -415,13 +426,16 @@ impl SqliteStore {
                 .query_map([&push_key], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             if !existing.is_empty() {
-                return Ok(existing);
+                return Ok((existing, 0));
             }
             let now_ms = inner.clock.now_ms();
-            if cancel_pending {
-                cancel_pending_tx(conn, &openid, now_ms)?;
-            }
-            entries.iter().map(|e| insert_outbox(conn, &openid, &push_key, e, now_ms)).collect()
+            let cancelled =
+                if cancel_pending { cancel_pending_tx(conn, &openid, now_ms)? as u64 } else { 0 };
+            let ids = entries
+                .iter()
+                .map(|e| insert_outbox(conn, &openid, &push_key, e, now_ms))
+                .collect::<StoreResult<Vec<i64>>>()?;
+            Ok((ids, cancelled))
         })
         .await
     }
@@ -819,9 +833,11 @@ fn commit_push_tx(
     let ((), window_after) =
         update_window(conn, post, &push.openid, |w| w.apply(effect, now, &inner.window))?;
     let now_ms = inner.clock.now_ms();
-    if effect == WindowEffect::CloseAll {
-        cancel_pending_tx(conn, &push.openid, now_ms)?;
-    }
+    let cancelled = if effect == WindowEffect::CloseAll {
+        cancel_pending_tx(conn, &push.openid, now_ms)? as u64
+    } else {
+        0
+    };
     let mut outbox_ids = Vec::with_capacity(push.outbox.len());
     for e in &push.outbox {
         outbox_ids.push(insert_outbox(conn, &push.openid, &push.dedupe_key, e, now_ms)?);
@@ -829,7 +845,7 @@ fn commit_push_tx(
     let grant_expiry = window_after.next_expiry(now).map(|s| s.saturating_mul(1000));
     let dedupe_expiry = push.received_at_ms.saturating_add(inner.retention_ms);
     post.expiry_ms = Some(grant_expiry.map_or(dedupe_expiry, |g| g.min(dedupe_expiry)));
-    Ok(CommitOutcome::Fresh { window_after, outbox_ids })
+    Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled })
 }
 
 // ---------------------------------------------------------------------------------------------

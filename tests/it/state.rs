@@ -114,7 +114,7 @@ async fn commit_records_push_and_redelivery_gets_the_same_answer() {
         &[("hello", 0), ("later", 30_000)],
     );
     let out = f.store.commit_push(p.clone()).await.unwrap();
-    let CommitOutcome::Fresh { window_after, outbox_ids } = out else { panic!("{out:?}") };
+    let CommitOutcome::Fresh { window_after, outbox_ids, .. } = out else { panic!("{out:?}") };
     assert_eq!(outbox_ids.len(), 2);
     assert_eq!(window_after.grants[0].opened_at, T0 + 1, "opened_at is the receipt second");
     assert_eq!(window_after.subscribed, Some(true));
