@@ -97,11 +97,15 @@ impl Sender {
             let batch_full = due.len() >= BATCH;
             // Group by follower, keeping the store's (due time, plan order) order.
             let mut groups: Vec<(String, Vec<OutboxEntry>)> = Vec::new();
+            let mut slot: std::collections::HashMap<String, usize> = Default::default();
             for e in due {
-                let key = e.openid.as_str().to_string();
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, v)) => v.push(e),
-                    None => groups.push((key, vec![e])),
+                let key = e.openid.as_str();
+                match slot.get(key) {
+                    Some(&i) => groups[i].1.push(e),
+                    None => {
+                        slot.insert(key.to_string(), groups.len());
+                        groups.push((key.to_string(), vec![e]));
+                    }
                 }
             }
             for (openid, entries) in groups {
