@@ -3,14 +3,10 @@
 -- REQFILE's first line is the signed query from `load_requests --mode plain`. The plaintext
 -- signature covers only token/timestamp/nonce, so one query serves every request while each
 -- body carries its own MsgId (no dedupe hits) and one of OPENIDS followers (default 1000).
--- PUSH_DELAY_MS > 0 (environment) paces every connection: one request per reply + that delay.
+-- PUSH_DELAY_MS > 0 (environment) paces every connection (see wrk_common.lua).
 
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("tid", #threads)
-end
+-- setup(), the PUSH_DELAY_MS pacing and done() live in wrk_common.lua beside this file.
+dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "") .. "wrk_common.lua")
 
 local FMT = "<xml><ToUserName><![CDATA[gh_loadtest00001]]></ToUserName>"
   .. "<FromUserName><![CDATA[oLoad%023d]]></FromUserName><CreateTime>%s</CreateTime>"
@@ -36,24 +32,4 @@ function request()
   counter = counter + 1
   local body = string.format(FMT, counter % openids, create_time, counter, prefix, counter)
   return wrk.format(nil, path, nil, body)
-end
-
-local pace = tonumber(os.getenv("PUSH_DELAY_MS") or "0") or 0
-if pace > 0 then
-  function delay()
-    return pace
-  end
-end
-
-function done(summary, latency, requests)
-  local wrapped = 0
-  for _, t in ipairs(threads) do
-    wrapped = wrapped + (t:get("wraps") or 0)
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d max_us=%d non2xx=%d sock_errors=%d wraps=%d\n",
-    summary.requests, summary.duration, summary.requests / summary.duration * 1e6,
-    latency:percentile(50), latency:percentile(99), latency.max,
-    e.status, e.connect + e.read + e.write + e.timeout, wrapped))
 end

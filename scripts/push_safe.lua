@@ -4,14 +4,10 @@
 -- `msg_signature<TAB>body` per pre-encrypted push. Thread i of T takes every T-th line, so no
 -- push is sent twice unless a thread runs out and starts over (counted as `wraps`; a wrapped
 -- push is a dedupe hit for kefu, so the scenario sizes N to avoid it).
--- PUSH_DELAY_MS > 0 (environment) paces every connection: one request per reply + that delay.
+-- PUSH_DELAY_MS > 0 (environment) paces every connection (see wrk_common.lua).
 
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("tid", #threads)
-end
+-- setup(), the PUSH_DELAY_MS pacing and done() live in wrk_common.lua beside this file.
+dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "") .. "wrk_common.lua")
 
 function init(args)
   local nthreads = tonumber(args[2] or "1") or 1
@@ -43,24 +39,4 @@ function request()
     wraps = wraps + 1
   end
   return wrk.format(nil, base_path .. sigs[idx], nil, bodies[idx])
-end
-
-local pace = tonumber(os.getenv("PUSH_DELAY_MS") or "0") or 0
-if pace > 0 then
-  function delay()
-    return pace
-  end
-end
-
-function done(summary, latency, requests)
-  local wrapped = 0
-  for _, t in ipairs(threads) do
-    wrapped = wrapped + (t:get("wraps") or 0)
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d max_us=%d non2xx=%d sock_errors=%d wraps=%d\n",
-    summary.requests, summary.duration, summary.requests / summary.duration * 1e6,
-    latency:percentile(50), latency:percentile(99), latency.max,
-    e.status, e.connect + e.read + e.write + e.timeout, wrapped))
 end
