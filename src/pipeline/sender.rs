@@ -67,11 +67,6 @@ impl Sender {
         Sender { store, client, metrics, clock, wake, parallel: DEFAULT_PARALLEL_FOLLOWERS }
     }
 
-    pub fn with_parallelism(mut self, n: usize) -> Self {
-        self.parallel = n.max(1);
-        self
-    }
-
     pub fn spawn(self) -> SenderHandle {
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(Arc::new(self).run(stop_rx));
