@@ -190,7 +190,9 @@ async fn push_inner(
         tracing::info!(msg_type, event = event.as_deref().unwrap_or(""), from = %p.from,
             "push of a kind this version does not model; acknowledged");
     }
-    tracing::info!(
+    // One info line per push is the pipeline's "push recorded" (or a refusal/error); this one
+    // is for following a push step by step.
+    tracing::debug!(
         mode = opened.mode.as_str(),
         msg_type = %p.msg_type,
         event = p.event().unwrap_or(""),
