@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
-use kefu::config::WindowConfig;
+use kefu::config::{SyncMode, WindowConfig};
 use kefu::ledger::{LedgerIndex, Window};
 use kefu::model::{
     Action, OpenId, OutMessage, PlannedAction, SharedClock, SystemClock, Trigger, WindowEffect,
@@ -124,13 +124,17 @@ fn commit(c: &mut Criterion) {
     let counter = Arc::new(AtomicU64::new(0));
     let mut g = c.benchmark_group("push_commit");
     g.throughput(Throughput::Elements(1));
-    for durable in [true, false] {
+    // `state.sync` full and normal, and never fsynced (not a config value) for the cost of it.
+    for (sync, label) in [
+        (SyncMode::Full, "sync_full"),
+        (SyncMode::Normal, "sync_normal"),
+        (SyncMode::Off, "sync_off"),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
-            SqliteStore::open(dir.path(), &WindowConfig::default(), 660, durable, clock.clone())
+            SqliteStore::open(dir.path(), &WindowConfig::default(), 660, sync, clock.clone())
                 .expect("store");
         let store: Arc<dyn Store> = Arc::new(store);
-        let label = if durable { "durable_on" } else { "durable_off" };
         for concurrency in [1usize, 64, 256] {
             g.bench_with_input(BenchmarkId::new(label, concurrency), &concurrency, |b, &conc| {
                 b.iter_custom(|iters| {

@@ -59,14 +59,16 @@ fn main() {
     let window = WindowConfig::default();
     let ns = format!("kefu-bench:{{{:016x}}}", rand::thread_rng().r#gen::<u64>());
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let open = |dir: &std::path::Path, durable: bool| {
-        let outbox =
-            Arc::new(SqliteStore::open(dir, &window, 300, durable, clock.clone()).unwrap());
+    let open = |dir: &std::path::Path| {
+        let outbox = Arc::new(
+            SqliteStore::open(dir, &window, 300, kefu::config::SyncMode::Full, clock.clone())
+                .unwrap(),
+        );
         rt.block_on(RedisStore::open(&url, &ns, outbox, &window, 660, clock.clone()))
             .expect("open the redis store")
     };
-    let a = open(dirs[0].path(), true);
-    let b = open(dirs[1].path(), true);
+    let a = open(dirs[0].path());
+    let b = open(dirs[1].path());
 
     // A follower with an unlimited grant, so every charge is allowed and writes.
     let payer = oid("oBenchPayer");

@@ -78,7 +78,7 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     ("rules", &[("dir", Kind::Path), ("hot_reload", Kind::Bool), ("passive_first", Kind::Bool)]),
-    ("state", &[("dir", Kind::Path), ("redis_url", Kind::Str)]),
+    ("state", &[("dir", Kind::Path), ("redis_url", Kind::Str), ("sync", Kind::Str)]),
     ("admin", &[("token", Kind::Str)]),
     (
         "pay",
@@ -198,6 +198,22 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// May carry a password, hence a secret.
     pub redis_url: Secret,
+    pub sync: SyncMode,
+}
+
+/// When a commit of the embedded store counts as durable, i.e. when kefu may answer WeChat
+/// (`state.sync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `"full"`: the log is fsynced before the answer; a power cut loses nothing acknowledged.
+    #[default]
+    Full,
+    /// `"normal"`: the answer goes once the commit is in the operating system's cache; a kefu
+    /// crash or `kill -9` loses nothing, a power cut or kernel crash at most about the last
+    /// second (the log is fsynced every second).
+    Normal,
+    /// Never fsynced: benches and tests only, not a config value.
+    Off,
 }
 
 #[derive(Clone, Debug)]
@@ -235,7 +251,11 @@ impl Default for Config {
             },
             window: WindowConfig::default(),
             rules: RulesConfig { dir: "rules".into(), hot_reload: true, passive_first: true },
-            state: StateConfig { dir: "kefu-data".into(), redis_url: Secret::default() },
+            state: StateConfig {
+                dir: "kefu-data".into(),
+                redis_url: Secret::default(),
+                sync: SyncMode::Full,
+            },
             admin: AdminConfig { token: Secret::default() },
             pay: PayConfig {
                 v2_api_key: Secret::default(),
@@ -665,6 +685,17 @@ fn apply(
             }
             cfg.state.redis_url = Secret::new(s);
         }
+        ("state", "sync") => {
+            cfg.state.sync = match want_str(v)?.as_str() {
+                "full" => SyncMode::Full,
+                "normal" => SyncMode::Normal,
+                other => {
+                    return Err(format!(
+                        "{other:?} is neither \"full\" (fsync before every answer) nor \"normal\" (survives a kefu crash, not a power cut)"
+                    ));
+                }
+            }
+        }
         ("admin", "token") => {
             let s = want_str(v)?;
             if !s.is_empty() && s.len() < 16 {
@@ -759,6 +790,17 @@ mod tests {
 
         let e = load("[nope]\n", &[]).unwrap_err().0;
         assert!(e.contains("unknown section [nope]"), "{e}");
+    }
+
+    #[test]
+    fn state_sync_is_full_unless_set() {
+        assert_eq!(load("", &[]).unwrap().state.sync, SyncMode::Full);
+        let c = load("[state]\nsync = \"normal\"\n", &[]).unwrap();
+        assert_eq!(c.state.sync, SyncMode::Normal);
+        let c = load("[state]\nsync = \"normal\"\n", &[("KEFU_STATE_SYNC", "full")]).unwrap();
+        assert_eq!(c.state.sync, SyncMode::Full);
+        let e = load("[state]\nsync = \"off\"\n", &[]).unwrap_err().0;
+        assert!(e.contains("`state.sync`") && e.contains("neither \"full\""), "{e}");
     }
 
     #[test]

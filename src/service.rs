@@ -47,7 +47,7 @@ pub async fn open_store(
             &cfg.state.dir,
             window,
             dedupe_retention_secs(cfg.server.max_clock_skew_secs),
-            true,
+            cfg.state.sync,
             clock.clone(),
         )?,
         Role::Cli => SqliteStore::open_client(&cfg.state.dir, window, clock.clone())?,

@@ -17,8 +17,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::ApiClient;
 use crate::metrics::Metrics;
-use crate::model::{Action, SharedClock};
-use crate::store::{ChargeOutcome, DenyReason, OutboxEntry, Outcome, Store};
+use crate::model::{Action, SharedClock, Trigger};
+use crate::store::{DenyReason, OutboxEntry, Outcome, SendClaim, Store};
 
 /// How many followers are served at once.
 pub const DEFAULT_PARALLEL_FOLLOWERS: usize = 32;
@@ -154,15 +154,34 @@ impl Sender {
         let span =
             info_span!("send", openid = %entry.openid, rule = %entry.action.rule, id = entry.id);
         async {
-            match self.store.claim(entry.id).await {
-                Ok(true) => {}
-                Ok(false) => return, // another worker or instance took it
-                Err(e) => {
-                    warn!(error = %e, "cannot claim an outbox entry; it stays pending");
-                    return;
+            // A message is claimed and charged in one step (one transaction where the store
+            // can); typing and transfers are not charged.
+            let charged = if let Action::Send { .. } = &entry.action.action {
+                match self.store.claim_send(entry.id, &entry.openid, self.clock.now_secs()).await {
+                    Ok(SendClaim::Charged { trigger, opened_at }) => Some((trigger, opened_at)),
+                    Ok(SendClaim::Denied(reason)) => {
+                        info!(reason = %reason, "dropped: the window does not allow this message");
+                        self.metrics.drop_message(deny_label(reason));
+                        return;
+                    }
+                    Ok(SendClaim::Taken) => return, // another worker or instance took it
+                    Err(e) => {
+                        // Not charged, so not sent: it waits for the next pass.
+                        warn!(error = %e, "ledger or outbox unavailable; the message waits");
+                        return;
+                    }
                 }
-            }
-            let outcome = self.attempt(&entry).await;
+            } else {
+                match self.store.claim(entry.id).await {
+                    Ok(true) => None,
+                    Ok(false) => return,
+                    Err(e) => {
+                        warn!(error = %e, "cannot claim an outbox entry; it stays pending");
+                        return;
+                    }
+                }
+            };
+            let outcome = self.attempt(&entry, charged).await;
             if let Err(e) = self.store.finish(entry.id, outcome).await {
                 warn!(error = %e, "cannot record a send's outcome");
             }
@@ -171,11 +190,15 @@ impl Sender {
         .await
     }
 
-    async fn attempt(&self, entry: &OutboxEntry) -> Outcome {
+    /// Carries out a claimed entry; a message arrives here already charged to `charged`.
+    async fn attempt(&self, entry: &OutboxEntry, charged: Option<(Trigger, i64)>) -> Outcome {
         let openid = &entry.openid;
-        let message = match &entry.action.action {
-            Action::Send { message } => message,
-            Action::Typing => {
+        let (message, trigger) = match (&entry.action.action, charged) {
+            (Action::Send { message }, Some((trigger, _))) => (message, trigger),
+            (Action::Send { .. }, None) => {
+                return Outcome::Failed { reason: "claimed without a charge (a bug)".into() };
+            }
+            (Action::Typing, _) => {
                 // Not charged, but pointless (and refused by WeChat) when no message may
                 // follow it: a delayed indicator after the window closed is not shown.
                 if let Ok(view) = self.store.window(openid, self.clock.now_secs()).await
@@ -197,27 +220,10 @@ impl Sender {
                 }
                 return Outcome::Sent;
             }
-            Action::Transfer { .. } => {
+            (Action::Transfer { .. }, _) => {
                 self.metrics.drop_message("transfer_not_passive");
                 return Outcome::Dropped {
                     reason: "a transfer can only be the passive answer to a user message".into(),
-                };
-            }
-        };
-        let now = self.clock.now_secs();
-        let (trigger, opened_at) = match self.store.charge(openid, now).await {
-            Ok(ChargeOutcome::Allowed { trigger, opened_at }) => (trigger, opened_at),
-            Ok(ChargeOutcome::Denied { reason }) => {
-                info!(reason = %reason, "dropped: the window does not allow this message");
-                self.metrics.drop_message(deny_label(reason));
-                return Outcome::Dropped { reason: reason.to_string() };
-            }
-            Err(e) => {
-                // Not charged, so not sent: retry at the next pass rather than lose it.
-                warn!(error = %e, "ledger unavailable; the message waits");
-                return Outcome::Retry {
-                    due_at_ms: self.clock.now_ms() + 1000,
-                    reason: format!("ledger unavailable: {e}"),
                 };
             }
         };
@@ -237,7 +243,7 @@ impl Sender {
                 super::gate::feed_back(
                     self.store.as_ref(),
                     openid,
-                    Some((trigger, opened_at)),
+                    charged,
                     &e,
                     self.clock.now_secs(),
                 )

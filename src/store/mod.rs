@@ -175,6 +175,17 @@ pub enum Outcome {
     },
 }
 
+/// How [`Store::claim_send`] left an outbox entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendClaim {
+    /// Claimed (in flight) and charged to this grant: send it now.
+    Charged { trigger: Trigger, opened_at: i64 },
+    /// The window refuses it now; the entry is already finished as dropped, with the reason.
+    Denied(DenyReason),
+    /// It was not pending any more (another worker or instance took it, or it was cancelled).
+    Taken,
+}
+
 /// Durable state. Every method is atomic on its own; `commit_push` is atomic across
 /// dedupe, ledger and outbox. Implementations must be safe to share across tasks and, for the
 /// ledger, across processes using the same state (serve and the CLI).
@@ -216,6 +227,33 @@ pub trait Store: Send + Sync + 'static {
     /// pending → in_flight, durable before it returns, so a crash during the send can never
     /// lead to a second send. False if the entry was not pending (dropped, already claimed).
     async fn claim(&self, id: i64) -> StoreResult<bool>;
+    /// Claims a message and charges the follower's window for it, or drops it when the window
+    /// refuses. On an error the entry is left pending (possibly for a later time) and nothing
+    /// is charged. A store holding outbox and ledger in one database does it in one
+    /// transaction; this default takes up to three steps.
+    async fn claim_send(&self, id: i64, openid: &OpenId, now: i64) -> StoreResult<SendClaim> {
+        if !self.claim(id).await? {
+            return Ok(SendClaim::Taken);
+        }
+        match self.charge(openid, now).await {
+            Ok(ChargeOutcome::Allowed { trigger, opened_at }) => {
+                Ok(SendClaim::Charged { trigger, opened_at })
+            }
+            Ok(ChargeOutcome::Denied { reason }) => {
+                self.finish(id, Outcome::Dropped { reason: reason.to_string() }).await?;
+                Ok(SendClaim::Denied(reason))
+            }
+            Err(e) => {
+                // Not charged, so not sent: back to pending, tried again in a second.
+                let retry = Outcome::Retry {
+                    due_at_ms: now.saturating_mul(1000).saturating_add(1000),
+                    reason: format!("ledger unavailable: {e}"),
+                };
+                self.finish(id, retry).await?;
+                Err(e)
+            }
+        }
+    }
     async fn finish(&self, id: i64, outcome: Outcome) -> StoreResult<()>;
     /// The follower's entries not yet sent (pending or in flight).
     async fn pending_count(&self, openid: &OpenId) -> StoreResult<u64>;

@@ -821,7 +821,7 @@ mod admin {
                 dir.path(),
                 &kefu::config::WindowConfig::default(),
                 660,
-                false,
+                kefu::config::SyncMode::Off,
                 std::sync::Arc::new(kefu::model::SystemClock),
             )
             .unwrap(),

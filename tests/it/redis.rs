@@ -184,8 +184,14 @@ impl Fixture {
 
     fn outbox(&mut self) -> Arc<SqliteStore> {
         let dir = TempDir::new().expect("tempdir");
-        let s = SqliteStore::open(dir.path(), &self.window, 300, false, self.shared_clock())
-            .expect("open the outbox store");
+        let s = SqliteStore::open(
+            dir.path(),
+            &self.window,
+            300,
+            kefu::config::SyncMode::Off,
+            self.shared_clock(),
+        )
+        .expect("open the outbox store");
         self.dirs.push(dir);
         Arc::new(s)
     }
@@ -682,7 +688,14 @@ async fn redis_ledger_matches_sqlite_ledger() {
     fx.window.menu.limit = Some(2);
     let r = fx.instance().await;
     let sdir = TempDir::new().unwrap();
-    let s = SqliteStore::open(sdir.path(), &fx.window, 300, false, fx.shared_clock()).unwrap();
+    let s = SqliteStore::open(
+        sdir.path(),
+        &fx.window,
+        300,
+        kefu::config::SyncMode::Off,
+        fx.shared_clock(),
+    )
+    .unwrap();
     let followers = [oid("oDiff1"), oid("oDiff2"), oid("oDiff3")];
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b656675);
     let mut last: Option<(usize, Trigger, i64)> = None;

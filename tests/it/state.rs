@@ -15,8 +15,8 @@ use kefu::model::{
     SharedClock, SystemClock, TokenCache, Trigger, WindowEffect,
 };
 use kefu::store::{
-    CommitOutcome, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxStatus, Outcome, PushCommit, SqliteStore,
-    Store, StoreError, UNSUBSCRIBED, window_handler,
+    CommitOutcome, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxStatus, Outcome, PushCommit, SendClaim,
+    SqliteStore, Store, StoreError, UNSUBSCRIBED, window_handler,
 };
 
 const T0_MS: i64 = 1_700_000_000_000;
@@ -76,7 +76,14 @@ impl Fixture {
     fn with_window(window: WindowConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0_MS));
-        let store = SqliteStore::open(dir.path(), &window, RETENTION, true, clock.clone()).unwrap();
+        let store = SqliteStore::open(
+            dir.path(),
+            &window,
+            RETENTION,
+            kefu::config::SyncMode::Full,
+            clock.clone(),
+        )
+        .unwrap();
         Fixture { dir, clock, store }
     }
     fn reopen(&self) -> SqliteStore {
@@ -85,7 +92,7 @@ impl Fixture {
             self.dir.path(),
             &WindowConfig::default(),
             RETENTION,
-            true,
+            kefu::config::SyncMode::Full,
             self.clock.clone(),
         )
         .unwrap()
@@ -377,6 +384,42 @@ async fn outbox_lifecycle() {
     );
 }
 
+/// The sender's step before a message goes out: claim and charge in one transaction, or drop
+/// the entry when the window refuses, or nothing when it was taken.
+#[tokio::test]
+async fn claim_send_claims_and_charges_in_one_transaction() {
+    let window = WindowConfig {
+        message: WindowRule { limit: Some(1), duration: Duration::from_secs(3600) },
+        ..WindowConfig::default()
+    };
+    let f = Fixture::with_window(window);
+    let open = WindowEffect::Open(Trigger::Message);
+    let ids = fresh_ids(
+        f.store
+            .commit_push(push("msg:c1", "oGus", open, T0_MS, &[("a", 0), ("b", 0)]))
+            .await
+            .unwrap(),
+    );
+    let now = T0_MS / 1000;
+    let (tx0, _) = f.store.commit_stats();
+    let first = f.store.claim_send(ids[0], &oid("oGus"), now).await.unwrap();
+    assert_eq!(first, SendClaim::Charged { trigger: Trigger::Message, opened_at: now });
+    assert_eq!(f.store.commit_stats().0, tx0 + 1, "claim and charge are one transaction");
+    let e = f.store.outbox_entry(ids[0]).await.unwrap().unwrap();
+    assert_eq!((e.status, e.attempts), (OutboxStatus::InFlight, 1));
+    assert_eq!(f.store.window(&oid("oGus"), now).await.unwrap().grants[0].used, 1);
+
+    // Claimed already: nothing happens, nothing is charged.
+    assert_eq!(f.store.claim_send(ids[0], &oid("oGus"), now).await.unwrap(), SendClaim::Taken);
+    // The quota of 1 is used: the second message is dropped with the reason, uncharged.
+    let second = f.store.claim_send(ids[1], &oid("oGus"), now).await.unwrap();
+    assert_eq!(second, SendClaim::Denied(DenyReason::Exhausted));
+    let e = f.store.outbox_entry(ids[1]).await.unwrap().unwrap();
+    assert_eq!(e.status, OutboxStatus::Dropped);
+    assert_eq!(e.reason.as_deref(), Some(DenyReason::Exhausted.to_string().as_str()));
+    assert_eq!(f.store.window(&oid("oGus"), now).await.unwrap().grants[0].used, 1);
+}
+
 #[tokio::test]
 async fn append_outbox_is_idempotent_per_push_for_a_delegating_store() {
     let f = Fixture::new();
@@ -520,7 +563,14 @@ async fn purge_task_wakes_at_the_earliest_expiry() {
     };
     let dir = tempfile::tempdir().unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
-    let store = SqliteStore::open(dir.path(), &window, RETENTION, true, clock.clone()).unwrap();
+    let store = SqliteStore::open(
+        dir.path(),
+        &window,
+        RETENTION,
+        kefu::config::SyncMode::Full,
+        clock.clone(),
+    )
+    .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = store.spawn_purger(stopped);
     // Let it compute an empty schedule (an hour away) first; the commit must wake it.
@@ -636,6 +686,8 @@ async fn kefu_window_cli_reads_the_store_of_a_running_server() {
 // ---- crash test ------------------------------------------------------------------------------
 
 const CRASH_ENV: &str = "KEFU_TEST_CRASH_DIR";
+/// `state.sync` of the child: "normal" answers before fsync, which a kill must not lose either.
+const CRASH_SYNC_ENV: &str = "KEFU_TEST_CRASH_SYNC";
 const CRASH_WRITERS: u64 = 8;
 
 fn crash_push(i: u64, now_ms: i64) -> PushCommit {
@@ -654,12 +706,16 @@ fn crash_push(i: u64, now_ms: i64) -> PushCommit {
 #[ignore = "child process of crash_recovery"]
 async fn crash_child() {
     let Ok(dir) = std::env::var(CRASH_ENV) else { return };
+    let sync = match std::env::var(CRASH_SYNC_ENV).as_deref() {
+        Ok("normal") => kefu::config::SyncMode::Normal,
+        _ => kefu::config::SyncMode::Full,
+    };
     let store = Arc::new(
         SqliteStore::open(
             Path::new(&dir),
             &WindowConfig::default(),
             RETENTION,
-            true,
+            sync,
             Arc::new(SystemClock),
         )
         .unwrap(),
@@ -694,10 +750,22 @@ impl Drop for KillOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_recovery_keeps_every_acknowledged_commit_exactly_once() {
+    crash_recovery("full").await;
+}
+
+/// `state.sync = "normal"` answers once the commit is in the OS cache: a SIGKILL of kefu
+/// (unlike a power cut) must still lose nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_recovery_with_sync_normal_keeps_every_acknowledged_commit() {
+    crash_recovery("normal").await;
+}
+
+async fn crash_recovery(sync: &str) {
     let dir = tempfile::tempdir().unwrap();
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["state::crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(CRASH_ENV, dir.path())
+        .env(CRASH_SYNC_ENV, sync)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -733,7 +801,7 @@ async fn crash_recovery_keeps_every_acknowledged_commit_exactly_once() {
         dir.path(),
         &WindowConfig::default(),
         RETENTION,
-        true,
+        kefu::config::SyncMode::Full,
         Arc::new(SystemClock),
     )
     .unwrap();
