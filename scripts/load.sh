@@ -15,7 +15,8 @@
 # run, 200000), CAL_DURATION (3s, the pacing calibration run), OPENIDS (20000 simulated
 # followers), RUST_LOG (info, kefu's default), NO_BUILD=1, SEND_DELAY_MS (0: latency of the
 # mock's custom/send), OUT (results directory), STATE_BASE (where kefu's state dirs go, default
-# OUT; /dev/shm shows what the fsyncs cost), PORT_MOCK/PORT_CEIL/PORT_KEFU (9310/9311/9312).
+# OUT; /dev/shm shows what the fsyncs cost), SYNC (state.sync: full, the default, or normal),
+# PORT_MOCK/PORT_CEIL/PORT_KEFU (9310/9311/9312).
 # Needs wrk (Debian: apt-get install wrk) and curl.
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
@@ -31,6 +32,7 @@ BODIES=${BODIES:-200000}
 CAL_DURATION=${CAL_DURATION:-3s}
 OPENIDS=${OPENIDS:-20000}
 SEND_DELAY_MS=${SEND_DELAY_MS:-0}
+SYNC=${SYNC:-full}
 PORT_MOCK=${PORT_MOCK:-9310}
 PORT_CEIL=${PORT_CEIL:-9311}
 PORT_KEFU=${PORT_KEFU:-9312}
@@ -169,7 +171,7 @@ wait_up "http://127.0.0.1:$PORT_CEIL/"
 FSYNC=$(fsync_probe)
 SUMMARY="$OUT/summary.md"
 {
-    echo "wrk -t$THREADS -c$CONNS -d$DURATION; RUST_LOG=$RUST_LOG; $OPENIDS followers; state in $STATE_BASE; mock send delay ${SEND_DELAY_MS} ms; $(nproc) CPUs; fsync probe: $FSYNC"
+    echo "wrk -t$THREADS -c$CONNS -d$DURATION; RUST_LOG=$RUST_LOG; $OPENIDS followers; state in $STATE_BASE (state.sync = $SYNC); mock send delay ${SEND_DELAY_MS} ms; $(nproc) CPUs; fsync probe: $FSYNC"
     echo
     echo "| mode | reply | rep | ceiling req/s | kefu req/s | kefu/ceiling | half pace req/s: achieved of target | kefu p50 ms | kefu p99 ms | ceiling p99 ms at same pace | kefu non-2xx | wraps |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -198,6 +200,7 @@ hot_reload = false
 passive_first = $passive
 [state]
 dir = "$state"
+sync = "$SYNC"
 EOF
         start "kefu-$mode-$path" "$BIN/kefu" serve --config "$cfg"
         kefu_pid=$LAST_PID

@@ -33,6 +33,12 @@ pub enum StoreError {
          created and is writable by the user running kefu"
     )]
     Open { dir: String, why: String },
+    #[error(
+        "another `kefu serve` is running on this state.dir (it holds {lock}); run one serve per \
+         state.dir: stop the other one, or give this one its own state.dir (several instances \
+         share state through state.redis_url, each with its own state.dir)"
+    )]
+    Locked { lock: String },
     /// The backend (SQLite, Redis) refused or failed.
     #[error("state store: {0}")]
     Backend(String),

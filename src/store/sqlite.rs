@@ -49,6 +49,9 @@ pub const MAX_BATCH: usize = 512;
 pub const FINISHED_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The database file inside `state.dir`.
 pub const DB_FILE: &str = "kefu.sqlite3";
+/// Locked by the serving process while its store is open, so a second `serve` on the same
+/// `state.dir` is refused instead of settling the first one's in-flight sends as its own.
+pub const LOCK_FILE: &str = "kefu.lock";
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The purge task wakes at least this often even with nothing due.
@@ -152,6 +155,8 @@ struct Inner {
     /// Whether `index` holds the ledger (owner) or hot reads must go to the database.
     indexed: bool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The owner's lock on [`LOCK_FILE`]; released by [`SqliteStore::close`] or on drop.
+    lock: Mutex<Option<std::fs::File>>,
     readers: Mutex<Vec<Connection>>,
     db_path: PathBuf,
     purge_wake: Arc<Notify>,
@@ -204,6 +209,28 @@ fn set_synchronous(conn: &Connection, sync: Pragma) -> rusqlite::Result<()> {
     })
 }
 
+/// Takes the owner's lock on `state.dir`, or says who holds it and what to do.
+fn lock_state_dir(dir: &Path) -> StoreResult<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let failed = |e: std::io::Error| StoreError::Open {
+        dir: dir.display().to_string(),
+        why: format!("cannot lock {}: {e}", path.display()),
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StoreError::Locked { lock: path.display().to_string() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+    }
+}
+
 fn restrict_permissions(path: &Path) {
     // The file holds the access token: readable by its owner only.
     #[cfg(unix)]
@@ -246,6 +273,7 @@ impl SqliteStore {
     pub fn open_with(dir: &Path, opts: OpenOptions, clock: SharedClock) -> StoreResult<Self> {
         let open_err = |why: String| StoreError::Open { dir: dir.display().to_string(), why };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let lock = if opts.owner { Some(lock_state_dir(dir)?) } else { None };
         let db_path = dir.join(DB_FILE);
         // `normal` needs the log to be a WAL file (commits append to it, fsynced each second);
         // without one, every commit fsyncs itself.
@@ -314,6 +342,7 @@ impl SqliteStore {
             index,
             indexed: opts.owner,
             jobs: Mutex::new(Some(tx)),
+            lock: Mutex::new(lock),
             readers: Mutex::new(Vec::new()),
             db_path,
             purge_wake: Arc::new(Notify::new()),
@@ -362,6 +391,7 @@ impl SqliteStore {
     /// Stops taking writes; queued jobs still commit. Later writes fail with `Closed`.
     pub fn close(&self) {
         self.inner.jobs.lock().take();
+        self.inner.lock.lock().take();
     }
 
     /// Runs `f` on the writer thread inside the current batch's transaction.

@@ -347,10 +347,8 @@ async fn readyz_is_ready_with_the_rules_loaded() {
     app.handle.stop(true).await;
 }
 
-/// `/readyz` must answer 503 naming the store when the database is gone from under a running
-/// server. It does not yet: `SqliteStore::ping` runs `SELECT 1` on a pooled connection, which
-/// touches no file, so a removed state dir still reads as ready. Ignored until `ping` checks
-/// the database file (and the writer); see the ops report.
+/// `/readyz` answers 503 naming the store when the database is gone from under a running
+/// server (`SqliteStore::ping` checks the database file, not only a pooled connection).
 #[tokio::test]
 async fn readyz_is_unavailable_when_the_database_is_gone() {
     let mock = MockWechat::start();
@@ -1096,6 +1094,27 @@ fn config_errors_print_no_secret() {
             assert_no_leaks(&[&ran], &[]);
         }
     }
+}
+
+/// A second `kefu serve` on the state.dir of a running one refuses to start, says why and what
+/// to do, and leaves the first one serving; the CLI still reads the same state beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_state_dir_refuses_to_start() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), &mock);
+    let first = serve(dir.path(), &[], &[]);
+    let second = run_kefu(dir.path(), &[], &["serve"]);
+    // 2, like every startup failure of `serve`: the configured state.dir is not usable.
+    assert_eq!(second.code, 2, "{}", second.stderr());
+    let err = second.stderr();
+    assert!(err.contains("another `kefu serve` is running on this state.dir"), "{err}");
+    assert!(err.contains("kefu.lock") && err.contains("give this one its own state.dir"), "{err}");
+    let r = reqwest::get(first.url("/readyz")).await.expect("readyz");
+    assert_eq!(r.status().as_u16(), 200, "the first one still serves");
+    let cli = run_kefu(dir.path(), &[], &["window", "list"]);
+    assert_eq!(cli.code, 0, "{}", cli.stderr());
+    assert_eq!(first.stop().code, 0);
 }
 
 /// `KEFU_LOG_FORMAT=json`: every stderr line is a JSON object, and the push span's fields

@@ -438,6 +438,29 @@ async fn append_outbox_is_idempotent_per_push_for_a_delegating_store() {
     assert_eq!(f.store.pending_count(&who).await.unwrap(), 0);
 }
 
+/// A second serving process on one state.dir would settle the first one's in-flight sends as
+/// "outcome unknown" and run a second sender: it is refused, with what to do. CLI clients are
+/// not owners and still open; a closed owner lets the next one in.
+#[tokio::test]
+async fn a_second_owner_of_a_state_dir_is_refused() {
+    let f = Fixture::new();
+    let open = || {
+        SqliteStore::open(
+            f.dir.path(),
+            &WindowConfig::default(),
+            RETENTION,
+            kefu::config::SyncMode::Full,
+            f.clock.clone(),
+        )
+    };
+    let err = open().unwrap_err().to_string();
+    assert!(err.contains("another `kefu serve` is running on this state.dir"), "{err}");
+    assert!(err.contains("kefu.lock") && err.contains("its own state.dir"), "{err}");
+    assert!(f.client().ping().await.is_ok(), "a CLI client still opens");
+    f.store.close();
+    assert!(open().is_ok(), "the lock goes with close()");
+}
+
 #[tokio::test]
 async fn reopen_settles_in_flight_sends_and_rebuilds_the_index() {
     let f = Fixture::new();
