@@ -455,11 +455,10 @@ mod tests {
                     Op::Close => w.close(),
                     Op::Exhaust => w.exhaust(now),
                     Op::RefundLast => {
-                        if let Some((t, at)) = last.take() {
-                            if w.refund(t, at) {
+                        if let Some((t, at)) = last.take()
+                            && w.refund(t, at) {
                                 *net.entry((t, at)).or_default() -= 1;
                             }
-                        }
                     }
                     Op::Charge => {
                         let best = w

@@ -275,10 +275,10 @@ pub(crate) fn split_passive(
     let mut passive = None;
     let mut rest = Vec::with_capacity(actions.len());
     for a in &actions {
-        if let Action::Transfer { kf_account } = &a.action {
-            if passive.is_none() {
-                passive = Some(PassiveReply::Transfer { kf_account: kf_account.clone() });
-            }
+        if let Action::Transfer { kf_account } = &a.action
+            && passive.is_none()
+        {
+            passive = Some(PassiveReply::Transfer { kf_account: kf_account.clone() });
         }
     }
     let mut taken = passive.is_some() || !passive_first;

@@ -33,10 +33,10 @@ impl TestCase {
             (None, Some(e)) => format!("event {e}"),
             (None, None) => format!("{} push", i.msg_type),
         };
-        if i.event.is_some() {
-            if let Some(k) = &i.event_key {
-                s.push_str(&format!(" key {k:?}"));
-            }
+        if i.event.is_some()
+            && let Some(k) = &i.event_key
+        {
+            s.push_str(&format!(" key {k:?}"));
         }
         if let Some(m) = &i.menu_choice {
             s.push_str(&format!(" menu_choice {m:?}"));

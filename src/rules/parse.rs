@@ -163,14 +163,14 @@ fn remove_at(v: &mut Value, offset: usize, path: &mut Vec<String>) -> bool {
         }
         Value::Array(a) => {
             for i in 0..a.len() {
-                if let Some(child) = a.get_mut(i) {
-                    if remove_at(child, offset, path) {
-                        // A reply that lost its kind would only add a "needs one kind" error.
-                        if path.len() == 2 && path[0] == "reply" {
-                            a.remove(i);
-                        }
-                        return true;
+                if let Some(child) = a.get_mut(i)
+                    && remove_at(child, offset, path)
+                {
+                    // A reply that lost its kind would only add a "needs one kind" error.
+                    if path.len() == 2 && path[0] == "reply" {
+                        a.remove(i);
                     }
+                    return true;
                 }
             }
             false

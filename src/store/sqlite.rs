@@ -595,11 +595,11 @@ fn apply_post(inner: &Inner, post: Post) {
             inner.index.prune(now);
         }
     }
-    if let Some(t) = post.expiry_ms {
-        if t < inner.next_purge_ms.load(Ordering::SeqCst) {
-            inner.next_purge_ms.store(t, Ordering::SeqCst);
-            inner.purge_wake.notify_one();
-        }
+    if let Some(t) = post.expiry_ms
+        && t < inner.next_purge_ms.load(Ordering::SeqCst)
+    {
+        inner.next_purge_ms.store(t, Ordering::SeqCst);
+        inner.purge_wake.notify_one();
     }
 }
 
@@ -688,10 +688,10 @@ fn interval_sync_loop(wal: PathBuf, dirty: Arc<AtomicBool>, store: Weak<Inner>) 
         if store.strong_count() == 0 {
             return;
         }
-        if dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = sync_wal(&wal) {
-                tracing::warn!(error = %e, wal = %wal.display(), "state store: periodic fsync of the write-ahead log failed");
-            }
+        if dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = sync_wal(&wal)
+        {
+            tracing::warn!(error = %e, wal = %wal.display(), "state store: periodic fsync of the write-ahead log failed");
         }
     }
 }
@@ -762,14 +762,14 @@ fn save_window(
             g.used
         ])?;
     }
-    if after.subscribed != before.subscribed {
-        if let Some(s) = after.subscribed {
-            conn.prepare_cached(
-                "INSERT INTO followers (openid, subscribed) VALUES (?1, ?2) \
+    if after.subscribed != before.subscribed
+        && let Some(s) = after.subscribed
+    {
+        conn.prepare_cached(
+            "INSERT INTO followers (openid, subscribed) VALUES (?1, ?2) \
                  ON CONFLICT (openid) DO UPDATE SET subscribed = excluded.subscribed",
-            )?
-            .execute(params![openid.as_str(), s])?;
-        }
+        )?
+        .execute(params![openid.as_str(), s])?;
     }
     Ok(())
 }
