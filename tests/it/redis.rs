@@ -687,15 +687,8 @@ async fn redis_ledger_matches_sqlite_ledger() {
     let mut fx = Fixture::new(&url);
     fx.window.menu.limit = Some(2);
     let r = fx.instance().await;
-    let sdir = TempDir::new().unwrap();
-    let s = SqliteStore::open(
-        sdir.path(),
-        &fx.window,
-        300,
-        kefu::config::SyncMode::Off,
-        fx.shared_clock(),
-    )
-    .unwrap();
+    // The same window rules on the embedded store, as the reference.
+    let s = fx.outbox();
     let followers = [oid("oDiff1"), oid("oDiff2"), oid("oDiff3")];
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b656675);
     let mut last: Option<(usize, Trigger, i64)> = None;

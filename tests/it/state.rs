@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{App, test as atest, web};
-use kefu::config::{WindowConfig, WindowRule};
+use kefu::config::{SyncMode, WindowConfig, WindowRule};
 use kefu::ledger::{ChargeOutcome, DenyReason};
 use kefu::model::{
     Action, CachedToken, Clock, ManualClock, OpenId, OutMessage, PlannedAction, Secret,
@@ -76,31 +76,28 @@ impl Fixture {
     fn with_window(window: WindowConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0_MS));
-        let store = SqliteStore::open(
-            dir.path(),
-            &window,
-            RETENTION,
-            kefu::config::SyncMode::Full,
-            clock.clone(),
-        )
-        .unwrap();
+        let store = open_store(dir.path(), &window, SyncMode::Full, clock.clone()).unwrap();
         Fixture { dir, clock, store }
     }
     fn reopen(&self) -> SqliteStore {
         self.store.close();
-        SqliteStore::open(
-            self.dir.path(),
-            &WindowConfig::default(),
-            RETENTION,
-            kefu::config::SyncMode::Full,
-            self.clock.clone(),
-        )
-        .unwrap()
+        open_store(self.dir.path(), &WindowConfig::default(), SyncMode::Full, self.clock.clone())
+            .unwrap()
     }
     fn client(&self) -> SqliteStore {
         SqliteStore::open_client(self.dir.path(), &WindowConfig::default(), self.clock.clone())
             .unwrap()
     }
+}
+
+/// The serving store under `dir`, as the tests open it.
+fn open_store(
+    dir: &Path,
+    window: &WindowConfig,
+    sync: SyncMode,
+    clock: SharedClock,
+) -> Result<SqliteStore, StoreError> {
+    SqliteStore::open(dir, window, RETENTION, sync, clock)
 }
 
 fn fresh_ids(o: CommitOutcome) -> Vec<i64> {
@@ -444,15 +441,8 @@ async fn append_outbox_is_idempotent_per_push_for_a_delegating_store() {
 #[tokio::test]
 async fn a_second_owner_of_a_state_dir_is_refused() {
     let f = Fixture::new();
-    let open = || {
-        SqliteStore::open(
-            f.dir.path(),
-            &WindowConfig::default(),
-            RETENTION,
-            kefu::config::SyncMode::Full,
-            f.clock.clone(),
-        )
-    };
+    let open =
+        || open_store(f.dir.path(), &WindowConfig::default(), SyncMode::Full, f.clock.clone());
     let err = open().unwrap_err().to_string();
     assert!(err.contains("another `kefu serve` is running on this state.dir"), "{err}");
     assert!(err.contains("kefu.lock") && err.contains("its own state.dir"), "{err}");
@@ -586,14 +576,7 @@ async fn purge_task_wakes_at_the_earliest_expiry() {
     };
     let dir = tempfile::tempdir().unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
-    let store = SqliteStore::open(
-        dir.path(),
-        &window,
-        RETENTION,
-        kefu::config::SyncMode::Full,
-        clock.clone(),
-    )
-    .unwrap();
+    let store = open_store(dir.path(), &window, SyncMode::Full, clock.clone()).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = store.spawn_purger(stopped);
     // Let it compute an empty schedule (an hour away) first; the commit must wake it.
@@ -730,18 +713,11 @@ fn crash_push(i: u64, now_ms: i64) -> PushCommit {
 async fn crash_child() {
     let Ok(dir) = std::env::var(CRASH_ENV) else { return };
     let sync = match std::env::var(CRASH_SYNC_ENV).as_deref() {
-        Ok("normal") => kefu::config::SyncMode::Normal,
-        _ => kefu::config::SyncMode::Full,
+        Ok("normal") => SyncMode::Normal,
+        _ => SyncMode::Full,
     };
     let store = Arc::new(
-        SqliteStore::open(
-            Path::new(&dir),
-            &WindowConfig::default(),
-            RETENTION,
-            sync,
-            Arc::new(SystemClock),
-        )
-        .unwrap(),
+        open_store(Path::new(&dir), &WindowConfig::default(), sync, Arc::new(SystemClock)).unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let tasks: Vec<_> = (0..CRASH_WRITERS)
@@ -820,14 +796,9 @@ async fn crash_recovery(sync: &str) {
     acked.extend(rx.try_iter());
     let max = *acked.last().unwrap();
 
-    let store = SqliteStore::open(
-        dir.path(),
-        &WindowConfig::default(),
-        RETENTION,
-        kefu::config::SyncMode::Full,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let store =
+        open_store(dir.path(), &WindowConfig::default(), SyncMode::Full, Arc::new(SystemClock))
+            .unwrap();
     let now = SystemClock.now_secs();
     let mut unacked_present = 0;
     for i in 0..=max + 2 * CRASH_WRITERS {
