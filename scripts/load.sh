@@ -12,7 +12,7 @@
 #
 # Knobs (environment): DURATION (10s), CONNS (32), THREADS (2), REPEAT (2), MODES ("plain safe"),
 # PATHS ("passive send": passive_first true / false), BODIES (safe-mode pushes generated per
-# run, 200000), CAL_DURATION (3s, the pacing calibration run), OPENIDS (20000 simulated
+# run, 400000), CAL_DURATION (3s, the pacing calibration run), OPENIDS (20000 simulated
 # followers), RUST_LOG (info, kefu's default), NO_BUILD=1, SEND_DELAY_MS (0: latency of the
 # mock's custom/send), OUT (results directory), STATE_BASE (where kefu's state dirs go, default
 # OUT; /dev/shm shows what the fsyncs cost), SYNC (state.sync: full, the default, or normal),
@@ -28,7 +28,7 @@ THREADS=${THREADS:-2}
 REPEAT=${REPEAT:-2}
 MODES=${MODES:-plain safe}
 PATHS=${PATHS:-passive send}
-BODIES=${BODIES:-200000}
+BODIES=${BODIES:-400000}
 CAL_DURATION=${CAL_DURATION:-3s}
 OPENIDS=${OPENIDS:-20000}
 SEND_DELAY_MS=${SEND_DELAY_MS:-0}
