@@ -18,7 +18,7 @@
 //! thread fsyncs the WAL every second, so a power cut or kernel crash takes at most about the
 //! last second. (An fsync thread overlapping the next batch was measured and dropped: at 32
 //! concurrent pushes every caller waits on the fsync anyway, and the extra hop cost 7 %.)
-
+//!
 //! Reads run on a small pool of read connections via `spawn_blocking`; WAL snapshots mean they
 //! never wait for the writer. The in-memory [`LedgerIndex`] is updated after each commit and
 //! rebuilt on open; the ledger's truth is always the database, read inside the write
