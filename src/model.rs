@@ -192,6 +192,10 @@ impl fmt::Display for Trigger {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowEffect {
     Open(Trigger),
+    /// A follow that opens this grant: like `Open`, and the follower is subscribed whatever the
+    /// trigger (a subscribe through a payment QR opens the payment grant, and unlike a payment
+    /// alone it proves the payer follows).
+    Follow(Trigger),
     CloseAll,
     None,
 }

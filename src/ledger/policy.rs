@@ -118,6 +118,10 @@ impl Window {
     pub fn apply(&mut self, effect: WindowEffect, now: i64, cfg: &WindowConfig) {
         match effect {
             WindowEffect::Open(t) => self.open(t, now, cfg),
+            WindowEffect::Follow(t) => {
+                self.open(t, now, cfg);
+                self.subscribed = Some(true);
+            }
             WindowEffect::CloseAll => self.unsubscribe(),
             WindowEffect::None => {}
         }
@@ -333,6 +337,13 @@ mod tests {
         w.open(Trigger::Payment, T0 + 3, &cfg());
         assert_eq!(w.subscribed, Some(false));
         assert_eq!(w.grants[0].limit, None);
+        // Following again through a payment QR: the payment grant, and subscribed again.
+        w.apply(WindowEffect::Follow(Trigger::Payment), T0 + 4, &cfg());
+        assert_eq!(w.subscribed, Some(true));
+        assert_eq!(
+            (w.grants.len(), w.grants[0].trigger, w.grants[0].opened_at),
+            (1, Trigger::Payment, T0 + 4)
+        );
     }
 
     #[test]

@@ -403,7 +403,7 @@ impl Push {
                 if key.starts_with("qrscene_") {
                     WindowEffect::Open(Trigger::Scan)
                 } else if key.starts_with("last_trade_no_") {
-                    WindowEffect::Open(Trigger::Payment)
+                    WindowEffect::Follow(Trigger::Payment)
                 } else {
                     WindowEffect::Open(Trigger::Subscribe)
                 }
@@ -1448,7 +1448,7 @@ mod tests {
         );
         assert_eq!(push.window_effect(), WindowEffect::None);
         let push = p(fixture!("X08-subscribe-after-payment"));
-        assert_eq!(push.window_effect(), open(Trigger::Payment));
+        assert_eq!(push.window_effect(), WindowEffect::Follow(Trigger::Payment));
         assert_eq!(push.rule_input().scene, None);
         assert_eq!(
             push.rule_input().vars,
