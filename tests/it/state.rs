@@ -643,6 +643,41 @@ async fn admin_window_endpoint() {
     assert!(v["error"].as_str().unwrap().contains("OpenID must be 1 to 64 characters"), "{v}");
 }
 
+/// The list (one scan over live grants) says for each follower exactly what `window` says for
+/// that follower alone; followers with nothing live are left out.
+#[tokio::test]
+async fn list_windows_agrees_with_window_for_every_follower() {
+    let f = Fixture::new();
+    let pushes = [
+        (
+            "msg:l1",
+            "oAda",
+            WindowEffect::Open(Trigger::Message),
+            T0_MS,
+            &[("a", 0), ("b", 9_000)][..],
+        ),
+        ("e:l2", "oBea", WindowEffect::Open(Trigger::Menu), T0_MS, &[][..]),
+        ("e:l3", "oBea", WindowEffect::Follow(Trigger::Payment), T0_MS + 1000, &[][..]),
+        ("e:l4", "oCal", WindowEffect::Open(Trigger::Scan), T0_MS, &[][..]),
+        ("e:l5", "oDee", WindowEffect::Open(Trigger::Subscribe), T0_MS, &[][..]),
+        ("e:l6", "oDee", WindowEffect::CloseAll, T0_MS + 2000, &[][..]),
+    ];
+    for (key, who, effect, at, plan) in pushes {
+        f.store.commit_push(push(key, who, effect, at, plan)).await.unwrap();
+    }
+    // Two minutes on: menu and scan grants (1 minute) have expired.
+    let now = T0 + 120;
+    let listed = f.store.list_windows(now).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|v| v.openid.as_str()).collect();
+    assert_eq!(ids, ["oAda", "oBea"], "oCal's grant expired, oDee unsubscribed");
+    for v in &listed {
+        assert_eq!(*v, f.store.window(&v.openid, now).await.unwrap());
+    }
+    assert_eq!((listed[0].pending, listed[0].grants.len()), (2, 1));
+    assert_eq!(listed[1].grants.iter().map(|g| g.trigger).collect::<Vec<_>>(), [Trigger::Payment]);
+    assert_eq!(listed[1].subscribed, Some(true));
+}
+
 #[tokio::test]
 async fn kefu_window_cli_reads_the_store_of_a_running_server() {
     let f = Fixture::new();
