@@ -180,19 +180,9 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// SQLite's own `synchronous` levels, as kefu uses them.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pragma {
-    /// Every commit fsyncs the log itself.
-    Full,
-    /// Commits write the log without fsync (WAL: it is fsynced at checkpoints).
-    Normal,
-    Off,
-}
-
 /// Opens a connection in WAL mode; the bool says whether the database really is in WAL mode
 /// (a file system without shared memory support can refuse it).
-fn open_connection(path: &Path, sync: Pragma) -> rusqlite::Result<(Connection, bool)> {
+fn open_connection(path: &Path, sync: SyncMode) -> rusqlite::Result<(Connection, bool)> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // journal_mode is persistent in the file, but asking is cheap and covers a fresh file.
@@ -201,11 +191,13 @@ fn open_connection(path: &Path, sync: Pragma) -> rusqlite::Result<(Connection, b
     Ok((conn, mode.eq_ignore_ascii_case("wal")))
 }
 
-fn set_synchronous(conn: &Connection, sync: Pragma) -> rusqlite::Result<()> {
+/// `full` and `normal` are SQLite's own levels of the same names (`normal` in WAL mode: commits
+/// write the log without fsync, which happens at checkpoints).
+fn set_synchronous(conn: &Connection, sync: SyncMode) -> rusqlite::Result<()> {
     conn.execute_batch(match sync {
-        Pragma::Full => "PRAGMA synchronous = FULL;",
-        Pragma::Normal => "PRAGMA synchronous = NORMAL;",
-        Pragma::Off => "PRAGMA synchronous = OFF;",
+        SyncMode::Full => "PRAGMA synchronous = FULL;",
+        SyncMode::Normal => "PRAGMA synchronous = NORMAL;",
+        SyncMode::Off => "PRAGMA synchronous = OFF;",
     })
 }
 
@@ -278,14 +270,10 @@ impl SqliteStore {
         // `normal` needs the log to be a WAL file (commits append to it, fsynced each second);
         // without one, every commit fsyncs itself.
         let (mut conn, wal) =
-            open_connection(&db_path, Pragma::Normal).map_err(|e| open_err(e.to_string()))?;
-        let pragma = match opts.sync {
-            SyncMode::Normal if wal => Pragma::Normal,
-            SyncMode::Off => Pragma::Off,
-            SyncMode::Full | SyncMode::Normal => Pragma::Full,
-        };
-        if pragma != Pragma::Normal {
-            set_synchronous(&conn, pragma).map_err(|e| open_err(e.to_string()))?;
+            open_connection(&db_path, opts.sync).map_err(|e| open_err(e.to_string()))?;
+        let sync = if opts.sync == SyncMode::Normal && !wal { SyncMode::Full } else { opts.sync };
+        if sync != opts.sync {
+            set_synchronous(&conn, sync).map_err(|e| open_err(e.to_string()))?;
         }
         restrict_permissions(&db_path);
         let version: i64 = conn
@@ -351,7 +339,7 @@ impl SqliteStore {
             jobs_committed: AtomicU64::new(0),
         });
         let wal_path = inner.db_path.with_file_name(format!("{DB_FILE}-wal"));
-        let dirty = if pragma == Pragma::Normal {
+        let dirty = if sync == SyncMode::Normal {
             let dirty = Arc::new(AtomicBool::new(false));
             let (weak, flag) = (Arc::downgrade(&inner), dirty.clone());
             std::thread::Builder::new()
@@ -433,7 +421,7 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let conn = match inner.readers.lock().pop() {
                 Some(c) => c,
-                None => open_connection(&inner.db_path, Pragma::Full)?.0,
+                None => open_connection(&inner.db_path, SyncMode::Full)?.0,
             };
             let r = f(&conn);
             let mut pool = inner.readers.lock();
