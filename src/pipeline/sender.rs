@@ -17,7 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::ApiClient;
 use crate::metrics::Metrics;
-use crate::model::{Action, SharedClock, Trigger};
+use crate::model::{Action, OpenId, OutMessage, SharedClock, Trigger};
 use crate::store::{DenyReason, OutboxEntry, Outcome, SendClaim, Store};
 
 /// How many followers are served at once.
@@ -154,34 +154,38 @@ impl Sender {
         let span =
             info_span!("send", openid = %entry.openid, rule = %entry.action.rule, id = entry.id);
         async {
-            // A message is claimed and charged in one step (one transaction where the store
-            // can); typing and transfers are not charged.
-            let charged = if let Action::Send { .. } = &entry.action.action {
-                match self.store.claim_send(entry.id, &entry.openid, self.clock.now_secs()).await {
-                    Ok(SendClaim::Charged { trigger, opened_at }) => Some((trigger, opened_at)),
-                    Ok(SendClaim::Denied(reason)) => {
-                        info!(reason = %reason, "dropped: the window does not allow this message");
-                        self.metrics.drop_message(deny_label(reason));
-                        return;
-                    }
-                    Ok(SendClaim::Taken) => return, // another worker or instance took it
-                    Err(e) => {
-                        // Not charged, so not sent: it waits for the next pass.
-                        warn!(error = %e, "ledger or outbox unavailable; the message waits");
-                        return;
-                    }
-                }
-            } else {
-                match self.store.claim(entry.id).await {
-                    Ok(true) => None,
-                    Ok(false) => return,
-                    Err(e) => {
-                        warn!(error = %e, "cannot claim an outbox entry; it stays pending");
-                        return;
+            let outcome = match &entry.action.action {
+                // A message is claimed and charged in one step (one transaction where the store
+                // can); typing and transfers are not charged.
+                Action::Send { message } => {
+                    let now = self.clock.now_secs();
+                    match self.store.claim_send(entry.id, &entry.openid, now).await {
+                        Ok(SendClaim::Charged { trigger, opened_at }) => {
+                            self.send(&entry, message, (trigger, opened_at)).await
+                        }
+                        Ok(SendClaim::Denied(reason)) => {
+                            info!(reason = %reason, "dropped: the window does not allow this message");
+                            self.metrics.drop_message(deny_label(reason));
+                            return;
+                        }
+                        Ok(SendClaim::Taken) => return, // another worker or instance took it
+                        Err(e) => {
+                            // Not charged, so not sent: it waits for the next pass.
+                            warn!(error = %e, "ledger or outbox unavailable; the message waits");
+                            return;
+                        }
                     }
                 }
+                Action::Typing if self.claim(entry.id).await => self.typing(&entry.openid).await,
+                Action::Transfer { .. } if self.claim(entry.id).await => {
+                    self.metrics.drop_message("transfer_not_passive");
+                    Outcome::Dropped {
+                        reason: "a transfer can only be the passive answer to a user message"
+                            .into(),
+                    }
+                }
+                Action::Typing | Action::Transfer { .. } => return, // not claimed
             };
-            let outcome = self.attempt(&entry, charged).await;
             if let Err(e) = self.store.finish(entry.id, outcome).await {
                 warn!(error = %e, "cannot record a send's outcome");
             }
@@ -190,43 +194,46 @@ impl Sender {
         .await
     }
 
-    /// Carries out a claimed entry; a message arrives here already charged to `charged`.
-    async fn attempt(&self, entry: &OutboxEntry, charged: Option<(Trigger, i64)>) -> Outcome {
-        let openid = &entry.openid;
-        let (message, trigger) = match (&entry.action.action, charged) {
-            (Action::Send { message }, Some((trigger, _))) => (message, trigger),
-            (Action::Send { .. }, None) => {
-                return Outcome::Failed { reason: "claimed without a charge (a bug)".into() };
+    /// pending → in flight for an action that is not charged; false if it was not pending
+    /// (another worker took it) or the store failed (it stays pending).
+    async fn claim(&self, id: i64) -> bool {
+        self.store.claim(id).await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot claim an outbox entry; it stays pending");
+            false
+        })
+    }
+
+    /// A claimed typing indicator: not charged.
+    async fn typing(&self, openid: &OpenId) -> Outcome {
+        // Pointless (and refused by WeChat) when no message may follow it: a delayed indicator
+        // after the window closed is not shown.
+        if let Ok(view) = self.store.window(openid, self.clock.now_secs()).await
+            && !view.open
+        {
+            self.metrics.drop_message("typing_window_closed");
+            return Outcome::Dropped {
+                reason: "the window allows no message now, so the typing indicator is not shown"
+                    .into(),
+            };
+        }
+        if let Some(client) = &self.client {
+            if let Err(e) = client.typing(openid.as_str(), true).await {
+                info!(error = %e, "typing indicator refused");
             }
-            (Action::Typing, _) => {
-                // Not charged, but pointless (and refused by WeChat) when no message may
-                // follow it: a delayed indicator after the window closed is not shown.
-                if let Ok(view) = self.store.window(openid, self.clock.now_secs()).await
-                    && !view.open
-                {
-                    self.metrics.drop_message("typing_window_closed");
-                    return Outcome::Dropped {
-                        reason: "the window allows no message now, so the typing indicator is \
-                                 not shown"
-                            .into(),
-                    };
-                }
-                if let Some(client) = &self.client {
-                    if let Err(e) = client.typing(openid.as_str(), true).await {
-                        info!(error = %e, "typing indicator refused");
-                    }
-                } else {
-                    info!(openid = %openid, "dry-run: would show the typing indicator");
-                }
-                return Outcome::Sent;
-            }
-            (Action::Transfer { .. }, _) => {
-                self.metrics.drop_message("transfer_not_passive");
-                return Outcome::Dropped {
-                    reason: "a transfer can only be the passive answer to a user message".into(),
-                };
-            }
-        };
+        } else {
+            info!(openid = %openid, "dry-run: would show the typing indicator");
+        }
+        Outcome::Sent
+    }
+
+    /// Sends a claimed message already charged to `charged`'s grant.
+    async fn send(
+        &self,
+        entry: &OutboxEntry,
+        message: &OutMessage,
+        charged: (Trigger, i64),
+    ) -> Outcome {
+        let (openid, trigger) = (&entry.openid, charged.0);
         let body = message.custom_send_body(openid.as_str(), entry.action.kf_account.as_deref());
         let Some(client) = &self.client else {
             info!(body = %body, trigger = %trigger, "dry-run: would send (no app_id/app_secret configured)");
@@ -243,7 +250,7 @@ impl Sender {
                 super::gate::feed_back(
                     self.store.as_ref(),
                     openid,
-                    charged,
+                    Some(charged),
                     &e,
                     self.clock.now_secs(),
                 )
