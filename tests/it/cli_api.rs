@@ -29,7 +29,7 @@ fn run_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr: crate::helpers::without_config_line(&String::from_utf8_lossy(&out.stderr)),
     }
 }
 

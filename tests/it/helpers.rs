@@ -216,6 +216,12 @@ impl PushSink for ScriptedSink {
     }
 }
 
+/// `stderr` without the line each command starts with, naming the config file in use
+/// (`kefu: config: …`), for tests about the messages after it.
+pub fn without_config_line(stderr: &str) -> String {
+    stderr.lines().filter(|l| !l.starts_with("kefu: config: ")).map(|l| format!("{l}\n")).collect()
+}
+
 /// What one run of the `kefu` binary printed.
 pub struct KefuRun {
     pub code: i32,

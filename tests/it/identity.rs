@@ -19,7 +19,8 @@ use kefu::service::Service;
 use kefu::testing::MockWechat;
 use serde_json::Value;
 
-use crate::helpers::{ACCOUNT, TOKEN, kefu_in, now_secs, signed_query, test_config};
+use crate::helpers::{TOKEN, kefu_in, now_secs, signed_query, test_config};
+use crate::pipeline::text_push;
 use crate::redis::test_redis_url;
 
 const SEND: &str = "/cgi-bin/message/custom/send";
@@ -37,14 +38,6 @@ text = "你说：{text}"
 [[rule.reply]]
 text = "第二条：{text}"
 "#;
-
-fn text_xml(from: &str, content: &str, msg_id: u64, create_time: i64) -> String {
-    format!(
-        "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{from}]]>\
-         </FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[text]]>\
-         </MsgType><Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>"
-    )
-}
 
 struct Running {
     app_id: String,
@@ -148,12 +141,12 @@ async fn two_followers_same_msgid(redis_url: Option<&str>) {
     let t = now_secs();
     const MSG_ID: u64 = 24_345_678_901_234_999;
 
-    let alice = text_xml(ALICE, "苹果", MSG_ID, t);
+    let alice = text_push(ALICE, "苹果", MSG_ID, t);
     let answer = app.push(&alice).await;
     assert!(answer.contains("你说：苹果"), "{answer}");
 
     // Bob's push shares Alice's MsgId and CreateTime: it is his own push, not a redelivery.
-    let answer = app.push(&text_xml(BOB, "香蕉", MSG_ID, t)).await;
+    let answer = app.push(&text_push(BOB, "香蕉", MSG_ID, t)).await;
     assert!(answer.contains("你说：香蕉"), "Bob got someone else's answer: {answer}");
     assert!(!answer.contains("苹果"), "{answer}");
 
@@ -223,7 +216,7 @@ async fn window_commands_read_redis_when_serve_does() {
     let mock = MockWechat::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let app = Running::start(&mock, dir.path(), Some(&url)).await;
-    app.push(&text_xml(ALICE, "苹果", 1, now_secs())).await;
+    app.push(&text_push(ALICE, "苹果", 1, now_secs())).await;
     wait_for_sends(&mock, 1).await;
     let admin = app.window(ALICE).await;
     assert_eq!(admin["open"], Value::Bool(true), "{admin}");
