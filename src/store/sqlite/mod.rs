@@ -24,11 +24,11 @@
 //! rebuilt on open; the ledger's truth is always the database, read inside the write
 //! transaction, so a charge made by another process (`kefu send`) is never lost.
 //!
-//! Layout: this module is the store itself (open, the [`Store`] trait, purging); [`engine`]
+//! Layout: this module is the store itself (open, the [`Store`] trait, purging); `engine`
 //! the group-commit writer, fsync and the `state.dir` lock; one module per table's SQL:
-//! [`schema`] (the tables), [`grants`] (followers and grants: the ledger), [`outbox`],
-//! [`dedupe`] (dedupe records and the push commit that writes them with the rest), and
-//! [`token`] (the access token and the refresh lock).
+//! `schema` (the tables), `grants` (followers and grants: the ledger), `outbox`, `dedupe`
+//! (dedupe records and the push commit that writes them with the rest), and `token` (the
+//! access token and the refresh lock).
 
 mod dedupe;
 mod engine;
