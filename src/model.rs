@@ -263,78 +263,56 @@ pub enum WindowEffect {
 // ---------------------------------------------------------------------------------------------
 // Outbound messages
 
-/// One news article (external link).
+/// One news article (external link). `T` is what each field holds: `String` in a message,
+/// a template in a compiled rule (see [`OutMessage`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Article {
-    pub title: String,
+#[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
+pub struct Article<T = String> {
+    pub title: T,
     #[serde(default)]
-    pub description: String,
-    pub url: String,
+    pub description: T,
+    pub url: T,
     #[serde(default)]
-    pub picurl: String,
+    pub picurl: T,
 }
 
 /// One choice of a `msgmenu` message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MenuItem {
-    pub id: String,
-    pub content: String,
+pub struct MenuItem<T = String> {
+    pub id: T,
+    pub content: T,
 }
 
 /// A message kefu can send to a follower, either as a `custom/send` body (protocol §6.2) or,
 /// for the kinds WeChat allows, as a passive reply (protocol §5.2).
+///
+/// The one definition of the message kinds. `T` is what each text field holds: `String` when
+/// the message is sent (the default), a placeholder template in a compiled rule; a rule's
+/// reply becomes a message by [`OutMessage::map`]. The field names are WeChat's `custom/send`
+/// names, and the serde tag (`kind`) is the `msgtype`, so [`OutMessage::custom_send_body`]
+/// is the serialized message rearranged, and the outbox stores the same JSON. Adding a kind:
+/// a variant here (with its `msgtype`, `passive_capable` and `map` arms), its raw TOML shape in
+/// `rules::file`, its compilation in `rules::compile`, and its passive XML in `wechat::reply`
+/// when WeChat allows it passively.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum OutMessage {
-    Text {
-        content: String,
-    },
-    Image {
-        media_id: String,
-    },
-    Voice {
-        media_id: String,
-    },
-    Video {
-        media_id: String,
-        thumb_media_id: String,
-        title: String,
-        description: String,
-    },
-    Music {
-        title: String,
-        description: String,
-        musicurl: String,
-        hqmusicurl: String,
-        thumb_media_id: String,
-    },
-    News {
-        articles: Vec<Article>,
-    },
-    MpNews {
-        media_id: String,
-    },
-    MpNewsArticle {
-        article_id: String,
-    },
-    MsgMenu {
-        head_content: String,
-        list: Vec<MenuItem>,
-        tail_content: String,
-    },
-    WxCard {
-        card_id: String,
-    },
-    MiniProgramPage {
-        title: String,
-        appid: String,
-        pagepath: String,
-        thumb_media_id: String,
-    },
+#[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
+pub enum OutMessage<T = String> {
+    Text { content: T },
+    Image { media_id: T },
+    Voice { media_id: T },
+    Video { media_id: T, thumb_media_id: T, title: T, description: T },
+    Music { title: T, description: T, musicurl: T, hqmusicurl: T, thumb_media_id: T },
+    News { articles: Vec<Article<T>> },
+    MpNews { media_id: T },
+    MpNewsArticle { article_id: T },
+    MsgMenu { head_content: T, list: Vec<MenuItem<T>>, tail_content: T },
+    WxCard { card_id: T },
+    MiniProgramPage { title: T, appid: T, pagepath: T, thumb_media_id: T },
 }
 
-impl OutMessage {
-    /// The `msgtype` of the `custom/send` body.
+impl<T> OutMessage<T> {
+    /// The `msgtype` of the `custom/send` body (also the serde tag).
     pub fn msgtype(&self) -> &'static str {
         match self {
             OutMessage::Text { .. } => "text",
@@ -364,39 +342,75 @@ impl OutMessage {
         )
     }
 
-    /// The exact `custom/send` JSON body (protocol §6.2). `serde_json` writes non-ASCII as raw
-    /// UTF-8, which WeChat requires (40033 on `\u` escapes).
-    pub fn custom_send_body(&self, touser: &str, kf_account: Option<&str>) -> Value {
-        let inner = match self {
-            OutMessage::Text { content } => json!({ "content": content }),
-            OutMessage::Image { media_id }
-            | OutMessage::Voice { media_id }
-            | OutMessage::MpNews { media_id } => json!({ "media_id": media_id }),
-            OutMessage::Video { media_id, thumb_media_id, title, description } => json!({
-                "media_id": media_id, "thumb_media_id": thumb_media_id,
-                "title": title, "description": description,
-            }),
-            OutMessage::Music { title, description, musicurl, hqmusicurl, thumb_media_id } => {
-                json!({
-                    "title": title, "description": description, "musicurl": musicurl,
-                    "hqmusicurl": hqmusicurl, "thumb_media_id": thumb_media_id,
-                })
+    /// The same message with every field passed through `f` (a rule's templates rendered
+    /// into text, say), in declaration order.
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> OutMessage<U> {
+        use OutMessage as M;
+        match self {
+            M::Text { content } => M::Text { content: f(content) },
+            M::Image { media_id } => M::Image { media_id: f(media_id) },
+            M::Voice { media_id } => M::Voice { media_id: f(media_id) },
+            M::Video { media_id, thumb_media_id, title, description } => M::Video {
+                media_id: f(media_id),
+                thumb_media_id: f(thumb_media_id),
+                title: f(title),
+                description: f(description),
+            },
+            M::Music { title, description, musicurl, hqmusicurl, thumb_media_id } => M::Music {
+                title: f(title),
+                description: f(description),
+                musicurl: f(musicurl),
+                hqmusicurl: f(hqmusicurl),
+                thumb_media_id: f(thumb_media_id),
+            },
+            M::News { articles } => M::News {
+                articles: articles
+                    .iter()
+                    .map(|a| Article {
+                        title: f(&a.title),
+                        description: f(&a.description),
+                        url: f(&a.url),
+                        picurl: f(&a.picurl),
+                    })
+                    .collect(),
+            },
+            M::MpNews { media_id } => M::MpNews { media_id: f(media_id) },
+            M::MpNewsArticle { article_id } => M::MpNewsArticle { article_id: f(article_id) },
+            M::MsgMenu { head_content, list, tail_content } => {
+                let head_content = f(head_content);
+                let list = list
+                    .iter()
+                    .map(|i| MenuItem { id: f(&i.id), content: f(&i.content) })
+                    .collect();
+                M::MsgMenu { head_content, list, tail_content: f(tail_content) }
             }
-            OutMessage::News { articles } => json!({ "articles": articles }),
-            OutMessage::MpNewsArticle { article_id } => json!({ "article_id": article_id }),
-            OutMessage::MsgMenu { head_content, list, tail_content } => json!({
-                "head_content": head_content, "list": list, "tail_content": tail_content,
-            }),
-            OutMessage::WxCard { card_id } => json!({ "card_id": card_id }),
-            OutMessage::MiniProgramPage { title, appid, pagepath, thumb_media_id } => json!({
-                "title": title, "appid": appid, "pagepath": pagepath,
-                "thumb_media_id": thumb_media_id,
-            }),
+            M::WxCard { card_id } => M::WxCard { card_id: f(card_id) },
+            M::MiniProgramPage { title, appid, pagepath, thumb_media_id } => M::MiniProgramPage {
+                title: f(title),
+                appid: f(appid),
+                pagepath: f(pagepath),
+                thumb_media_id: f(thumb_media_id),
+            },
+        }
+    }
+}
+
+impl OutMessage {
+    /// The exact `custom/send` JSON body (protocol §6.2): `touser`, `msgtype`, the message's
+    /// fields under its `msgtype`, and `customservice.kf_account` when sent as a kf account.
+    /// `serde_json` writes non-ASCII as raw UTF-8, which WeChat requires (40033 on `\u`
+    /// escapes).
+    pub fn custom_send_body(&self, touser: &str, kf_account: Option<&str>) -> Value {
+        let mut inner = match serde_json::to_value(self) {
+            Ok(Value::Object(fields)) => fields,
+            // A message is a struct variant of strings: it always serializes to an object.
+            _ => serde_json::Map::new(),
         };
+        inner.remove("kind");
         let mut body = serde_json::Map::new();
         body.insert("touser".into(), Value::String(touser.to_string()));
         body.insert("msgtype".into(), Value::String(self.msgtype().to_string()));
-        body.insert(self.msgtype().to_string(), inner);
+        body.insert(self.msgtype().to_string(), Value::Object(inner));
         if let Some(kf) = kf_account {
             body.insert("customservice".into(), json!({ "kf_account": kf }));
         }
@@ -404,17 +418,29 @@ impl OutMessage {
     }
 }
 
-/// What one rule reply asks for.
+/// What one rule reply asks for; `T` as in [`OutMessage`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
-pub enum Action {
+#[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
+pub enum Action<T = String> {
     /// Send a message (passively when allowed and first, else through `custom/send`).
-    Send { message: OutMessage },
+    Send { message: OutMessage<T> },
     /// Show the typing indicator (`custom/typing`).
     Typing,
     /// Hand the conversation to human customer service (a `transfer_customer_service` passive
     /// reply), optionally to one kf account.
     Transfer { kf_account: Option<String> },
+}
+
+impl<T> Action<T> {
+    /// The same action with every message field passed through `f`.
+    pub fn map<U>(&self, f: impl FnMut(&T) -> U) -> Action<U> {
+        match self {
+            Action::Send { message } => Action::Send { message: message.map(f) },
+            Action::Typing => Action::Typing,
+            Action::Transfer { kf_account } => Action::Transfer { kf_account: kf_account.clone() },
+        }
+    }
 }
 
 /// The HTTP answer to a push when it is more than `success` (protocol §5.2, §7.4).

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::model::{Action, Article, MenuItem, OutMessage, PassiveReply, PlannedAction, RuleInput};
+use crate::model::{Action, PassiveReply, PlannedAction, RuleInput};
 
 /// The placeholders every push provides (interface §4, §6.7).
 pub(crate) const BUILTINS: [&str; 4] = ["openid", "text", "event_key", "scene"];
@@ -149,114 +149,20 @@ impl Piece {
     }
 }
 
-/// One compiled `[[rule.reply]]`.
+/// One compiled `[[rule.reply]]`: the action with its texts as templates (the one definition
+/// of the reply kinds is [`OutMessage`]; rendering is [`Action::map`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Reply {
-    pub kind: ReplyKind,
+    pub kind: Action<Template>,
     pub delay: Duration,
     pub kf_account: Option<String>,
 }
 
-#[derive(Clone, Debug)]
-pub(crate) enum ReplyKind {
-    Text(Template),
-    Image(Template),
-    Voice(Template),
-    Video {
-        media_id: Template,
-        thumb_media_id: Template,
-        title: Template,
-        description: Template,
-    },
-    Music {
-        title: Template,
-        description: Template,
-        musicurl: Template,
-        hqmusicurl: Template,
-        thumb_media_id: Template,
-    },
-    News {
-        title: Template,
-        description: Template,
-        url: Template,
-        picurl: Template,
-    },
-    MpNews(Template),
-    MpNewsArticle(Template),
-    Menu {
-        head: Template,
-        items: Vec<(Template, Template)>,
-        tail: Template,
-    },
-    WxCard(Template),
-    MiniProgram {
-        title: Template,
-        appid: Template,
-        pagepath: Template,
-        thumb_media_id: Template,
-    },
-    Typing,
-    Transfer(Option<String>),
-}
-
 impl Reply {
     pub fn plan(&self, rule: &str, ctx: &RenderCtx<'_>) -> PlannedAction {
-        let r = |t: &Template| t.render(ctx);
-        let send = |message| Action::Send { message };
-        let action = match &self.kind {
-            ReplyKind::Text(t) => send(OutMessage::Text { content: r(t) }),
-            ReplyKind::Image(t) => send(OutMessage::Image { media_id: r(t) }),
-            ReplyKind::Voice(t) => send(OutMessage::Voice { media_id: r(t) }),
-            ReplyKind::Video { media_id, thumb_media_id, title, description } => {
-                send(OutMessage::Video {
-                    media_id: r(media_id),
-                    thumb_media_id: r(thumb_media_id),
-                    title: r(title),
-                    description: r(description),
-                })
-            }
-            ReplyKind::Music { title, description, musicurl, hqmusicurl, thumb_media_id } => {
-                send(OutMessage::Music {
-                    title: r(title),
-                    description: r(description),
-                    musicurl: r(musicurl),
-                    hqmusicurl: r(hqmusicurl),
-                    thumb_media_id: r(thumb_media_id),
-                })
-            }
-            ReplyKind::News { title, description, url, picurl } => send(OutMessage::News {
-                articles: vec![Article {
-                    title: r(title),
-                    description: r(description),
-                    url: r(url),
-                    picurl: r(picurl),
-                }],
-            }),
-            ReplyKind::MpNews(t) => send(OutMessage::MpNews { media_id: r(t) }),
-            ReplyKind::MpNewsArticle(t) => send(OutMessage::MpNewsArticle { article_id: r(t) }),
-            ReplyKind::Menu { head, items, tail } => send(OutMessage::MsgMenu {
-                head_content: r(head),
-                list: items
-                    .iter()
-                    .map(|(id, content)| MenuItem { id: r(id), content: r(content) })
-                    .collect(),
-                tail_content: r(tail),
-            }),
-            ReplyKind::WxCard(t) => send(OutMessage::WxCard { card_id: r(t) }),
-            ReplyKind::MiniProgram { title, appid, pagepath, thumb_media_id } => {
-                send(OutMessage::MiniProgramPage {
-                    title: r(title),
-                    appid: r(appid),
-                    pagepath: r(pagepath),
-                    thumb_media_id: r(thumb_media_id),
-                })
-            }
-            ReplyKind::Typing => Action::Typing,
-            ReplyKind::Transfer(kf) => Action::Transfer { kf_account: kf.clone() },
-        };
         PlannedAction {
             rule: rule.to_string(),
-            action,
+            action: self.kind.map(|t| t.render(ctx)),
             delay: self.delay,
             kf_account: self.kf_account.clone(),
         }
@@ -304,6 +210,7 @@ pub(crate) fn split_passive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::OutMessage;
 
     fn input() -> RuleInput {
         RuleInput {

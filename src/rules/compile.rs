@@ -11,14 +11,14 @@ use std::time::Duration;
 use regex::Regex;
 use toml::Spanned;
 
-use super::actions::{BUILTINS, Reply, ReplyKind, Template};
+use super::actions::{BUILTINS, Reply, Template};
 use super::check::TestCase;
 use super::file::{RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList};
 use super::matcher::{Cond, Exact, Matcher, MatcherBuilder, normalize_equals};
 use super::parse::{Located, parse_file};
 use super::{Diagnostic, LineIndex, Loaded, Origin, Rule, RuleSet, Severity};
 use crate::config::WindowConfig;
-use crate::model::KfAccount;
+use crate::model::{Action, Article, KfAccount, MenuItem, OutMessage};
 
 const MSG_TYPES: [&str; 8] =
     ["text", "image", "voice", "video", "shortvideo", "location", "link", "event"];
@@ -175,7 +175,7 @@ fn compile_rule(
     for r in raw.reply {
         match compile_reply(r, header, window, &caps, pays, ctx) {
             Some(reply) => {
-                if matches!(reply.kind, ReplyKind::Transfer(_)) && can_be_event {
+                if matches!(reply.kind, Action::Transfer { .. }) && can_be_event {
                     ctx.warn(
                         name_at,
                         format!(
@@ -337,54 +337,57 @@ fn compile_reply(
         Some(s) => template(s, caps, pays, ctx),
         None => Template::parse(""),
     };
+    let send = |message| Action::Send { message };
     let mut kind = None;
     if let Some(s) = &r.text {
         kinds.push(("text", s.span().start));
-        kind = Some(ReplyKind::Text(tpl(s, ctx)));
+        kind = Some(send(OutMessage::Text { content: tpl(s, ctx) }));
     }
     if let Some(s) = &r.image {
         kinds.push(("image", s.span().start));
-        kind = Some(ReplyKind::Image(tpl(s, ctx)));
+        kind = Some(send(OutMessage::Image { media_id: tpl(s, ctx) }));
     }
     if let Some(s) = &r.voice {
         kinds.push(("voice", s.span().start));
-        kind = Some(ReplyKind::Voice(tpl(s, ctx)));
+        kind = Some(send(OutMessage::Voice { media_id: tpl(s, ctx) }));
     }
     if let Some(v) = &r.video {
         kinds.push(("video", v.media_id.span().start));
-        kind = Some(ReplyKind::Video {
+        kind = Some(send(OutMessage::Video {
             media_id: tpl(&v.media_id, ctx),
             thumb_media_id: opt(&v.thumb_media_id, ctx),
             title: opt(&v.title, ctx),
             description: opt(&v.description, ctx),
-        });
+        }));
     }
     if let Some(m) = &r.music {
         kinds.push(("music", m.thumb_media_id.span().start));
-        kind = Some(ReplyKind::Music {
+        kind = Some(send(OutMessage::Music {
             title: opt(&m.title, ctx),
             description: opt(&m.description, ctx),
             musicurl: opt(&m.musicurl, ctx),
             hqmusicurl: opt(&m.hqmusicurl, ctx),
             thumb_media_id: tpl(&m.thumb_media_id, ctx),
-        });
+        }));
     }
     if let Some(n) = &r.news {
         kinds.push(("news", n.title.span().start));
-        kind = Some(ReplyKind::News {
-            title: tpl(&n.title, ctx),
-            description: opt(&n.description, ctx),
-            url: tpl(&n.url, ctx),
-            picurl: opt(&n.picurl, ctx),
-        });
+        kind = Some(send(OutMessage::News {
+            articles: vec![Article {
+                title: tpl(&n.title, ctx),
+                description: opt(&n.description, ctx),
+                url: tpl(&n.url, ctx),
+                picurl: opt(&n.picurl, ctx),
+            }],
+        }));
     }
     if let Some(s) = &r.mpnews {
         kinds.push(("mpnews", s.span().start));
-        kind = Some(ReplyKind::MpNews(tpl(s, ctx)));
+        kind = Some(send(OutMessage::MpNews { media_id: tpl(s, ctx) }));
     }
     if let Some(s) = &r.mpnewsarticle {
         kinds.push(("mpnewsarticle", s.span().start));
-        kind = Some(ReplyKind::MpNewsArticle(tpl(s, ctx)));
+        kind = Some(send(OutMessage::MpNewsArticle { article_id: tpl(s, ctx) }));
     }
     if let Some(m) = &r.menu {
         let at = m.items.first().map_or(header, |i| i.id.span().start);
@@ -395,46 +398,54 @@ fn compile_reply(
                 "a menu needs at least one item: items = [{ id = \"1\", content = \"…\" }]".into(),
             );
         }
-        let items = m.items.iter().map(|i| (tpl(&i.id, ctx), tpl(&i.content, ctx))).collect();
-        kind = Some(ReplyKind::Menu { head: opt(&m.head, ctx), items, tail: opt(&m.tail, ctx) });
+        let head_content = opt(&m.head, ctx);
+        let list = m
+            .items
+            .iter()
+            .map(|i| MenuItem { id: tpl(&i.id, ctx), content: tpl(&i.content, ctx) })
+            .collect();
+        let tail_content = opt(&m.tail, ctx);
+        kind = Some(send(OutMessage::MsgMenu { head_content, list, tail_content }));
     }
     if let Some(s) = &r.wxcard {
         kinds.push(("wxcard", s.span().start));
-        kind = Some(ReplyKind::WxCard(tpl(s, ctx)));
+        kind = Some(send(OutMessage::WxCard { card_id: tpl(s, ctx) }));
     }
     if let Some(m) = &r.miniprogram {
         kinds.push(("miniprogram", m.title.span().start));
-        kind = Some(ReplyKind::MiniProgram {
+        kind = Some(send(OutMessage::MiniProgramPage {
             title: tpl(&m.title, ctx),
             appid: tpl(&m.appid, ctx),
             pagepath: tpl(&m.pagepath, ctx),
             thumb_media_id: tpl(&m.thumb_media_id, ctx),
-        });
+        }));
     }
     if let Some(t) = &r.typing {
         kinds.push(("typing", t.span().start));
         if !*t.get_ref() {
             ctx.err(t.span().start, "typing = false does nothing: remove this reply".into());
         }
-        kind = Some(ReplyKind::Typing);
+        kind = Some(Action::Typing);
     }
     if let Some(t) = &r.transfer {
         let at = t.span().start;
         kinds.push(("transfer", at));
-        kind = Some(ReplyKind::Transfer(match t.get_ref() {
-            RawTransfer::Any(true) => None,
-            RawTransfer::Any(false) => {
-                ctx.err(at, "transfer = false does nothing: remove this reply".into());
-                None
-            }
-            RawTransfer::To(s) => match KfAccount::parse(s) {
-                Ok(k) => Some(k.as_str().to_string()),
-                Err(_) => {
-                    ctx.err(at, kf_message("transfer", s));
+        kind = Some(Action::Transfer {
+            kf_account: match t.get_ref() {
+                RawTransfer::Any(true) => None,
+                RawTransfer::Any(false) => {
+                    ctx.err(at, "transfer = false does nothing: remove this reply".into());
                     None
                 }
+                RawTransfer::To(s) => match KfAccount::parse(s) {
+                    Ok(k) => Some(k.as_str().to_string()),
+                    Err(_) => {
+                        ctx.err(at, kf_message("transfer", s));
+                        None
+                    }
+                },
             },
-        }));
+        });
         if r.delay.is_some() {
             ctx.err(at, "a transfer cannot be delayed: it is the answer to the push itself".into());
         }

@@ -273,6 +273,8 @@ fn crash_user(i: u64) -> String {
 async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none() {
     const POSTERS: u64 = 6;
     const MSG_BASE: u64 = 8_000_000;
+    // A redelivery repeats the push byte for byte, CreateTime included (it is in the key).
+    let create_time = helpers::now_secs();
     let mock = MockWechat::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
@@ -290,7 +292,7 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
             tokio::spawn(async move {
                 let mut i = w;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let xml = text_push(&crash_user(i), "hello", MSG_BASE + i, helpers::now_secs());
+                    let xml = text_push(&crash_user(i), "hello", MSG_BASE + i, create_time);
                     match post_push(&client, &url, TOKEN, &xml).await {
                         Ok((200, body)) => {
                             acked.lock().insert(i, body);
@@ -327,7 +329,7 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
     let b = Child::spawn(&[], &env, dir.path());
     // Every acknowledged push is a duplicate now, answered as the first time.
     for (i, first) in &acked {
-        let xml = text_push(&crash_user(*i), "hello", MSG_BASE + i, helpers::now_secs());
+        let xml = text_push(&crash_user(*i), "hello", MSG_BASE + i, create_time);
         let (status, body) = post_push(&client, &b.webhook(), TOKEN, &xml).await.expect("push");
         assert_eq!(status, 200);
         assert_eq!(without_create_time(&body), without_create_time(first), "push {i}");
