@@ -648,4 +648,67 @@ mod tests {
         assert_eq!(v["msgmenu"]["list"][0]["id"], "101");
         assert!(v.get("customservice").is_none());
     }
+
+    /// Every kind, with a marker in each field: the body carries exactly WeChat's field names
+    /// (protocol §6.2) under the `msgtype`, which is also the serde tag the outbox stores.
+    #[test]
+    fn every_kind_serializes_as_its_custom_send_fields() {
+        let s = |v: &str| v.to_string();
+        let all: Vec<(OutMessage, Value)> = vec![
+            (OutMessage::Text { content: s("c") }, json!({"content": "c"})),
+            (OutMessage::Image { media_id: s("m") }, json!({"media_id": "m"})),
+            (OutMessage::Voice { media_id: s("m") }, json!({"media_id": "m"})),
+            (
+                OutMessage::Video {
+                    media_id: s("m"),
+                    thumb_media_id: s("t"),
+                    title: s("ti"),
+                    description: s("d"),
+                },
+                json!({"media_id": "m", "thumb_media_id": "t", "title": "ti", "description": "d"}),
+            ),
+            (
+                OutMessage::Music {
+                    title: s("ti"),
+                    description: s("d"),
+                    musicurl: s("u"),
+                    hqmusicurl: s("h"),
+                    thumb_media_id: s("t"),
+                },
+                json!({"title": "ti", "description": "d", "musicurl": "u", "hqmusicurl": "h",
+                       "thumb_media_id": "t"}),
+            ),
+            (
+                OutMessage::News {
+                    articles: vec![Article {
+                        title: s("ti"),
+                        description: s("d"),
+                        url: s("u"),
+                        picurl: s("p"),
+                    }],
+                },
+                json!({"articles": [{"title": "ti", "description": "d", "url": "u", "picurl": "p"}]}),
+            ),
+            (OutMessage::MpNews { media_id: s("m") }, json!({"media_id": "m"})),
+            (OutMessage::MpNewsArticle { article_id: s("a") }, json!({"article_id": "a"})),
+            (OutMessage::WxCard { card_id: s("c") }, json!({"card_id": "c"})),
+            (
+                OutMessage::MiniProgramPage {
+                    title: s("ti"),
+                    appid: s("wx"),
+                    pagepath: s("p"),
+                    thumb_media_id: s("t"),
+                },
+                json!({"title": "ti", "appid": "wx", "pagepath": "p", "thumb_media_id": "t"}),
+            ),
+        ];
+        for (m, inner) in all {
+            let body = m.custom_send_body("oU", None);
+            assert_eq!(body, json!({"touser": "oU", "msgtype": m.msgtype(), m.msgtype(): inner}));
+            let stored = serde_json::to_value(&m).unwrap();
+            assert_eq!(stored["kind"], m.msgtype(), "the serde tag is the msgtype");
+            assert_eq!(serde_json::from_value::<OutMessage>(stored).unwrap(), m, "round trip");
+            assert_eq!(m.map(|t| t.clone()), m, "map visits every field");
+        }
+    }
 }
