@@ -9,8 +9,10 @@
 
 //!
 //! Layout: this module holds the types (a [`Push`] and its kinds); `decode` the two passes and
-//! the hardening scan; `raw` the serde shapes pass two reads, one per kind.
+//! the hardening scan; `raw` the serde shapes pass two reads, one per kind; [`build`] writes
+//! pushes the way WeChat does, for what plays WeChat's part (`kefu push`, `simulate`, tests).
 
+pub mod build;
 mod decode;
 mod raw;
 #[cfg(test)]
