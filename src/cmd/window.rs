@@ -33,7 +33,7 @@ pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
             }
         }
     };
-    print!("{out}");
+    crate::out!("{out}")?;
     Ok(())
 }
 
