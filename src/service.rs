@@ -126,17 +126,21 @@ impl Service {
     /// starts the server, the sender and the background tasks.
     pub async fn build(cfg: Config, clock: SharedClock) -> anyhow::Result<Service> {
         cfg.check_serve()?;
+        // Everything that can fail on configuration alone comes before the store is opened,
+        // so a taken port or a broken rule leaves no new state.dir behind.
+        let listener = crate::app::bind(&cfg)?;
+        let keys = Keys::from_config(&cfg)?;
         let metrics = Arc::new(Metrics::new());
-        let (store, sqlite) = open_store(&cfg, Role::Server, clock.clone()).await?;
 
         let loaded = RuleSet::load_dir(&cfg.rules.dir, &cfg.window).map_err(|diags| {
             let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
             let n = list.len();
             anyhow::anyhow!(
-                "the rules in {} do not load ({n} problem{}); fix them (`kefu rules check`) and \
-                 start again:\n{}",
+                "the rules in {} do not load ({n} problem{}){}; fix them (`kefu rules check`) \
+                 and start again:\n{}",
                 cfg.rules.dir.display(),
                 if n == 1 { "" } else { "s" },
+                crate::cmd::rules::dir_hint(&cfg, &cfg.rules.dir, None),
                 list.join("\n")
             )
         })?;
@@ -144,6 +148,8 @@ impl Service {
             tracing::warn!(target: "kefu::rules", "{w}");
         }
         let rules = Arc::new(Rules::new(loaded));
+
+        let (store, sqlite) = open_store(&cfg, Role::Server, clock.clone()).await?;
         let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
 
         // Without credentials the client still exists (its calls answer NoCredentials, so the
@@ -153,7 +159,7 @@ impl Service {
             Arc::new(CountingTokenCache { inner: store.token_cache(), metrics: metrics.clone() }),
             clock.clone(),
         )?;
-        let client = if cfg.wechat.has_credentials() {
+        let client = if api.has_credentials() {
             Some(api.clone())
         } else {
             tracing::info!(
@@ -192,14 +198,13 @@ impl Service {
             sqlite,
         });
 
-        let keys = Keys::from_config(&cfg)?;
         let sink: Arc<dyn PushSink> = pipeline.clone();
         let state = web::Data::new(
             WebhookState::new(keys, sink, cfg.server.max_body_bytes, clock.clone())
                 .with_metrics(metrics.clone()),
         );
         let extra = routes(shared.clone())?;
-        let app = Application::build_with(&cfg, state, Some(extra))?;
+        let app = Application::build_on(listener, &cfg, state, Some(extra))?;
         tracing::info!(address = %app.local_addr(), path = %cfg.server.path, rules = shared.rules.current().len(), "kefu listening");
         Ok(Service { app, shared, sender, purge_stop, purger, _watcher: watcher })
     }
