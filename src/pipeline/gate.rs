@@ -1,9 +1,13 @@
 //! The window gate that every customer-service send passes: charge the follower's ledger, send,
 //! and let WeChat's answer correct the ledger. The sender, `kefu send` and `POST /admin/send`
 //! all go through here, so a manual send uses the same quota the bot does.
+//!
+//! In dry-run (the client has no credentials, [`ApiClient::has_credentials`]) a manual send
+//! is gated and charged exactly as for real, then logged instead of sent, as the sender does
+//! for the bot's messages: a dry run shows what production would do, quota included.
 
 use serde_json::Value;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::api::{ApiClient, ApiError};
 use crate::model::{OpenId, Trigger};
@@ -21,6 +25,8 @@ pub enum GateMode {
 pub enum Gated {
     /// Sent; charged to this grant (None when forced past a closed window).
     Sent { charged: Option<Trigger> },
+    /// Dry-run: charged like a send (same meaning of `charged`) and logged, not sent.
+    DryRun { charged: Option<Trigger> },
     /// Not sent: the window does not allow it.
     Refused(DenyReason),
 }
@@ -49,6 +55,16 @@ pub async fn send_gated(
         }
         ChargeOutcome::Denied { .. } => None,
     };
+    if !client.has_credentials() {
+        info!(
+            touser = %openid,
+            msgtype = body.get("msgtype").and_then(serde_json::Value::as_str).unwrap_or("?"),
+            kf_account = body.pointer("/customservice/kf_account").and_then(serde_json::Value::as_str),
+            charged = charged.map(|c| c.0.as_str()),
+            "dry-run: would send (no wechat.app_id/app_secret configured)"
+        );
+        return Ok(Gated::DryRun { charged: charged.map(|c| c.0) });
+    }
     match client.send(body).await {
         Ok(()) => Ok(Gated::Sent { charged: charged.map(|c| c.0) }),
         Err(e) => {
