@@ -394,3 +394,41 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every (sub)command has a help line, and every subcommand an about:
+    /// walks the whole tree, so a new flag without a description fails here.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none_or(|a| a.to_string().trim().is_empty()) {
+                    missing.push(format!("{name} (about)"));
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let cmd = Cli::command();
+        let mut missing = Vec::new();
+        walk(&cmd, "kefu", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+        // The walk sees the arguments the issue named.
+        let send = cmd.find_subcommand("send").unwrap();
+        assert!(send.get_arguments().any(|a| a.get_id() == "openid"));
+    }
+}

@@ -943,6 +943,75 @@ mod tests {
     }
 
     #[test]
+    fn aes_key_errors_name_the_character_and_position_never_the_key() {
+        let good = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+        assert_eq!(check_aes_key(good), Ok(()));
+        assert_eq!(check_aes_key(""), Ok(()));
+        let with = |i: usize, c: &str| format!("{}{c}{}", &good[..i], &good[i + 1..]);
+        for (key, want) in [
+            (with(11, " "), "character 12 is ' ' (U+0020), which is not an ASCII letter or digit"),
+            (with(42, "="), "character 43 is '=' (U+003D)"),
+            (with(0, "-"), "character 1 is '-' (U+002D)"),
+            // A full-width letter: one character, three bytes, position counted in characters.
+            (with(5, "Ａ"), "character 6 is 'Ａ' (U+FF21)"),
+            (with(5, "\u{a0}"), "character 6 is '\\u{a0}' (U+00A0)"),
+        ] {
+            let e = check_aes_key(&key).unwrap_err();
+            assert!(e.contains(want), "{key:?}: {e}");
+            assert!(e.contains("exactly 43 letters (A-Z, a-z) and digits (0-9)"), "{e}");
+            assert!(!e.contains("abcdefghij") && !e.contains("ABCDEF"), "no key material: {e}");
+        }
+        let e = check_aes_key(&good[..42]).unwrap_err();
+        assert!(e.contains("it has 42 characters, not exactly 43"), "{e}");
+        let e = check_aes_key(&format!("{good}=")).unwrap_err();
+        assert!(
+            e.contains("character 44 is '='") && e.contains("it has 44 characters, not exactly 43"),
+            "{e}"
+        );
+        let e = check_aes_key(&with(3, "+").replace('k', "/")).unwrap_err();
+        assert!(e.contains("character 4 is '+'") && e.contains("(and 1 more character"), "{e}");
+    }
+
+    #[test]
+    fn token_and_app_id_are_checked_like_wechat_does() {
+        assert_eq!(check_token("pamtest"), Ok(()));
+        let e = check_token("kefu-example-token").unwrap_err();
+        assert!(e.contains("character 5 is '-'") && e.contains("3 to 32 letters"), "{e}");
+        assert!(check_token("ab").unwrap_err().contains("it has 2 characters, not 3 to 32"));
+        let e = load("[wechat]\ntoken = \"sec ret\"\n", &[]).unwrap_err().0;
+        assert!(e.contains("`wechat.token` from /etc/kefu/kefu.toml: not a valid Token"), "{e}");
+        assert!(!e.contains("sec ret") && !e.contains("secret"), "{e}");
+
+        assert_eq!(check_app_id("wxb11529c136998cb6"), Ok(()));
+        let e = check_app_id("gh_4d00ed8d6399").unwrap_err();
+        assert!(e.contains("original ID"), "{e}");
+        // An AppSecret pasted into app_id: refused without printing it.
+        let e = check_app_id("0123456789abcdef0123456789abcdef").unwrap_err();
+        assert!(e.contains("does not start with wx") && !e.contains("0123456789abcdef"), "{e}");
+    }
+
+    #[test]
+    fn key_sources_for_messages() {
+        let c = load("[rules]\ndir = \"r\"\n", &[("KEFU_STATE_DIR", "d")]).unwrap();
+        assert_eq!(c.origin("rules.dir"), Origin::File("/etc/kefu/kefu.toml".into()));
+        assert_eq!(c.key("rules.dir"), "`rules.dir` (set in /etc/kefu/kefu.toml)");
+        assert_eq!(c.how_to_set("rules.dir"), "change `rules.dir` in /etc/kefu/kefu.toml");
+        assert_eq!(c.key("state.dir"), "`state.dir` (set by KEFU_STATE_DIR)");
+        assert_eq!(
+            c.how_to_set("state.dir"),
+            "change KEFU_STATE_DIR (it overrides the config file)"
+        );
+        assert_eq!(c.key("wechat.token"), "`wechat.token` (the built-in default)");
+        assert_eq!(
+            c.how_to_set("wechat.token"),
+            "set `wechat.token` in /etc/kefu/kefu.toml or KEFU_WECHAT_TOKEN"
+        );
+        let none = Config::from_parts(None, None, Vec::new(), Path::new("/w")).unwrap();
+        assert!(none.how_to_set("wechat.token").contains("none is in use now"));
+        assert_eq!(env_var_of("pay.v3_api_key"), "KEFU_PAY_V3_API_KEY");
+    }
+
+    #[test]
     fn serve_needs_a_token() {
         let c = load("", &[]).unwrap();
         assert!(c.check_serve().unwrap_err().0.contains("KEFU_WECHAT_TOKEN"));

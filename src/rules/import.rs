@@ -496,6 +496,62 @@ mod tests {
     }
 
     #[test]
+    fn nothing_to_import_is_an_error() {
+        for json in [
+            "{}",
+            r#"{"is_add_friend_reply_open":0,"add_friend_autoreply_info":{"type":"text","content":"x"}}"#,
+            r#"{"keyword_autoreply_info":{"list":[]}}"#,
+        ] {
+            let e = import_autoreply(json).unwrap_err();
+            assert!(matches!(e, ImportError::Nothing(_)), "{json}: {e}");
+            assert!(e.to_string().starts_with("nothing to import: the settings hold "), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_video_url_is_left_out_but_a_media_id_is_kept() {
+        let json = |content: &str| {
+            serde_json::json!({
+                "is_add_friend_reply_open": 1,
+                "add_friend_autoreply_info": {"type": "video", "content": content},
+                "keyword_autoreply_info": {"list": [{
+                    "rule_name": "k", "keyword_list_info": [{"match_mode": "equal", "content": "a"}],
+                    "reply_list_info": [{"type": "text", "content": "t"}]
+                }]}
+            })
+            .to_string()
+        };
+        let i = import_beside(&json("https://v.qq.com/x.mp4?vkey=1"), Vec::new(), Path::new("i.toml"))
+            .unwrap();
+        assert!(!i.text.contains("media_id = \"https"), "{}", i.text);
+        assert!(i.text.contains("#   https://v.qq.com/x.mp4?vkey=1"), "{}", i.text);
+        assert_eq!(i.rules, 1, "only the keyword rule");
+        assert!(i.warnings[0].contains("\"follow-reply\": a video reply was left out"));
+        let i = import_beside(&json("VIDEO_MEDIA_ID"), Vec::new(), Path::new("i.toml")).unwrap();
+        assert!(i.text.contains("video = { media_id = \"VIDEO_MEDIA_ID\" }"), "{}", i.text);
+        assert_eq!(i.rules, 2);
+    }
+
+    #[test]
+    fn beside_other_files_names_are_not_reused_and_priorities_stay_below() {
+        let existing = vec![(
+            PathBuf::from("r/10-mine.toml"),
+            "[[rule]]\nname = \"follow-reply\"\npriority = 100\n[rule.when]\nevent = \"subscribe\"\n\
+             [[rule.reply]]\ntext = \"mine\"\n"
+                .to_string(),
+        )];
+        let json = r#"{"is_add_friend_reply_open":1,"add_friend_autoreply_info":{"type":"text","content":"panel"}}"#;
+        let i = import_beside(json, existing, Path::new("r/20-imported.toml")).unwrap();
+        assert!(i.text.contains("name = \"follow-reply (2)\"\npriority = 90"), "{}", i.text);
+        assert!(
+            i.text.contains("# note: event = \"subscribe\" is answered by [follow-reply]"),
+            "{}",
+            i.text
+        );
+        assert!(!i.text.contains("[[test]]"), "no test that would fail: {}", i.text);
+    }
+
+    #[test]
     fn duplicate_names_get_suffixes() {
         let mut n = Names::default();
         assert_eq!(n.take("a"), "a");
