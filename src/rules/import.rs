@@ -521,8 +521,9 @@ mod tests {
             })
             .to_string()
         };
-        let i = import_beside(&json("https://v.qq.com/x.mp4?vkey=1"), Vec::new(), Path::new("i.toml"))
-            .unwrap();
+        let i =
+            import_beside(&json("https://v.qq.com/x.mp4?vkey=1"), Vec::new(), Path::new("i.toml"))
+                .unwrap();
         assert!(!i.text.contains("media_id = \"https"), "{}", i.text);
         assert!(i.text.contains("#   https://v.qq.com/x.mp4?vkey=1"), "{}", i.text);
         assert_eq!(i.rules, 1, "only the keyword rule");
