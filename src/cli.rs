@@ -365,6 +365,23 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Says on stderr which config file is in use, or that none was found and built-in defaults
+/// (with any `KEFU_*` variables) apply: a command run from the wrong directory would otherwise
+/// answer from another (or an empty) state without a word. A line of its own in text mode; a
+/// log event in JSON mode, so every stderr line stays JSON.
+fn announce_config(cfg: &Config, format: LogFormat) {
+    let what = match &cfg.file {
+        Some(f) => format!("config: {}", f.display()),
+        None => "config: no --config given and no ./kefu.toml here: built-in defaults and \
+                 KEFU_* variables apply"
+            .to_string(),
+    };
+    match format {
+        LogFormat::Text => eprintln!("kefu: {what}"),
+        LogFormat::Json => tracing::info!(config = ?cfg.file, "{what}"),
+    }
+}
+
 async fn dispatch(cli: Cli) -> CmdResult {
     use crate::cmd;
     if let Command::Completions { shell } = cli.command {
@@ -375,6 +392,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         return crate::cmd::out::write_bytes(&script);
     }
     let cfg = Config::load(cli.config.as_deref())?;
+    announce_config(&cfg, cli.log_format);
     match &cli.command {
         Command::Serve => cmd::serve::run(cfg).await,
         Command::Rules(RulesCmd::Check { dir, json }) => {

@@ -47,6 +47,66 @@ impl fmt::Display for Secret {
 // ---------------------------------------------------------------------------------------------
 // Identifiers
 
+/// The identity of one push or payment: the key of its dedupe record, its stored answer, its
+/// outbox entries and, on Redis, its `{ns}:d:{key}` record.
+///
+/// Every key is scoped by everything that makes the push unique: the account (`ToUserName`,
+/// the original ID `gh_…`, for pushes; the payer's AppID for payments), the follower, and what
+/// identifies the push for that follower. WeChat reuses `MsgId`s across followers (wechatpy,
+/// WxJava and Senparc key on `MsgId` + `FromUserName` + `CreateTime` for that reason), so a
+/// `MsgId` alone would answer one follower's message with another follower's stored reply.
+/// A redelivery repeats all of these fields byte for byte (protocol §5.1), so it still maps to
+/// the same key. Shapes:
+///
+/// - message: `m:{to}:{from}:{create_time}:{msg_id}`
+/// - event (and anything without a `MsgId`): `e:{to}:{from}:{create_time}:{event}:{event_key}`
+/// - payment notification: `pay:{appid}:{openid}:{transaction_id}` (`-` when the notification
+///   names no AppID)
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DedupeKey(String);
+
+impl DedupeKey {
+    /// A follower's message (it carries a `MsgId`).
+    pub fn message(to: &str, from: &str, create_time: i64, msg_id: u64) -> DedupeKey {
+        DedupeKey(format!("m:{to}:{from}:{create_time}:{msg_id}"))
+    }
+
+    /// An event, or any push without a `MsgId`. `Event` and `EventKey` are part of the key
+    /// because one follower can cause two events within the same second.
+    pub fn event(
+        to: &str,
+        from: &str,
+        create_time: i64,
+        event: &str,
+        event_key: &str,
+    ) -> DedupeKey {
+        DedupeKey(format!("e:{to}:{from}:{create_time}:{event}:{event_key}"))
+    }
+
+    /// A WeChat Pay notification (v2 or v3) of `transaction_id`, paid by `openid` of `appid`.
+    pub fn payment(appid: Option<&str>, openid: &OpenId, transaction_id: &str) -> DedupeKey {
+        let appid = appid.filter(|a| !a.is_empty()).unwrap_or("-");
+        DedupeKey(format!("pay:{appid}:{openid}:{transaction_id}"))
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DedupeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<DedupeKey> for String {
+    fn from(k: DedupeKey) -> String {
+        k.0
+    }
+}
+
 /// Why an identifier was refused at the boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

@@ -65,6 +65,70 @@ pub async fn cli_store(cfg: &Config) -> Result<Arc<dyn Store>, CmdError> {
         .map_err(|e| CmdError::failed(format!("{e:#}")))
 }
 
+/// The store of a command that only reads (`kefu window show|list`): the same store `serve`
+/// uses — Redis when `state.redis_url` is set, else SQLite under `state.dir` — but it never
+/// creates `state.dir`. Without Redis, a missing database is an error that names the path and
+/// where `state.dir` came from (the usual cause: the command ran without the `--config` that
+/// `serve` uses). With Redis the ledger is Redis's; a missing local database only means this
+/// machine's outbox is empty, so a scratch one lives in a temporary directory for the run.
+pub struct ReaderStore {
+    pub store: Arc<dyn Store>,
+    // Declared after `store` so it is dropped (and the directory removed) after the store.
+    _scratch: Option<ScratchDir>,
+}
+
+/// A temporary directory removed on drop.
+struct ScratchDir(std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where `state.dir` came from, for messages.
+fn state_dir_source(cfg: &Config) -> String {
+    if std::env::var_os("KEFU_STATE_DIR").is_some() {
+        return "from KEFU_STATE_DIR".into();
+    }
+    let in_file = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| t.get("state").and_then(|s| s.get("dir")).is_some())
+    };
+    match &cfg.file {
+        Some(f) if in_file(f) => format!("from {}", f.display()),
+        Some(f) => format!("the built-in default: {} does not set it", f.display()),
+        None => "the built-in default: no config file was found".into(),
+    }
+}
+
+/// Opens the [`ReaderStore`].
+pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
+    let db = cfg.state.dir.join(crate::store::sqlite::DB_FILE);
+    if db.is_file() {
+        return Ok(ReaderStore { store: cli_store(cfg).await?, _scratch: None });
+    }
+    if cfg.state.redis_url.is_empty() {
+        return Err(CmdError::failed(format!(
+            "no kefu state at {} (state.dir = {}, {}): `kefu serve` has not recorded anything              there; run this command with the same --config (or KEFU_STATE_DIR) that `kefu serve`              uses",
+            db.display(),
+            cfg.state.dir.display(),
+            state_dir_source(cfg),
+        )));
+    }
+    let scratch = ScratchDir(std::env::temp_dir().join(format!(
+        "kefu-cli-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )));
+    let mut local = cfg.clone();
+    local.state.dir = scratch.0.clone();
+    let store = cli_store(&local).await?;
+    Ok(ReaderStore { store, _scratch: Some(scratch) })
+}
+
 /// Bad input and missing configuration are usage errors (exit 2); everything WeChat or the
 /// network says is an operation failure (exit 1).
 impl From<ApiError> for CmdError {

@@ -9,13 +9,12 @@ use crate::cli::{CmdError, CmdResult, WindowCmd};
 use crate::config::Config;
 use crate::ledger::WindowView;
 use crate::model::{OpenId, SharedClock, SystemClock};
-use crate::store::{SqliteStore, Store};
 
 pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
     let clock: SharedClock = Arc::new(SystemClock);
     let now = clock.now_secs();
-    let store = SqliteStore::open_client(&cfg.state.dir, &cfg.window, clock)
-        .map_err(|e| CmdError::Failed(e.into()))?;
+    let reader = super::token::reader_store(cfg).await?;
+    let store = &reader.store;
     let out = match args {
         WindowCmd::Show { openid, json } => {
             let openid = OpenId::parse(openid).map_err(|e| CmdError::Usage(e.to_string()))?;

@@ -12,7 +12,9 @@ use tracing::{info, warn};
 
 use crate::http::webhook::PushSink;
 use crate::metrics::Metrics;
-use crate::model::{Action, OpenId, PassiveReply, PlannedAction, RuleInput, WindowEffect};
+use crate::model::{
+    Action, DedupeKey, OpenId, PassiveReply, PlannedAction, RuleInput, WindowEffect,
+};
 use crate::rules::Rules;
 use crate::store::{CommitOutcome, NewOutboxEntry, PushCommit, Store};
 use crate::wechat::webhook::Opened;
@@ -194,7 +196,7 @@ impl PushSink for Pipeline {
         };
         let processed = self
             .process(Intake {
-                dedupe_key: push.dedupe_key(),
+                dedupe_key: push.dedupe_key().into(),
                 openid,
                 effect: push.window_effect(),
                 transfer_allowed: push.is_user_message(),
@@ -243,7 +245,12 @@ impl crate::http::pay::PaymentSink for Pipeline {
             .map_err(|e| anyhow::anyhow!("payment notification with an unusable payer: {e}"))?;
         let processed = self
             .process(Intake {
-                dedupe_key: format!("pay:{}", payment.transaction_id),
+                dedupe_key: DedupeKey::payment(
+                    payment.appid.as_deref(),
+                    &openid,
+                    &payment.transaction_id,
+                )
+                .into(),
                 openid,
                 effect: WindowEffect::Open(crate::model::Trigger::Payment),
                 input,

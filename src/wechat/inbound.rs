@@ -13,7 +13,7 @@ use quick_xml::events::Event as XmlEvent;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{RuleInput, Trigger, WindowEffect};
+use crate::model::{DedupeKey, RuleInput, Trigger, WindowEffect};
 
 /// Every `Event` value this version decodes into a typed event (protocol §3.3, §3.4); others
 /// are kept as `PushKind::Unknown`. Case matters: WeChat sends `CLICK`, not `click`.
@@ -374,18 +374,17 @@ impl Push {
         )
     }
 
-    /// The key WeChat's redeliveries share (protocol §5.1): `MsgId` for messages;
-    /// `FromUserName + CreateTime`, extended with `Event` and `EventKey` because one follower
-    /// can cause two events within a second, for everything else.
-    pub fn dedupe_key(&self) -> String {
+    /// The key WeChat's redeliveries share (protocol §5.1), scoped by account and follower:
+    /// see [`DedupeKey`] for its shape and why a `MsgId` alone is not enough.
+    pub fn dedupe_key(&self) -> DedupeKey {
         match self.msg_id() {
-            Some(id) => format!("m:{id}"),
-            None => format!(
-                "e:{}:{}:{}:{}",
-                self.from,
+            Some(id) => DedupeKey::message(&self.to, &self.from, self.create_time, id),
+            None => DedupeKey::event(
+                &self.to,
+                &self.from,
                 self.create_time,
                 self.event().unwrap_or(&self.msg_type),
-                self.event_key().unwrap_or_default()
+                self.event_key().as_deref().unwrap_or_default(),
             ),
         }
     }
@@ -1040,7 +1039,10 @@ mod tests {
         );
         assert_eq!(push.window_effect(), open(Trigger::Message));
         assert!(push.is_user_message());
-        assert_eq!(push.dedupe_key(), "m:24345678901234567");
+        assert_eq!(
+            push.dedupe_key().as_str(),
+            format!("m:{ACCOUNT}:{USER}:{}:24345678901234567", push.create_time)
+        );
         let input = push.rule_input();
         assert_eq!(input.text.as_deref(), Some("你好，我想查询订单 42"));
         assert_eq!(input.msg_type, "text");
@@ -1077,7 +1079,10 @@ mod tests {
         );
         assert_eq!(push.window_effect(), open(Trigger::Message));
         assert_eq!(push.rule_input().text.as_deref(), Some("腾讯微信团队"));
-        assert_eq!(push.dedupe_key(), "m:7250021412600020992");
+        assert_eq!(
+            push.dedupe_key().as_str(),
+            format!("m:{ACCOUNT}:{USER}:{}:7250021412600020992", push.create_time)
+        );
     }
 
     #[test]
@@ -1141,7 +1146,7 @@ mod tests {
         assert_eq!(push.kind, PushKind::Event(Event::Subscribe { event_key: None, ticket: None }));
         assert_eq!(push.window_effect(), open(Trigger::Subscribe));
         assert!(!push.is_user_message());
-        assert_eq!(push.dedupe_key(), format!("e:{USER}:1700000008:subscribe:"));
+        assert_eq!(push.dedupe_key().as_str(), format!("e:{ACCOUNT}:{USER}:1700000008:subscribe:"));
         let input = push.rule_input();
         assert_eq!(input.event.as_deref(), Some("subscribe"));
         assert_eq!((input.event_key, input.scene), (None, None));
@@ -1159,7 +1164,10 @@ mod tests {
         let input = push.rule_input();
         assert_eq!(input.scene.as_deref(), Some("123123"));
         assert_eq!(input.event_key.as_deref(), Some("qrscene_123123"));
-        assert_eq!(push.dedupe_key(), format!("e:{USER}:1700000009:subscribe:qrscene_123123"));
+        assert_eq!(
+            push.dedupe_key().as_str(),
+            format!("e:{ACCOUNT}:{USER}:1700000009:subscribe:qrscene_123123")
+        );
     }
 
     #[test]
@@ -1338,7 +1346,10 @@ mod tests {
         );
         assert_eq!(push.window_effect(), WindowEffect::None);
         // Not a message: the dedupe key is the event form, not the job id.
-        assert_eq!(push.dedupe_key(), format!("e:{USER}:1700000019:TEMPLATESENDJOBFINISH:"));
+        assert_eq!(
+            push.dedupe_key().as_str(),
+            format!("e:{ACCOUNT}:{USER}:1700000019:TEMPLATESENDJOBFINISH:")
+        );
     }
 
     #[test]
@@ -1496,7 +1507,10 @@ mod tests {
         assert_eq!(push.window_effect(), WindowEffect::None);
         assert!(!push.is_user_message());
         assert_eq!(push.event(), Some("card_pass_check"));
-        assert_eq!(push.dedupe_key(), format!("e:{USER}:1700000114:card_pass_check:"));
+        assert_eq!(
+            push.dedupe_key().as_str(),
+            format!("e:{ACCOUNT}:{USER}:1700000114:card_pass_check:")
+        );
         assert_eq!(push.rule_input().event.as_deref(), Some("card_pass_check"));
 
         let push = p(fixture!("X15-unknown-msgtype"));
@@ -1504,7 +1518,10 @@ mod tests {
             matches!(&push.kind, PushKind::Unknown { msg_type, event: None, .. } if msg_type == "miniprogrampage")
         );
         assert_eq!(push.window_effect(), WindowEffect::None);
-        assert_eq!(push.dedupe_key(), "m:24345678901234615");
+        assert_eq!(
+            push.dedupe_key().as_str(),
+            format!("m:{ACCOUNT}:{USER}:{}:24345678901234615", push.create_time)
+        );
     }
 
     #[test]

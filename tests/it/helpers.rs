@@ -215,3 +215,35 @@ impl PushSink for ScriptedSink {
         Ok(self.reply.clone())
     }
 }
+
+/// `stderr` without the line each command starts with, naming the config file in use
+/// (`kefu: config: …`), for tests about the messages after it.
+pub fn without_config_line(stderr: &str) -> String {
+    stderr.lines().filter(|l| !l.starts_with("kefu: config: ")).map(|l| format!("{l}\n")).collect()
+}
+
+/// What one run of the `kefu` binary printed.
+pub struct KefuRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `kefu` binary in `dir` with only the given environment of ours: inherited `KEFU_*`,
+/// `RUST_LOG` and `NO_COLOR` are removed, so the outer shell cannot change what is tested.
+pub fn kefu_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> KefuRun {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kefu"));
+    cmd.current_dir(dir).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEFU_") || k == "RUST_LOG" || k == "NO_COLOR" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run kefu");
+    KefuRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -5,6 +5,7 @@ mod cli_api;
 mod crash;
 mod fuzz;
 mod helpers;
+mod identity;
 mod operator;
 mod ops;
 mod pay;

@@ -601,7 +601,7 @@ fn kefu(args: &[&str]) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        crate::helpers::without_config_line(&String::from_utf8_lossy(&out.stderr)),
     )
 }
 

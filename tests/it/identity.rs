@@ -1,0 +1,282 @@
+//! Identity keys (issue 13, fault 1): every key that identifies a push — its dedupe record, its
+//! stored answer, its outbox entries, its Redis record — is scoped by the account and the
+//! follower. WeChat reuses `MsgId`s across followers, so two followers' messages with the same
+//! `MsgId` and `CreateTime` are two pushes: each gets its own rule run, answer, grant and sends.
+//! A real redelivery (the same push again) is still answered from the stored answer and plans
+//! nothing. The same holds with the ledger and dedupe records in Redis.
+//!
+//! Also (faults 3 and 4): every command reads the store `serve` uses — `kefu window` with
+//! `state.redis_url` reads Redis — and a command that only reads never creates `state.dir`; each
+//! run says on stderr which config file it uses, or that none was found.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kefu::config::Config;
+use kefu::model::{DedupeKey, OpenId, Secret, SharedClock, SystemClock};
+use kefu::service::Service;
+use kefu::testing::MockWechat;
+use serde_json::Value;
+
+use crate::helpers::{TOKEN, kefu_in, now_secs, signed_query, test_config};
+use crate::pipeline::text_push;
+use crate::redis::test_redis_url;
+
+const SEND: &str = "/cgi-bin/message/custom/send";
+const ALICE: &str = "oIdentityAlice000000000000001";
+const BOB: &str = "oIdentityBob00000000000000002";
+const ADMIN: &str = "identity-admin-token-7c2e91";
+
+const RULES: &str = r#"
+[[rule]]
+name = "echo"
+[rule.when]
+msg_type = "text"
+[[rule.reply]]
+text = "你说：{text}"
+[[rule.reply]]
+text = "第二条：{text}"
+"#;
+
+struct Running {
+    app_id: String,
+    state_dir: std::path::PathBuf,
+    base: String,
+    path: String,
+    http: reqwest::Client,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Running {
+    async fn start(mock: &MockWechat, dir: &Path, redis_url: Option<&str>) -> Running {
+        let rules = dir.join("rules");
+        std::fs::create_dir_all(&rules).expect("rules dir");
+        std::fs::write(rules.join("10-echo.toml"), RULES).expect("rule file");
+        let mut cfg: Config = test_config();
+        // A namespace of its own on the shared Redis server.
+        cfg.wechat.app_id = format!("wxidentity{:08x}", rand::random::<u32>());
+        cfg.wechat.app_secret = Secret::new("identity-app-secret");
+        cfg.wechat.api_base = mock.url();
+        cfg.state.dir = dir.join("state");
+        cfg.rules.dir = rules;
+        cfg.rules.hot_reload = false;
+        cfg.admin.token = Secret::new(ADMIN);
+        if let Some(url) = redis_url {
+            cfg.state.redis_url = Secret::new(url);
+        }
+        let clock: SharedClock = Arc::new(SystemClock);
+        let service = Service::build(cfg.clone(), clock).await.expect("the service starts");
+        let base = format!("http://{}", service.local_addr());
+        let handle = service.handle();
+        tokio::spawn(service.run_until_stopped());
+        Running {
+            app_id: cfg.wechat.app_id.clone(),
+            state_dir: cfg.state.dir.clone(),
+            base,
+            path: cfg.server.path.clone(),
+            http: reqwest::Client::new(),
+            handle,
+        }
+    }
+
+    async fn push(&self, xml: &str) -> String {
+        let q = signed_query(TOKEN, now_secs(), "identity-nonce");
+        let r = self
+            .http
+            .post(format!("{}{}", self.base, self.path))
+            .query(&q)
+            .body(xml.to_string())
+            .send()
+            .await
+            .expect("POST push");
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.expect("answer")
+    }
+
+    async fn window(&self, openid: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/admin/windows/{openid}", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("GET window");
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().await.expect("window JSON")
+    }
+}
+
+/// The `custom/send` bodies the mock received, as (touser, content).
+fn sends(mock: &MockWechat) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = mock
+        .requests_to(SEND)
+        .iter()
+        .filter_map(|r| r.json())
+        .map(|j| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (s(&j["touser"]), s(&j["text"]["content"]))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_for_sends(mock: &MockWechat, n: usize) {
+    let started = Instant::now();
+    while mock.count(SEND) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "expected {n} sends, the mock got {:?}",
+            sends(mock)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn two_followers_same_msgid(redis_url: Option<&str>) {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = Running::start(&mock, dir.path(), redis_url).await;
+    let t = now_secs();
+    const MSG_ID: u64 = 24_345_678_901_234_999;
+
+    let alice = text_push(ALICE, "苹果", MSG_ID, t);
+    let answer = app.push(&alice).await;
+    assert!(answer.contains("你说：苹果"), "{answer}");
+
+    // Bob's push shares Alice's MsgId and CreateTime: it is his own push, not a redelivery.
+    let answer = app.push(&text_push(BOB, "香蕉", MSG_ID, t)).await;
+    assert!(answer.contains("你说：香蕉"), "Bob got someone else's answer: {answer}");
+    assert!(!answer.contains("苹果"), "{answer}");
+
+    wait_for_sends(&mock, 2).await;
+    // A real redelivery of Alice's push: the stored answer, nothing planned or sent again.
+    let again = app.push(&alice).await;
+    assert!(again.contains("你说：苹果"), "{again}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sends(&mock),
+        vec![
+            (ALICE.to_string(), "第二条：苹果".to_string()),
+            (BOB.to_string(), "第二条：香蕉".to_string())
+        ],
+        "each follower gets exactly their own second message"
+    );
+    for who in [ALICE, BOB] {
+        let w = app.window(who).await;
+        assert_eq!(w["open"], Value::Bool(true), "{who}: {w}");
+        assert_eq!(w["grants"][0]["trigger"], "message", "{who}: {w}");
+        assert_eq!(w["grants"][0]["used"], 1, "{who}: one send charged: {w}");
+    }
+    app.handle.stop(true).await;
+}
+
+#[tokio::test]
+async fn two_followers_with_one_msgid_each_get_their_own_answer() {
+    two_followers_same_msgid(None).await;
+}
+
+#[tokio::test]
+async fn two_followers_with_one_msgid_each_get_their_own_answer_on_redis() {
+    let Some(url) = test_redis_url() else { return };
+    two_followers_same_msgid(Some(&url)).await;
+}
+
+#[test]
+fn payment_keys_are_scoped_by_app_and_payer() {
+    let alice = OpenId::parse(ALICE).expect("openid");
+    let bob = OpenId::parse(BOB).expect("openid");
+    let a = DedupeKey::payment(Some("wx1"), &alice, "4200001");
+    assert_eq!(a, DedupeKey::payment(Some("wx1"), &alice, "4200001"), "a retry is a duplicate");
+    assert_ne!(a, DedupeKey::payment(Some("wx1"), &bob, "4200001"));
+    assert_ne!(a, DedupeKey::payment(Some("wx2"), &alice, "4200001"));
+    assert_eq!(DedupeKey::payment(None, &alice, "1").as_str(), format!("pay:-:{ALICE}:1"));
+}
+
+#[test]
+fn push_keys_are_scoped_by_account_and_follower() {
+    let a = DedupeKey::message("gh_a", ALICE, 1, 7);
+    assert_ne!(a, DedupeKey::message("gh_a", BOB, 1, 7), "another follower");
+    assert_ne!(a, DedupeKey::message("gh_b", ALICE, 1, 7), "another account");
+    assert_ne!(a, DedupeKey::message("gh_a", ALICE, 2, 7), "another CreateTime");
+    assert_eq!(a, DedupeKey::message("gh_a", ALICE, 1, 7), "a redelivery");
+    assert_ne!(
+        DedupeKey::event("gh_a", ALICE, 1, "CLICK", "K"),
+        DedupeKey::event("gh_b", ALICE, 1, "CLICK", "K")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands read the store serve uses (faults 3 and 4)
+
+#[tokio::test]
+async fn window_commands_read_redis_when_serve_does() {
+    let Some(url) = test_redis_url() else { return };
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = Running::start(&mock, dir.path(), Some(&url)).await;
+    app.push(&text_push(ALICE, "苹果", 1, now_secs())).await;
+    wait_for_sends(&mock, 1).await;
+    let admin = app.window(ALICE).await;
+    assert_eq!(admin["open"], Value::Bool(true), "{admin}");
+
+    // Beside serve, on its state.dir: the same view as /admin/windows.
+    let state_dir = app.state_dir.display().to_string();
+    let env = [
+        ("KEFU_STATE_REDIS_URL", url.as_str()),
+        ("KEFU_WECHAT_APP_ID", app.app_id.as_str()),
+        ("KEFU_WECHAT_APP_SECRET", "identity-app-secret"),
+        ("KEFU_STATE_DIR", state_dir.as_str()),
+    ];
+    let shown = kefu_in(dir.path(), &env, &["window", "show", ALICE, "--json"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let shown: Value = serde_json::from_str(&shown.stdout).expect("window JSON");
+    assert_eq!(shown, admin, "kefu window show equals GET /admin/windows");
+    let listed = kefu_in(dir.path(), &env, &["window", "list", "--json"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let listed: Value = serde_json::from_str(&listed.stdout).expect("list JSON");
+    assert_eq!(listed, Value::Array(vec![admin.clone()]), "window list lists the follower");
+
+    // On another machine (no local state.dir): still Redis's ledger, and nothing created.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("KEFU_STATE_REDIS_URL", url.as_str()),
+        ("KEFU_WECHAT_APP_ID", app.app_id.as_str()),
+        ("KEFU_WECHAT_APP_SECRET", "identity-app-secret"),
+    ];
+    let shown = kefu_in(elsewhere.path(), &env, &["window", "show", ALICE, "--json"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let shown: Value = serde_json::from_str(&shown.stdout).expect("window JSON");
+    assert_eq!(shown["grants"], admin["grants"], "{shown}");
+    assert_eq!(shown["open"], Value::Bool(true), "{shown}");
+    assert!(!elsewhere.path().join("kefu-data").exists(), "a read-only command created state.dir");
+    app.handle.stop(true).await;
+}
+
+#[test]
+fn a_read_only_command_never_creates_state_and_says_which_config_it_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in [&["window", "show", ALICE][..], &["window", "list"][..]] {
+        let r = kefu_in(dir.path(), &[], args);
+        assert_eq!(r.code, 1, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("kefu: config: no --config given and no ./kefu.toml here"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("no kefu state at "), "{}", r.stderr);
+        assert!(r.stderr.contains("kefu-data, the built-in default"), "{}", r.stderr);
+        assert!(r.stdout.is_empty(), "no answer from empty state: {}", r.stdout);
+        assert!(!dir.path().join("kefu-data").exists(), "{args:?} created ./kefu-data");
+    }
+
+    // With a config file: the file is named, and so is the key's source.
+    let cfg = dir.path().join("ops.toml");
+    std::fs::write(&cfg, "[state]\ndir = \"st\"\n").expect("config");
+    let r = kefu_in(dir.path(), &[], &["--config", "ops.toml", "window", "list"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("kefu: config: {}", cfg.display())), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("from {}", cfg.display())), "{}", r.stderr);
+    assert!(!dir.path().join("st").exists());
+}
