@@ -377,7 +377,7 @@ fn announce_config(cfg: &Config, format: LogFormat) {
             .to_string(),
     };
     match format {
-        LogFormat::Text => eprintln!("kefu: {what}"),
+        LogFormat::Text => crate::errln!("kefu: {what}"),
         LogFormat::Json => tracing::info!(config = ?cfg.file, "{what}"),
     }
 }

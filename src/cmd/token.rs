@@ -86,24 +86,6 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Where `state.dir` came from, for messages.
-fn state_dir_source(cfg: &Config) -> String {
-    if std::env::var_os("KEFU_STATE_DIR").is_some() {
-        return "from KEFU_STATE_DIR".into();
-    }
-    let in_file = |f: &std::path::Path| {
-        std::fs::read_to_string(f)
-            .ok()
-            .and_then(|t| t.parse::<toml::Table>().ok())
-            .is_some_and(|t| t.get("state").and_then(|s| s.get("dir")).is_some())
-    };
-    match &cfg.file {
-        Some(f) if in_file(f) => format!("from {}", f.display()),
-        Some(f) => format!("the built-in default: {} does not set it", f.display()),
-        None => "the built-in default: no config file was found".into(),
-    }
-}
-
 /// Opens the [`ReaderStore`].
 pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
     let db = cfg.state.dir.join(crate::store::sqlite::DB_FILE);
@@ -112,10 +94,11 @@ pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
     }
     if cfg.state.redis_url.is_empty() {
         return Err(CmdError::failed(format!(
-            "no kefu state at {} (state.dir = {}, {}): `kefu serve` has not recorded anything              there; run this command with the same --config (or KEFU_STATE_DIR) that `kefu serve`              uses",
+            "no kefu state at {}: `kefu serve` has not recorded anything there. The directory is \
+             {}; run this command with the same --config (or KEFU_STATE_DIR) that `kefu serve` \
+             uses",
             db.display(),
-            cfg.state.dir.display(),
-            state_dir_source(cfg),
+            cfg.key("state.dir"),
         )));
     }
     let scratch = ScratchDir(std::env::temp_dir().join(format!(
