@@ -281,6 +281,10 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
 
     let a = Child::spawn(&[], &env, dir.path());
     let url = a.webhook();
+    // One CreateTime for every push and its redelivery, as WeChat redelivers: a push is keyed
+    // by account, follower, MsgId and CreateTime, so a redelivery stamped in a later second
+    // would be a new push.
+    let t0 = helpers::now_secs();
     let acked: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let posters: Vec<_> = (0..POSTERS)
@@ -290,7 +294,7 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
             tokio::spawn(async move {
                 let mut i = w;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let xml = text_push(&crash_user(i), "hello", MSG_BASE + i, helpers::now_secs());
+                    let xml = text_push(&crash_user(i), "hello", MSG_BASE + i, t0);
                     match post_push(&client, &url, TOKEN, &xml).await {
                         Ok((200, body)) => {
                             acked.lock().insert(i, body);
@@ -327,7 +331,7 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
     let b = Child::spawn(&[], &env, dir.path());
     // Every acknowledged push is a duplicate now, answered as the first time.
     for (i, first) in &acked {
-        let xml = text_push(&crash_user(*i), "hello", MSG_BASE + i, helpers::now_secs());
+        let xml = text_push(&crash_user(*i), "hello", MSG_BASE + i, t0);
         let (status, body) = post_push(&client, &b.webhook(), TOKEN, &xml).await.expect("push");
         assert_eq!(status, 200);
         assert_eq!(without_create_time(&body), without_create_time(first), "push {i}");
