@@ -329,8 +329,8 @@ pub(crate) fn transport(path: &str, e: reqwest::Error) -> ApiError {
 
 /// What went wrong on the wire, in an operator's words and naming the server (scheme, host and
 /// port only: the path and query are left out, the query may carry the access token or the
-/// app secret): "connection refused by http://127.0.0.1:9", "timed out waiting for
-/// https://api.weixin.qq.com", "DNS lookup failed for http://nowhere.invalid". Every HTTP client
+/// app secret): `connection refused by http://127.0.0.1:9`, `timed out waiting for
+/// https://api.weixin.qq.com`, `DNS lookup failed for http://nowhere.invalid`. Every HTTP client
 /// error kefu shows goes through here (the WeChat API client, `kefu push`), so they read alike.
 pub fn transport_cause(e: &reqwest::Error) -> String {
     let server = e

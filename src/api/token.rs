@@ -1,5 +1,5 @@
 //! The access token (protocol §8): `stable_token` by default, the classic `/cgi-bin/token` as an
-//! option. Three layers: an in-memory copy (the hot path), the shared [`TokenCache`] (store or
+//! option. Three layers: an in-memory copy (the hot path), the shared [`TokenCache`](crate::model::TokenCache) (store or
 //! Redis, so a restart or a CLI run reuses the token instead of burning the daily quota), and
 //! a single-flight fetch guarded in-process by a mutex and across processes by the cache's
 //! refresh lock.

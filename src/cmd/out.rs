@@ -2,7 +2,7 @@
 //! for all commands instead of panicking in `print!` (which exits 101 with a backtrace).
 //!
 //! `kefu rules check | head -1` closes the pipe after one line. Rust ignores SIGPIPE, so the
-//! next write fails with `BrokenPipe`; [`write`] turns that into [`CmdError::StdoutClosed`],
+//! next write fails with `BrokenPipe`; [`write`](fn@write) turns that into [`CmdError::StdoutClosed`],
 //! which [`crate::cli::run`] ends with exit code 141 (128 + SIGPIPE, what a shell reports for
 //! a Unix tool killed by SIGPIPE) and no message: the reader asked for nothing more. Any other
 //! write error (a full disk behind a redirect) is a failure with its cause (exit 1).

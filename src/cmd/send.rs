@@ -2,9 +2,9 @@
 //! (interface §1, §6.9): sends one customer-service message now.
 //!
 //! Two steps with a seam between them: [`prepare`] turns the arguments into the exact
-//! `custom/send` body (no network), [`deliver`] sends it. The window gate — refuse unless the
-//! follower's window allows it, or `--force` — needs the durable store and belongs between the
-//! two.
+//! `custom/send` body (no network), [`run`] sends it through the window gate
+//! ([`send_gated`]: refuse unless the follower's window allows it, or `--force`), which needs
+//! the durable store. Without credentials the gate makes it a dry run.
 
 use serde_json::{Value, json};
 
