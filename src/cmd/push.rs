@@ -40,9 +40,10 @@ pub async fn run(cfg: &Config, args: &PushArgs) -> CmdResult {
         let path = url::Url::parse(&args.url).map(|u| u.path().to_string()).unwrap_or_default();
         return Err(CmdError::failed(format!(
             "the server at {} answered 404 Not Found for the path {path:?}: it has no webhook \
-             there. --url must end with the server's `server.path` (default /wechat), e.g. \
-             http://127.0.0.1:8080/wechat",
-            args.url
+             there. --url must end with the server's `server.path`; this config's is {:?}, {}",
+            args.url,
+            cfg.server.path,
+            cfg.key("server.path")
         )));
     }
     if out.status >= 400 {

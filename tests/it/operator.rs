@@ -313,7 +313,10 @@ fn push_to_nothing_says_connection_refused_and_a_404_names_the_path() {
     assert!(r.stdout.starts_with("HTTP 404 Not Found"), "{}", r.stdout);
     assert!(
         r.stderr.contains("answered 404 Not Found for the path \"/wrong\"")
-            && r.stderr.contains("`server.path` (default /wechat)"),
+            && r.stderr.contains(
+                "must end with the server's `server.path`; this config's is \"/wechat\", \
+                 `server.path` (the built-in default)"
+            ),
         "{}",
         r.stderr
     );
