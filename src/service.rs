@@ -42,6 +42,8 @@ pub async fn open_store(
     clock: SharedClock,
 ) -> anyhow::Result<(Arc<dyn Store>, SqliteStore)> {
     let window = &cfg.window;
+    // The store's errors name `state.dir` / `state.redis_url`; say where those came from.
+    let dir_source = |e| anyhow::anyhow!("{e}. The directory is {}", cfg.key("state.dir"));
     let sqlite = match role {
         Role::Server => SqliteStore::open(
             &cfg.state.dir,
@@ -49,8 +51,11 @@ pub async fn open_store(
             dedupe_retention_secs(cfg.server.max_clock_skew_secs),
             cfg.state.sync,
             clock.clone(),
-        )?,
-        Role::Cli => SqliteStore::open_client(&cfg.state.dir, window, clock.clone())?,
+        )
+        .map_err(dir_source)?,
+        Role::Cli => {
+            SqliteStore::open_client(&cfg.state.dir, window, clock.clone()).map_err(dir_source)?
+        }
     };
     if cfg.state.redis_url.is_empty() {
         return Ok((Arc::new(sqlite.clone()), sqlite));
@@ -65,7 +70,8 @@ pub async fn open_store(
         dedupe_retention_secs(cfg.server.max_clock_skew_secs),
         clock,
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}. The URL is {}", cfg.key("state.redis_url")))?;
     Ok((Arc::new(redis), sqlite))
 }
 

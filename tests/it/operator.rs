@@ -277,6 +277,21 @@ fn messages_name_the_file_in_use_or_the_variable() {
     assert!(r.stderr.contains("`wechat.token` (the built-in default) is empty"), "{}", r.stderr);
     assert!(r.stderr.contains("none is in use now) or KEFU_WECHAT_TOKEN"), "{}", r.stderr);
 
+    // A store that cannot be opened: the key and where it was set.
+    let not_a_dir = dir.path().join("a-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let r = run(
+        dir.path(),
+        &[("KEFU_STATE_DIR", not_a_dir.to_str().unwrap())],
+        &["send", "oX", "--text", "x", "--force"],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("The directory is `state.dir` (set by KEFU_STATE_DIR)"),
+        "{}",
+        r.stderr
+    );
+
     // An API command without credentials names the file in use.
     let r = run(dir.path(), &[], &["--config", "ok.toml", "token"]);
     assert_eq!(r.code, Some(2));
