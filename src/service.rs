@@ -212,6 +212,15 @@ impl Service {
         let extra = routes(shared.clone())?;
         let app = Application::build_on(listener, &cfg, state, Some(extra))?;
         tracing::info!(address = %app.local_addr(), path = %cfg.server.path, rules = shared.rules.current().len(), "kefu listening");
+        // Refusals later say "does not match the configured wechat.token" and the like; this
+        // line says where each of those keys came from (never their values).
+        tracing::info!(
+            token = %cfg.key("wechat.token"),
+            encoding_aes_key = %cfg.key("wechat.encoding_aes_key"),
+            app_id = %cfg.key("wechat.app_id"),
+            max_clock_skew_secs = %cfg.key("server.max_clock_skew_secs"),
+            "push verification uses"
+        );
         Ok(Service { app, shared, sender, purge_stop, purger, _watcher: watcher })
     }
 
