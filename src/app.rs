@@ -1,6 +1,7 @@
 //! The server (zero2prod's shape): `Application::build` binds `server.listen` (port 0 works, for
 //! tests) and mounts the routes; `run_until_stopped` serves until SIGTERM/SIGINT, then drains
-//! in-flight requests for at most 10 s (interface §6.12).
+//! in-flight requests for at most `SHUTDOWN_TIMEOUT_SECS` (3 s), which with the sender's own
+//! bound keeps a stop inside the 10 s a SIGTERM allows (interface §6.12).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;

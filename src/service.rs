@@ -328,7 +328,7 @@ async fn admin_window(
     clock: web::Data<SharedClock>,
 ) -> Result<HttpResponse, actix_web::Error> {
     crate::http::admin::require_admin(&req)?;
-    Ok(crate::store::window_handler(path, store, clock).await)
+    Ok(crate::http::windows::window_handler(path, store, clock).await)
 }
 
 async fn reload(

@@ -1,7 +1,9 @@
 //! HTTP routes, thin: extract, call the pure protocol code, map errors to status codes.
-//! `webhook` (GET handshake, POST pushes), `health`, `admin` (/admin/*), `pay` (/pay/notify/*).
+//! `webhook` (GET handshake, POST pushes), `health`, `admin` (/admin/*), `windows`
+//! (`GET /admin/windows/{openid}`), `pay` (/pay/notify/*).
 
 pub mod admin;
 pub mod health;
 pub mod pay;
 pub mod webhook;
+pub mod windows;

@@ -1,10 +1,9 @@
 //! The customer-service window ledger (interface §5, protocol §4): the quota policy as pure
 //! functions over a follower's [`Window`] ([`policy`]), the in-memory index that serves hot-path
-//! reads ([`index`]), and the `GET /admin/windows/{openid}` handler ([`http`]).
+//! reads ([`index`]). The `GET /admin/windows/{openid}` handler is `http::windows`.
 //!
 //! Durability lives in [`crate::store`]; this module never does I/O.
 
-pub mod http;
 pub mod index;
 pub mod policy;
 

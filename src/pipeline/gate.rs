@@ -1,6 +1,8 @@
-//! The window gate that every customer-service send passes: charge the follower's ledger, send,
-//! and let WeChat's answer correct the ledger. The sender, `kefu send` and `POST /admin/send`
-//! all go through here, so a manual send uses the same quota the bot does.
+//! The window gate of manual sends: charge the follower's ledger, send, and let WeChat's answer
+//! correct the ledger. `kefu send` and `POST /admin/send` go through [`send_gated`]; the sender
+//! charges in the transaction that claims its outbox entry (`Store::claim_send`) and shares
+//! [`feed_back`], so a manual send uses the same quota the bot does and WeChat's answer
+//! corrects the ledger the same way.
 //!
 //! In dry-run (the client has no credentials, [`ApiClient::has_credentials`]) a manual send
 //! is gated and charged exactly as for real, then logged instead of sent, as the sender does

@@ -12,9 +12,7 @@ use tracing::{info, warn};
 
 use crate::http::webhook::PushSink;
 use crate::metrics::Metrics;
-use crate::model::{
-    Action, DedupeKey, OpenId, PassiveReply, PlannedAction, RuleInput, WindowEffect,
-};
+use crate::model::{DedupeKey, OpenId, PassiveReply, PlannedAction, RuleInput, WindowEffect};
 use crate::rules::Rules;
 use crate::store::{CommitOutcome, NewOutboxEntry, PushCommit, Store};
 use crate::wechat::webhook::Opened;
@@ -81,10 +79,6 @@ impl Pipeline {
             intake.effect,
             intake.transfer_allowed,
         );
-        for reason in dropped {
-            warn!(kind = %intake.kind, reason, "a planned reply was dropped");
-            self.metrics.drop_message(reason);
-        }
         let answer = match &passive {
             Some(p) => Some(serde_json::to_string(p)?),
             None => None,
@@ -117,6 +111,11 @@ impl Pipeline {
                     self.metrics.rule_hit(r);
                 }
                 self.metrics.push(&intake.kind, "fresh");
+                // Counted only for a fresh push: a redelivery plans (and drops) nothing again.
+                for reason in dropped {
+                    warn!(kind = %intake.kind, reason, "a planned reply was dropped");
+                    self.metrics.drop_message(reason);
+                }
                 if cancelled > 0 {
                     self.metrics.drop_messages("unsubscribed", cancelled);
                 }
@@ -163,18 +162,12 @@ pub fn plan(
         dropped.extend(eval.actions.iter().map(|_| "unsubscribed"));
         return Plan { passive: None, planned: Vec::new(), dropped };
     }
-    let (mut passive, mut planned) = eval.split_passive(passive_first);
+    // `split_passive` makes the first transfer the passive answer and plans no transfer.
+    let (mut passive, planned) = eval.split_passive(passive_first);
     if matches!(passive, Some(PassiveReply::Transfer { .. })) && !transfer_allowed {
         dropped.push("transfer_on_event");
         passive = None;
     }
-    planned.retain(|p| {
-        let keep = !matches!(p.action, Action::Transfer { .. });
-        if !keep {
-            dropped.push("transfer_not_passive");
-        }
-        keep
-    });
     Plan { passive, planned, dropped }
 }
 

@@ -2,9 +2,10 @@
 //! followers in parallel under a global bound. Every send is gated by the ledger at the moment it
 //! leaves, so a delayed message goes out only if the window still allows it then.
 //!
-//! Exactly-once rests on two store operations: `claim` marks an entry in flight *before* the
-//! request (a crash mid-send leaves it in flight, and the store turns it into "outcome unknown"
-//! on the next start instead of sending it again), and `finish` records the outcome.
+//! At most once per message, never twice: `claim_send` marks an entry in flight and charges
+//! the ledger *before* the request (a crash mid-send leaves it in flight, and the store turns it
+//! into "outcome unknown" on the next start instead of sending it again), and `finish` records
+//! the outcome. A duplicate message is worse than a missing one.
 
 use std::collections::HashSet;
 use std::sync::Arc;

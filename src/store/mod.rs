@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use self::redis::RedisStore;
-pub use crate::ledger::http::window_handler;
 pub use crate::ledger::{ChargeOutcome, DenyReason, Grant, Window, WindowView};
 use crate::model::{OpenId, PlannedAction, TokenCache, Trigger, WindowEffect};
 pub use sqlite::SqliteStore;
@@ -79,8 +78,8 @@ pub struct NewOutboxEntry {
 /// Everything one push changes, committed atomically before the HTTP answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushCommit {
-    /// `msg:<MsgId>`, `evt:<From>:<CreateTime>:<Event>:<EventKey>` (protocol §5.1), or
-    /// `pay:<transaction_id>` for payment notifications. Built by the pipeline.
+    /// The push's [`DedupeKey`](crate::model::DedupeKey) (protocol §5.1): scoped by account
+    /// and follower, `m:…` for messages, `e:…` for events, `pay:…` for payment notifications.
     pub dedupe_key: String,
     pub openid: OpenId,
     pub effect: WindowEffect,

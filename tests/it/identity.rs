@@ -37,6 +37,13 @@ msg_type = "text"
 text = "你说：{text}"
 [[rule.reply]]
 text = "第二条：{text}"
+
+[[rule]]
+name = "human"
+[rule.when]
+event = "CLICK"
+[[rule.reply]]
+transfer = true
 "#;
 
 struct Running {
@@ -92,6 +99,11 @@ impl Running {
             .expect("POST push");
         assert_eq!(r.status().as_u16(), 200);
         r.text().await.expect("answer")
+    }
+
+    async fn metrics(&self) -> String {
+        let r = self.http.get(format!("{}/metrics", self.base)).send().await.expect("GET");
+        r.text().await.expect("metrics page")
     }
 
     async fn window(&self, openid: &str) -> Value {
@@ -280,4 +292,29 @@ fn a_read_only_command_never_creates_state_and_says_which_config_it_used() {
     assert!(r.stderr.contains(&format!("kefu: config: {}", cfg.display())), "{}", r.stderr);
     assert!(r.stderr.contains(&format!("`state.dir` (set in {})", cfg.display())), "{}", r.stderr);
     assert!(!dir.path().join("st").exists());
+}
+
+/// A redelivered push counts nothing again: not its rule hits, not the replies it drops.
+#[tokio::test]
+async fn a_redelivery_counts_no_drop_again() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = Running::start(&mock, dir.path(), None).await;
+    let click = format!(
+        "<xml><ToUserName><![CDATA[{}]]></ToUserName><FromUserName><![CDATA[{ALICE}]]>\
+         </FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[CLICK]]></Event><EventKey><![CDATA[HUMAN]]></EventKey></xml>",
+        crate::helpers::ACCOUNT,
+        now_secs()
+    );
+    // WeChat does not transfer events, so the rule's transfer is dropped, once.
+    assert_eq!(app.push(&click).await, "success");
+    assert_eq!(app.push(&click).await, "success");
+    let page = app.metrics().await;
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("kefu_dropped_messages_total{reason=\"transfer_on_event\"}"))
+        .unwrap_or_else(|| panic!("no transfer_on_event drop counted:\n{page}"));
+    assert!(line.ends_with(" 1"), "counted once, not per delivery: {line}");
+    app.handle.stop(true).await;
 }

@@ -1,8 +1,9 @@
 //! The Redis store (issue 9) against a real Redis server: several instances behaving as one.
 //!
-//! The server comes from `KEFU_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`). Without it
-//! the tests print a notice and pass, except under CI (`CI` set), where they fail: a CI run
-//! that silently skipped them would prove nothing. The restart tests start their own
+//! The server comes from `KEFU_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`), else the one
+//! on 127.0.0.1:6379 when it answers. Without one each test reports itself on the terminal as
+//! `SKIPPED` and returns, except under CI (`CI` set), where it fails: a CI run that silently
+//! skipped them would prove nothing. The restart tests start their own
 //! `redis-server` child on a free loopback port (`KEFU_TEST_REDIS_SERVER` names the binary,
 //! default `redis-server` on PATH), since they kill it.
 //!
@@ -35,25 +36,47 @@ use tempfile::TempDir;
 // ---------------------------------------------------------------------------------------------
 // Test support (reusable)
 
-/// The Redis server for tests, or None (after printing why) when none is configured outside
-/// CI. Panics under CI without one.
+/// The Redis server for tests: `KEFU_TEST_REDIS_URL`, else `redis://127.0.0.1:6379/` when a
+/// server answers PING there. Without either, the calling test is reported as skipped on the
+/// terminal (past the harness's output capture, so it is never a silent pass) and this returns
+/// None; under CI it panics instead, because a CI run that skipped them would prove nothing.
 pub fn test_redis_url() -> Option<String> {
-    match std::env::var("KEFU_TEST_REDIS_URL") {
+    static FOUND: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(|| match std::env::var("KEFU_TEST_REDIS_URL") {
         Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "KEFU_TEST_REDIS_URL is not set but CI is: the Redis tests must run under \
-                     CI. Start redis-server and set KEFU_TEST_REDIS_URL=redis://127.0.0.1:PORT/ \
-                     (.ci/run does both)"
-                );
-            }
-            eprintln!(
-                "skipping: set KEFU_TEST_REDIS_URL=redis://127.0.0.1:6379/ to run the Redis tests"
+        _ => redis_answers("127.0.0.1:6379").then(|| "redis://127.0.0.1:6379/".to_string()),
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "no Redis for the tests but CI is set: the Redis tests must run under CI. Start \
+                 redis-server and set KEFU_TEST_REDIS_URL=redis://127.0.0.1:PORT/ (.ci/run does \
+                 both)"
             );
-            None
         }
+        report_skipped("no Redis: set KEFU_TEST_REDIS_URL or start redis-server on 127.0.0.1:6379");
     }
+    found.clone()
+}
+
+/// Whether a Redis server at `addr` answers PING within a second.
+fn redis_answers(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(addr) = addr.parse() else { return false };
+    let Ok(mut con) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = con.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 5];
+    con.write_all(b"PING\r\n").is_ok() && con.read_exact(&mut reply).is_ok() && &reply == b"+PONG"
+}
+
+/// Writes `test NAME ... SKIPPED (why)` straight to the process's stderr: libtest captures
+/// only the print macros, so the line shows in every run, not only for failures.
+pub fn report_skipped(why: &str) {
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("a test").to_string();
+    let _ = writeln!(std::io::stderr().lock(), "test {name} ... SKIPPED ({why})");
 }
 
 /// The `redis-server` binary for tests that run their own, or None (after printing why)
@@ -74,7 +97,7 @@ pub fn redis_server_binary() -> Option<PathBuf> {
             "{bin} is not runnable but CI is set: install redis-server (apt-get install redis-server)"
         );
     }
-    eprintln!("skipping: {bin} not found; install redis-server or set KEFU_TEST_REDIS_SERVER");
+    report_skipped(&format!("{bin} not found: install redis-server or set KEFU_TEST_REDIS_SERVER"));
     None
 }
 

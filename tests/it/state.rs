@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, test as atest, web};
 use kefu::config::{SyncMode, WindowConfig, WindowRule};
+use kefu::http::windows::window_handler;
 use kefu::ledger::{ChargeOutcome, DenyReason};
 use kefu::model::{
     Action, CachedToken, Clock, ManualClock, OpenId, OutMessage, PlannedAction, Secret,
@@ -16,7 +17,7 @@ use kefu::model::{
 };
 use kefu::store::{
     CommitOutcome, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxStatus, Outcome, PushCommit, SendClaim,
-    SqliteStore, Store, StoreError, UNSUBSCRIBED, window_handler,
+    SqliteStore, Store, StoreError, UNSUBSCRIBED,
 };
 
 const T0_MS: i64 = 1_700_000_000_000;

@@ -23,6 +23,19 @@
 //! never wait for the writer. The in-memory [`LedgerIndex`] is updated after each commit and
 //! rebuilt on open; the ledger's truth is always the database, read inside the write
 //! transaction, so a charge made by another process (`kefu send`) is never lost.
+//!
+//! Layout: this module is the store itself (open, the [`Store`] trait, purging); `engine`
+//! the group-commit writer, fsync and the `state.dir` lock; one module per table's SQL:
+//! `schema` (the tables), `grants` (followers and grants: the ledger), `outbox`, `dedupe`
+//! (dedupe records and the push commit that writes them with the rest), and `token` (the
+//! access token and the refresh lock).
+
+mod dedupe;
+mod engine;
+mod grants;
+mod outbox;
+mod schema;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -32,7 +45,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{Notify, oneshot, watch};
 
 use super::{
@@ -40,8 +53,19 @@ use super::{
     SendClaim, Store, StoreError, StoreResult, UNSUBSCRIBED,
 };
 use crate::config::{SyncMode, WindowConfig};
-use crate::ledger::{ChargeOutcome, Grant, LedgerIndex, Window, WindowView};
-use crate::model::{CachedToken, OpenId, Secret, SharedClock, TokenCache, Trigger, WindowEffect};
+use crate::ledger::{ChargeOutcome, LedgerIndex, Window, WindowView};
+use crate::model::{OpenId, SharedClock, TokenCache, Trigger};
+
+use self::dedupe::commit_push_tx;
+use self::engine::{
+    Finish, Job, Post, apply_post, in_savepoint, interval_sync_loop, lock_state_dir,
+    open_connection, restrict_permissions, set_synchronous, writer_loop,
+};
+use self::grants::{for_each_live_window, load_window, rebuild_index, update_window};
+use self::outbox::{
+    cancel_pending_tx, claim_tx, count_pending, finish_tx, insert_outbox, query_outbox,
+};
+use self::schema::{SCHEMA, SCHEMA_VERSION};
 
 /// The most jobs one transaction takes; bounds the latency a batch adds to its first caller.
 pub const MAX_BATCH: usize = 512;
@@ -56,61 +80,6 @@ pub const LOCK_FILE: &str = "kefu.lock";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The purge task wakes at least this often even with nothing due.
 const MAX_PURGE_SLEEP_MS: i64 = 3600 * 1000;
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS followers (
-    openid      TEXT PRIMARY KEY,
-    subscribed  INTEGER
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS grants (
-    openid      TEXT NOT NULL,
-    trigger     TEXT NOT NULL,
-    opened_at   INTEGER NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    quota       INTEGER,
-    used        INTEGER NOT NULL,
-    PRIMARY KEY (openid, trigger)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS grants_expiry ON grants (expires_at);
-CREATE TABLE IF NOT EXISTS dedupe (
-    key             TEXT PRIMARY KEY,
-    received_at_ms  INTEGER NOT NULL,
-    answer          TEXT
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedupe_age ON dedupe (received_at_ms);
-CREATE TABLE IF NOT EXISTS outbox (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    openid         TEXT NOT NULL,
-    rule           TEXT NOT NULL,
-    seq            INTEGER NOT NULL,
-    action         TEXT NOT NULL,
-    due_at_ms      INTEGER NOT NULL,
-    status         TEXT NOT NULL,
-    reason         TEXT,
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    push_key       TEXT NOT NULL,
-    created_at_ms  INTEGER NOT NULL,
-    updated_at_ms  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, due_at_ms);
-CREATE INDEX IF NOT EXISTS outbox_follower ON outbox (openid, status);
-CREATE INDEX IF NOT EXISTS outbox_push ON outbox (push_key);
-CREATE TABLE IF NOT EXISTS token (
-    id          INTEGER PRIMARY KEY CHECK (id = 1),
-    token       TEXT NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    fetched_at  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS locks (
-    name      TEXT PRIMARY KEY,
-    holder    TEXT NOT NULL,
-    until_ms  INTEGER NOT NULL
-) WITHOUT ROWID;
-";
-
-const OUTBOX_COLS: &str =
-    "id, openid, rule, seq, action, due_at_ms, status, reason, attempts, push_key";
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -131,20 +100,6 @@ pub struct OpenOptions {
     /// sends.
     pub owner: bool,
 }
-
-/// Work done after the batch commits: index updates and the earliest new expiry.
-#[derive(Default)]
-struct Post {
-    windows: Vec<(OpenId, Window)>,
-    /// Earliest expiry (Unix ms) this job created, to wake the purge task early.
-    expiry_ms: Option<i64>,
-    prune_index_at: Option<i64>,
-}
-
-type Finish = Box<dyn FnOnce(&Inner, Result<(), &StoreError>) + Send>;
-/// A write; given no connection (the transaction could not begin) it only prepares to
-/// report the batch's error.
-type Job = Box<dyn FnOnce(Option<&Connection>, &Inner) -> Finish + Send>;
 
 struct Inner {
     dir: PathBuf,
@@ -178,60 +133,6 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").field("db", &self.inner.db_path).finish()
     }
-}
-
-/// Opens a connection in WAL mode; the bool says whether the database really is in WAL mode
-/// (a file system without shared memory support can refuse it).
-fn open_connection(path: &Path, sync: SyncMode) -> rusqlite::Result<(Connection, bool)> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // journal_mode is persistent in the file, but asking is cheap and covers a fresh file.
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    set_synchronous(&conn, sync)?;
-    Ok((conn, mode.eq_ignore_ascii_case("wal")))
-}
-
-/// `full` and `normal` are SQLite's own levels of the same names (`normal` in WAL mode: commits
-/// write the log without fsync, which happens at checkpoints).
-fn set_synchronous(conn: &Connection, sync: SyncMode) -> rusqlite::Result<()> {
-    conn.execute_batch(match sync {
-        SyncMode::Full => "PRAGMA synchronous = FULL;",
-        SyncMode::Normal => "PRAGMA synchronous = NORMAL;",
-        SyncMode::Off => "PRAGMA synchronous = OFF;",
-    })
-}
-
-/// Takes the owner's lock on `state.dir`, or says who holds it and what to do.
-fn lock_state_dir(dir: &Path) -> StoreResult<std::fs::File> {
-    let path = dir.join(LOCK_FILE);
-    let failed = |e: std::io::Error| StoreError::Open {
-        dir: dir.display().to_string(),
-        why: format!("cannot lock {}: {e}", path.display()),
-    };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(failed)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(StoreError::Locked { lock: path.display().to_string() })
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
-    }
-}
-
-fn restrict_permissions(path: &Path) {
-    // The file holds the access token: readable by its owner only.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 impl SqliteStore {
@@ -574,420 +475,8 @@ impl Drop for Inner {
     }
 }
 
-fn apply_post(inner: &Inner, post: Post) {
-    if inner.indexed {
-        for (openid, w) in post.windows {
-            inner.index.put(openid, w);
-        }
-        if let Some(now) = post.prune_index_at {
-            inner.index.prune(now);
-        }
-    }
-    if let Some(t) = post.expiry_ms
-        && t < inner.next_purge_ms.load(Ordering::SeqCst)
-    {
-        inner.next_purge_ms.store(t, Ordering::SeqCst);
-        inner.purge_wake.notify_one();
-    }
-}
-
-/// Runs one job in a savepoint so its failure leaves the rest of the batch intact. The
-/// statements are cached: at thousands of jobs a second, re-parsing them shows up.
-fn in_savepoint<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
-    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    match f() {
-        Ok(v) => {
-            conn.prepare_cached("RELEASE job")?.execute([])?;
-            Ok(v)
-        }
-        Err(e) => {
-            conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
-            conn.prepare_cached("RELEASE job")?.execute([])?;
-            Err(e)
-        }
-    }
-}
-
-/// Group commit: one transaction per batch of queued jobs, each in its own savepoint.
-/// `dirty` (with `state.sync = "normal"`) tells the sync thread there is something to fsync.
-fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    store: Weak<Inner>,
-    dirty: Option<Arc<AtomicBool>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let Some(inner) = store.upgrade() else { return };
-        let (finishes, commit): (Vec<Finish>, StoreResult<()>) =
-            match conn.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => {
-                    let finishes = batch.into_iter().map(|job| job(Some(&conn), &inner)).collect();
-                    let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
-                    if commit.is_err() {
-                        let _ = conn.execute_batch("ROLLBACK");
-                    }
-                    (finishes, commit)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "state store: cannot begin a write transaction");
-                    let finishes = batch.into_iter().map(|job| job(None, &inner)).collect();
-                    (finishes, Err(e.into()))
-                }
-            };
-        if commit.is_ok() {
-            inner.transactions.fetch_add(1, Ordering::Relaxed);
-            inner.jobs_committed.fetch_add(finishes.len() as u64, Ordering::Relaxed);
-        }
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = finishes.len(), "state store: a write batch failed");
-        }
-        if let Some(d) = &dirty {
-            d.store(true, Ordering::Release);
-        }
-        for finish in finishes {
-            finish(&inner, commit.as_ref().map(|_| ()));
-        }
-    }
-}
-
-/// fsyncs the WAL file. Opened for each sync: SQLite may delete and recreate it when the
-/// last connection of another process closes, and a stale handle would sync the wrong file.
-fn sync_wal(wal: &Path) -> std::io::Result<()> {
-    match std::fs::File::open(wal) {
-        Ok(f) => f.sync_data(),
-        // No WAL file: everything was checkpointed into the database file, which SQLite
-        // fsyncs at each checkpoint.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// `state.sync = "normal"`: bounds what a power cut can take to about the last second.
-fn interval_sync_loop(wal: PathBuf, dirty: Arc<AtomicBool>, store: Weak<Inner>) {
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        if store.strong_count() == 0 {
-            return;
-        }
-        if dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = sync_wal(&wal)
-        {
-            tracing::warn!(error = %e, wal = %wal.display(), "state store: periodic fsync of the write-ahead log failed");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Row mapping
-
 fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
-}
-
-fn load_window(conn: &Connection, openid: &OpenId) -> StoreResult<Window> {
-    let subscribed: Option<Option<bool>> = conn
-        .prepare_cached("SELECT subscribed FROM followers WHERE openid = ?1")?
-        .query_row([openid.as_str()], |r| r.get(0))
-        .optional()?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT trigger, opened_at, expires_at, quota, used FROM grants WHERE openid = ?1",
-    )?;
-    let rows = stmt.query_map([openid.as_str()], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Option<u32>>(3)?,
-            r.get::<_, u32>(4)?,
-        ))
-    })?;
-    let mut grants = Vec::new();
-    for row in rows {
-        let (t, opened_at, expires_at, limit, used) = row?;
-        let trigger = Trigger::parse(&t).ok_or_else(|| corrupt(format!("grant trigger {t:?}")))?;
-        grants.push(Grant { trigger, opened_at, expires_at, limit, used });
-    }
-    grants.sort_by_key(|g| g.trigger);
-    Ok(Window { grants, subscribed: subscribed.flatten() })
-}
-
-/// Writes what changed between `before` and `after` (usually one grant row).
-fn save_window(
-    conn: &Connection,
-    openid: &OpenId,
-    before: &Window,
-    after: &Window,
-) -> StoreResult<()> {
-    for g in &before.grants {
-        if !after.grants.iter().any(|a| a.trigger == g.trigger) {
-            conn.prepare_cached("DELETE FROM grants WHERE openid = ?1 AND trigger = ?2")?
-                .execute([openid.as_str(), g.trigger.as_str()])?;
-        }
-    }
-    for g in &after.grants {
-        if before.grants.contains(g) {
-            continue;
-        }
-        conn.prepare_cached(
-            "INSERT INTO grants (openid, trigger, opened_at, expires_at, quota, used) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (openid, trigger) DO UPDATE SET \
-             opened_at = excluded.opened_at, expires_at = excluded.expires_at, \
-             quota = excluded.quota, used = excluded.used",
-        )?
-        .execute(params![
-            openid.as_str(),
-            g.trigger.as_str(),
-            g.opened_at,
-            g.expires_at,
-            g.limit,
-            g.used
-        ])?;
-    }
-    if after.subscribed != before.subscribed
-        && let Some(s) = after.subscribed
-    {
-        conn.prepare_cached(
-            "INSERT INTO followers (openid, subscribed) VALUES (?1, ?2) \
-                 ON CONFLICT (openid) DO UPDATE SET subscribed = excluded.subscribed",
-        )?
-        .execute(params![openid.as_str(), s])?;
-    }
-    Ok(())
-}
-
-/// Loads, changes and saves one follower's window; records it for the index.
-fn update_window<T>(
-    conn: &Connection,
-    post: &mut Post,
-    openid: &OpenId,
-    f: impl FnOnce(&mut Window) -> T,
-) -> StoreResult<(T, Window)> {
-    let before = load_window(conn, openid)?;
-    let mut w = before.clone();
-    let out = f(&mut w);
-    if w != before {
-        save_window(conn, openid, &before, &w)?;
-        post.windows.push((openid.clone(), w.clone()));
-    }
-    Ok((out, w))
-}
-
-/// Every follower with a live grant, in OpenID order, with their live grants and follow state:
-/// one scan instead of a query per follower. Returns how many unreadable rows it skipped.
-fn for_each_live_window(
-    conn: &Connection,
-    now: i64,
-    mut each: impl FnMut(OpenId, Window),
-) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT g.openid, g.trigger, g.opened_at, g.expires_at, g.quota, g.used, f.subscribed \
-         FROM grants g LEFT JOIN followers f ON f.openid = g.openid \
-         WHERE g.expires_at > ?1 ORDER BY g.openid",
-    )?;
-    let mut rows = stmt.query([now])?;
-    let mut current: Option<(OpenId, Window)> = None;
-    let mut skipped = 0usize;
-    let mut emit = |(id, mut w): (OpenId, Window)| {
-        w.grants.sort_by_key(|g| g.trigger);
-        each(id, w);
-    };
-    while let Some(r) = rows.next()? {
-        let openid: String = r.get(0)?;
-        let t: String = r.get(1)?;
-        let (Ok(openid), Some(trigger)) = (OpenId::parse(&openid), Trigger::parse(&t)) else {
-            skipped += 1;
-            continue;
-        };
-        let grant = Grant {
-            trigger,
-            opened_at: r.get(2)?,
-            expires_at: r.get(3)?,
-            limit: r.get(4)?,
-            used: r.get(5)?,
-        };
-        let subscribed: Option<bool> = r.get(6)?;
-        match &mut current {
-            Some((id, w)) if *id == openid => w.grants.push(grant),
-            _ => {
-                if let Some(done) = current.take() {
-                    emit(done);
-                }
-                current = Some((openid, Window { grants: vec![grant], subscribed }));
-            }
-        }
-    }
-    if let Some(done) = current.take() {
-        emit(done);
-    }
-    Ok(skipped)
-}
-
-fn rebuild_index(conn: &Connection, index: &LedgerIndex, now: i64) -> rusqlite::Result<()> {
-    let skipped = for_each_live_window(conn, now, |id, w| index.put(id, w))?;
-    if skipped > 0 {
-        tracing::warn!(rows = skipped, "ignored unreadable grant rows while rebuilding the index");
-    }
-    Ok(())
-}
-
-fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxEntry, StoreError>> {
-    let id: i64 = r.get(0)?;
-    let openid: String = r.get(1)?;
-    let action: String = r.get(4)?;
-    let status: String = r.get(6)?;
-    let build = || -> Result<OutboxEntry, StoreError> {
-        Ok(OutboxEntry {
-            id,
-            openid: OpenId::parse(&openid)
-                .map_err(|e| corrupt(format!("outbox entry {id}: {e}")))?,
-            rule: r.get(2)?,
-            seq: r.get(3)?,
-            action: serde_json::from_str(&action)
-                .map_err(|e| corrupt(format!("outbox entry {id} action: {e}")))?,
-            due_at_ms: r.get(5)?,
-            status: OutboxStatus::parse(&status)
-                .ok_or_else(|| corrupt(format!("outbox entry {id} status {status:?}")))?,
-            reason: r.get(7)?,
-            attempts: r.get(8)?,
-            push_key: r.get(9)?,
-        })
-    };
-    Ok(build())
-}
-
-fn query_outbox(
-    conn: &Connection,
-    where_: &str,
-    params: impl rusqlite::Params,
-) -> StoreResult<Vec<OutboxEntry>> {
-    let sql = format!("SELECT {OUTBOX_COLS} FROM outbox WHERE {where_}");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params, outbox_row)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row??);
-    }
-    Ok(out)
-}
-
-fn count_pending(conn: &Connection, openid: &OpenId) -> StoreResult<u64> {
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM outbox WHERE openid = ?1 AND status IN ('pending', 'in_flight')",
-        )?
-        .query_row([openid.as_str()], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
-fn insert_outbox(
-    conn: &Connection,
-    openid: &OpenId,
-    push_key: &str,
-    e: &NewOutboxEntry,
-    now_ms: i64,
-) -> StoreResult<i64> {
-    let action = serde_json::to_string(&e.action)
-        .map_err(|err| StoreError::Backend(format!("cannot serialize a planned action: {err}")))?;
-    conn.prepare_cached(
-        "INSERT INTO outbox (openid, rule, seq, action, due_at_ms, status, attempts, push_key, \
-         created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?7)",
-    )?
-    .execute(params![
-        openid.as_str(),
-        e.rule,
-        e.seq,
-        action,
-        e.due_at_ms,
-        push_key,
-        now_ms
-    ])?;
-    Ok(conn.last_insert_rowid())
-}
-
-fn cancel_pending_tx(conn: &Connection, openid: &OpenId, now_ms: i64) -> StoreResult<usize> {
-    Ok(conn
-        .prepare_cached(
-            "UPDATE outbox SET status = 'dropped', reason = ?1, updated_at_ms = ?2 \
-             WHERE openid = ?3 AND status = 'pending'",
-        )?
-        .execute(params![UNSUBSCRIBED, now_ms, openid.as_str()])?)
-}
-
-/// pending → in_flight; false if the entry was not pending.
-fn claim_tx(conn: &Connection, id: i64, now_ms: i64) -> StoreResult<bool> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE outbox SET status = 'in_flight', attempts = attempts + 1, \
-             updated_at_ms = ?2 WHERE id = ?1 AND status = 'pending'",
-        )?
-        .execute(params![id, now_ms])?;
-    Ok(n == 1)
-}
-
-fn finish_tx(conn: &Connection, id: i64, outcome: Outcome, now_ms: i64) -> StoreResult<()> {
-    let (status, reason, due) = match outcome {
-        Outcome::Sent => (OutboxStatus::Sent, None, None),
-        Outcome::Failed { reason } => (OutboxStatus::Failed, Some(reason), None),
-        Outcome::Dropped { reason } => (OutboxStatus::Dropped, Some(reason), None),
-        Outcome::Retry { due_at_ms, reason } => {
-            (OutboxStatus::Pending, Some(reason), Some(due_at_ms))
-        }
-    };
-    let n = conn
-        .prepare_cached(
-            "UPDATE outbox SET status = ?2, reason = ?3, \
-             due_at_ms = COALESCE(?4, due_at_ms), updated_at_ms = ?5 WHERE id = ?1",
-        )?
-        .execute(params![id, status.as_str(), reason, due, now_ms])?;
-    if n == 0 {
-        return Err(StoreError::UnknownEntry(id));
-    }
-    Ok(())
-}
-
-fn commit_push_tx(
-    conn: &Connection,
-    inner: &Inner,
-    post: &mut Post,
-    push: PushCommit,
-) -> StoreResult<CommitOutcome> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO dedupe (key, received_at_ms, answer) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (key) DO NOTHING",
-        )?
-        .execute(params![push.dedupe_key, push.received_at_ms, push.answer])?;
-    if inserted == 0 {
-        let answer: Option<String> = conn
-            .prepare_cached("SELECT answer FROM dedupe WHERE key = ?1")?
-            .query_row([&push.dedupe_key], |r| r.get(0))?;
-        return Ok(CommitOutcome::Duplicate { answer });
-    }
-    let now = push.received_at_ms.div_euclid(1000);
-    let effect = push.effect;
-    let ((), window_after) =
-        update_window(conn, post, &push.openid, |w| w.apply(effect, now, &inner.window))?;
-    let now_ms = inner.clock.now_ms();
-    let cancelled = if effect == WindowEffect::CloseAll {
-        cancel_pending_tx(conn, &push.openid, now_ms)? as u64
-    } else {
-        0
-    };
-    let mut outbox_ids = Vec::with_capacity(push.outbox.len());
-    for e in &push.outbox {
-        outbox_ids.push(insert_outbox(conn, &push.openid, &push.dedupe_key, e, now_ms)?);
-    }
-    let grant_expiry = window_after.next_expiry(now).map(|s| s.saturating_mul(1000));
-    let dedupe_expiry = push.received_at_ms.saturating_add(inner.retention_ms);
-    post.expiry_ms = Some(grant_expiry.map_or(dedupe_expiry, |g| g.min(dedupe_expiry)));
-    Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1199,91 +688,5 @@ impl Store for SqliteStore {
         }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
             .await
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Access-token cache (interface §6.10): one row, shared by serve and every CLI process.
-
-const TOKEN_LOCK: &str = "access_token_refresh";
-
-#[async_trait]
-impl TokenCache for SqliteStore {
-    async fn load(&self) -> anyhow::Result<Option<CachedToken>> {
-        let t = self
-            .read(|conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT token, expires_at, fetched_at FROM token WHERE id = 1",
-                        [],
-                        |r| {
-                            Ok(CachedToken {
-                                token: Secret::new(r.get::<_, String>(0)?),
-                                expires_at: r.get(1)?,
-                                fetched_at: r.get(2)?,
-                            })
-                        },
-                    )
-                    .optional()?)
-            })
-            .await?;
-        Ok(t)
-    }
-
-    async fn save(&self, token: &CachedToken) -> anyhow::Result<()> {
-        let t = token.clone();
-        self.write(move |conn, _, _| {
-            conn.execute(
-                "INSERT INTO token (id, token, expires_at, fetched_at) VALUES (1, ?1, ?2, ?3) \
-                 ON CONFLICT (id) DO UPDATE SET token = excluded.token, \
-                 expires_at = excluded.expires_at, fetched_at = excluded.fetched_at",
-                params![t.token.expose(), t.expires_at, t.fetched_at],
-            )?;
-            Ok(())
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn invalidate(&self, token: &str) -> anyhow::Result<()> {
-        let token = token.to_string();
-        self.write(move |conn, _, _| {
-            conn.execute("DELETE FROM token WHERE id = 1 AND token = ?1", [token])?;
-            Ok(())
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn try_lock_refresh(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
-        let holder = holder.to_string();
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let got = self
-            .write(move |conn, inner, _| {
-                let now = inner.clock.now_ms();
-                let n = conn.execute(
-                    "INSERT INTO locks (name, holder, until_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                     until_ms = excluded.until_ms \
-                     WHERE locks.until_ms <= ?4 OR locks.holder = excluded.holder",
-                    params![TOKEN_LOCK, holder, now.saturating_add(ttl_ms), now],
-                )?;
-                Ok(n == 1)
-            })
-            .await?;
-        Ok(got)
-    }
-
-    async fn unlock_refresh(&self, holder: &str) -> anyhow::Result<()> {
-        let holder = holder.to_string();
-        self.write(move |conn, _, _| {
-            conn.execute(
-                "DELETE FROM locks WHERE name = ?1 AND holder = ?2",
-                [TOKEN_LOCK, &holder],
-            )?;
-            Ok(())
-        })
-        .await?;
-        Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! `GET /admin/windows/{openid}` (interface §3, §5): the follower's ledger entry as JSON. The
-//! lead mounts it behind the admin bearer-token check and registers the store and the clock
-//! as app data (`web::Data<Arc<dyn Store>>`, `web::Data<SharedClock>`).
+//! `GET /admin/windows/{openid}` (interface §3, §5): the follower's ledger entry as JSON, 400
+//! for a malformed OpenID, 503 when the store cannot answer. Mounted behind the admin
+//! bearer-token check; it reads the store and the clock from app data
+//! (`web::Data<Arc<dyn Store>>`, `web::Data<SharedClock>`).
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use serde_json::json;
 use crate::model::{OpenId, SharedClock};
 use crate::store::Store;
 
+/// The handler.
 pub async fn window_handler(
     path: web::Path<String>,
     store: web::Data<Arc<dyn Store>>,
