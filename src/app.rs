@@ -21,6 +21,37 @@ pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 /// How long a stopping server waits for in-flight requests.
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 3;
 
+/// Binds `server.listen`. The error names the key, where it was set, and the fix: for an
+/// address in use, stopping the other process or choosing another port; for an address this
+/// machine does not have, one it has.
+pub fn bind(cfg: &Config) -> std::io::Result<TcpListener> {
+    let listen = &cfg.server.listen;
+    TcpListener::bind(listen).map_err(|e| {
+        let fix = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "another process (another `kefu serve`?) already listens there: stop it, or \
+                 choose a free port: {}",
+                cfg.how_to_set("server.listen")
+            ),
+            std::io::ErrorKind::AddrNotAvailable => format!(
+                "this machine has no such address: listen on one of its own (127.0.0.1, \
+                 0.0.0.0, [::]): {}",
+                cfg.how_to_set("server.listen")
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "ports below 1024 need privileges: listen on a port above 1024 behind a reverse \
+                 proxy: {}",
+                cfg.how_to_set("server.listen")
+            ),
+            _ => cfg.how_to_set("server.listen"),
+        };
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {listen}, {}: {e}; {fix}", cfg.key("server.listen")),
+        )
+    })
+}
+
 pub struct Application {
     addr: SocketAddr,
     server: Server,
@@ -50,12 +81,17 @@ impl Application {
         state: web::Data<WebhookState>,
         extra: Option<ExtraRoutes>,
     ) -> std::io::Result<Application> {
-        let listener = TcpListener::bind(&cfg.server.listen).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {} (server.listen): {e}", cfg.server.listen),
-            )
-        })?;
+        Self::build_on(bind(cfg)?, cfg, state, extra)
+    }
+
+    /// Builds on a listener already bound by [`bind`] (`serve` binds before it creates any
+    /// state, so a taken port leaves nothing behind).
+    pub fn build_on(
+        listener: TcpListener,
+        cfg: &Config,
+        state: web::Data<WebhookState>,
+        extra: Option<ExtraRoutes>,
+    ) -> std::io::Result<Application> {
         let addr = listener.local_addr()?;
         let path = cfg.server.path.clone();
         let server = HttpServer::new(move || {

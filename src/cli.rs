@@ -15,7 +15,7 @@ pub struct Cli {
     /// Config file (default: ./kefu.toml if present, else built-in defaults; KEFU_* variables override).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Log format.
+    /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, env = "KEFU_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
     #[command(subcommand)]
@@ -24,13 +24,24 @@ pub struct Cli {
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One human-readable line per event.
     Text,
+    /// One JSON object per line, for log shippers.
     Json,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the webhook server.
+    /// Run the webhook server: verify, record, answer and send.
+    #[command(long_about = "Run the webhook server at server.listen + server.path.\n\n\
+        Every push WeChat sends is verified (signature, and decrypted in safe mode), recorded \
+        durably with the follower's customer-service window, answered by the rules in rules.dir \
+        (the passive reply), and the customer-service messages the rules plan are sent through \
+        custom/send while the window allows them. Also serves /healthz, /readyz, /metrics, the \
+        admin API (with admin.token) and WeChat Pay notifications (with a pay key).\n\n\
+        Without wechat.app_id and wechat.app_secret kefu runs in dry-run mode: pushes are \
+        verified, recorded and answered, and each message it would send is logged as `dry-run` \
+        instead of sent.")]
     Serve,
     /// Check or import rule files.
     #[command(subcommand)]
@@ -56,6 +67,7 @@ pub enum Command {
     Token(TokenArgs),
     /// Print a shell completion script.
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -67,15 +79,20 @@ pub enum RulesCmd {
     Check {
         /// Rules directory (default: rules.dir from the config).
         dir: Option<PathBuf>,
+        /// Print one JSON report (errors, warnings, every test's outcome) instead of lines.
         #[arg(long)]
         json: bool,
     },
     /// Convert the admin panel's auto-reply JSON (get_current_autoreply_info) into a rule file.
     Import {
+        /// The JSON answer of GET /cgi-bin/get_current_autoreply_info, saved to a file.
         file: PathBuf,
-        /// Write the rule file here instead of printing it.
+        /// Write the rule file here instead of printing it (an existing file needs --force).
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
+        /// Overwrite the --out file if it exists.
+        #[arg(long, requires = "out")]
+        force: bool,
     },
 }
 
@@ -107,13 +124,15 @@ pub struct SimulateArgs {
     /// EventKey for --event.
     #[arg(long, requires = "event")]
     pub key: Option<String>,
+    /// Print one JSON object (fired rules, passive reply, messages) instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
-    /// The server URL, e.g. http://127.0.0.1:8080/wechat.
+    /// The server URL: `kefu serve`'s server.listen + server.path, e.g.
+    /// http://127.0.0.1:8080/wechat.
     #[arg(long)]
     pub url: String,
     /// Sender OpenID.
@@ -133,31 +152,61 @@ pub struct PushArgs {
 pub enum AccountsCmd {
     /// All kf accounts.
     List {
+        /// Print WeChat's list as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// kf accounts online now.
     Online {
+        /// Print WeChat's list as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Add a kf account.
-    Add { account: String, nickname: String },
+    #[command(long_about = "Add a kf account.\n\n\
+        ACCOUNT is prefix@wechat_id. A bare prefix (kf01) is completed with wechat.account_id, \
+        the account's WeChat ID (kf01@<wechat.account_id>).")]
+    Add {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// The name followers see (at most 16 characters).
+        nickname: String,
+    },
     /// Change a kf account's nickname.
-    Update { account: String, nickname: String },
+    Update {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// The new name followers see (at most 16 characters).
+        nickname: String,
+    },
     /// Invite a WeChat user to bind to a kf account.
-    Invite { account: String, wechat_id: String },
+    Invite {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// The staff member's WeChat ID (微信号), not their nickname.
+        wechat_id: String,
+    },
     /// Delete a kf account.
-    Delete { account: String },
+    Delete {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+    },
     /// Upload a kf account's avatar.
-    Avatar { account: String, image_file: PathBuf },
+    Avatar {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// A JPEG image (640×640 recommended, at most 5 MB).
+        image_file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
 #[group(id = "body", required = true, multiple = false)]
 pub struct SendBody {
+    /// A text message with this content.
     #[arg(long, group = "body")]
     pub text: Option<String>,
+    /// An image message with this media id (uploaded material).
     #[arg(long, group = "body", value_name = "MEDIA_ID")]
     pub image: Option<String>,
     /// A complete custom/send body; its touser is replaced by OPENID.
@@ -167,10 +216,11 @@ pub struct SendBody {
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
+    /// The follower's OpenID (the FromUserName of their pushes).
     pub openid: String,
     #[command(flatten)]
     pub body: SendBody,
-    /// Send as this kf account.
+    /// Send as this kf account (prefix@wechat_id, or a prefix completed from wechat.account_id).
     #[arg(long = "as", value_name = "KF_ACCOUNT")]
     pub as_kf: Option<String>,
     /// Send even when the follower's window does not allow it.
@@ -182,12 +232,15 @@ pub struct SendArgs {
 pub enum WindowCmd {
     /// One follower's window ledger.
     Show {
+        /// The follower's OpenID.
         openid: String,
+        /// Print the ledger as JSON (the shape of GET /admin/windows/{openid}).
         #[arg(long)]
         json: bool,
     },
     /// Every follower with a live grant.
     List {
+        /// Print the ledgers as a JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -197,22 +250,37 @@ pub enum WindowCmd {
 pub enum SessionsCmd {
     /// Sessions a kf account is serving.
     List {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
         kf_account: String,
+        /// Print WeChat's list as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// The session of a follower.
     Get {
+        /// The follower's OpenID.
         openid: String,
+        /// Print the session as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Open a session between a kf account and a follower.
-    Create { kf_account: String, openid: String },
+    Create {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        kf_account: String,
+        /// The follower's OpenID.
+        openid: String,
+    },
     /// Close a session.
-    Close { kf_account: String, openid: String },
+    Close {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        kf_account: String,
+        /// The follower's OpenID.
+        openid: String,
+    },
     /// Followers waiting for a kf.
     Waiting {
+        /// Print WeChat's queue as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -226,15 +294,17 @@ pub struct RecordsArgs {
     /// End (default: now). Spans over 24 h are fetched day by day.
     #[arg(long)]
     pub until: Option<String>,
+    /// Print the records as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct TokenArgs {
-    /// Print the token itself.
+    /// Print the token itself (a secret: keep it out of logs and tickets).
     #[arg(long)]
     pub reveal: bool,
+    /// Print source, fetch time and expiry as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -248,6 +318,10 @@ pub enum CmdError {
     /// The operation failed (API error, window closed, failed rule test): exit 1.
     #[error("{0:#}")]
     Failed(anyhow::Error),
+    /// stdout was closed before the output was complete (`kefu rules check | head -1`): exit
+    /// 141 (128 + SIGPIPE, as a shell reports a tool killed by SIGPIPE) without a message.
+    #[error("stdout was closed")]
+    StdoutClosed,
 }
 
 impl CmdError {
@@ -258,6 +332,7 @@ impl CmdError {
         match self {
             CmdError::Usage(_) => 2,
             CmdError::Failed(_) => 1,
+            CmdError::StdoutClosed => 141,
         }
     }
 }
@@ -281,8 +356,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = dispatch(cli).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away: it wants nothing more, not even an explanation.
+        Err(CmdError::StdoutClosed) => ExitCode::from(CmdError::StdoutClosed.exit_code()),
         Err(e) => {
-            eprintln!("kefu: {e}");
+            crate::errln!("kefu: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -300,7 +377,7 @@ fn announce_config(cfg: &Config, format: LogFormat) {
             .to_string(),
     };
     match format {
-        LogFormat::Text => eprintln!("kefu: {what}"),
+        LogFormat::Text => crate::errln!("kefu: {what}"),
         LogFormat::Json => tracing::info!(config = ?cfg.file, "{what}"),
     }
 }
@@ -308,9 +385,11 @@ fn announce_config(cfg: &Config, format: LogFormat) {
 async fn dispatch(cli: Cli) -> CmdResult {
     use crate::cmd;
     if let Command::Completions { shell } = cli.command {
+        // Into a buffer first: clap_complete panics when its writer fails.
         let mut command = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut command, "kefu", &mut std::io::stdout());
-        return Ok(());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "kefu", &mut script);
+        return crate::cmd::out::write_bytes(&script);
     }
     let cfg = Config::load(cli.config.as_deref())?;
     announce_config(&cfg, cli.log_format);
@@ -319,7 +398,9 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Rules(RulesCmd::Check { dir, json }) => {
             cmd::rules::check(&cfg, dir.as_deref(), *json)
         }
-        Command::Rules(RulesCmd::Import { file, out }) => cmd::rules::import(file, out.as_deref()),
+        Command::Rules(RulesCmd::Import { file, out, force }) => {
+            cmd::rules::import(&cfg, file, out.as_deref(), *force)
+        }
         Command::Simulate(a) => cmd::simulate::run(&cfg, a),
         Command::Push(a) => cmd::push::run(&cfg, a).await,
         Command::Accounts(a) => cmd::accounts::run(&cfg, a).await,
@@ -329,5 +410,43 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Records(a) => cmd::records::run(&cfg, a).await,
         Command::Token(a) => cmd::token::run(&cfg, a).await,
         Command::Completions { .. } => unreachable!("handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every (sub)command has a help line, and every subcommand an about:
+    /// walks the whole tree, so a new flag without a description fails here.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none_or(|a| a.to_string().trim().is_empty()) {
+                    missing.push(format!("{name} (about)"));
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let cmd = Cli::command();
+        let mut missing = Vec::new();
+        walk(&cmd, "kefu", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+        // The walk sees the arguments the issue named.
+        let send = cmd.find_subcommand("send").unwrap();
+        assert!(send.get_arguments().any(|a| a.get_id() == "openid"));
     }
 }

@@ -102,6 +102,9 @@ pub struct Config {
     pub pay: PayConfig,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
+    /// Where each key set by the file or the environment came from, by `section.key`; a key
+    /// not in it has its built-in default. Read through [`Config::origin`].
+    pub origins: BTreeMap<String, Origin>,
 }
 
 #[derive(Clone, Debug)]
@@ -263,6 +266,7 @@ impl Default for Config {
                 v3_platform_public_key: None,
             },
             file: None,
+            origins: BTreeMap::new(),
         }
     }
 }
@@ -390,7 +394,14 @@ impl Config {
             }
         }
 
-        let mut cfg = Config { file: file.map(Path::to_path_buf), ..Config::default() };
+        let mut cfg = Config {
+            file: file.map(Path::to_path_buf),
+            origins: values
+                .iter()
+                .map(|((s, k), (_, o))| (format!("{s}.{k}"), o.clone()))
+                .collect(),
+            ..Config::default()
+        };
         let file_dir = file.and_then(Path::parent).map(Path::to_path_buf);
         for ((section, key), (value, origin)) in &values {
             if let Err(why) = apply(&mut cfg, section, key, value, origin, cwd, file_dir.as_deref())
@@ -447,19 +458,57 @@ impl Config {
     /// Checks what `serve` needs beyond a well-formed file.
     pub fn check_serve(&self) -> Result<(), ConfigError> {
         if self.wechat.token.is_empty() {
-            return Err(ConfigError(
-                "`wechat.token` is empty: set it (or KEFU_WECHAT_TOKEN) to the Token entered in the \
-                 Official Account's server configuration; without it no push can be verified"
-                    .into(),
-            ));
+            return Err(ConfigError(format!(
+                "{} is empty: {} to the Token entered in the Official Account's server \
+                 configuration; without it no push can be verified",
+                self.key("wechat.token"),
+                self.how_to_set("wechat.token")
+            )));
         }
         Ok(())
+    }
+
+    /// Where `key` (`section.key`, e.g. `rules.dir`) got its value.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// The key and where its value came from, for any message that names a config key:
+    /// `` `rules.dir` (set in /etc/kefu/ok.toml) ``, `` `rules.dir` (set by KEFU_RULES_DIR) ``
+    /// or `` `rules.dir` (the built-in default) ``. Never the value: it may be a secret.
+    pub fn key(&self, key: &str) -> String {
+        match self.origin(key) {
+            Origin::Default => format!("`{key}` (the built-in default)"),
+            Origin::File(p) => format!("`{key}` (set in {})", p.display()),
+            Origin::Env(v) => format!("`{key}` (set by {v})"),
+        }
+    }
+
+    /// How the operator changes `key`, given where its value comes from now: the variable
+    /// that overrides the file, the file in use, or — for a default — the file in use (or
+    /// where one is looked for) and the variable.
+    pub fn how_to_set(&self, key: &str) -> String {
+        let var = env_var_of(key);
+        match (self.origin(key), &self.file) {
+            (Origin::Env(v), _) => format!("change {v} (it overrides the config file)"),
+            (Origin::File(p), _) => format!("change `{key}` in {}", p.display()),
+            (Origin::Default, Some(p)) => format!("set `{key}` in {} or {var}", p.display()),
+            (Origin::Default, None) => format!(
+                "set `{key}` in a config file (--config PATH, or ./kefu.toml in the working \
+                 directory; none is in use now) or {var}"
+            ),
+        }
     }
 
     /// The directory of the embedded store.
     pub fn state_dir(&self) -> &Path {
         &self.state.dir
     }
+}
+
+/// The environment variable that sets `section.key`: `KEFU_SECTION_KEY`.
+pub fn env_var_of(key: &str) -> String {
+    format!("KEFU_{}", key.replace('.', "_").to_ascii_uppercase())
 }
 
 /// 1-based line and column (in characters) of byte offset `at` in `text`.
@@ -562,16 +611,95 @@ fn want_window(v: &toml::Value) -> Result<WindowRule, String> {
     Ok(WindowRule { limit, duration })
 }
 
-fn check_aes_key(s: &str) -> Result<(), String> {
-    if s.is_empty() || (s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric())) {
-        Ok(())
-    } else {
-        Err(format!(
-            "an EncodingAESKey is exactly 43 letters and digits (this one has {} characters): copy it \
-             again from the server configuration page",
-            s.chars().count()
-        ))
+/// What is wrong with a value that must be ASCII letters and digits of a given length, in a
+/// sentence that never contains the value itself (a key or token is a secret).
+///
+/// The offending character is named with its 1-based position: it is never part of a valid
+/// secret (it is exactly a character such a secret cannot hold: a space, `=`, `-`, a
+/// full-width letter...), so showing it reveals nothing, and it is shown escaped with its code
+/// point so that an invisible one (a no-break space, a full-width space) can be seen.
+/// Letters and digits of the value are never shown. `None` when the value is well-formed.
+fn alnum_problem(s: &str, len: std::ops::RangeInclusive<usize>) -> Option<String> {
+    let count = s.chars().count();
+    let mut bad = s.chars().enumerate().filter(|(_, c)| !c.is_ascii_alphanumeric());
+    let mut problems = Vec::new();
+    if let Some((i, c)) = bad.next() {
+        let more = bad.count();
+        let more = match more {
+            0 => String::new(),
+            1 => " (and 1 more character that is not a letter or digit)".to_string(),
+            n => format!(" (and {n} more characters that are not letters or digits)"),
+        };
+        problems.push(format!(
+            "character {} is {c:?} (U+{:04X}), which is not an ASCII letter or digit{more}",
+            i + 1,
+            c as u32
+        ));
     }
+    if !len.contains(&count) {
+        let want = if len.start() == len.end() {
+            format!("exactly {}", len.start())
+        } else {
+            format!("{} to {}", len.start(), len.end())
+        };
+        problems.push(format!("it has {count} characters, not {want}"));
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// An EncodingAESKey: empty (unset) or exactly 43 ASCII letters and digits (protocol §2).
+fn check_aes_key(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    match alnum_problem(s, 43..=43) {
+        None => Ok(()),
+        Some(p) => Err(format!(
+            "not a valid EncodingAESKey: {p}. An EncodingAESKey is exactly 43 letters (A-Z, \
+             a-z) and digits (0-9): copy it again from the server configuration page \
+             (设置与开发 → 基本配置 → 服务器配置)"
+        )),
+    }
+}
+
+/// The Token of the server configuration: WeChat's form takes 3 to 32 ASCII letters and
+/// digits, so anything else can never match the account's.
+fn check_token(s: &str) -> Result<(), String> {
+    match alnum_problem(s, 3..=32) {
+        None => Ok(()),
+        Some(p) => Err(format!(
+            "not a valid Token: {p}. WeChat's server configuration form takes 3 to 32 letters \
+             (A-Z, a-z) and digits (0-9); set the same Token there and here"
+        )),
+    }
+}
+
+/// An AppID: `wx` followed by letters and digits (`wxb11529c136998cb6`). Not a secret, so the
+/// message may quote it. Catches the usual mix-ups: the original ID (`gh_...`) or the
+/// AppSecret pasted into `app_id`.
+fn check_app_id(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    if s.starts_with("gh_") {
+        return Err(format!(
+            "{s:?} is the account's original ID (gh_...), not its AppID: the AppID starts with \
+             wx (设置与开发 → 基本配置 → 开发者ID)"
+        ));
+    }
+    let alnum = s.chars().all(|c| c.is_ascii_alphanumeric());
+    if !s.starts_with("wx") || !alnum || s.len() > 32 {
+        // An AppSecret pasted here would be printed: say what is wrong without the value.
+        let what = match alnum_problem(s, 3..=32) {
+            Some(p) => p,
+            None => "it does not start with wx".to_string(),
+        };
+        return Err(format!(
+            "not an AppID: {what}. An AppID is wx followed by letters and digits, e.g. \
+             wxb11529c136998cb6 (设置与开发 → 基本配置 → 开发者ID)"
+        ));
+    }
+    Ok(())
 }
 
 fn apply(
@@ -621,15 +749,18 @@ fn apply(
         ("server", "max_clock_skew_secs") => {
             cfg.server.max_clock_skew_secs = want_int(v, 0)? as u64
         }
-        ("wechat", "app_id") => cfg.wechat.app_id = want_str(v)?.trim().to_string(),
+        ("wechat", "app_id") => {
+            let s = want_str(v)?.trim().to_string();
+            check_app_id(&s)?;
+            cfg.wechat.app_id = s;
+        }
         ("wechat", "app_secret") => cfg.wechat.app_secret = Secret::new(want_str(v)?.trim()),
         ("wechat", "account_id") => cfg.wechat.account_id = want_str(v)?.trim().to_string(),
         ("wechat", "token") => {
             let s = want_str(v)?;
-            if s.trim() != s || s.contains(char::is_control) {
-                return Err(
-                    "the Token must not contain spaces at the ends or control characters".into()
-                );
+            // Empty = unset: `serve` asks for it (check_serve), the API commands need none.
+            if !s.is_empty() {
+                check_token(&s)?;
             }
             cfg.wechat.token = Secret::new(s);
         }
@@ -809,6 +940,75 @@ mod tests {
         assert!(e.starts_with("/etc/kefu/kefu.toml:2:"), "{e}");
         assert!(e.contains("not valid TOML: "), "{e}");
         assert!(!e.contains("s3cret"), "the line is not quoted: {e}");
+    }
+
+    #[test]
+    fn aes_key_errors_name_the_character_and_position_never_the_key() {
+        let good = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+        assert_eq!(check_aes_key(good), Ok(()));
+        assert_eq!(check_aes_key(""), Ok(()));
+        let with = |i: usize, c: &str| format!("{}{c}{}", &good[..i], &good[i + 1..]);
+        for (key, want) in [
+            (with(11, " "), "character 12 is ' ' (U+0020), which is not an ASCII letter or digit"),
+            (with(42, "="), "character 43 is '=' (U+003D)"),
+            (with(0, "-"), "character 1 is '-' (U+002D)"),
+            // A full-width letter: one character, three bytes, position counted in characters.
+            (with(5, "Ａ"), "character 6 is 'Ａ' (U+FF21)"),
+            (with(5, "\u{a0}"), "character 6 is '\\u{a0}' (U+00A0)"),
+        ] {
+            let e = check_aes_key(&key).unwrap_err();
+            assert!(e.contains(want), "{key:?}: {e}");
+            assert!(e.contains("exactly 43 letters (A-Z, a-z) and digits (0-9)"), "{e}");
+            assert!(!e.contains("abcdefghij") && !e.contains("ABCDEF"), "no key material: {e}");
+        }
+        let e = check_aes_key(&good[..42]).unwrap_err();
+        assert!(e.contains("it has 42 characters, not exactly 43"), "{e}");
+        let e = check_aes_key(&format!("{good}=")).unwrap_err();
+        assert!(
+            e.contains("character 44 is '='") && e.contains("it has 44 characters, not exactly 43"),
+            "{e}"
+        );
+        let e = check_aes_key(&with(3, "+").replace('k', "/")).unwrap_err();
+        assert!(e.contains("character 4 is '+'") && e.contains("(and 1 more character"), "{e}");
+    }
+
+    #[test]
+    fn token_and_app_id_are_checked_like_wechat_does() {
+        assert_eq!(check_token("pamtest"), Ok(()));
+        let e = check_token("kefu-example-token").unwrap_err();
+        assert!(e.contains("character 5 is '-'") && e.contains("3 to 32 letters"), "{e}");
+        assert!(check_token("ab").unwrap_err().contains("it has 2 characters, not 3 to 32"));
+        let e = load("[wechat]\ntoken = \"sec ret\"\n", &[]).unwrap_err().0;
+        assert!(e.contains("`wechat.token` from /etc/kefu/kefu.toml: not a valid Token"), "{e}");
+        assert!(!e.contains("sec ret") && !e.contains("secret"), "{e}");
+
+        assert_eq!(check_app_id("wxb11529c136998cb6"), Ok(()));
+        let e = check_app_id("gh_4d00ed8d6399").unwrap_err();
+        assert!(e.contains("original ID"), "{e}");
+        // An AppSecret pasted into app_id: refused without printing it.
+        let e = check_app_id("0123456789abcdef0123456789abcdef").unwrap_err();
+        assert!(e.contains("does not start with wx") && !e.contains("0123456789abcdef"), "{e}");
+    }
+
+    #[test]
+    fn key_sources_for_messages() {
+        let c = load("[rules]\ndir = \"r\"\n", &[("KEFU_STATE_DIR", "d")]).unwrap();
+        assert_eq!(c.origin("rules.dir"), Origin::File("/etc/kefu/kefu.toml".into()));
+        assert_eq!(c.key("rules.dir"), "`rules.dir` (set in /etc/kefu/kefu.toml)");
+        assert_eq!(c.how_to_set("rules.dir"), "change `rules.dir` in /etc/kefu/kefu.toml");
+        assert_eq!(c.key("state.dir"), "`state.dir` (set by KEFU_STATE_DIR)");
+        assert_eq!(
+            c.how_to_set("state.dir"),
+            "change KEFU_STATE_DIR (it overrides the config file)"
+        );
+        assert_eq!(c.key("wechat.token"), "`wechat.token` (the built-in default)");
+        assert_eq!(
+            c.how_to_set("wechat.token"),
+            "set `wechat.token` in /etc/kefu/kefu.toml or KEFU_WECHAT_TOKEN"
+        );
+        let none = Config::from_parts(None, None, Vec::new(), Path::new("/w")).unwrap();
+        assert!(none.how_to_set("wechat.token").contains("none is in use now"));
+        assert_eq!(env_var_of("pay.v3_api_key"), "KEFU_PAY_V3_API_KEY");
     }
 
     #[test]

@@ -8,7 +8,7 @@ fn main() -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("kefu: cannot start the async runtime: {e}");
+            kefu::errln!("kefu: cannot start the async runtime: {e}");
             return std::process::ExitCode::from(1);
         }
     };

@@ -42,6 +42,8 @@ pub async fn open_store(
     clock: SharedClock,
 ) -> anyhow::Result<(Arc<dyn Store>, SqliteStore)> {
     let window = &cfg.window;
+    // The store's errors name `state.dir` / `state.redis_url`; say where those came from.
+    let dir_source = |e| anyhow::anyhow!("{e}. The directory is {}", cfg.key("state.dir"));
     let sqlite = match role {
         Role::Server => SqliteStore::open(
             &cfg.state.dir,
@@ -49,8 +51,11 @@ pub async fn open_store(
             dedupe_retention_secs(cfg.server.max_clock_skew_secs),
             cfg.state.sync,
             clock.clone(),
-        )?,
-        Role::Cli => SqliteStore::open_client(&cfg.state.dir, window, clock.clone())?,
+        )
+        .map_err(dir_source)?,
+        Role::Cli => {
+            SqliteStore::open_client(&cfg.state.dir, window, clock.clone()).map_err(dir_source)?
+        }
     };
     if cfg.state.redis_url.is_empty() {
         return Ok((Arc::new(sqlite.clone()), sqlite));
@@ -65,7 +70,8 @@ pub async fn open_store(
         dedupe_retention_secs(cfg.server.max_clock_skew_secs),
         clock,
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}. The URL is {}", cfg.key("state.redis_url")))?;
     Ok((Arc::new(redis), sqlite))
 }
 
@@ -126,17 +132,21 @@ impl Service {
     /// starts the server, the sender and the background tasks.
     pub async fn build(cfg: Config, clock: SharedClock) -> anyhow::Result<Service> {
         cfg.check_serve()?;
+        // Everything that can fail on configuration alone comes before the store is opened,
+        // so a taken port or a broken rule leaves no new state.dir behind.
+        let listener = crate::app::bind(&cfg)?;
+        let keys = Keys::from_config(&cfg)?;
         let metrics = Arc::new(Metrics::new());
-        let (store, sqlite) = open_store(&cfg, Role::Server, clock.clone()).await?;
 
         let loaded = RuleSet::load_dir(&cfg.rules.dir, &cfg.window).map_err(|diags| {
             let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
             let n = list.len();
             anyhow::anyhow!(
-                "the rules in {} do not load ({n} problem{}); fix them (`kefu rules check`) and \
-                 start again:\n{}",
+                "the rules in {} do not load ({n} problem{}){}; fix them (`kefu rules check`) \
+                 and start again:\n{}",
                 cfg.rules.dir.display(),
                 if n == 1 { "" } else { "s" },
+                crate::cmd::rules::dir_hint(&cfg, &cfg.rules.dir, None),
                 list.join("\n")
             )
         })?;
@@ -144,6 +154,8 @@ impl Service {
             tracing::warn!(target: "kefu::rules", "{w}");
         }
         let rules = Arc::new(Rules::new(loaded));
+
+        let (store, sqlite) = open_store(&cfg, Role::Server, clock.clone()).await?;
         let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
 
         // Without credentials the client still exists (its calls answer NoCredentials, so the
@@ -153,7 +165,7 @@ impl Service {
             Arc::new(CountingTokenCache { inner: store.token_cache(), metrics: metrics.clone() }),
             clock.clone(),
         )?;
-        let client = if cfg.wechat.has_credentials() {
+        let client = if api.has_credentials() {
             Some(api.clone())
         } else {
             tracing::info!(
@@ -192,15 +204,23 @@ impl Service {
             sqlite,
         });
 
-        let keys = Keys::from_config(&cfg)?;
         let sink: Arc<dyn PushSink> = pipeline.clone();
         let state = web::Data::new(
             WebhookState::new(keys, sink, cfg.server.max_body_bytes, clock.clone())
                 .with_metrics(metrics.clone()),
         );
         let extra = routes(shared.clone())?;
-        let app = Application::build_with(&cfg, state, Some(extra))?;
+        let app = Application::build_on(listener, &cfg, state, Some(extra))?;
         tracing::info!(address = %app.local_addr(), path = %cfg.server.path, rules = shared.rules.current().len(), "kefu listening");
+        // Refusals later say "does not match the configured wechat.token" and the like; this
+        // line says where each of those keys came from (never their values).
+        tracing::info!(
+            token = %cfg.key("wechat.token"),
+            encoding_aes_key = %cfg.key("wechat.encoding_aes_key"),
+            app_id = %cfg.key("wechat.app_id"),
+            max_clock_skew_secs = %cfg.key("server.max_clock_skew_secs"),
+            "push verification uses"
+        );
         Ok(Service { app, shared, sender, purge_stop, purger, _watcher: watcher })
     }
 

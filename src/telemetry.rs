@@ -12,6 +12,9 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr loses the log line; reporting that with `eprintln!` (the default)
+        // would panic on the same closed stderr.
+        .log_internal_errors(false)
         // Colour codes only for a person at a terminal, never into files or log shippers.
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {

@@ -212,6 +212,8 @@ impl ApiClient {
     }
 
     /// Whether app_id and app_secret are configured (else every call is `NoCredentials`).
+    /// The one dry-run decision: without them `serve`'s sender, `kefu send` and
+    /// `POST /admin/send` log what they would send instead of sending it.
     pub fn has_credentials(&self) -> bool {
         !self.inner.app_id.is_empty() && !self.inner.app_secret.is_empty()
     }

@@ -216,8 +216,8 @@ pub enum ApiError {
     Decode { path: String, detail: String },
     /// No app_id/app_secret configured.
     #[error(
-        "no WeChat credentials configured: set wechat.app_id and wechat.app_secret in kefu.toml, \
-         or KEFU_WECHAT_APP_ID and KEFU_WECHAT_APP_SECRET"
+        "no WeChat credentials configured: set wechat.app_id and wechat.app_secret in the \
+         config file, or KEFU_WECHAT_APP_ID and KEFU_WECHAT_APP_SECRET"
     )]
     NoCredentials,
     /// The shared access-token cache (store, Redis) failed.
@@ -319,7 +319,7 @@ impl ApiError {
 /// the app secret).
 pub(crate) fn transport(path: &str, e: reqwest::Error) -> ApiError {
     let not_sent = e.is_connect() || e.is_builder();
-    let detail = describe(&e.without_url());
+    let detail = transport_cause(&e);
     if not_sent {
         ApiError::NotSent { path: path.to_string(), detail }
     } else {
@@ -327,12 +327,61 @@ pub(crate) fn transport(path: &str, e: reqwest::Error) -> ApiError {
     }
 }
 
-/// reqwest's error plus its sources, one line, URL-free.
+/// What went wrong on the wire, in an operator's words and naming the server (scheme, host and
+/// port only: the path and query are left out, the query may carry the access token or the
+/// app secret): `connection refused by http://127.0.0.1:9`, `timed out waiting for
+/// https://api.weixin.qq.com`, `DNS lookup failed for http://nowhere.invalid`. Every HTTP client
+/// error kefu shows goes through here (the WeChat API client, `kefu push`), so they read alike.
+pub fn transport_cause(e: &reqwest::Error) -> String {
+    let server = e
+        .url()
+        .map(|u| {
+            let host = u.host_str().unwrap_or("?");
+            match u.port() {
+                Some(p) => format!("{}://{host}:{p}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        })
+        .unwrap_or_else(|| "the server".into());
+    let mut io_kind = None;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        src = s.source();
+    }
+    let chain = describe(e);
+    let text = chain.to_ascii_lowercase();
+    use std::io::ErrorKind as K;
+    if e.is_timeout() || io_kind == Some(K::TimedOut) {
+        format!("timed out waiting for {server}")
+    } else if io_kind == Some(K::ConnectionRefused) || text.contains("connection refused") {
+        format!("connection refused by {server}: nothing listens there")
+    } else if text.contains("dns error") || text.contains("failed to lookup address") {
+        format!("DNS lookup failed for {server}: no such host")
+    } else if matches!(io_kind, Some(K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe))
+        || text.contains("connection reset")
+    {
+        format!("the connection to {server} was reset")
+    } else if text.contains("certificate") || text.contains("tls") {
+        format!("the TLS handshake with {server} failed: {chain}")
+    } else {
+        format!("{chain} ({server})")
+    }
+}
+
+/// reqwest's error plus its sources, one line, with the URL (and its query) cut out.
 fn describe(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
+    let url = e.url().map(|u| u.as_str().to_string());
+    let strip = |s: String| match &url {
+        Some(u) => s.replace(&format!(" for url ({u})"), "").replace(u.as_str(), "<url>"),
+        None => s,
+    };
+    let mut out = if e.is_timeout() { "timed out".to_string() } else { strip(e.to_string()) };
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
-        let s_text = s.to_string();
+        let s_text = strip(s.to_string());
         if !out.contains(&s_text) {
             out.push_str(": ");
             out.push_str(&s_text);

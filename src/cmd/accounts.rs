@@ -39,14 +39,15 @@ fn display_width(s: &str) -> usize {
 }
 
 /// Prints rows under a header, columns padded to their widest cell.
-pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) -> CmdResult {
     let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(display_width(c));
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut table = String::new();
+    let mut line = |cells: Vec<&str>| {
         let mut out = String::new();
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
@@ -56,17 +57,19 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&" ".repeat(w - display_width(c) + 2));
             }
         }
-        println!("{}", out.trim_end());
+        table.push_str(out.trim_end());
+        table.push('\n');
     };
     line(header.to_vec());
     for r in rows {
         line(r.iter().map(String::as_str).collect());
     }
+    crate::out!("{table}")
 }
 
 pub(crate) fn print_json(v: &impl serde::Serialize) -> CmdResult {
     let s = serde_json::to_string_pretty(v).map_err(CmdError::failed)?;
-    println!("{s}");
+    crate::outln!("{s}")?;
     Ok(())
 }
 
@@ -79,7 +82,7 @@ pub async fn run(cfg: &Config, args: &AccountsCmd) -> CmdResult {
                 return print_json(&list);
             }
             if list.is_empty() {
-                println!("no kf accounts");
+                crate::outln!("no kf accounts")?;
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = list
@@ -97,7 +100,7 @@ pub async fn run(cfg: &Config, args: &AccountsCmd) -> CmdResult {
                     vec![k.kf_account.clone(), k.kf_nick.clone(), k.kf_id.clone(), binding]
                 })
                 .collect();
-            print_table(&["ACCOUNT", "NICKNAME", "ID", "WECHAT"], &rows);
+            print_table(&["ACCOUNT", "NICKNAME", "ID", "WECHAT"], &rows)?;
         }
         AccountsCmd::Online { json } => {
             let list = client.online_accounts().await?;
@@ -105,7 +108,7 @@ pub async fn run(cfg: &Config, args: &AccountsCmd) -> CmdResult {
                 return print_json(&list);
             }
             if list.is_empty() {
-                println!("no kf account is online");
+                crate::outln!("no kf account is online")?;
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = list
@@ -119,30 +122,30 @@ pub async fn run(cfg: &Config, args: &AccountsCmd) -> CmdResult {
                     ]
                 })
                 .collect();
-            print_table(&["ACCOUNT", "ID", "STATUS", "SESSIONS"], &rows);
+            print_table(&["ACCOUNT", "ID", "STATUS", "SESSIONS"], &rows)?;
         }
         AccountsCmd::Add { account, nickname } => {
             let kf = account_arg(cfg, account)?;
             client.add_account(&kf, nickname).await?;
-            println!("added kf account {kf} ({})", nickname.trim());
+            crate::outln!("added kf account {kf} ({})", nickname.trim())?;
         }
         AccountsCmd::Update { account, nickname } => {
             let kf = account_arg(cfg, account)?;
             client.update_account(&kf, nickname).await?;
-            println!("renamed kf account {kf} to {}", nickname.trim());
+            crate::outln!("renamed kf account {kf} to {}", nickname.trim())?;
         }
         AccountsCmd::Invite { account, wechat_id } => {
             let kf = account_arg(cfg, account)?;
             client.invite_worker(&kf, wechat_id).await?;
-            println!(
+            crate::outln!(
                 "invited WeChat user {} to bind to {kf}; they must accept in WeChat",
                 wechat_id.trim()
-            );
+            )?;
         }
         AccountsCmd::Delete { account } => {
             let kf = account_arg(cfg, account)?;
             client.delete_account(&kf).await?;
-            println!("deleted kf account {kf}");
+            crate::outln!("deleted kf account {kf}")?;
         }
         AccountsCmd::Avatar { account, image_file } => {
             let kf = account_arg(cfg, account)?;
@@ -154,7 +157,7 @@ pub async fn run(cfg: &Config, args: &AccountsCmd) -> CmdResult {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "avatar.jpg".into());
             client.upload_avatar(&kf, &bytes, &name).await?;
-            println!("uploaded {} as the avatar of {kf}", image_file.display());
+            crate::outln!("uploaded {} as the avatar of {kf}", image_file.display())?;
         }
     }
     Ok(())

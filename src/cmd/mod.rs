@@ -1,6 +1,7 @@
 //! One module per `kefu` command; each loads what it needs and returns a `CmdResult`.
 
 pub mod accounts;
+pub mod out;
 pub mod push;
 pub mod records;
 pub mod rules;

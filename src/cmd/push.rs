@@ -7,6 +7,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde::Deserialize;
 
+use crate::api::error::transport_cause;
 use crate::cli::{CmdError, CmdResult, PushArgs};
 use crate::config::Config;
 use crate::model::Clock;
@@ -33,8 +34,18 @@ pub async fn run(cfg: &Config, args: &PushArgs) -> CmdResult {
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
-    println!("HTTP {} {reason}{note}", out.status);
-    println!("{}", out.body);
+    crate::outln!("HTTP {} {reason}{note}", out.status)?;
+    crate::outln!("{}", out.body)?;
+    if out.status == 404 {
+        let path = url::Url::parse(&args.url).map(|u| u.path().to_string()).unwrap_or_default();
+        return Err(CmdError::failed(format!(
+            "the server at {} answered 404 Not Found for the path {path:?}: it has no webhook \
+             there. --url must end with the server's `server.path`; this config's is {:?}, {}",
+            args.url,
+            cfg.server.path,
+            cfg.key("server.path")
+        )));
+    }
     if out.status >= 400 {
         return Err(CmdError::failed(format!(
             "the server refused the push with HTTP {}: {}",
@@ -45,31 +56,53 @@ pub async fn run(cfg: &Config, args: &PushArgs) -> CmdResult {
     Ok(())
 }
 
+/// How long `kefu push` waits for the whole answer.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failed POST in an operator's words: the cause ([`transport_cause`]) and what to check.
+fn post_error(url: &str, e: &reqwest::Error) -> CmdError {
+    let cause = transport_cause(e);
+    let hint = if e.is_timeout() {
+        format!(
+            "no answer within {} s: the server is stuck or overloaded; check its logs",
+            PUSH_TIMEOUT.as_secs()
+        )
+    } else if e.is_connect() {
+        "check that `kefu serve` runs at that address (its `server.listen`) and that --url \
+         names it, e.g. http://127.0.0.1:8080/wechat"
+            .to_string()
+    } else {
+        "the server closed the connection before answering; check its logs".to_string()
+    };
+    CmdError::failed(format!("cannot POST the push to {url}: {cause}; {hint}"))
+}
+
 /// Builds, signs, (encrypts,) POSTs; returns the answer without printing.
 pub async fn send(cfg: &Config, args: &PushArgs) -> Result<PushOutcome, CmdError> {
     let token = cfg.wechat.token.expose();
     if token.is_empty() {
-        return Err(CmdError::Usage(
-            "`wechat.token` is empty: kefu push signs with it; set it (or KEFU_WECHAT_TOKEN) to the \
-             Token the server is configured with"
-                .into(),
-        ));
+        return Err(CmdError::Usage(format!(
+            "{} is empty: kefu push signs with it; {} to the Token the server is configured with",
+            cfg.key("wechat.token"),
+            cfg.how_to_set("wechat.token")
+        )));
     }
-    let key = if args.encrypt {
-        if cfg.wechat.encoding_aes_key.is_empty() {
-            return Err(CmdError::Usage(
-                "--encrypt needs `wechat.encoding_aes_key` (or KEFU_WECHAT_ENCODING_AES_KEY): set \
-                 the 43-character EncodingAESKey the server is configured with"
-                    .into(),
-            ));
-        }
-        Some(
-            AesKey::from_encoding_aes_key(cfg.wechat.encoding_aes_key.expose())
-                .map_err(|e| CmdError::Usage(format!("`wechat.encoding_aes_key`: {e}")))?,
-        )
-    } else {
-        None
-    };
+    let key =
+        if args.encrypt {
+            if cfg.wechat.encoding_aes_key.is_empty() {
+                return Err(CmdError::Usage(format!(
+                    "--encrypt needs {}, which is empty: {} to the 43-character EncodingAESKey the \
+                 server is configured with",
+                    cfg.key("wechat.encoding_aes_key"),
+                    cfg.how_to_set("wechat.encoding_aes_key")
+                )));
+            }
+            Some(AesKey::from_encoding_aes_key(cfg.wechat.encoding_aes_key.expose()).map_err(
+                |e| CmdError::Usage(format!("{}: {e}", cfg.key("wechat.encoding_aes_key"))),
+            )?)
+        } else {
+            None
+        };
     let mut url = url::Url::parse(&args.url).map_err(|e| {
         CmdError::Usage(format!(
             "--url {:?} is not a URL ({e}); write e.g. http://127.0.0.1:8080/wechat",
@@ -107,7 +140,7 @@ pub async fn send(cfg: &Config, args: &PushArgs) -> Result<PushOutcome, CmdError
     };
 
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(PUSH_TIMEOUT)
         .build()
         .map_err(|e| CmdError::failed(format!("cannot build the HTTP client: {e}")))?;
     let resp = client
@@ -116,12 +149,15 @@ pub async fn send(cfg: &Config, args: &PushArgs) -> Result<PushOutcome, CmdError
         .body(body)
         .send()
         .await
-        .map_err(|e| CmdError::failed(format!("cannot POST to {}: {e}", args.url)))?;
+        .map_err(|e| post_error(&args.url, &e))?;
     let status = resp.status().as_u16();
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| CmdError::failed(format!("cannot read the answer from {}: {e}", args.url)))?;
+    let text = resp.text().await.map_err(|e| {
+        CmdError::failed(format!(
+            "cannot read the answer from {}: {}",
+            args.url,
+            transport_cause(&e)
+        ))
+    })?;
     match (&key, open_envelope(&text)) {
         (Some(_), Some(env)) => {
             let plain = decrypt_reply(cfg, token, &env)?;
@@ -186,9 +222,11 @@ fn decrypt_reply(cfg: &Config, token: &str, env: &Envelope) -> Result<String, Cm
     let sig = env.msg_signature.as_deref().unwrap_or("");
     let encrypt = env.encrypt.trim();
     if !signature::verify(sig, &[token, ts.trim(), nonce.trim(), encrypt]) {
-        return Err(CmdError::failed(
-            "the encrypted answer's MsgSignature does not verify with wechat.token",
-        ));
+        return Err(CmdError::failed(format!(
+            "the encrypted answer's MsgSignature does not verify with {}: the server is \
+             configured with another Token",
+            cfg.key("wechat.token")
+        )));
     }
     let mut last = None;
     for k in [&cfg.wechat.encoding_aes_key, &cfg.wechat.previous_encoding_aes_key] {

@@ -27,7 +27,7 @@ pub async fn run(cfg: &Config, args: &RecordsArgs) -> CmdResult {
         return print_json(&records);
     }
     if records.is_empty() {
-        println!("no records between {} and {}", fmt_time(since), fmt_time(until));
+        crate::outln!("no records between {} and {}", fmt_time(since), fmt_time(until))?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = records
@@ -41,7 +41,7 @@ pub async fn run(cfg: &Config, args: &RecordsArgs) -> CmdResult {
             vec![fmt_time(r.time), r.worker.clone(), dir, r.openid.clone(), r.text.clone()]
         })
         .collect();
-    print_table(&["TIME", "KF", "DIRECTION", "OPENID", "TEXT"], &rows);
+    print_table(&["TIME", "KF", "DIRECTION", "OPENID", "TEXT"], &rows)?;
     Ok(())
 }
 

@@ -1,17 +1,18 @@
 //! `kefu rules check [DIR]` and `kefu rules import FILE` (interface §1).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use crate::cli::{CmdError, CmdResult};
 use crate::config::Config;
-use crate::rules::{Diagnostic, RuleSet, TestOutcome, import::import_autoreply};
+use crate::rules::import::{ImportError, import_beside};
+use crate::rules::{Diagnostic, RuleSet, TestOutcome};
 
 /// Loads every rule file, prints every error as `path:line:col: message`, runs the
 /// `[[test]]` cases (one line each) and fails unless everything loads and passes.
-pub fn check(cfg: &Config, dir: Option<&Path>, json: bool) -> CmdResult {
-    let dir = dir.unwrap_or(&cfg.rules.dir);
+pub fn check(cfg: &Config, given: Option<&Path>, json: bool) -> CmdResult {
+    let dir = given.unwrap_or(&cfg.rules.dir);
     let loaded = match RuleSet::load_dir(dir, &cfg.window) {
         Ok(l) => l,
         Err(diags) => {
@@ -23,14 +24,15 @@ pub fn check(cfg: &Config, dir: Option<&Path>, json: bool) -> CmdResult {
                     "dir": dir, "ok": false, "rules": null, "files": null,
                     "errors": errs, "warnings": warns, "tests": [],
                 });
-                println!("{report}");
+                crate::outln!("{report}")?;
             } else {
-                diags.iter().for_each(|d| println!("{d}"));
+                diags.iter().try_for_each(|d| crate::outln!("{d}"))?;
             }
             return Err(CmdError::failed(format!(
-                "the rules in {} do not load: {errors} error{}",
+                "the rules in {} do not load: {errors} error{}{}",
                 dir.display(),
-                if errors == 1 { "" } else { "s" }
+                if errors == 1 { "" } else { "s" },
+                dir_hint(cfg, dir, given.map(|_| "as the DIR argument"))
             )));
         }
     };
@@ -52,17 +54,17 @@ pub fn check(cfg: &Config, dir: Option<&Path>, json: bool) -> CmdResult {
             "files": loaded.set.files(), "errors": [], "warnings": loaded.warnings,
             "tests": tests,
         });
-        println!("{report}");
+        crate::outln!("{report}")?;
     } else {
-        loaded.warnings.iter().for_each(|w| println!("{w}"));
-        outcomes.iter().for_each(|o| println!("{o}"));
-        println!(
+        loaded.warnings.iter().try_for_each(|w| crate::outln!("{w}"))?;
+        outcomes.iter().try_for_each(|o| crate::outln!("{o}"))?;
+        crate::outln!(
             "{} rules in {} files; {} tests: {} passed, {failed} failed",
             loaded.set.len(),
             loaded.set.files(),
             outcomes.len(),
             outcomes.len() - failed
-        );
+        )?;
     }
     if failed > 0 {
         return Err(CmdError::failed(format!("{failed} of {} rule tests failed", outcomes.len())));
@@ -70,19 +72,86 @@ pub fn check(cfg: &Config, dir: Option<&Path>, json: bool) -> CmdResult {
     Ok(())
 }
 
+/// When a rules directory cannot be read, where its path came from (the argument, or
+/// `rules.dir` and its source) and how to change it; empty when the directory exists.
+pub(crate) fn dir_hint(cfg: &Config, dir: &Path, given: Option<&str>) -> String {
+    if dir.is_dir() {
+        return String::new();
+    }
+    match given {
+        Some(how) => format!(" ({} does not exist; it was given {how})", dir.display()),
+        None => format!(
+            " ({} does not exist; it is {}: {})",
+            dir.display(),
+            cfg.key("rules.dir"),
+            cfg.how_to_set("rules.dir")
+        ),
+    }
+}
+
 /// Converts the admin panel's auto-reply JSON into a rule file, printed or written to `out`.
-pub fn import(file: &Path, out: Option<&Path>) -> CmdResult {
+///
+/// The file is made for the directory it goes to (`--out`'s, or `rules.dir` when printed):
+/// its names, priorities and tests fit the rule files already there, and each existing test
+/// it changes is named on stderr. An existing `--out` file is replaced only with `--force`;
+/// settings with nothing to import are a failure (exit 1), not an empty file.
+pub fn import(cfg: &Config, file: &Path, out: Option<&Path>, force: bool) -> CmdResult {
+    if let Some(path) = out
+        && path.exists()
+        && !force
+    {
+        return Err(CmdError::Usage(format!(
+            "{} already exists: add --force to replace it, or choose another --out",
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(file)
         .map_err(|e| CmdError::Usage(format!("cannot read {}: {e}", file.display())))?;
-    let rules = import_autoreply(&text)
-        .map_err(|e| CmdError::failed(format!("{}: {e}", file.display())))?;
+    let (dir, name) = match out {
+        Some(p) => {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (dir.to_path_buf(), p.file_name().map(PathBuf::from).unwrap_or_default())
+        }
+        None => (cfg.rules.dir.clone(), PathBuf::from("imported.toml")),
+    };
+    let existing = rule_files(&dir, &name);
+    let imported = import_beside(&text, existing, &dir.join(&name))
+        .map_err(|e: ImportError| CmdError::failed(format!("{}: {e}", file.display())))?;
+    for w in &imported.warnings {
+        crate::errln!("warning: {w}");
+    }
     match out {
         Some(path) => {
-            std::fs::write(path, &rules)
+            std::fs::write(path, &imported.text)
                 .map_err(|e| CmdError::failed(format!("cannot write {}: {e}", path.display())))?;
-            eprintln!("wrote {}; check it with `kefu rules check`", path.display());
+            crate::errln!(
+                "wrote {} ({} rule{}); check the directory with `kefu rules check {}`",
+                path.display(),
+                imported.rules,
+                if imported.rules == 1 { "" } else { "s" },
+                dir.display()
+            );
         }
-        None => print!("{rules}"),
+        None => crate::out!("{}", imported.text)?,
     }
     Ok(())
+}
+
+/// The `*.toml` files directly in `dir` but `except` (the file being replaced), as `(path,
+/// text)`; unreadable ones are skipped (`rules check` reports them).
+fn rule_files(dir: &Path, except: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy();
+        if name_s.starts_with('.') || !name_s.ends_with(".toml") || Path::new(&name) == except {
+            continue;
+        }
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            files.push((path, text));
+        }
+    }
+    files
 }

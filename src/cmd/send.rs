@@ -2,9 +2,9 @@
 //! (interface §1, §6.9): sends one customer-service message now.
 //!
 //! Two steps with a seam between them: [`prepare`] turns the arguments into the exact
-//! `custom/send` body (no network), [`deliver`] sends it. The window gate — refuse unless the
-//! follower's window allows it, or `--force` — needs the durable store and belongs between the
-//! two.
+//! `custom/send` body (no network), [`run`] sends it through the window gate
+//! ([`send_gated`]: refuse unless the follower's window allows it, or `--force`), which needs
+//! the durable store. Without credentials the gate makes it a dry run.
 
 use serde_json::{Value, json};
 
@@ -15,7 +15,7 @@ use crate::model::{Clock, OpenId, OutMessage, SystemClock};
 use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
 
 use super::accounts::account_arg;
-use super::token::{api_client_with, cli_store};
+use super::token::{cli_store, send_client};
 
 /// A send ready to go: its recipient and exact body.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,13 +67,15 @@ pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<PreparedSend, CmdError> 
     Ok(PreparedSend { openid, body })
 }
 
+/// Sends through the window gate. Without credentials this is a dry run: gated and charged
+/// the same, printed as `dry-run: would send ...`, exit 0.
 pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let prepared = prepare(cfg, args)?;
     let store = cli_store(cfg).await?;
-    let client = api_client_with(cfg, &store)?;
+    let client = send_client(cfg, &store)?;
     let mode = if args.force { GateMode::Force } else { GateMode::Enforce };
     let now = SystemClock.now_secs();
-    let charged = match send_gated(
+    let (charged, dry_run) = match send_gated(
         store.as_ref(),
         &client,
         &prepared.openid,
@@ -83,7 +85,8 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     )
     .await
     {
-        Ok(Gated::Sent { charged }) => charged,
+        Ok(Gated::Sent { charged }) => (charged, false),
+        Ok(Gated::DryRun { charged }) => (charged, true),
         Ok(Gated::Refused(reason)) => {
             return Err(CmdError::failed(format!(
                 "not sent to {}: {reason}. `kefu window show {}` shows the ledger; --force \
@@ -98,9 +101,18 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
         Some(t) => format!(" (charged to the {t} grant)"),
         None => " (forced: no live grant was charged)".into(),
     };
-    match prepared.body.pointer("/customservice/kf_account").and_then(Value::as_str) {
-        Some(kf) => println!("sent {} to {} as {kf}{grant}", prepared.msgtype(), prepared.openid),
-        None => println!("sent {} to {}{grant}", prepared.msgtype(), prepared.openid),
+    let as_kf = match prepared.body.pointer("/customservice/kf_account").and_then(Value::as_str) {
+        Some(kf) => format!(" as {kf}"),
+        None => String::new(),
+    };
+    if dry_run {
+        crate::outln!(
+            "dry-run: would send {} to {}{as_kf}{grant}; not sent: no wechat.app_id/app_secret \
+             configured",
+            prepared.msgtype(),
+            prepared.openid
+        )
+    } else {
+        crate::outln!("sent {} to {}{as_kf}{grant}", prepared.msgtype(), prepared.openid)
     }
-    Ok(())
 }

@@ -24,12 +24,12 @@ pub async fn run(cfg: &Config, args: &SessionsCmd) -> CmdResult {
                 return print_json(&list);
             }
             if list.is_empty() {
-                println!("{kf} is serving nobody");
+                crate::outln!("{kf} is serving nobody")?;
                 return Ok(());
             }
             let rows: Vec<Vec<String>> =
                 list.iter().map(|s| vec![s.openid.clone(), fmt_time(s.createtime)]).collect();
-            print_table(&["OPENID", "SINCE"], &rows);
+            print_table(&["OPENID", "SINCE"], &rows)?;
         }
         SessionsCmd::Get { openid, json } => {
             let o = openid_arg(openid)?;
@@ -40,34 +40,38 @@ pub async fn run(cfg: &Config, args: &SessionsCmd) -> CmdResult {
                 }));
             }
             if s.kf_account.is_empty() {
-                println!("{o} has no kf session");
+                crate::outln!("{o} has no kf session")?;
             } else {
-                println!("{o} is served by {} since {}", s.kf_account, fmt_time(s.createtime));
+                crate::outln!(
+                    "{o} is served by {} since {}",
+                    s.kf_account,
+                    fmt_time(s.createtime)
+                )?;
             }
         }
         SessionsCmd::Create { kf_account, openid } => {
             let (kf, o) = (account_arg(cfg, kf_account)?, openid_arg(openid)?);
             client.create_session(&kf, &o).await?;
-            println!("{kf} now serves {o}");
+            crate::outln!("{kf} now serves {o}")?;
         }
         SessionsCmd::Close { kf_account, openid } => {
             let (kf, o) = (account_arg(cfg, kf_account)?, openid_arg(openid)?);
             client.close_session(&kf, &o).await?;
-            println!("closed the session of {o} with {kf}");
+            crate::outln!("closed the session of {o} with {kf}")?;
         }
         SessionsCmd::Waiting { json } => {
             let q = client.waiting().await?;
             if *json {
                 return print_json(&q);
             }
-            println!("{} waiting", q.count);
+            crate::outln!("{} waiting", q.count)?;
             if !q.waitcaselist.is_empty() {
                 let rows: Vec<Vec<String>> = q
                     .waitcaselist
                     .iter()
                     .map(|w| vec![w.openid.clone(), fmt_time(w.latest_time)])
                     .collect();
-                print_table(&["OPENID", "LATEST MESSAGE"], &rows);
+                print_table(&["OPENID", "LATEST MESSAGE"], &rows)?;
             }
         }
     }

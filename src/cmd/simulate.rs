@@ -31,19 +31,20 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
 
     let dir = args.rules.as_deref().unwrap_or(&cfg.rules.dir);
     let loaded = RuleSet::load_dir(dir, &cfg.window).map_err(|diags| {
-        diags.iter().for_each(|d| eprintln!("{d}"));
+        diags.iter().for_each(|d| crate::errln!("{d}"));
         CmdError::failed(format!(
-            "the rules in {} do not load; `kefu rules check {}` lists every error",
+            "the rules in {} do not load{}; `kefu rules check {}` lists every error",
             dir.display(),
+            super::rules::dir_hint(cfg, dir, args.rules.as_ref().map(|_| "with --rules")),
             dir.display()
         ))
     })?;
-    loaded.warnings.iter().for_each(|w| eprintln!("{w}"));
+    loaded.warnings.iter().for_each(|w| crate::errln!("{w}"));
 
     let ev = loaded.set.evaluate(&input);
     let fired = ev.fired.clone();
     let plan = crate::pipeline::plan(ev, cfg.rules.passive_first, effect, user_message);
-    plan.dropped.iter().for_each(|r| eprintln!("dropped a planned reply: {r}"));
+    plan.dropped.iter().for_each(|r| crate::errln!("dropped a planned reply: {r}"));
     let (passive, planned) = (plan.passive, plan.planned);
     let account = if cfg.wechat.account_id.is_empty() {
         SIMULATED_ACCOUNT
@@ -62,17 +63,17 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
             "passive": passive.as_ref().map(|p| json!({ "reply": p, "xml": xml })),
             "messages": sends,
         });
-        println!("{out}");
+        crate::outln!("{out}")?;
         return Ok(());
     }
     if fired.is_empty() {
-        println!("no rule fired: the push is answered with `success` and nothing is sent");
+        crate::outln!("no rule fired: the push is answered with `success` and nothing is sent")?;
         return Ok(());
     }
-    println!("rules fired: {}", fired.join(", "));
+    crate::outln!("rules fired: {}", fired.join(", "))?;
     match &xml {
-        Some(x) => println!("passive reply (the HTTP answer):\n{x}"),
-        None => println!("passive reply: none (the push is answered with `success`)"),
+        Some(x) => crate::outln!("passive reply (the HTTP answer):\n{x}")?,
+        None => crate::outln!("passive reply: none (the push is answered with `success`)")?,
     }
     for (i, (a, s)) in planned.iter().zip(&sends).enumerate() {
         let when = if a.delay.is_zero() {
@@ -81,13 +82,13 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
             format!("after {}", humantime::format_duration(a.delay))
         };
         let as_kf = a.kf_account.as_deref().map(|k| format!(", as {k}")).unwrap_or_default();
-        println!(
+        crate::outln!(
             "{}. {when} (rule {}{as_kf}): POST {}\n{}",
             i + 1,
             a.rule,
             s["endpoint"].as_str().unwrap_or_default(),
             s["body"]
-        );
+        )?;
     }
     Ok(())
 }

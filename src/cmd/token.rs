@@ -18,7 +18,7 @@ use crate::store::Store;
 /// token `serve` holds instead of fetching one (interface §6.10).
 pub async fn api_client(cfg: &Config) -> Result<ApiClient, CmdError> {
     if !cfg.wechat.has_credentials() {
-        return Err(ApiError::NoCredentials.into());
+        return Err(no_credentials(cfg));
     }
     let store = cli_store(cfg).await?;
     api_client_with(cfg, &store)
@@ -27,10 +27,33 @@ pub async fn api_client(cfg: &Config) -> Result<ApiClient, CmdError> {
 /// The client over an already opened store.
 pub fn api_client_with(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient, CmdError> {
     if !cfg.wechat.has_credentials() {
-        return Err(ApiError::NoCredentials.into());
+        return Err(no_credentials(cfg));
     }
+    send_client(cfg, store)
+}
+
+/// The client `kefu send` uses: without credentials it is the dry-run client (the window gate
+/// still charges, nothing is sent; see [`crate::pipeline::gate`]).
+pub fn send_client(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient, CmdError> {
     let clock: SharedClock = Arc::new(SystemClock);
     ApiClient::new(&cfg.wechat, store.token_cache(), clock).map_err(CmdError::Failed)
+}
+
+/// Missing credentials, naming each missing key with where to set it (the file in use, or
+/// the variable): exit 2.
+fn no_credentials(cfg: &Config) -> CmdError {
+    let mut fixes = Vec::new();
+    if cfg.wechat.app_id.is_empty() {
+        fixes.push(cfg.how_to_set("wechat.app_id"));
+    }
+    if cfg.wechat.app_secret.is_empty() {
+        fixes.push(cfg.how_to_set("wechat.app_secret"));
+    }
+    CmdError::Usage(format!(
+        "no WeChat credentials configured: this command calls the WeChat API, which needs \
+         `wechat.app_id` and `wechat.app_secret`: {}",
+        fixes.join("; ")
+    ))
 }
 
 /// The store as a CLI process opens it, beside a running `serve`.
@@ -63,24 +86,6 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Where `state.dir` came from, for messages.
-fn state_dir_source(cfg: &Config) -> String {
-    if std::env::var_os("KEFU_STATE_DIR").is_some() {
-        return "from KEFU_STATE_DIR".into();
-    }
-    let in_file = |f: &std::path::Path| {
-        std::fs::read_to_string(f)
-            .ok()
-            .and_then(|t| t.parse::<toml::Table>().ok())
-            .is_some_and(|t| t.get("state").and_then(|s| s.get("dir")).is_some())
-    };
-    match &cfg.file {
-        Some(f) if in_file(f) => format!("from {}", f.display()),
-        Some(f) => format!("the built-in default: {} does not set it", f.display()),
-        None => "the built-in default: no config file was found".into(),
-    }
-}
-
 /// Opens the [`ReaderStore`].
 pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
     let db = cfg.state.dir.join(crate::store::sqlite::DB_FILE);
@@ -89,10 +94,11 @@ pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
     }
     if cfg.state.redis_url.is_empty() {
         return Err(CmdError::failed(format!(
-            "no kefu state at {} (state.dir = {}, {}): `kefu serve` has not recorded anything              there; run this command with the same --config (or KEFU_STATE_DIR) that `kefu serve`              uses",
+            "no kefu state at {}: `kefu serve` has not recorded anything there. The directory is \
+             {}; run this command with the same --config (or KEFU_STATE_DIR) that `kefu serve` \
+             uses",
             db.display(),
-            cfg.state.dir.display(),
-            state_dir_source(cfg),
+            cfg.key("state.dir"),
         )));
     }
     let scratch = ScratchDir(std::env::temp_dir().join(format!(
@@ -141,7 +147,7 @@ pub async fn run(cfg: &Config, args: &TokenArgs) -> CmdResult {
         if args.reveal {
             v["access_token"] = json!(info.token.expose());
         }
-        println!("{v}");
+        crate::outln!("{v}")?;
         return Ok(());
     }
     let from = match info.source {
@@ -149,15 +155,15 @@ pub async fn run(cfg: &Config, args: &TokenArgs) -> CmdResult {
         crate::api::TokenSource::Store => "the token cache",
         crate::api::TokenSource::Fetched => "fetched from WeChat just now",
     };
-    println!("source:     {} ({from})", info.source);
-    println!("fetched at: {}", fmt_time(info.fetched_at));
-    println!(
+    crate::outln!("source:     {} ({from})", info.source)?;
+    crate::outln!("fetched at: {}", fmt_time(info.fetched_at))?;
+    crate::outln!(
         "expires at: {} (in {})",
         fmt_time(info.expires_at),
         humantime::format_duration(std::time::Duration::from_secs(left as u64))
-    );
+    )?;
     if args.reveal {
-        println!("token:      {}", info.token.expose());
+        crate::outln!("token:      {}", info.token.expose())?;
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
             }
         }
     };
-    print!("{out}");
+    crate::out!("{out}")?;
     Ok(())
 }
 

@@ -229,7 +229,8 @@ struct SendQuery {
 
 /// `POST /admin/send[?force=true]`: a complete `custom/send` body, sent through the window
 /// gate: charged to the follower's ledger, refused with 409 when the window does not allow it
-/// (unless forced).
+/// (unless forced). In dry-run (no app_id/app_secret) it is gated and charged the same and
+/// answered 200 `{"dry_run": true, "sent": false, "touser", "msgtype", "charged", "message"}`.
 async fn send(
     req: HttpRequest,
     api: web::Data<ApiClient>,
@@ -246,7 +247,23 @@ async fn send(
         Ok(Gated::Sent { charged }) => Ok(ok(json!({
             "touser": openid.as_str(),
             "charged": charged.map(|t| t.as_str()),
+            "dry_run": false,
         }))),
+        // Not WeChat's answer, so no errcode: a client must not mistake it for a delivery.
+        Ok(Gated::DryRun { charged }) => {
+            let msgtype = v.get("msgtype").and_then(Value::as_str).unwrap_or("message");
+            Ok(HttpResponse::Ok().json(json!({
+                "dry_run": true,
+                "sent": false,
+                "touser": openid.as_str(),
+                "msgtype": msgtype,
+                "charged": charged.map(|t| t.as_str()),
+                "message": format!(
+                    "dry-run: would send {msgtype} to {openid}; not sent: no \
+                     wechat.app_id/app_secret configured"
+                ),
+            })))
+        }
         Ok(Gated::Refused(reason)) => Ok(HttpResponse::Conflict().json(json!({
             "error": format!("not sent: {reason}"),
             "touser": openid.as_str(),

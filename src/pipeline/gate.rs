@@ -3,9 +3,13 @@
 //! charges in the transaction that claims its outbox entry (`Store::claim_send`) and shares
 //! [`feed_back`], so a manual send uses the same quota the bot does and WeChat's answer
 //! corrects the ledger the same way.
+//!
+//! In dry-run (the client has no credentials, [`ApiClient::has_credentials`]) a manual send
+//! is gated and charged exactly as for real, then logged instead of sent, as the sender does
+//! for the bot's messages: a dry run shows what production would do, quota included.
 
 use serde_json::Value;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::api::{ApiClient, ApiError};
 use crate::model::{OpenId, Trigger};
@@ -23,6 +27,8 @@ pub enum GateMode {
 pub enum Gated {
     /// Sent; charged to this grant (None when forced past a closed window).
     Sent { charged: Option<Trigger> },
+    /// Dry-run: charged like a send (same meaning of `charged`) and logged, not sent.
+    DryRun { charged: Option<Trigger> },
     /// Not sent: the window does not allow it.
     Refused(DenyReason),
 }
@@ -51,6 +57,16 @@ pub async fn send_gated(
         }
         ChargeOutcome::Denied { .. } => None,
     };
+    if !client.has_credentials() {
+        info!(
+            touser = %openid,
+            msgtype = body.get("msgtype").and_then(serde_json::Value::as_str).unwrap_or("?"),
+            kf_account = body.pointer("/customservice/kf_account").and_then(serde_json::Value::as_str),
+            charged = charged.map(|c| c.0.as_str()),
+            "dry-run: would send (no wechat.app_id/app_secret configured)"
+        );
+        return Ok(Gated::DryRun { charged: charged.map(|c| c.0) });
+    }
     match client.send(body).await {
         Ok(()) => Ok(Gated::Sent { charged: charged.map(|c| c.0) }),
         Err(e) => {

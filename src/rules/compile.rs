@@ -486,7 +486,7 @@ fn compile_reply(
                     d.span().start,
                     format!(
                         "delay {} is longer than the longest window ({}): it could never be \
-                         sent; shorten it or lengthen [window] in kefu.toml",
+                         sent; shorten it or lengthen a [window] quota in the config",
                         d.get_ref().trim(),
                         short_duration(window.longest())
                     ),

@@ -5,11 +5,24 @@
 //! The panel has three parts: the follow reply (关注后自动回复), the default reply
 //! (消息自动回复) and keyword rules (关键词自动回复, `contain`/`equal` keywords, `reply_all` or
 //! `random_one`). The output carries `[[test]]` cases for what it imported, each checked
-//! against the generated rules, so the file passes `kefu rules check` as written.
+//! against the generated rules *and the rule files it will sit beside*, so the directory
+//! passes `kefu rules check` as written.
+//!
+//! Imported rules get priorities just below the example rules' bands ([`FOLLOW_PRIORITY`],
+//! [`KEYWORD_PRIORITY`], [`DEFAULT_PRIORITY`]): a rule written by hand for the same push wins,
+//! and an imported duplicate of it (a second welcome, a second catch-all) is reported by
+//! `rules check` as never firing instead of silently taking over. Names already used in the
+//! directory are not reused. An existing `[[test]]` that an imported rule changes (a panel
+//! keyword now answers a text the test expects elsewhere) is reported, so the operator decides.
+//!
+//! What the panel's JSON holds (get_current_autoreply_info): `content` is the text for
+//! `text`, a temporary (3-day) media id for `img` and `voice`, and for `video` a download URL
+//! of the video file — not a media id, so it cannot become a `video` reply; such a reply is
+//! left out with a warning that keeps the URL for the operator to upload the video.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -82,6 +95,24 @@ struct NewsItem {
     content_url: String,
 }
 
+/// The imported follow reply: below a hand-written welcome (the example's is 100).
+pub const FOLLOW_PRIORITY: i64 = 90;
+/// Imported keyword rules: below hand-written keyword rules (the example FAQ's are 10 to 30).
+pub const KEYWORD_PRIORITY: i64 = 5;
+/// The imported default reply: below a hand-written catch-all (the example fallback is -100).
+pub const DEFAULT_PRIORITY: i64 = -110;
+
+/// A rule file made from the panel's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The rule file's text.
+    pub text: String,
+    /// How many rules it holds.
+    pub rules: usize,
+    /// What the operator must know: replies left out, existing tests the import changes.
+    pub warnings: Vec<String>,
+}
+
 /// Why a file could not be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -92,14 +123,35 @@ pub enum ImportError {
     Json(#[from] serde_json::Error),
     #[error("the file is a WeChat API error, not auto-reply settings: errcode {0}: {1}")]
     Api(i64, String),
+    /// Valid JSON, but no reply that could become a rule.
+    #[error("nothing to import: {0}")]
+    Nothing(String),
 }
 
-/// Converts the JSON text into a rule file's text.
+/// Converts the JSON text into a rule file's text, on its own (no other rule files).
 pub fn import_autoreply(json: &str) -> Result<String, ImportError> {
+    import_beside(json, Vec::new(), Path::new("imported.toml")).map(|i| i.text)
+}
+
+/// Converts the JSON text into the rule file `name` that will sit beside `existing` (the other
+/// rule files of its directory, as `(path, text)`): names already used there are not reused,
+/// the generated tests are checked against all the files together, and every existing test the
+/// new rules change is reported in [`Imported::warnings`].
+pub fn import_beside(
+    json: &str,
+    existing: Vec<(PathBuf, String)>,
+    name: &Path,
+) -> Result<Imported, ImportError> {
     let info: Info = serde_json::from_str(json)?;
     if let Some(code) = info.errcode.filter(|c| *c != 0) {
         return Err(ImportError::Api(code, info.errmsg.unwrap_or_default()));
     }
+    let window = WindowConfig::default();
+    // The directory as it is; when it does not compile, the import is checked on its own.
+    let before =
+        RuleSet::from_sources(existing.clone(), &window).ok().filter(|_| !existing.is_empty());
+    let mut warnings = Vec::new();
+    let mut rules = 0usize;
     let mut out = String::from(
         "# Imported from the admin panel's auto-reply settings (get_current_autoreply_info).\n\
          # Check with `kefu rules check`; try a message with `kefu simulate --text ...`.\n\
@@ -107,17 +159,29 @@ pub fn import_autoreply(json: &str) -> Result<String, ImportError> {
          # 3 days: upload permanent material and put its media ids here.\n",
     );
     let mut names = Names::default();
+    if let Some(b) = &before {
+        names.0.extend(b.set.names().map(str::to_string));
+    }
     // Probes for the generated tests: (input, expected rule).
     let mut probes: Vec<(Probe, String)> = Vec::new();
 
     match (&info.add_friend_autoreply_info, info.is_add_friend_reply_open) {
         (Some(r), 1) => {
             let name = names.take("follow-reply");
-            out.push_str("\n# 关注后自动回复: the reply to a new follower.\n");
-            rule_header(&mut out, &name, 100, None);
-            out.push_str("[rule.when]\nevent = \"subscribe\"\n");
-            reply(&mut out, r);
-            probes.push((Probe::Event("subscribe".into()), name));
+            let mut body = String::from("[rule.when]\nevent = \"subscribe\"\n");
+            if reply(&mut body, r, &name, &mut warnings) {
+                out.push_str("\n# 关注后自动回复: the reply to a new follower.\n");
+                rule_header(&mut out, &name, FOLLOW_PRIORITY, None);
+                out.push_str(&body);
+                probes.push((Probe::Event("subscribe".into()), name));
+                rules += 1;
+            } else {
+                let _ = writeln!(
+                    out,
+                    "\n# The follow reply has nothing importable:\n{}",
+                    comment_out(&body)
+                );
+            }
         }
         (Some(_), _) => {
             out.push_str("\n# The follow reply is switched off in the panel: not imported.\n")
@@ -153,13 +217,24 @@ pub fn import_autoreply(json: &str) -> Result<String, ImportError> {
                 } else {
                     names.take(&base)
                 };
-                rule_header(&mut out, &name, 10, mode);
                 let list: Vec<String> = words.iter().map(|w| toml_str(w)).collect();
-                let _ = writeln!(out, "[rule.when]\n{cond} = [{}]", list.join(", "));
+                let mut body = format!("[rule.when]\n{cond} = [{}]\n", list.join(", "));
+                let mut any = false;
                 for r in &rule.reply_list_info {
-                    reply(&mut out, r);
+                    any |= reply(&mut body, r, &name, &mut warnings);
                 }
+                if !any {
+                    let _ = writeln!(
+                        out,
+                        "\n# rule {name:?} has no importable reply: not imported\n{}",
+                        comment_out(&body)
+                    );
+                    continue;
+                }
+                rule_header(&mut out, &name, KEYWORD_PRIORITY, mode);
+                out.push_str(&body);
                 probes.push((Probe::Text(words[0].to_string()), name));
+                rules += 1;
             }
             if equal.is_empty() && contain.is_empty() {
                 let _ = writeln!(out, "# rule {base:?} has no text keyword: not imported");
@@ -170,17 +245,26 @@ pub fn import_autoreply(json: &str) -> Result<String, ImportError> {
     match (&info.message_default_autoreply_info, info.is_autoreply_open) {
         (Some(r), 1) => {
             let name = names.take("default-reply");
-            out.push_str(
-                "\n# 消息自动回复: the reply to any other message. The panel sent it at most once\n\
-                 # an hour per follower; this rule answers every message no other rule takes.\n",
-            );
-            rule_header(&mut out, &name, -100, None);
-            out.push_str(
+            let mut body = String::from(
                 "[rule.when]\nmsg_type = [\"text\", \"image\", \"voice\", \"video\", \
                  \"shortvideo\", \"location\", \"link\"]\n",
             );
-            reply(&mut out, r);
-            probes.push((Probe::Text("kefu import probe: no keyword here".into()), name));
+            if reply(&mut body, r, &name, &mut warnings) {
+                out.push_str(
+                    "\n# 消息自动回复: the reply to any other message. The panel sent it at most once\n\
+                     # an hour per follower; this rule answers every message no other rule takes.\n",
+                );
+                rule_header(&mut out, &name, DEFAULT_PRIORITY, None);
+                out.push_str(&body);
+                probes.push((Probe::Text("kefu import probe: no keyword here".into()), name));
+                rules += 1;
+            } else {
+                let _ = writeln!(
+                    out,
+                    "\n# The default reply has nothing importable:\n{}",
+                    comment_out(&body)
+                );
+            }
         }
         (Some(_), _) => {
             out.push_str("\n# The default reply is switched off in the panel: not imported.\n")
@@ -188,8 +272,42 @@ pub fn import_autoreply(json: &str) -> Result<String, ImportError> {
         (None, _) => {}
     }
 
-    out.push_str(&tests_for(&out, probes));
-    Ok(out)
+    if rules == 0 {
+        let mut found = Vec::new();
+        match (&info.add_friend_autoreply_info, info.is_add_friend_reply_open) {
+            (None, _) => found.push("no follow reply"),
+            (Some(_), 1) => found.push("a follow reply with no importable content"),
+            (Some(_), _) => found.push("a follow reply switched off in the panel"),
+        }
+        match (&info.message_default_autoreply_info, info.is_autoreply_open) {
+            (None, _) => found.push("no default reply"),
+            (Some(_), 1) => found.push("a default reply with no importable content"),
+            (Some(_), _) => found.push("a default reply switched off in the panel"),
+        }
+        match info.keyword_autoreply_info.as_ref().map_or(0, |k| k.list.len()) {
+            0 => found.push("no keyword rule"),
+            _ => found.push("keyword rules without a text keyword or an importable reply"),
+        }
+        let mut why = found.join(", ");
+        for w in &warnings {
+            why.push_str("; ");
+            why.push_str(w);
+        }
+        return Err(ImportError::Nothing(format!(
+            "the settings hold {why}. Check that the file is the whole answer of \
+             get_current_autoreply_info"
+        )));
+    }
+
+    let (tests, changed) = tests_for(&out, name, existing, before.as_ref(), probes);
+    out.push_str(&tests);
+    warnings.extend(changed);
+    Ok(Imported { text: out, rules, warnings })
+}
+
+/// A block of TOML as comments (a rule left out, kept for the operator to finish by hand).
+fn comment_out(body: &str) -> String {
+    body.lines().map(|l| format!("# {l}\n")).collect()
 }
 
 enum Probe {
@@ -198,14 +316,39 @@ enum Probe {
 }
 
 /// Writes a `[[test]]` for each probe the generated rules answer as intended, and a comment
-/// for each they do not (another rule takes the keyword first), so the operator sees it.
-fn tests_for(rules_text: &str, probes: Vec<(Probe, String)>) -> String {
+/// for each they do not (another rule takes the keyword first — in this file or beside it), so
+/// the operator sees it. Also returns one warning per existing test that passed before and
+/// fails with the imported rules in the directory.
+fn tests_for(
+    rules_text: &str,
+    name: &Path,
+    existing: Vec<(PathBuf, String)>,
+    before: Option<&super::Loaded>,
+    probes: Vec<(Probe, String)>,
+) -> (String, Vec<String>) {
     let mut out = String::new();
-    let loaded = RuleSet::from_sources(
-        vec![(PathBuf::from("imported.toml"), rules_text.to_string())],
-        &WindowConfig::default(),
-    );
-    let Ok(loaded) = loaded else { return out };
+    let mut changed = Vec::new();
+    let mut sources = if before.is_some() { existing } else { Vec::new() };
+    sources.push((name.to_path_buf(), rules_text.to_string()));
+    let loaded = RuleSet::from_sources(sources, &WindowConfig::default());
+    let Ok(loaded) = loaded else { return (out, changed) };
+    if let Some(before) = before {
+        for t in &before.tests {
+            let (was, now) = (t.run(&before.set), t.run(&loaded.set));
+            if was.passed && !now.passed {
+                changed.push(format!(
+                    "{}:{}: the test of {} expects [{}] but with the imported rules [{}] fire: \
+                     an imported keyword takes it; change that rule's priority or keyword, or \
+                     the test",
+                    t.path.display(),
+                    t.line,
+                    t.describe(),
+                    t.expect.join(", "),
+                    now.fired.join(", ")
+                ));
+            }
+        }
+    }
     out.push_str("\n# Tests: run by `kefu rules check`.\n");
     for (probe, name) in probes {
         let (input, line) = match &probe {
@@ -225,7 +368,7 @@ fn tests_for(rules_text: &str, probes: Vec<(Probe, String)>) -> String {
             );
         }
     }
-    out
+    (out, changed)
 }
 
 #[derive(Default)]
@@ -251,7 +394,8 @@ fn rule_header(out: &mut String, name: &str, priority: i64, mode: Option<&str>) 
     }
 }
 
-fn reply(out: &mut String, r: &PanelReply) {
+/// Writes one reply; false (and a comment, and a warning) when it cannot be imported.
+fn reply(out: &mut String, r: &PanelReply, rule: &str, warnings: &mut Vec<String>) -> bool {
     // Panel text has no placeholders: keep its braces literal.
     let lit = |s: &str| toml_str(&s.replace('{', "{{").replace('}', "}}"));
     match r.kind.as_str() {
@@ -263,6 +407,24 @@ fn reply(out: &mut String, r: &PanelReply) {
         }
         "voice" => {
             let _ = writeln!(out, "[[rule.reply]]\nvoice = {}", lit(&r.content));
+        }
+        // The panel gives a video as the download URL of its file, which no message can carry
+        // as a media id.
+        "video" if is_url(&r.content) => {
+            let _ = writeln!(
+                out,
+                "# a video reply was left out: the panel gives only its download URL\n\
+                 #   {}\n\
+                 # upload it as permanent material, then add\n\
+                 # video = {{ media_id = \"...\", thumb_media_id = \"...\", title = \"...\" }}",
+                r.content.trim().replace('\n', " ")
+            );
+            warnings.push(format!(
+                "rule {rule:?}: a video reply was left out: the panel gives only the video's \
+                 download URL (written in a comment), not a media id; upload the video as \
+                 permanent material and add a `video` reply with its media_id"
+            ));
+            return false;
         }
         "video" => {
             let _ = writeln!(
@@ -293,12 +455,26 @@ fn reply(out: &mut String, r: &PanelReply) {
             None if !r.content.is_empty() => {
                 let _ = writeln!(out, "[[rule.reply]]\nmpnews = {}", lit(&r.content));
             }
-            None => out.push_str("# a news reply without articles: not imported\n"),
+            None => {
+                out.push_str("# a news reply without articles: not imported\n");
+                warnings.push(format!("rule {rule:?}: a news reply without articles was left out"));
+                return false;
+            }
         },
         other => {
             let _ = writeln!(out, "# a reply of type {other:?} is not supported: not imported");
+            warnings.push(format!(
+                "rule {rule:?}: a reply of type {other:?} is not supported and was left out"
+            ));
+            return false;
         }
     }
+    true
+}
+
+fn is_url(s: &str) -> bool {
+    let s = s.trim();
+    s.starts_with("http://") || s.starts_with("https://")
 }
 
 /// A TOML string literal (quotes and escapes chosen by the toml crate).
@@ -317,6 +493,63 @@ mod tests {
             e.to_string(),
             "the file is a WeChat API error, not auto-reply settings: errcode 40001: invalid credential"
         );
+    }
+
+    #[test]
+    fn nothing_to_import_is_an_error() {
+        for json in [
+            "{}",
+            r#"{"is_add_friend_reply_open":0,"add_friend_autoreply_info":{"type":"text","content":"x"}}"#,
+            r#"{"keyword_autoreply_info":{"list":[]}}"#,
+        ] {
+            let e = import_autoreply(json).unwrap_err();
+            assert!(matches!(e, ImportError::Nothing(_)), "{json}: {e}");
+            assert!(e.to_string().starts_with("nothing to import: the settings hold "), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_video_url_is_left_out_but_a_media_id_is_kept() {
+        let json = |content: &str| {
+            serde_json::json!({
+                "is_add_friend_reply_open": 1,
+                "add_friend_autoreply_info": {"type": "video", "content": content},
+                "keyword_autoreply_info": {"list": [{
+                    "rule_name": "k", "keyword_list_info": [{"match_mode": "equal", "content": "a"}],
+                    "reply_list_info": [{"type": "text", "content": "t"}]
+                }]}
+            })
+            .to_string()
+        };
+        let i =
+            import_beside(&json("https://v.qq.com/x.mp4?vkey=1"), Vec::new(), Path::new("i.toml"))
+                .unwrap();
+        assert!(!i.text.contains("media_id = \"https"), "{}", i.text);
+        assert!(i.text.contains("#   https://v.qq.com/x.mp4?vkey=1"), "{}", i.text);
+        assert_eq!(i.rules, 1, "only the keyword rule");
+        assert!(i.warnings[0].contains("\"follow-reply\": a video reply was left out"));
+        let i = import_beside(&json("VIDEO_MEDIA_ID"), Vec::new(), Path::new("i.toml")).unwrap();
+        assert!(i.text.contains("video = { media_id = \"VIDEO_MEDIA_ID\" }"), "{}", i.text);
+        assert_eq!(i.rules, 2);
+    }
+
+    #[test]
+    fn beside_other_files_names_are_not_reused_and_priorities_stay_below() {
+        let existing = vec![(
+            PathBuf::from("r/10-mine.toml"),
+            "[[rule]]\nname = \"follow-reply\"\npriority = 100\n[rule.when]\nevent = \"subscribe\"\n\
+             [[rule.reply]]\ntext = \"mine\"\n"
+                .to_string(),
+        )];
+        let json = r#"{"is_add_friend_reply_open":1,"add_friend_autoreply_info":{"type":"text","content":"panel"}}"#;
+        let i = import_beside(json, existing, Path::new("r/20-imported.toml")).unwrap();
+        assert!(i.text.contains("name = \"follow-reply (2)\"\npriority = 90"), "{}", i.text);
+        assert!(
+            i.text.contains("# note: event = \"subscribe\" is answered by [follow-reply]"),
+            "{}",
+            i.text
+        );
+        assert!(!i.text.contains("[[test]]"), "no test that would fail: {}", i.text);
     }
 
     #[test]

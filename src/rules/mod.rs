@@ -183,7 +183,9 @@ impl RuleSet {
             vec![Diagnostic::file(
                 dir,
                 Severity::Error,
-                format!("cannot read the rules directory: {e} (set rules.dir in kefu.toml)"),
+                // The caller knows where the path came from (an argument, `rules.dir` from a
+                // file or a variable) and says so; here only what went wrong.
+                format!("cannot read the rules directory: {e}"),
             )]
         })?;
         let mut sources = Vec::new();

@@ -950,7 +950,10 @@ mod admin {
         let req =
             authed(test::TestRequest::post().uri("/admin/send?force=true")).set_json(body.clone());
         let v: Value = test::call_and_read_body_json(&app, req.to_request()).await;
-        assert_eq!(v, json!({"errcode":0,"errmsg":"ok","touser":"oU1","charged":null}));
+        assert_eq!(
+            v,
+            json!({"errcode":0,"errmsg":"ok","touser":"oU1","charged":null,"dry_run":false})
+        );
         assert_call(&h.mock.requests_to(SEND)[0], "POST", SEND, T1, Some(body.clone()));
 
         h.mock.push_error(SEND, 45015, "response out of time limit or subscription is canceled");

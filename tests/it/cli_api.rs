@@ -124,15 +124,27 @@ fn missing_credentials_exit_2_naming_the_variables() {
     let mock = MockWechat::start();
     let dir = tempfile::tempdir().unwrap();
     let base = mock.url();
-    for args in [&["token"][..], &["accounts", "list"], &["send", "oU1", "--text", "x"]] {
+    for args in [&["token"][..], &["accounts", "list"]] {
         let r = run_in(dir.path(), &[("KEFU_WECHAT_API_BASE", &base)], args);
         assert_eq!(r.code, 2, "{args:?}");
-        assert_eq!(
-            r.stderr,
-            "kefu: no WeChat credentials configured: set wechat.app_id and wechat.app_secret in \
-             kefu.toml, or KEFU_WECHAT_APP_ID and KEFU_WECHAT_APP_SECRET\n"
+        assert!(
+            r.stderr.ends_with(
+                "kefu: no WeChat credentials configured: this command calls the WeChat API, \
+                 which needs `wechat.app_id` and `wechat.app_secret`: set `wechat.app_id` in a \
+                 config file (--config PATH, or ./kefu.toml in the working directory; none is in \
+                 use now) or KEFU_WECHAT_APP_ID; set `wechat.app_secret` in a config file \
+                 (--config PATH, or ./kefu.toml in the working directory; none is in use now) or \
+                 KEFU_WECHAT_APP_SECRET\n"
+            ),
+            "{}",
+            r.stderr
         );
     }
+    // `send` is a dry run without credentials (tests/it/operator.rs): gated like a real one,
+    // so a closed window still refuses it.
+    let r = run_in(dir.path(), &[("KEFU_WECHAT_API_BASE", &base)], &["send", "oU1", "--text", "x"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("not sent to oU1"), "{}", r.stderr);
     assert!(mock.requests().is_empty());
 }
 

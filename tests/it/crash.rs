@@ -445,7 +445,7 @@ async fn example_config_runs_in_dry_run_and_never_calls_the_api() {
     let mock = MockWechat::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kefu.example.toml");
-    let token = "kefu-example-token"; // what the example file sets
+    let token = "kefuExampleToken"; // what the example file sets
     let env = vec![
         ("KEFU_SERVER_LISTEN", "127.0.0.1:0".to_string()),
         ("KEFU_STATE_DIR", dir.path().join("state").display().to_string()),

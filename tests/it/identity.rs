@@ -278,7 +278,8 @@ fn a_read_only_command_never_creates_state_and_says_which_config_it_used() {
             r.stderr
         );
         assert!(r.stderr.contains("no kefu state at "), "{}", r.stderr);
-        assert!(r.stderr.contains("kefu-data, the built-in default"), "{}", r.stderr);
+        assert!(r.stderr.contains("no kefu state at kefu-data/"), "{}", r.stderr);
+        assert!(r.stderr.contains("`state.dir` (the built-in default)"), "{}", r.stderr);
         assert!(r.stdout.is_empty(), "no answer from empty state: {}", r.stdout);
         assert!(!dir.path().join("kefu-data").exists(), "{args:?} created ./kefu-data");
     }
@@ -289,7 +290,7 @@ fn a_read_only_command_never_creates_state_and_says_which_config_it_used() {
     let r = kefu_in(dir.path(), &[], &["--config", "ops.toml", "window", "list"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains(&format!("kefu: config: {}", cfg.display())), "{}", r.stderr);
-    assert!(r.stderr.contains(&format!("from {}", cfg.display())), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("`state.dir` (set in {})", cfg.display())), "{}", r.stderr);
     assert!(!dir.path().join("st").exists());
 }
 

@@ -484,7 +484,7 @@ fn every_error_is_reported_at_once_with_its_position() {
         format!("{a}:16:9: bad duration `soon` in delay: use humantime like 30s, 2m, 1h30m"),
         format!(
             "{a}:19:9: delay 72h is longer than the longest window (48h): it could never be \
-             sent; shorten it or lengthen [window] in kefu.toml"
+             sent; shorten it or lengthen a [window] quota in the config"
         ),
         format!(
             "{a}:26:8: placeholder {{2}} is not provided: this rule's regexes capture only {{0}} \
