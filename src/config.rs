@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::{Secret, Trigger};
+use crate::pay::v2::V2SignType;
 
 /// Where a value came from; printed in every error about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,7 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("app_id", Kind::Str),
             ("app_secret", Kind::Str),
             ("account_id", Kind::Str),
+            ("original_id", Kind::Str),
             ("token", Kind::Str),
             ("encoding_aes_key", Kind::Str),
             ("previous_encoding_aes_key", Kind::Str),
@@ -84,11 +86,15 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
         "pay",
         &[
             ("v2_api_key", Kind::Str),
+            ("v2_sign_type", Kind::Str),
             ("v3_api_key", Kind::Str),
             ("v3_platform_public_key", Kind::Path),
         ],
     ),
 ];
+
+/// The shortest `admin.token` that `kefu serve` accepts (a bearer token for `/admin/*`).
+pub const ADMIN_TOKEN_MIN_CHARS: usize = 16;
 
 /// The complete, validated configuration.
 #[derive(Clone, Debug)]
@@ -124,9 +130,16 @@ pub enum TokenEndpoint {
 
 #[derive(Clone, Debug)]
 pub struct WechatConfig {
+    /// The AppID (开发者ID). Alone (without `app_secret`) it still checks the AppID inside
+    /// encrypted pushes; sending needs both.
     pub app_id: String,
     pub app_secret: Secret,
+    /// The account's WeChat ID (微信号): completes a bare kf account prefix to
+    /// `prefix@account_id`. Not the original ID.
     pub account_id: String,
+    /// The account's original ID (原始ID, `gh_` + letters and digits): the `ToUserName` of every
+    /// push WeChat sends it, which `kefu push` and `kefu simulate` use. Empty = a placeholder.
+    pub original_id: String,
     pub token: Secret,
     pub encoding_aes_key: Secret,
     pub previous_encoding_aes_key: Secret,
@@ -139,6 +152,13 @@ impl WechatConfig {
     /// Without credentials kefu runs in dry-run mode: sends are logged, not made.
     pub fn has_credentials(&self) -> bool {
         !self.app_id.is_empty() && !self.app_secret.is_empty()
+    }
+
+    /// An AppID without its AppSecret: pushes are verified, decrypted (the AppID checked) and
+    /// answered passively, but nothing can be sent (an uncertified account, or a dry run in
+    /// safe mode).
+    pub fn app_id_only(&self) -> bool {
+        !self.app_id.is_empty() && self.app_secret.is_empty()
     }
 }
 
@@ -228,6 +248,9 @@ pub struct AdminConfig {
 #[derive(Clone, Debug)]
 pub struct PayConfig {
     pub v2_api_key: Secret,
+    /// Which algorithm v2 notifications are checked with (`pay.v2_sign_type`: `"auto"`, the
+    /// default, decides by the sign's length; `"MD5"` or `"HMAC-SHA256"` fix it).
+    pub v2_sign_type: V2SignType,
     pub v3_api_key: Secret,
     pub v3_platform_public_key: Option<PathBuf>,
 }
@@ -245,6 +268,7 @@ impl Default for Config {
                 app_id: String::new(),
                 app_secret: Secret::default(),
                 account_id: String::new(),
+                original_id: String::new(),
                 token: Secret::default(),
                 encoding_aes_key: Secret::default(),
                 previous_encoding_aes_key: Secret::default(),
@@ -262,6 +286,7 @@ impl Default for Config {
             admin: AdminConfig { token: Secret::default() },
             pay: PayConfig {
                 v2_api_key: Secret::default(),
+                v2_sign_type: V2SignType::Auto,
                 v3_api_key: Secret::default(),
                 v3_platform_public_key: None,
             },
@@ -409,12 +434,7 @@ impl Config {
                 errors.push(format!("`{section}.{key}` from {origin}: {why}"));
             }
         }
-        let origin_of = |s: &str, k: &str| {
-            values
-                .get(&(s.to_string(), k.to_string()))
-                .map(|v| v.1.clone())
-                .unwrap_or(Origin::Default)
-        };
+        let origin_of = |s: &str, k: &str| cfg.origin(&format!("{s}.{k}"));
         errors.extend(cfg.cross_checks(&origin_of));
 
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigError(errors.join("\n"))) }
@@ -423,11 +443,12 @@ impl Config {
     fn cross_checks(&self, origin_of: &dyn Fn(&str, &str) -> Origin) -> Vec<String> {
         let mut e = Vec::new();
         let w = &self.wechat;
-        if w.app_id.is_empty() != w.app_secret.is_empty() {
+        // An AppID alone is fine (decrypt and answer passively, sending off); a secret alone
+        // is always a mistake: no token can be fetched without the AppID it belongs to.
+        if w.app_id.is_empty() && !w.app_secret.is_empty() {
             e.push(format!(
-                "`wechat.app_id` ({}) and `wechat.app_secret` ({}) must be set together: set both \
-                 to send messages, or neither for dry-run",
-                origin_of("wechat", "app_id"),
+                "`wechat.app_secret` ({}) is set but `wechat.app_id` is not: set `wechat.app_id` \
+                 (KEFU_WECHAT_APP_ID) to the AppID (开发者ID) the secret belongs to",
                 origin_of("wechat", "app_secret")
             ));
         }
@@ -455,17 +476,31 @@ impl Config {
         e
     }
 
-    /// Checks what `serve` needs beyond a well-formed file.
+    /// Checks what `serve` needs beyond a well-formed file. Only `serve` serves the webhook and
+    /// the admin API, so what only they need is checked here, not at load: a client command
+    /// (`kefu push`, `kefu window`, ...) runs with the same file whatever its admin token.
     pub fn check_serve(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         if self.wechat.token.is_empty() {
-            return Err(ConfigError(format!(
+            errors.push(format!(
                 "{} is empty: {} to the Token entered in the Official Account's server \
                  configuration; without it no push can be verified",
                 self.key("wechat.token"),
                 self.how_to_set("wechat.token")
-            )));
+            ));
         }
-        Ok(())
+        let admin = self.admin.token.expose();
+        let len = admin.chars().count();
+        if len > 0 && len < ADMIN_TOKEN_MIN_CHARS {
+            errors.push(format!(
+                "{} has {len} characters; the admin API needs at least {ADMIN_TOKEN_MIN_CHARS}, \
+                 as a shorter bearer token is too easy to guess: {} to e.g. the output of \
+                 `openssl rand -hex 24`, or to \"\" to turn the admin API off",
+                self.key("admin.token"),
+                self.how_to_set("admin.token")
+            ));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigError(errors.join("\n"))) }
     }
 
     /// Where `key` (`section.key`, e.g. `rules.dir`) got its value.
@@ -702,6 +737,23 @@ fn check_app_id(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An original ID (原始ID) is `gh_` followed by letters and digits, e.g. `gh_4d00ed8d6399`.
+fn check_original_id(s: &str) -> Result<(), String> {
+    let ok = s.is_empty()
+        || s.strip_prefix("gh_").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not an original ID: it is `gh_` followed by letters and digits (e.g. \
+             gh_4d00ed8d6399), shown in the MP admin under 设置与开发 → 公众号设置 → 原始ID; the \
+             WeChat ID (微信号) belongs in `wechat.account_id`"
+        ))
+    }
+}
+
 fn apply(
     cfg: &mut Config,
     section: &str,
@@ -756,6 +808,11 @@ fn apply(
         }
         ("wechat", "app_secret") => cfg.wechat.app_secret = Secret::new(want_str(v)?.trim()),
         ("wechat", "account_id") => cfg.wechat.account_id = want_str(v)?.trim().to_string(),
+        ("wechat", "original_id") => {
+            let s = want_str(v)?.trim().to_string();
+            check_original_id(&s)?;
+            cfg.wechat.original_id = s;
+        }
         ("wechat", "token") => {
             let s = want_str(v)?;
             // Empty = unset: `serve` asks for it (check_serve), the API commands need none.
@@ -827,14 +884,10 @@ fn apply(
                 }
             }
         }
-        ("admin", "token") => {
-            let s = want_str(v)?;
-            if !s.is_empty() && s.len() < 16 {
-                return Err("an admin token shorter than 16 characters is too easy to guess; use e.g. `openssl rand -hex 24`".into());
-            }
-            cfg.admin.token = Secret::new(s);
-        }
+        // Its minimum length is checked by `check_serve`: only `serve` serves the admin API.
+        ("admin", "token") => cfg.admin.token = Secret::new(want_str(v)?),
         ("pay", "v2_api_key") => cfg.pay.v2_api_key = Secret::new(want_str(v)?),
+        ("pay", "v2_sign_type") => cfg.pay.v2_sign_type = V2SignType::parse(&want_str(v)?)?,
         ("pay", "v3_api_key") => {
             let s = want_str(v)?;
             if !s.is_empty() && s.len() != 32 {
@@ -916,8 +969,12 @@ mod tests {
         let e = load("[window]\nmenu = { limit = 3, duration = \"soon\" }", &[]).unwrap_err().0;
         assert!(e.contains("`window.menu`") && e.contains("not a duration"), "{e}");
 
-        let e = load("[wechat]\napp_id = \"wx1\"\n", &[]).unwrap_err().0;
-        assert!(e.contains("must be set together"), "{e}");
+        let e = load("[wechat]\napp_secret = \"s3cret-value\"\n", &[]).unwrap_err().0;
+        assert!(
+            e.contains("`wechat.app_secret` (/etc/kefu/kefu.toml) is set but `wechat.app_id`"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
 
         let e = load("[nope]\n", &[]).unwrap_err().0;
         assert!(e.contains("unknown section [nope]"), "{e}");
@@ -936,7 +993,8 @@ mod tests {
 
     #[test]
     fn toml_syntax_errors_say_where_without_quoting_the_line() {
-        let e = load("[wechat]\napp_secret = \"s3cret-value\ntoken = \"t\"\n", &[]).unwrap_err().0;
+        let e =
+            load("[wechat]\napp_secret = \"s3cret-value\ntoken = \"tok\"\n", &[]).unwrap_err().0;
         assert!(e.starts_with("/etc/kefu/kefu.toml:2:"), "{e}");
         assert!(e.contains("not valid TOML: "), "{e}");
         assert!(!e.contains("s3cret"), "the line is not quoted: {e}");
@@ -1009,6 +1067,68 @@ mod tests {
         let none = Config::from_parts(None, None, Vec::new(), Path::new("/w")).unwrap();
         assert!(none.how_to_set("wechat.token").contains("none is in use now"));
         assert_eq!(env_var_of("pay.v3_api_key"), "KEFU_PAY_V3_API_KEY");
+    }
+
+    #[test]
+    fn pay_v2_sign_type_from_file_and_env() {
+        use crate::pay::v2::SignType;
+        assert_eq!(load("", &[]).unwrap().pay.v2_sign_type, V2SignType::Auto);
+        let c = load("[pay]\nv2_sign_type = \"HMAC-SHA256\"\n", &[]).unwrap();
+        assert_eq!(c.pay.v2_sign_type, V2SignType::Fixed(SignType::HmacSha256));
+        let c =
+            load("[pay]\nv2_sign_type = \"auto\"\n", &[("KEFU_PAY_V2_SIGN_TYPE", "MD5")]).unwrap();
+        assert_eq!(c.pay.v2_sign_type, V2SignType::Fixed(SignType::Md5));
+        let e = load("", &[("KEFU_PAY_V2_SIGN_TYPE", "sha1")]).unwrap_err().0;
+        assert!(
+            e.contains("`pay.v2_sign_type` from environment variable KEFU_PAY_V2_SIGN_TYPE")
+                && e.contains("\"HMAC-SHA256\""),
+            "{e}"
+        );
+        let e = load("[pay]\nv2_sign_type = 5\n", &[]).unwrap_err().0;
+        assert!(e.contains("`pay.v2_sign_type` from /etc/kefu/kefu.toml"), "{e}");
+    }
+
+    #[test]
+    fn app_id_without_secret_is_accepted_with_sending_off() {
+        let c = load("[wechat]\napp_id = \"wx1\"\ntoken = \"tok\"\n", &[]).unwrap();
+        assert!(c.wechat.app_id_only() && !c.wechat.has_credentials());
+        c.check_serve().unwrap();
+    }
+
+    #[test]
+    fn original_id_is_checked_and_kept_apart_from_account_id() {
+        let c = load("[wechat]\noriginal_id = \"gh_4d00ed8d6399\"\naccount_id = \"myshop\"\n", &[])
+            .unwrap();
+        assert_eq!(
+            (c.wechat.original_id.as_str(), c.wechat.account_id.as_str()),
+            ("gh_4d00ed8d6399", "myshop")
+        );
+        for bad in ["myshop", "gh_", "gh_abc-1", "GH_abc", "gh_中文"] {
+            let e = load(&format!("[wechat]\noriginal_id = \"{bad}\"\n"), &[]).unwrap_err().0;
+            assert!(
+                e.contains("`wechat.original_id` from /etc/kefu/kefu.toml") && e.contains("原始ID"),
+                "{bad}: {e}"
+            );
+        }
+        let e = load("", &[("KEFU_WECHAT_ORIGINAL_ID", "wx123")]).unwrap_err().0;
+        assert!(e.contains("environment variable KEFU_WECHAT_ORIGINAL_ID"), "{e}");
+    }
+
+    #[test]
+    fn a_short_admin_token_stops_only_serve() {
+        // Loading (what every client command does) accepts it ...
+        let c = load("[wechat]\ntoken = \"tok\"\n[admin]\ntoken = \"short-token\"\n", &[]).unwrap();
+        // ... serving refuses it, naming the key, its source and the fix, not the value.
+        let e = c.check_serve().unwrap_err().0;
+        assert!(e.contains("`admin.token` (set in /etc/kefu/kefu.toml) has 11 characters"), "{e}");
+        assert!(e.contains("at least 16") && e.contains("openssl rand -hex 24"), "{e}");
+        assert!(!e.contains("short-token"), "{e}");
+        let c = load("[wechat]\ntoken = \"tok\"\n", &[("KEFU_ADMIN_TOKEN", "abc")]).unwrap();
+        let e = c.check_serve().unwrap_err().0;
+        assert!(e.contains("`admin.token` (set by KEFU_ADMIN_TOKEN)"), "{e}");
+        let c = load("[wechat]\ntoken = \"tok\"\n", &[("KEFU_ADMIN_TOKEN", "0123456789abcdef")])
+            .unwrap();
+        c.check_serve().unwrap();
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Prometheus metrics (issue 7): one registry per running app (not a global, so several apps in
-//! one test process do not count into each other), rendered in the text exposition format.
+//! one test process do not count into each other), rendered in the format the scraper asks for
+//! (issue 13): OpenMetrics 1.0.0 when its `Accept` names it, else the Prometheus text format
+//! 0.0.4.
+//!
+//! prometheus-client encodes OpenMetrics only, so the 0.0.4 page is converted from it
+//! ([`openmetrics_to_prometheus`]) rather than encoded twice: one encoder, one set of names.
 
 use std::sync::Arc;
 
@@ -20,6 +25,14 @@ pub struct PushLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `webhook` (GET handshake and POST pushes at `server.path`), `pay_v2`, `pay_v3`.
+    pub endpoint: String,
+    /// Why: `bad_signature`, `stale_timestamp`, `too_large`, ... (snake_case, stable).
     pub reason: String,
 }
 
@@ -46,7 +59,7 @@ pub struct OutcomeLabels {
 pub struct Metrics {
     registry: Registry,
     pub pushes: Family<PushLabels, Counter>,
-    pub refusals: Family<ReasonLabels, Counter>,
+    pub refusals: Family<RefusalLabels, Counter>,
     pub answer_seconds: Histogram,
     pub rule_hits: Family<RuleLabels, Counter>,
     pub sends: Family<SendLabels, Counter>,
@@ -70,8 +83,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kefu");
         let pushes = Family::<PushLabels, Counter>::default();
         registry.register("pushes", "Pushes received, by kind and outcome", pushes.clone());
-        let refusals = Family::<ReasonLabels, Counter>::default();
-        registry.register("refusals", "Pushes refused, by reason", refusals.clone());
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests refused at the webhook and pay endpoints, by endpoint and reason",
+            refusals.clone(),
+        );
         // Buckets from 50 µs to ~1.6 s: the answer budget is 5 s, the target p99 a few ms.
         let answer_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16),
@@ -135,22 +152,29 @@ impl Metrics {
     }
 
     pub fn push(&self, kind: &str, outcome: &str) {
-        self.pushes.get_or_create(&PushLabels { kind: kind.into(), outcome: outcome.into() }).inc();
+        let labels = PushLabels { kind: label_value(kind), outcome: label_value(outcome) };
+        self.pushes.get_or_create(&labels).inc();
     }
 
-    pub fn refusal(&self, reason: &str) {
-        self.refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    /// Counts one refused request at `endpoint` (`webhook`, `pay_v2`, `pay_v3`).
+    pub fn refusal(&self, endpoint: &str, reason: &str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                endpoint: label_value(endpoint),
+                reason: label_value(reason),
+            })
+            .inc();
     }
 
     pub fn rule_hit(&self, rule: &str) {
-        self.rule_hits.get_or_create(&RuleLabels { rule: rule.into() }).inc();
+        self.rule_hits.get_or_create(&RuleLabels { rule: label_value(rule) }).inc();
     }
 
     pub fn send(&self, msgtype: &str, outcome: &str, errcode: i64) {
         self.sends
             .get_or_create(&SendLabels {
-                msgtype: msgtype.into(),
-                outcome: outcome.into(),
+                msgtype: label_value(msgtype),
+                outcome: label_value(outcome),
                 errcode: errcode.to_string(),
             })
             .inc();
@@ -161,7 +185,7 @@ impl Metrics {
     }
 
     pub fn drop_messages(&self, reason: &str, n: u64) {
-        self.dropped.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(n);
+        self.dropped.get_or_create(&ReasonLabels { reason: label_value(reason) }).inc_by(n);
     }
 
     pub fn reload(&self, ok: bool) {
@@ -182,13 +206,294 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics 1.0.0 text exposition (ends with `# EOF`).
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The page in `format`.
+    pub fn render_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.render(),
+            Format::Prometheus => openmetrics_to_prometheus(&self.render()),
+        }
+    }
+}
+
+/// A label value escaped for the exposition (`\\`, `"`, newline), which prometheus-client
+/// writes as given: an event name from a push or a rule name with a quote would otherwise
+/// break the page for every scraper.
+pub fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The two exposition formats `/metrics` serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 (`application/openmetrics-text`).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`): the default, which every
+    /// scraper and tool reads.
+    Prometheus,
+}
+
+impl Format {
+    /// Picks the format from an `Accept` header (RFC 9110 §12.5.1): OpenMetrics only when a
+    /// media range names `application/openmetrics-text` with a quality at least that of any
+    /// range `text/plain` matches (`text/plain`, `text/*`, `*/*`); otherwise (no header, a
+    /// wildcard, `text/plain`, anything else) the Prometheus text format. Prometheus itself
+    /// sends `application/openmetrics-text;version=1.0.0;q=0.5,...,text/plain;version=0.0.4;
+    /// q=0.3,*/*;q=0.2` and gets OpenMetrics.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else { return Format::Prometheus };
+        let mut openmetrics: f32 = 0.0;
+        let mut text: f32 = 0.0;
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let mut q: f32 = 1.0;
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=')
+                    && k.trim().eq_ignore_ascii_case("q")
+                {
+                    // A malformed quality counts as 0 (not acceptable), never as a preference.
+                    q = v
+                        .trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|q| (0.0..=1.0).contains(q))
+                        .unwrap_or(0.0);
+                }
+            }
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of a page in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Converts an OpenMetrics 1.0.0 text page into the Prometheus text format 0.0.4.
+///
+/// What differs (OpenMetrics spec §"Text format"; Prometheus "Exposition formats"):
+/// - a counter family is declared without `_total` (`# TYPE x counter`, samples `x_total`);
+///   in 0.0.4 `# HELP`/`# TYPE` name the samples' own name, so the family becomes `x_total`;
+/// - `_created` samples (counters, histograms, summaries) have no place in a 0.0.4 family:
+///   they become a gauge family of their own, `x_created`, as the Prometheus Python client
+///   writes them;
+/// - `info` (samples `x_info`) becomes the gauge family `x_info`; `stateset` a gauge;
+///   `gaugehistogram` a histogram (`_gsum`/`_gcount` as `_sum`/`_count`); `unknown` `untyped`;
+/// - `# UNIT` lines, `# EOF` and exemplars (` # {...} v` after a value) do not exist in 0.0.4
+///   and are dropped;
+/// - `# HELP` text escapes only `\\` and `\n` in 0.0.4 (a `\"` would be an invalid escape);
+/// - timestamps are seconds in OpenMetrics and milliseconds in 0.0.4.
+///
+/// Label syntax and escaping are the same in both. Lines it does not understand are dropped
+/// rather than passed on, so the output stays parseable.
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut family: Option<OmFamily> = None;
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Some(f) = family.take() {
+                f.write_to(&mut out);
+            }
+            family = Some(OmFamily::new(name, help));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            match &mut family {
+                Some(f) if f.name == name => f.kind = kind.trim().to_string(),
+                _ => {
+                    if let Some(f) = family.take() {
+                        f.write_to(&mut out);
+                    }
+                    let mut f = OmFamily::new(name, "");
+                    f.kind = kind.trim().to_string();
+                    family = Some(f);
+                }
+            }
+        } else if line.starts_with('#') || line.trim().is_empty() {
+            // `# UNIT`, `# EOF`: nothing in 0.0.4.
+        } else if let Some(sample) = OmSample::parse(line) {
+            match &mut family {
+                Some(f) if sample.name.starts_with(f.name.as_str()) => f.push(sample),
+                _ => {
+                    // A sample with no descriptor: its own untyped family.
+                    if let Some(f) = family.take() {
+                        f.write_to(&mut out);
+                    }
+                    let mut f = OmFamily::new(&sample.name, "");
+                    f.push(sample);
+                    family = Some(f);
+                }
+            }
+        }
+    }
+    if let Some(f) = family.take() {
+        f.write_to(&mut out);
+    }
+    out
+}
+
+/// One OpenMetrics metric family being converted.
+struct OmFamily {
+    name: String,
+    /// HELP text, unescaped.
+    help: String,
+    kind: String,
+    samples: Vec<String>,
+    created: Vec<String>,
+}
+
+/// One sample line: its name, the label set as written (`{...}` or empty) and the value,
+/// with the timestamp converted and any exemplar dropped.
+struct OmSample {
+    name: String,
+    labels: String,
+    value: String,
+}
+
+impl OmSample {
+    fn parse(line: &str) -> Option<OmSample> {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let mut rest = &line[name_end..];
+        let mut labels = "";
+        if rest.starts_with('{') {
+            // The closing brace is the first one outside a quoted value.
+            let (mut quoted, mut escaped, mut end) = (false, false, None);
+            for (i, c) in rest.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' if quoted => escaped = true,
+                    '"' => quoted = !quoted,
+                    '}' if !quoted => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let end = end?;
+            labels = &rest[..=end];
+            rest = &rest[end + 1..];
+        }
+        // `value [timestamp] [# exemplar]`
+        let rest = rest.split(" # ").next().unwrap_or("");
+        let mut fields = rest.split_whitespace();
+        let value = fields.next()?.to_string();
+        let value = match fields.next() {
+            None => value,
+            Some(ts) => {
+                let ms = (ts.parse::<f64>().ok()? * 1000.0).round() as i64;
+                format!("{value} {ms}")
+            }
+        };
+        Some(OmSample { name: name.to_string(), labels: labels.to_string(), value })
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!("{name}{} {}\n", self.labels, self.value)
+    }
+}
+
+impl OmFamily {
+    fn new(name: &str, help: &str) -> OmFamily {
+        OmFamily {
+            name: name.to_string(),
+            help: unescape_help(help),
+            kind: "unknown".into(),
+            samples: Vec::new(),
+            created: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, s: OmSample) {
+        let suffix = &s.name[self.name.len()..];
+        let name = match (self.kind.as_str(), suffix) {
+            ("counter" | "histogram" | "summary" | "gaugehistogram", "_created") => {
+                self.created.push(s.line(&s.name));
+                return;
+            }
+            ("gaugehistogram", "_gsum") => format!("{}_sum", self.name),
+            ("gaugehistogram", "_gcount") => format!("{}_count", self.name),
+            _ => s.name.clone(),
+        };
+        self.samples.push(s.line(&name));
+    }
+
+    /// Writes the family as 0.0.4: HELP and TYPE named as its samples are, then the samples,
+    /// then any `_created` samples as a gauge family of their own.
+    fn write_to(self, out: &mut String) {
+        let (name, kind) = match self.kind.as_str() {
+            "counter" => (format!("{}_total", self.name), "counter"),
+            "gauge" => (self.name.clone(), "gauge"),
+            "histogram" | "gaugehistogram" => (self.name.clone(), "histogram"),
+            "summary" => (self.name.clone(), "summary"),
+            "info" => (format!("{}_info", self.name), "gauge"),
+            "stateset" => (self.name.clone(), "gauge"),
+            _ => (self.name.clone(), "untyped"),
+        };
+        let help = escape_help(&self.help);
+        if !self.help.is_empty() {
+            out.push_str(&format!("# HELP {name} {help}\n"));
+        }
+        out.push_str(&format!("# TYPE {name} {kind}\n"));
+        for s in &self.samples {
+            out.push_str(s);
+        }
+        if !self.created.is_empty() {
+            let created = format!("{}_created", self.name);
+            if !self.help.is_empty() {
+                out.push_str(&format!("# HELP {created} {help}\n"));
+            }
+            out.push_str(&format!("# TYPE {created} gauge\n"));
+            for s in &self.created {
+                out.push_str(s);
+            }
+        }
+    }
+}
+
+/// OpenMetrics HELP escapes `\\`, `\n` and `\"`.
+fn unescape_help(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// 0.0.4 HELP escapes `\\` and `\n` only.
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 pub type SharedMetrics = Arc<Metrics>;
@@ -196,6 +501,130 @@ pub type SharedMetrics = Arc<Metrics>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.rule_hit("say \"hi\"\\n\nnow");
+        let text = m.render_as(Format::Prometheus);
+        assert!(text.contains(r#"kefu_rule_hits_total{rule="say \"hi\"\\n\nnow"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let om = Format::OpenMetrics;
+        let prom = Format::Prometheus;
+        for (accept, want) in [
+            (None, prom),
+            (Some(""), prom),
+            (Some("*/*"), prom),
+            (Some("text/plain"), prom),
+            (Some("text/plain; version=0.0.4"), prom),
+            (Some("application/json"), prom),
+            (Some("application/openmetrics-text"), om),
+            (Some("application/openmetrics-text; version=1.0.0; charset=utf-8"), om),
+            (Some("Application/OpenMetrics-Text;version=0.0.1"), om),
+            // What Prometheus 2.x/3.x sends by default.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;\
+                     version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                ),
+                om,
+            ),
+            // A scraper that prefers the text format.
+            (Some("text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"), prom),
+            (Some("application/openmetrics-text;q=0"), prom),
+            (Some("application/openmetrics-text;q=bogus"), prom),
+            (Some("*/*;q=0.1, application/openmetrics-text;q=0.9"), om),
+        ] {
+            assert_eq!(Format::from_accept(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn converts_every_openmetrics_family_kind() {
+        let om = "\
+# HELP a_requests Requests \\\"quoted\\\" and a back\\\\slash.
+# TYPE a_requests counter
+a_requests_total{path=\"/x\",v=\"a}b # c\"} 3 # {trace=\"1\"} 1.0
+a_requests_created{path=\"/x\",v=\"a}b # c\"} 1700000000.5
+# HELP b_seconds Latency.
+# TYPE b_seconds histogram
+# UNIT b_seconds seconds
+b_seconds_sum 0.5
+b_seconds_count 2
+b_seconds_bucket{le=\"0.1\"} 1
+b_seconds_bucket{le=\"+Inf\"} 2
+# HELP c_build Build.
+# TYPE c_build info
+c_build_info{version=\"1\"} 1
+# TYPE d_state stateset
+d_state{d_state=\"on\"} 1
+d_state{d_state=\"off\"} 0
+# HELP e_queue Queue.
+# TYPE e_queue gaugehistogram
+e_queue_bucket{le=\"+Inf\"} 4
+e_queue_gcount 4
+e_queue_gsum 9
+# TYPE f_thing unknown
+f_thing 1 1700000000
+# HELP g_up Up.
+# TYPE g_up gauge
+g_up 1
+# EOF
+";
+        let want = "\
+# HELP a_requests_total Requests \"quoted\" and a back\\\\slash.
+# TYPE a_requests_total counter
+a_requests_total{path=\"/x\",v=\"a}b # c\"} 3
+# HELP a_requests_created Requests \"quoted\" and a back\\\\slash.
+# TYPE a_requests_created gauge
+a_requests_created{path=\"/x\",v=\"a}b # c\"} 1700000000.5
+# HELP b_seconds Latency.
+# TYPE b_seconds histogram
+b_seconds_sum 0.5
+b_seconds_count 2
+b_seconds_bucket{le=\"0.1\"} 1
+b_seconds_bucket{le=\"+Inf\"} 2
+# HELP c_build_info Build.
+# TYPE c_build_info gauge
+c_build_info{version=\"1\"} 1
+# TYPE d_state gauge
+d_state{d_state=\"on\"} 1
+d_state{d_state=\"off\"} 0
+# HELP e_queue Queue.
+# TYPE e_queue histogram
+e_queue_bucket{le=\"+Inf\"} 4
+e_queue_count 4
+e_queue_sum 9
+# TYPE f_thing untyped
+f_thing 1 1700000000000
+# HELP g_up Up.
+# TYPE g_up gauge
+g_up 1
+";
+        assert_eq!(openmetrics_to_prometheus(om), want);
+    }
+
+    #[test]
+    fn kefu_page_in_both_formats() {
+        let m = Metrics::new();
+        m.push("text", "fresh");
+        m.refusal("webhook", "bad_signature");
+        m.answer_seconds.observe(0.001);
+        let om = m.render_as(Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE kefu_pushes counter\n"), "{om}");
+        let text = m.render_as(Format::Prometheus);
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(text.contains("# TYPE kefu_pushes_total counter\n"), "{text}");
+        assert!(
+            text.contains("kefu_refusals_total{endpoint=\"webhook\",reason=\"bad_signature\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE kefu_answer_seconds histogram\n"), "{text}");
+    }
 
     #[test]
     fn renders_counters_with_labels() {

@@ -158,8 +158,9 @@ impl Service {
         let (store, sqlite) = open_store(&cfg, Role::Server, clock.clone()).await?;
         let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
 
-        // Without credentials the client still exists (its calls answer NoCredentials, so the
-        // admin API says 503 with the fix), but the sender runs dry.
+        // Without credentials the client still exists (the kf-account calls answer
+        // NoCredentials, so the admin API says 503 with the fix); sends run dry: the sender's
+        // and the manual ones (`/admin/send`, `kefu send`) pass the window gate and are logged.
         let api = ApiClient::new(
             &cfg.wechat,
             Arc::new(CountingTokenCache { inner: store.token_cache(), metrics: metrics.clone() }),
@@ -167,6 +168,18 @@ impl Service {
         )?;
         let client = if api.has_credentials() {
             Some(api.clone())
+        } else if cfg.wechat.app_id_only() {
+            // Said once, here: every message that is not sent is logged as `dry-run` by the
+            // sender, so the operator needs the reason and the fix only one time.
+            tracing::warn!(
+                app_id = %cfg.wechat.app_id,
+                "sending is off: wechat.app_id is set but wechat.app_secret is missing; pushes are \
+                 verified, decrypted (the AppID checked) and answered with passive replies, and \
+                 customer-service messages are logged as dry-run instead of sent. To send, set \
+                 wechat.app_secret (or KEFU_WECHAT_APP_SECRET) to the AppSecret (开发者密码) and \
+                 restart"
+            );
+            None
         } else {
             tracing::info!(
                 "no wechat.app_id/app_secret: dry-run mode, customer-service messages are logged, not sent"
@@ -271,7 +284,8 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
     let pay = crate::http::pay::PayRoutes::from_config(
         &shared.cfg.pay,
         shared.cfg.server.max_clock_skew_secs,
-    )?;
+    )?
+    .with_metrics(shared.metrics.clone());
     Ok(Arc::new(move |c: &mut web::ServiceConfig| {
         c.app_data(data.clone())
             .app_data(store.clone())
@@ -288,27 +302,47 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
     }))
 }
 
+/// `GET /readyz`: 503 while a push cannot be recorded (the store does not answer); 200
+/// otherwise. A failed rules reload is listed in `problems` (with its errors) until a reload
+/// succeeds, but the answer stays 200: the previous rules keep answering pushes, and taking
+/// every instance out of rotation over a bad edit would turn it into an outage.
 async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
     let mut problems = Vec::new();
+    let mut ready = true;
     if let Err(e) = shared.store.ping().await {
         problems.push(format!("store unreachable: {e}"));
+        ready = false;
     }
     let rules = shared.rules.current();
     let status = shared.rules.status();
+    if !status.last_ok {
+        let n = status.last_errors.len();
+        problems.push(format!(
+            "the last rules reload failed ({n} error{}); the previous {} rule{} stay active until \
+             a reload succeeds: fix the files in {} (`kefu rules check`){}",
+            if n == 1 { "" } else { "s" },
+            rules.len(),
+            if rules.len() == 1 { "" } else { "s" },
+            shared.cfg.rules.dir.display(),
+            status.last_errors.first().map(|e| format!("; first error: {e}")).unwrap_or_default()
+        ));
+    }
     let body = json!({
-        "ready": problems.is_empty(),
+        "ready": ready,
         "rules": rules.len(),
         "last_reload_ok": status.last_ok,
+        "reload_errors": status.last_errors,
         "problems": problems,
     });
-    if problems.is_empty() {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
 }
 
-async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
+/// `GET /metrics` in the format the `Accept` header asks for ([`crate::metrics::Format`]).
+async fn metrics(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
     let m = &shared.metrics;
     let now = shared.clock.now_secs();
     if let Ok(stats) = shared.store.stats(now).await {
@@ -316,9 +350,12 @@ async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
         m.outbox_depth.set(stats.outbox_pending as i64);
     }
     m.sync_reloads(&shared.rules.status());
+    let accept = req.headers().get(actix_web::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
     HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(m.render())
+        .content_type(format.content_type())
+        .insert_header((actix_web::http::header::VARY, "Accept"))
+        .body(m.render_as(format))
 }
 
 async fn admin_window(

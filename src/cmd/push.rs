@@ -15,7 +15,8 @@ use crate::model::SystemClock;
 use crate::wechat::crypto::AesKey;
 use crate::wechat::{push_element, signature};
 
-/// The account id used as ToUserName when `wechat.account_id` is not set.
+/// The `ToUserName` when `wechat.original_id` is not set: shaped like an original ID, so the
+/// push looks like WeChat's.
 const DEFAULT_TO: &str = "gh_kefu_push";
 
 /// What the server answered.
@@ -114,7 +115,8 @@ pub async fn send(cfg: &Config, args: &PushArgs) -> Result<PushOutcome, CmdError
     }
 
     let now = SystemClock.now_secs();
-    let to = if cfg.wechat.account_id.is_empty() { DEFAULT_TO } else { &cfg.wechat.account_id };
+    // ToUserName is the account's original ID (gh_…), never its WeChat ID (`account_id`).
+    let to = if cfg.wechat.original_id.is_empty() { DEFAULT_TO } else { &cfg.wechat.original_id };
     let xml = build_xml(args, to, now)?;
     let timestamp = now.to_string();
     let nonce = rand::thread_rng().gen_range(100_000_000u32..4_000_000_000).to_string();

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::model::{Action, OpenId, PassiveReply, PlannedAction, RuleInput, Trigger, WindowEffect};
 use crate::rules::{self, RuleSet};
 
-/// The account id put in the passive reply's `FromUserName` when none is configured.
+/// The passive reply's `FromUserName` when `wechat.original_id` is not set.
 const SIMULATED_ACCOUNT: &str = "gh_simulated";
 
 pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
@@ -46,10 +46,11 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let plan = crate::pipeline::plan(ev, cfg.rules.passive_first, effect, user_message);
     plan.dropped.iter().for_each(|r| crate::errln!("dropped a planned reply: {r}"));
     let (passive, planned) = (plan.passive, plan.planned);
-    let account = if cfg.wechat.account_id.is_empty() {
+    // The passive reply's FromUserName is the account's original ID (gh_…), not its WeChat ID.
+    let account = if cfg.wechat.original_id.is_empty() {
         SIMULATED_ACCOUNT
     } else {
-        cfg.wechat.account_id.as_str()
+        cfg.wechat.original_id.as_str()
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

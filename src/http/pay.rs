@@ -1,14 +1,17 @@
 //! `POST /pay/notify/v2` and `POST /pay/notify/v3`: extract, verify with `crate::pay`, hand a
 //! verified success to the [`PaymentSink`], and answer in the form WeChat Pay expects. A route
-//! exists only when its keys are configured.
+//! exists only when its keys are configured. Every refused request is counted in
+//! `kefu_refusals_total{endpoint="pay_v2"|"pay_v3"}` when metrics are attached.
 
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context as _;
+use futures::StreamExt;
 
 use crate::config::PayConfig;
+use crate::metrics::Metrics;
 use crate::model::{SharedClock, SystemClock};
 use crate::pay::v2::{self, V2Verifier};
 use crate::pay::v3::{self, PlatformKey, V3Headers, V3Verifier};
@@ -35,14 +38,32 @@ pub trait PaymentSink: Send + Sync + 'static {
 pub struct PayRoutes {
     v2: Option<web::Data<V2Verifier>>,
     v3: Option<web::Data<V3Verifier>>,
+    metrics: Option<web::Data<PayMetrics>>,
+}
+
+/// Where the notify routes count refusals (absent in tests that do not look).
+struct PayMetrics(Arc<Metrics>);
+
+impl PayRoutes {
+    /// Counts refusals into `metrics` (`kefu_refusals_total`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(web::Data::new(PayMetrics(metrics)));
+        self
+    }
 }
 
 impl PayRoutes {
     pub fn from_config(pay_cfg: &PayConfig, max_skew_secs: u64) -> anyhow::Result<PayRoutes> {
         let mut routes = PayRoutes::default();
         if !pay_cfg.v2_api_key.is_empty() {
-            routes.v2 = Some(web::Data::new(V2Verifier::new(pay_cfg.v2_api_key.clone())));
-            tracing::info!(path = V2_PATH, "WeChat Pay v2 notifications enabled");
+            routes.v2 = Some(web::Data::new(
+                V2Verifier::new(pay_cfg.v2_api_key.clone()).with_sign_type(pay_cfg.v2_sign_type),
+            ));
+            tracing::info!(
+                path = V2_PATH,
+                sign_type = pay_cfg.v2_sign_type.as_str(),
+                "WeChat Pay v2 notifications enabled"
+            );
         }
         match (pay_cfg.v3_api_key.is_empty(), &pay_cfg.v3_platform_public_key) {
             (true, None) => {}
@@ -84,20 +105,18 @@ impl PayRoutes {
     /// Mounts the enabled routes (cheap: the verifiers are shared).
     pub fn register(&self, cfg: &mut web::ServiceConfig) {
         if let Some(verifier) = &self.v2 {
-            cfg.service(
-                web::resource(V2_PATH)
-                    .app_data(verifier.clone())
-                    .app_data(web::PayloadConfig::new(MAX_NOTIFY_BYTES))
-                    .route(web::post().to(notify_v2)),
-            );
+            let mut r = web::resource(V2_PATH).app_data(verifier.clone());
+            if let Some(m) = &self.metrics {
+                r = r.app_data(m.clone());
+            }
+            cfg.service(r.route(web::post().to(notify_v2)));
         }
         if let Some(verifier) = &self.v3 {
-            cfg.service(
-                web::resource(V3_PATH)
-                    .app_data(verifier.clone())
-                    .app_data(web::PayloadConfig::new(MAX_NOTIFY_BYTES))
-                    .route(web::post().to(notify_v3)),
-            );
+            let mut r = web::resource(V3_PATH).app_data(verifier.clone());
+            if let Some(m) = &self.metrics {
+                r = r.app_data(m.clone());
+            }
+            cfg.service(r.route(web::post().to(notify_v3)));
         }
     }
 }
@@ -194,28 +213,76 @@ fn json(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status).content_type("application/json").body(body)
 }
 
+/// Reads the body up to [`MAX_NOTIFY_BYTES`], counting while reading (a chunked body declares
+/// no length), so an oversized body is refused like any other bad notification: with the
+/// version's FAIL answer, logged and counted.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, PayError> {
+    let too_large = |len| PayError::TooLarge { len, max: MAX_NOTIFY_BYTES };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|n| *n > MAX_NOTIFY_BYTES) {
+        return Err(too_large(n));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(2048).min(MAX_NOTIFY_BYTES));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| PayError::Malformed(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_NOTIFY_BYTES {
+            return Err(too_large(body.len() + chunk.len()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Counts one refusal at `endpoint` when metrics are attached.
+fn count_refusal(req: &HttpRequest, endpoint: &str, reason: &str) {
+    if let Some(m) = req.app_data::<web::Data<PayMetrics>>() {
+        m.0.refusal(endpoint, reason);
+    }
+}
+
+/// Logs, counts and answers a refused notification.
+fn refused(req: &HttpRequest, version: &'static str, serial: &str, e: &PayError) -> StatusCode {
+    tracing::warn!(version, peer = peer(req), serial, reason = %e, "pay notification refused");
+    count_refusal(req, if version == "v2" { "pay_v2" } else { "pay_v3" }, e.reason());
+    refusal_status(e)
+}
+
 async fn notify_v2(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     verifier: web::Data<V2Verifier>,
 ) -> HttpResponse {
-    match verifier.verify(&body) {
-        Err(e) => {
-            tracing::warn!(version = "v2", peer = peer(&req), reason = %e, "pay notification refused");
-            xml(refusal_status(&e), v2::fail_answer(e.short()))
-        }
-        Ok(outcome) => match handle(&req, "v2", outcome).await {
-            Handled::Ok => xml(StatusCode::OK, v2::SUCCESS_ANSWER.to_string()),
-            Handled::SinkFailed => {
-                xml(StatusCode::INTERNAL_SERVER_ERROR, v2::fail_answer("try again later"))
+    let verified = match read_body(&req, payload).await {
+        Ok(body) => verifier.verify_with_sign_type(&body),
+        Err(e) => Err(e),
+    };
+    match verified {
+        Err(e) => xml(refused(&req, "v2", "", &e), v2::fail_answer(e.short())),
+        Ok((outcome, sign_type)) => {
+            tracing::debug!(
+                version = "v2",
+                sign_type = sign_type.as_str(),
+                "pay notification sign verified"
+            );
+            match handle(&req, "v2", outcome).await {
+                Handled::Ok => xml(StatusCode::OK, v2::SUCCESS_ANSWER.to_string()),
+                Handled::SinkFailed => {
+                    count_refusal(&req, "pay_v2", "unavailable");
+                    xml(StatusCode::INTERNAL_SERVER_ERROR, v2::fail_answer("try again later"))
+                }
             }
-        },
+        }
     }
 }
 
 async fn notify_v3(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     verifier: web::Data<V3Verifier>,
 ) -> HttpResponse {
     let header = |name: &str| {
@@ -227,20 +294,19 @@ async fn notify_v3(
         signature: header("Wechatpay-Signature"),
         serial: Some(header("Wechatpay-Serial")).filter(|s| !s.is_empty()),
     };
-    match verifier.verify(&headers, &body, now_ms(&req).div_euclid(1000)) {
+    let verified = match read_body(&req, payload).await {
+        Ok(body) => verifier.verify(&headers, &body, now_ms(&req).div_euclid(1000)),
+        Err(e) => Err(e),
+    };
+    match verified {
         Err(e) => {
-            tracing::warn!(
-                version = "v3",
-                peer = peer(&req),
-                serial = headers.serial.as_deref().unwrap_or(""),
-                reason = %e,
-                "pay notification refused"
-            );
-            json(refusal_status(&e), v3::fail_answer(e.short()))
+            let serial = headers.serial.as_deref().unwrap_or("");
+            json(refused(&req, "v3", serial, &e), v3::fail_answer(e.short()))
         }
         Ok(outcome) => match handle(&req, "v3", outcome).await {
             Handled::Ok => json(StatusCode::OK, v3::SUCCESS_ANSWER.to_string()),
             Handled::SinkFailed => {
+                count_refusal(&req, "pay_v3", "unavailable");
                 json(StatusCode::INTERNAL_SERVER_ERROR, v3::fail_answer("try again later"))
             }
         },

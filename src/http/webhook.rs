@@ -84,9 +84,33 @@ pub fn configure(
 fn query(req: &HttpRequest) -> Result<Query, HttpResponse> {
     web::Query::<Query>::from_query(req.query_string()).map(web::Query::into_inner).map_err(|e| {
         tracing::warn!(status = 400, reason = "bad_query", error = %e, "webhook request refused");
-        plain(StatusCode::BAD_REQUEST, "malformed query string")
+        refused(plain(StatusCode::BAD_REQUEST, "malformed query string"), "bad_query")
     })
 }
+
+/// Marks `resp` as a refusal for `reason`, so the metrics count it.
+fn refused(mut resp: HttpResponse, reason: &'static str) -> HttpResponse {
+    resp.extensions_mut().insert(Refusal(reason));
+    resp
+}
+
+/// Counts a refused answer in `kefu_refusals_total{endpoint="webhook"}`. Every refusal path of
+/// GET and POST goes through here: a refusal the handler did not label is counted by its
+/// status class, so no path can go uncounted.
+fn count_refusal(state: &WebhookState, resp: &HttpResponse) {
+    let Some(m) = &state.metrics else { return };
+    if let Some(Refusal(reason)) = resp.extensions().get::<Refusal>().copied() {
+        m.refusal(ENDPOINT, reason);
+    } else if !resp.status().is_success() {
+        m.refusal(
+            ENDPOINT,
+            if resp.status().is_server_error() { "unavailable" } else { "bad_request" },
+        );
+    }
+}
+
+/// The `endpoint` label of this route's refusals.
+const ENDPOINT: &str = "webhook";
 
 fn plain(status: StatusCode, body: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(body.into())
@@ -97,13 +121,17 @@ fn refuse(e: &PushError, q: Option<&Query>) -> HttpResponse {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let openid = q.and_then(|q| q.openid.as_deref()).unwrap_or("");
     tracing::warn!(status = e.status(), reason = e.reason(), error = %e, openid, "push refused");
-    let mut resp = plain(status, e.to_string());
-    resp.extensions_mut().insert(Refusal(e.reason()));
-    resp
+    refused(plain(status, e.to_string()), e.reason())
 }
 
 async fn handshake(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
-    let q = match query(&req) {
+    let resp = handshake_inner(&req, &state);
+    count_refusal(&state, &resp);
+    resp
+}
+
+fn handshake_inner(req: &HttpRequest, state: &WebhookState) -> HttpResponse {
+    let q = match query(req) {
         Ok(q) => q,
         Err(resp) => return resp,
     };
@@ -133,12 +161,8 @@ async fn push(
     span.record("status", resp.status().as_u16());
     if let Some(m) = &state.metrics {
         m.answer_seconds.observe(started.elapsed().as_secs_f64());
-        if let Some(Refusal(reason)) = resp.extensions().get::<Refusal>().copied() {
-            m.refusal(reason);
-        } else if !resp.status().is_success() {
-            m.refusal(if resp.status().is_server_error() { "unavailable" } else { "bad_request" });
-        }
     }
+    count_refusal(&state, &resp);
     resp
 }
 
@@ -168,7 +192,10 @@ async fn push_inner(
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(status = 400, reason = "body_read", error = %e, "push refused");
-                return plain(StatusCode::BAD_REQUEST, "could not read the request body");
+                return refused(
+                    plain(StatusCode::BAD_REQUEST, "could not read the request body"),
+                    "body_read",
+                );
             }
         };
         if body.len() + chunk.len() > max {

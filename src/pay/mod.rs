@@ -145,6 +145,10 @@ pub enum PayError {
     Invalid { field: &'static str, why: String },
     #[error("sign_type {0:?} is not supported (MD5 or HMAC-SHA256)")]
     UnsupportedSignType(String),
+    /// The sign is of another kind than the configured or declared one (protocol §3.5,
+    /// `pay.v2_sign_type`); the text says which sides disagree.
+    #[error("the sign type does not match: {0}")]
+    SignTypeMismatch(String),
     #[error(
         "the signature does not verify: the notification was altered, or it was signed with \
          another key than the configured {0}"
@@ -182,11 +186,30 @@ impl PayError {
         match self {
             PayError::TooLarge { .. } => Refusal::TooLarge,
             PayError::BadSignature(_)
+            | PayError::SignTypeMismatch(_)
             | PayError::Missing("sign")
             | PayError::MissingHeader(_)
             | PayError::Stale { .. }
             | PayError::Decrypt => Refusal::Unauthenticated,
             _ => Refusal::BadRequest,
+        }
+    }
+
+    /// The `reason` label of `kefu_refusals_total` (snake_case, stable; the webhook's names
+    /// where the cause is the same).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PayError::TooLarge { .. } => "too_large",
+            PayError::NotUtf8 | PayError::Malformed(_) | PayError::Doctype => "malformed",
+            PayError::Missing("sign") => "missing_signature",
+            PayError::Missing(_) | PayError::Invalid { .. } => "bad_field",
+            PayError::UnsupportedSignType(_) => "unsupported_sign_type",
+            PayError::SignTypeMismatch(_) => "sign_type_mismatch",
+            PayError::BadSignature(_) => "bad_signature",
+            PayError::MissingHeader(_) => "missing_signature_header",
+            PayError::Stale { .. } => "stale_timestamp",
+            PayError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            PayError::Decrypt => "decrypt_failed",
         }
     }
 
@@ -199,6 +222,7 @@ impl PayError {
             PayError::Missing(_) | PayError::Invalid { .. } => "missing or invalid field",
             PayError::UnsupportedSignType(_) => "unsupported sign_type",
             PayError::BadSignature(_) => "invalid signature",
+            PayError::SignTypeMismatch(_) => "sign type mismatch",
             PayError::MissingHeader(_) => "missing Wechatpay header",
             PayError::Stale { .. } => "timestamp out of range",
             PayError::UnsupportedAlgorithm(_) => "unsupported algorithm",

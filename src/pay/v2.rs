@@ -1,6 +1,7 @@
 //! WeChat Pay v2 result notifications (protocol §3.5): the XML body read as a generic
 //! key→value map (WeChat adds fields over time and every one is signed), the MD5 /
-//! HMAC-SHA256 sign, and the XML answers.
+//! HMAC-SHA256 sign (which one: `pay.v2_sign_type`, by default decided by the sign's length,
+//! since HMAC-signed notifications may omit `sign_type`), and the XML answers.
 
 use std::collections::BTreeMap;
 
@@ -42,9 +43,77 @@ impl SignType {
     /// The notification's own `sign_type`; absent (or empty) means MD5.
     pub fn from_field(v: Option<&str>) -> Result<SignType, PayError> {
         match v {
-            None | Some("") | Some("MD5") => Ok(SignType::Md5),
-            Some("HMAC-SHA256") => Ok(SignType::HmacSha256),
-            Some(other) => Err(PayError::UnsupportedSignType(other.to_string())),
+            None | Some("") => Ok(SignType::Md5),
+            Some(name) => SignType::from_name(name),
+        }
+    }
+
+    /// `MD5` or `HMAC-SHA256`, as WeChat Pay spells them in `sign_type`.
+    pub fn from_name(v: &str) -> Result<SignType, PayError> {
+        match v {
+            "MD5" => Ok(SignType::Md5),
+            "HMAC-SHA256" => Ok(SignType::HmacSha256),
+            other => Err(PayError::UnsupportedSignType(other.to_string())),
+        }
+    }
+
+    /// The `sign_type` spelling: `MD5` or `HMAC-SHA256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignType::Md5 => "MD5",
+            SignType::HmacSha256 => "HMAC-SHA256",
+        }
+    }
+
+    /// The kind of sign a `sign` value looks like: 32 hex digits are an MD5 digest, 64 an
+    /// HMAC-SHA256 one; anything else is neither.
+    pub fn of_sign(sign: &str) -> Option<SignType> {
+        if !sign.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        match sign.len() {
+            32 => Some(SignType::Md5),
+            64 => Some(SignType::HmacSha256),
+            _ => None,
+        }
+    }
+}
+
+/// Which sign algorithm v2 notifications are checked with (`pay.v2_sign_type`).
+///
+/// WeChat Pay signs a notification with the algorithm the order was placed with, and an order
+/// placed with HMAC-SHA256 may come back without a `sign_type` element, so the element alone
+/// cannot decide (protocol §3.5 says "absent ⇒ MD5", which is wrong for those).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum V2SignType {
+    /// `"auto"`: by the sign's length (32 hex digits MD5, 64 HMAC-SHA256); a `sign_type`
+    /// element that says otherwise is refused.
+    #[default]
+    Auto,
+    /// `"MD5"` or `"HMAC-SHA256"`: only this; a sign of the other kind, or a `sign_type` element
+    /// naming the other algorithm, is refused.
+    Fixed(SignType),
+}
+
+impl V2SignType {
+    /// Parses the config value: `auto`, `MD5` or `HMAC-SHA256` (case-insensitive).
+    pub fn parse(s: &str) -> Result<V2SignType, String> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "AUTO" => Ok(V2SignType::Auto),
+            "MD5" => Ok(V2SignType::Fixed(SignType::Md5)),
+            "HMAC-SHA256" => Ok(V2SignType::Fixed(SignType::HmacSha256)),
+            _ => Err(format!(
+                "{s:?} is not a v2 sign type: write \"auto\" (decide by the sign's length), \"MD5\" \
+                 or \"HMAC-SHA256\""
+            )),
+        }
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            V2SignType::Auto => "auto",
+            V2SignType::Fixed(t) => t.as_str(),
         }
     }
 }
@@ -184,13 +253,72 @@ pub fn sign(fields: &BTreeMap<String, String>, api_key: &Secret, sign_type: Sign
     }
 }
 
-/// Checks `sign` per the notification's own `sign_type`, in constant time.
-pub fn verify_sign(fields: &BTreeMap<String, String>, api_key: &Secret) -> Result<(), PayError> {
+/// Which algorithm to check `fields` with under `setting`, before any key is used: the
+/// configured one, or in `auto` the one the sign's length shows. A `sign_type` element that
+/// contradicts that choice, or a sign of the wrong kind for a fixed setting, is refused with
+/// [`PayError::SignTypeMismatch`] naming both sides.
+pub fn choose_sign_type(
+    fields: &BTreeMap<String, String>,
+    setting: V2SignType,
+) -> Result<SignType, PayError> {
     let got = fields.get("sign").filter(|s| !s.is_empty()).ok_or(PayError::Missing("sign"))?;
-    let sign_type = SignType::from_field(fields.get("sign_type").map(String::as_str))?;
+    let declared = match fields.get("sign_type").map(String::as_str) {
+        None | Some("") => None,
+        Some(name) => Some(SignType::from_name(name)?),
+    };
+    let shape = SignType::of_sign(got);
+    let mismatch = |why: String| Err(PayError::SignTypeMismatch(why));
+    let chosen = match setting {
+        V2SignType::Auto => match shape {
+            Some(t) => t,
+            None => {
+                return mismatch(format!(
+                    "the sign has {} characters; expected 32 (MD5) or 64 (HMAC-SHA256) hex digits",
+                    got.chars().count()
+                ));
+            }
+        },
+        V2SignType::Fixed(t) => {
+            if let Some(s) = shape.filter(|s| *s != t) {
+                return mismatch(format!(
+                    "the sign is {} ({} hex digits) but pay.v2_sign_type is \"{}\": set \
+                     pay.v2_sign_type to \"{}\" or \"auto\" if your orders are signed with {}",
+                    s.as_str(),
+                    got.len(),
+                    t.as_str(),
+                    s.as_str(),
+                    s.as_str()
+                ));
+            }
+            t
+        }
+    };
+    if let Some(d) = declared.filter(|d| *d != chosen) {
+        let by = match setting {
+            V2SignType::Auto => format!("the sign's length ({} hex digits)", got.len()),
+            V2SignType::Fixed(_) => "pay.v2_sign_type".to_string(),
+        };
+        return mismatch(format!(
+            "sign_type {} contradicts {by}, which says {}",
+            d.as_str(),
+            chosen.as_str()
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Checks `sign` with the algorithm [`choose_sign_type`] picks, in constant time, and returns
+/// that algorithm.
+pub fn verify_sign(
+    fields: &BTreeMap<String, String>,
+    api_key: &Secret,
+    setting: V2SignType,
+) -> Result<SignType, PayError> {
+    let sign_type = choose_sign_type(fields, setting)?;
+    let got = fields.get("sign").map(String::as_str).unwrap_or("");
     let want = sign(fields, api_key, sign_type);
     if bool::from(got.to_ascii_uppercase().as_bytes().ct_eq(want.as_bytes())) {
-        Ok(())
+        Ok(sign_type)
     } else {
         Err(PayError::BadSignature("pay.v2_api_key"))
     }
@@ -200,54 +328,72 @@ pub fn verify_sign(fields: &BTreeMap<String, String>, api_key: &Secret) -> Resul
 #[derive(Debug, Clone)]
 pub struct V2Verifier {
     api_key: Secret,
+    sign_type: V2SignType,
 }
 
 impl V2Verifier {
+    /// A verifier that decides the algorithm by the sign's length ([`V2SignType::Auto`]).
     pub fn new(api_key: Secret) -> Self {
-        V2Verifier { api_key }
+        V2Verifier { api_key, sign_type: V2SignType::Auto }
+    }
+
+    /// Checks with `setting` (`pay.v2_sign_type`) instead.
+    pub fn with_sign_type(mut self, setting: V2SignType) -> Self {
+        self.sign_type = setting;
+        self
     }
 
     /// Parses and verifies one notification. A notification without a valid sign is refused
     /// whatever it says; a signed one that is not a success is [`Outcome::NotPaid`].
     pub fn verify(&self, body: &[u8]) -> Result<Outcome, PayError> {
-        let fields = parse_fields(body)?;
-        verify_sign(&fields, &self.api_key)?;
-        let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let tx = get("transaction_id").map(str::to_string);
-        if get("return_code") != Some("SUCCESS") {
-            let reason = format!(
-                "return_code {} ({})",
-                get("return_code").unwrap_or("absent"),
-                get("return_msg").unwrap_or("")
-            );
-            return Ok(Outcome::NotPaid { transaction_id: tx, reason });
-        }
-        if get("result_code") != Some("SUCCESS") {
-            let reason = format!(
-                "result_code {} ({} {})",
-                get("result_code").unwrap_or("absent"),
-                get("err_code").unwrap_or(""),
-                get("err_code_des").unwrap_or("")
-            );
-            return Ok(Outcome::NotPaid { transaction_id: tx, reason });
-        }
-        let total = get("total_fee").ok_or(PayError::Missing("total_fee"))?;
-        let amount_fen = total.parse::<u64>().map_err(|_| PayError::Invalid {
-            field: "total_fee",
-            why: format!("{total:?} is not a whole number of fen"),
-        })?;
-        Ok(Outcome::Paid(Payment {
-            transaction_id: check_transaction_id(get("transaction_id").unwrap_or(""))?,
-            out_trade_no: get("out_trade_no").ok_or(PayError::Missing("out_trade_no"))?.into(),
-            openid: OpenId::parse(get("openid").ok_or(PayError::Missing("openid"))?)?,
-            appid: get("appid").map(str::to_string),
-            amount_fen,
-            currency: get("fee_type").unwrap_or("CNY").to_string(),
-            attach: get("attach").map(str::to_string),
-            paid_at: get("time_end").unwrap_or("").to_string(),
-            source: PaymentSource::V2,
-        }))
+        self.verify_with_sign_type(body).map(|(o, _)| o)
     }
+
+    /// [`Self::verify`], also returning the algorithm the sign matched with (for the log).
+    pub fn verify_with_sign_type(&self, body: &[u8]) -> Result<(Outcome, SignType), PayError> {
+        let fields = parse_fields(body)?;
+        let sign_type = verify_sign(&fields, &self.api_key, self.sign_type)?;
+        outcome(&fields).map(|o| (o, sign_type))
+    }
+}
+
+/// What a verified notification says.
+fn outcome(fields: &BTreeMap<String, String>) -> Result<Outcome, PayError> {
+    let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let tx = get("transaction_id").map(str::to_string);
+    if get("return_code") != Some("SUCCESS") {
+        let reason = format!(
+            "return_code {} ({})",
+            get("return_code").unwrap_or("absent"),
+            get("return_msg").unwrap_or("")
+        );
+        return Ok(Outcome::NotPaid { transaction_id: tx, reason });
+    }
+    if get("result_code") != Some("SUCCESS") {
+        let reason = format!(
+            "result_code {} ({} {})",
+            get("result_code").unwrap_or("absent"),
+            get("err_code").unwrap_or(""),
+            get("err_code_des").unwrap_or("")
+        );
+        return Ok(Outcome::NotPaid { transaction_id: tx, reason });
+    }
+    let total = get("total_fee").ok_or(PayError::Missing("total_fee"))?;
+    let amount_fen = total.parse::<u64>().map_err(|_| PayError::Invalid {
+        field: "total_fee",
+        why: format!("{total:?} is not a whole number of fen"),
+    })?;
+    Ok(Outcome::Paid(Payment {
+        transaction_id: check_transaction_id(get("transaction_id").unwrap_or(""))?,
+        out_trade_no: get("out_trade_no").ok_or(PayError::Missing("out_trade_no"))?.into(),
+        openid: OpenId::parse(get("openid").ok_or(PayError::Missing("openid"))?)?,
+        appid: get("appid").map(str::to_string),
+        amount_fen,
+        currency: get("fee_type").unwrap_or("CNY").to_string(),
+        attach: get("attach").map(str::to_string),
+        paid_at: get("time_end").unwrap_or("").to_string(),
+        source: PaymentSource::V2,
+    }))
 }
 
 #[cfg(test)]
@@ -355,7 +501,12 @@ mod tests {
         for (what, body) in cases {
             let e = v.verify(body.as_bytes()).unwrap_err();
             assert!(
-                matches!(e, PayError::BadSignature(_) | PayError::Missing("sign")),
+                matches!(
+                    e,
+                    PayError::BadSignature(_)
+                        | PayError::SignTypeMismatch(_)
+                        | PayError::Missing("sign")
+                ),
                 "{what}: {e:?}"
             );
             assert_eq!(e.refusal(), Refusal::Unauthenticated, "{what}");
@@ -503,6 +654,94 @@ mod tests {
         );
         let f = parse_fields(fail_answer("a]]>b").as_bytes()).unwrap();
         assert_eq!(f["return_msg"], "a]]>b");
+    }
+
+    /// N1's fields signed with HMAC-SHA256 and no `sign_type` element, as WeChat Pay sends
+    /// notifications of orders placed with HMAC-SHA256.
+    fn n1_hmac_without_sign_type(key: &Secret) -> String {
+        let mut f = parse_fields(N1.as_bytes()).unwrap();
+        f.remove("sign");
+        let s = sign(&f, key, SignType::HmacSha256);
+        f.insert("sign".into(), s);
+        let mut x = String::from("<xml>");
+        for (k, v) in &f {
+            x.push_str(&format!("<{k}>{}</{k}>", cdata(v)));
+        }
+        x + "</xml>"
+    }
+
+    #[test]
+    fn hmac_without_sign_type_verifies_by_the_signs_length() {
+        let body = n1_hmac_without_sign_type(&key());
+        assert!(!body.contains("sign_type"));
+        let (o, st) = V2Verifier::new(key()).verify_with_sign_type(body.as_bytes()).unwrap();
+        assert_eq!(st, SignType::HmacSha256);
+        assert!(matches!(o, Outcome::Paid(_)), "{o:?}");
+        // MD5 (no sign_type) and HMAC with sign_type still verify, each by its own algorithm.
+        let v = V2Verifier::new(key());
+        assert_eq!(v.verify_with_sign_type(N1.as_bytes()).unwrap().1, SignType::Md5);
+        assert_eq!(v.verify_with_sign_type(N1_HMAC.as_bytes()).unwrap().1, SignType::HmacSha256);
+        // Fixed to HMAC-SHA256, the same body verifies too.
+        let fixed = V2Verifier::new(key()).with_sign_type(V2SignType::Fixed(SignType::HmacSha256));
+        assert!(matches!(fixed.verify(body.as_bytes()), Ok(Outcome::Paid(_))));
+        // Signed with another key: refused whatever the algorithm.
+        let other = n1_hmac_without_sign_type(&Secret::new("ffffffffffffffffffffffffffffffff"));
+        assert_eq!(
+            v.verify(other.as_bytes()).unwrap_err(),
+            PayError::BadSignature("pay.v2_api_key")
+        );
+    }
+
+    #[test]
+    fn a_fixed_sign_type_refuses_the_other_kind_clearly() {
+        let md5 = V2Verifier::new(key()).with_sign_type(V2SignType::Fixed(SignType::Md5));
+        let hmac = V2Verifier::new(key()).with_sign_type(V2SignType::Fixed(SignType::HmacSha256));
+        assert!(matches!(md5.verify(N1.as_bytes()), Ok(Outcome::Paid(_))));
+        assert!(matches!(hmac.verify(N1_HMAC.as_bytes()), Ok(Outcome::Paid(_))));
+
+        let e = md5.verify(n1_hmac_without_sign_type(&key()).as_bytes()).unwrap_err();
+        let PayError::SignTypeMismatch(why) = &e else { panic!("{e:?}") };
+        assert!(
+            why.contains("HMAC-SHA256 (64 hex digits)") && why.contains("pay.v2_sign_type"),
+            "{why}"
+        );
+        assert_eq!(e.refusal(), Refusal::Unauthenticated);
+        assert_eq!(e.short(), "sign type mismatch");
+
+        // A 64-digit sign under sign_type HMAC-SHA256, with MD5 configured: the sign's kind
+        // is what is refused first.
+        let e = md5.verify(N1_HMAC.as_bytes()).unwrap_err();
+        assert!(matches!(e, PayError::SignTypeMismatch(_)), "{e:?}");
+        // An MD5 sign under a sign_type that says HMAC-SHA256 contradicts the MD5 setting.
+        let relabelled = N1.replace("<xml>", "<xml><sign_type>HMAC-SHA256</sign_type>");
+        let e = md5.verify(relabelled.as_bytes()).unwrap_err();
+        let PayError::SignTypeMismatch(why) = &e else { panic!("{e:?}") };
+        assert!(why.contains("sign_type HMAC-SHA256 contradicts pay.v2_sign_type"), "{why}");
+        // HMAC configured, MD5 sign.
+        let e = hmac.verify(N1.as_bytes()).unwrap_err();
+        let PayError::SignTypeMismatch(why) = &e else { panic!("{e:?}") };
+        assert!(why.contains("the sign is MD5 (32 hex digits)"), "{why}");
+        // In auto, a sign_type that contradicts the sign's length is refused too.
+        let e = V2Verifier::new(key()).verify(relabelled.as_bytes()).unwrap_err();
+        let PayError::SignTypeMismatch(why) = &e else { panic!("{e:?}") };
+        assert!(why.contains("contradicts the sign's length (32 hex digits)"), "{why}");
+        // A sign that is neither kind.
+        let odd = N1.replace("A5789456EABB5C3DFEF0D9CD601CA6E5", "A5789456");
+        let e = V2Verifier::new(key()).verify(odd.as_bytes()).unwrap_err();
+        assert!(matches!(e, PayError::SignTypeMismatch(_)), "{e:?}");
+        assert!(!e.to_string().contains(KEY));
+    }
+
+    #[test]
+    fn v2_sign_type_config_values() {
+        assert_eq!(V2SignType::parse("auto").unwrap(), V2SignType::Auto);
+        assert_eq!(V2SignType::parse("MD5").unwrap(), V2SignType::Fixed(SignType::Md5));
+        assert_eq!(
+            V2SignType::parse("hmac-sha256").unwrap(),
+            V2SignType::Fixed(SignType::HmacSha256)
+        );
+        assert!(V2SignType::parse("SHA256").unwrap_err().contains("\"auto\""));
+        assert_eq!(V2SignType::default(), V2SignType::Auto);
     }
 
     #[test]

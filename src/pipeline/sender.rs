@@ -237,7 +237,7 @@ impl Sender {
         let (openid, trigger) = (&entry.openid, charged.0);
         let body = message.custom_send_body(openid.as_str(), entry.action.kf_account.as_deref());
         let Some(client) = &self.client else {
-            info!(body = %body, trigger = %trigger, "dry-run: would send (no app_id/app_secret configured)");
+            info!(body = %body, trigger = %trigger, "dry-run: would send (sending is off: wechat.app_id and wechat.app_secret are not both set)");
             self.metrics.send(message.msgtype(), "dry_run", 0);
             return Outcome::Sent;
         };

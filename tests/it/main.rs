@@ -13,5 +13,6 @@ mod pipeline;
 mod redis;
 mod rules;
 mod scale;
+mod serving;
 mod state;
 mod webhook;

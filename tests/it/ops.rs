@@ -30,12 +30,12 @@ const STABLE: &str = "/cgi-bin/stable_token";
 /// Generous: the machine is shared and loaded; a pass takes well under a second.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn fixture_dir(rel: &str) -> PathBuf {
+pub(crate) fn fixture_dir(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ops").join(rel)
 }
 
 /// Copies every file of `from` into `to` (created if needed).
-fn copy_files(from: &Path, to: &Path) {
+pub(crate) fn copy_files(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create dir");
     for e in std::fs::read_dir(from).expect("read fixture dir") {
         let p = e.expect("dir entry").path();
@@ -289,7 +289,10 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
     );
     check(
         "kefu_refusals_total",
-        &[(r#"{reason="bad_signature"}"#, 1.0), (r#"{reason="too_large"}"#, 1.0)],
+        &[
+            (r#"{endpoint="webhook",reason="bad_signature"}"#, 1.0),
+            (r#"{endpoint="webhook",reason="too_large"}"#, 1.0),
+        ],
     );
     check("kefu_rule_hits_total", &[(r#"{rule="later"}"#, 1.0), (r#"{rule="price"}"#, 4.0)]);
     check(
@@ -343,7 +346,11 @@ async fn readyz_is_ready_with_the_rules_loaded() {
     let (status, body) = app.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("readyz JSON");
-    assert_eq!(v, json!({"ready": true, "rules": 2, "last_reload_ok": true, "problems": []}));
+    assert_eq!(
+        v,
+        json!({"ready": true, "rules": 2, "last_reload_ok": true, "reload_errors": [],
+               "problems": []})
+    );
     app.handle.stop(true).await;
 }
 
@@ -395,7 +402,7 @@ fn collect_lines(
 
 /// `kefu` in `dir` with only the given environment of ours (inherited `KEFU_*`, `RUST_LOG`
 /// and `NO_COLOR` removed, so the outer shell cannot change what is tested).
-fn kefu_command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+pub(crate) fn kefu_command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
     cmd.current_dir(dir).args(args);
     for (k, _) in std::env::vars() {
@@ -408,26 +415,26 @@ fn kefu_command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
 }
 
 /// What a finished process wrote.
-struct Ran {
-    what: String,
-    code: i32,
-    stdout: Vec<Vec<u8>>,
-    stderr: Vec<Vec<u8>>,
+pub(crate) struct Ran {
+    pub(crate) what: String,
+    pub(crate) code: i32,
+    pub(crate) stdout: Vec<Vec<u8>>,
+    pub(crate) stderr: Vec<Vec<u8>>,
 }
 
 impl Ran {
     fn text(lines: &[Vec<u8>]) -> String {
         lines.iter().map(|l| String::from_utf8_lossy(l).into_owned() + "\n").collect()
     }
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         Self::text(&self.stdout)
     }
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         Self::text(&self.stderr)
     }
 }
 
-fn run_kefu(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Ran {
+pub(crate) fn run_kefu(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Ran {
     let out = kefu_command(dir, env, args).output().expect("run kefu");
     let split = |b: &[u8]| -> Vec<Vec<u8>> {
         if b.is_empty() {
@@ -445,7 +452,7 @@ fn run_kefu(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Ran {
 
 /// Removes ANSI colour sequences (`ESC [ ... letter`), which the text format writes between a
 /// field's name and its value.
-fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -464,7 +471,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// A running `kefu serve`.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     addr: String,
     stdout: Lines,
@@ -473,7 +480,7 @@ struct Served {
 }
 
 /// Starts `kefu serve` and waits for its "kefu listening" line (text or JSON) for the address.
-fn serve(dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Served {
+pub(crate) fn serve(dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Served {
     let mut args = vec!["serve"];
     args.extend_from_slice(extra_args);
     let mut child = kefu_command(dir, env, &args)
@@ -517,12 +524,17 @@ fn serve(dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Served {
 }
 
 impl Served {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
+    /// What it has written to stderr so far, colours stripped.
+    pub(crate) fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().iter().map(|l| strip_ansi(&String::from_utf8_lossy(l))).collect()
+    }
+
     /// SIGTERM, then everything it wrote.
-    fn stop(mut self) -> Ran {
+    pub(crate) fn stop(mut self) -> Ran {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: signalling our own child process.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -950,7 +962,7 @@ async fn full_scenario(format: LogFormat) -> (Vec<Ran>, Vec<(&'static str, Strin
 }
 
 /// Lines of `ran`'s stderr (colours stripped) that contain `s`.
-fn count_lines(ran: &Ran, s: &str) -> usize {
+pub(crate) fn count_lines(ran: &Ran, s: &str) -> usize {
     ran.stderr.iter().filter(|l| strip_ansi(&String::from_utf8_lossy(l)).contains(s)).count()
 }
 

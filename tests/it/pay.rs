@@ -60,6 +60,7 @@ impl RecordingSink {
 fn pay_cfg(v2: bool, v3: bool) -> PayConfig {
     PayConfig {
         v2_api_key: Secret::new(if v2 { V2_KEY } else { "" }),
+        v2_sign_type: v2::V2SignType::Auto,
         v3_api_key: Secret::new(if v3 { V3_KEY } else { "" }),
         v3_platform_public_key: v3.then(|| fixture("test_platform_pub.pem")),
     }
@@ -207,7 +208,7 @@ async fn v2_tampered_or_wrong_key_is_refused_and_records_nothing() {
             "hmac relabelled md5",
             read("n1_hmac_sha256.xml").replace("HMAC-SHA256", "MD5"),
             StatusCode::UNAUTHORIZED,
-            fail_sig.clone(),
+            v2::fail_answer("sign type mismatch"),
         ),
         (
             "unsigned",
@@ -229,8 +230,8 @@ async fn v2_tampered_or_wrong_key_is_refused_and_records_nothing() {
         assert_eq!(status, want_status, "{what}");
         assert_eq!(got, want_body, "{what}");
     }
-    let (status, _, _) = call!(&app, v2_req(" ".repeat(kefu::pay::MAX_NOTIFY_BYTES + 1)));
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _, body) = call!(&app, v2_req(" ".repeat(kefu::pay::MAX_NOTIFY_BYTES + 1)));
+    assert_eq!((status, body), (StatusCode::PAYLOAD_TOO_LARGE, v2::fail_answer("body too large")));
 
     let wrong = Arc::new(RecordingSink::default());
     let mut cfg = pay_cfg(true, false);
@@ -241,6 +242,90 @@ async fn v2_tampered_or_wrong_key_is_refused_and_records_nothing() {
 
     assert!(sink.payments().is_empty());
     assert!(wrong.payments().is_empty());
+}
+
+/// N1's fields signed with `st` under `key`, with or without a `sign_type` element.
+fn n1_signed(key: &str, st: v2::SignType, with_sign_type: bool) -> String {
+    let mut f = v2::parse_fields(read("n1.xml").as_bytes()).unwrap();
+    f.remove("sign");
+    if with_sign_type {
+        f.insert("sign_type".into(), st.as_str().into());
+    }
+    let sign = v2::sign(&f, &Secret::new(key), st);
+    f.insert("sign".into(), sign);
+    std::iter::once("<xml>".to_string())
+        .chain(f.iter().map(|(k, v)| format!("<{k}><![CDATA[{v}]]></{k}>")))
+        .chain(std::iter::once("</xml>".to_string()))
+        .collect()
+}
+
+/// Issue 13 item 2: WeChat Pay signs notifications of HMAC-SHA256 orders with HMAC-SHA256 and
+/// may leave `sign_type` out; under the default `pay.v2_sign_type = "auto"` the sign's length
+/// decides, so such a notification verifies and reaches the sink, MD5 ones still do, and a
+/// notification signed with another key is still refused.
+#[actix_web::test]
+async fn v2_hmac_without_sign_type_is_accepted_by_default() {
+    let sink = Arc::new(RecordingSink::default());
+    let app = service!(pay_cfg(true, false), sink);
+    let hmac = n1_signed(V2_KEY, v2::SignType::HmacSha256, false);
+    assert!(!hmac.contains("sign_type"), "{hmac}");
+    let (status, _, body) = call!(&app, v2_req(hmac));
+    assert_eq!((status, body.as_str()), (StatusCode::OK, v2::SUCCESS_ANSWER));
+    assert_eq!(sink.payments().len(), 1);
+    assert_eq!(sink.payments()[0].transaction_id, "1004400740201409030005092168");
+
+    // MD5 without sign_type (fixture N1) still verifies.
+    let (status, _, body) = call!(&app, v2_req(read("n1.xml")));
+    assert_eq!((status, body.as_str()), (StatusCode::OK, v2::SUCCESS_ANSWER));
+    assert_eq!(sink.payments().len(), 2);
+
+    // The wrong key: FAIL, whichever algorithm.
+    for st in [v2::SignType::HmacSha256, v2::SignType::Md5] {
+        let forged = n1_signed("ffffffffffffffffffffffffffffffff", st, false);
+        let (status, _, body) = call!(&app, v2_req(forged));
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{st:?}");
+        assert_eq!(body, v2::fail_answer("invalid signature"), "{st:?}");
+    }
+    assert_eq!(sink.payments().len(), 2);
+}
+
+/// With `pay.v2_sign_type` fixed, a sign of the other kind or a `sign_type` element naming the
+/// other algorithm is refused with `sign type mismatch` and records nothing; the configured
+/// kind verifies.
+#[actix_web::test]
+async fn v2_fixed_sign_type_refuses_the_other_kind() {
+    use v2::SignType::{HmacSha256, Md5};
+    for (fixed, other) in [(Md5, HmacSha256), (HmacSha256, Md5)] {
+        let sink = Arc::new(RecordingSink::default());
+        let mut cfg = pay_cfg(true, false);
+        cfg.v2_sign_type = v2::V2SignType::Fixed(fixed);
+        let app = service!(cfg, sink);
+        let mismatch = v2::fail_answer("sign type mismatch");
+        for with_sign_type in [false, true] {
+            let body = n1_signed(V2_KEY, other, with_sign_type);
+            let (status, _, answer) = call!(&app, v2_req(body));
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{fixed:?} {with_sign_type}");
+            assert_eq!(answer, mismatch, "{fixed:?} {with_sign_type}");
+        }
+        // A correct sign of the configured kind under a sign_type that names the other one.
+        let mut relabelled = n1_signed(V2_KEY, fixed, true);
+        relabelled = relabelled.replace(
+            &format!("<sign_type><![CDATA[{}]]>", fixed.as_str()),
+            &format!("<sign_type><![CDATA[{}]]>", other.as_str()),
+        );
+        let (status, _, answer) = call!(&app, v2_req(relabelled));
+        assert_eq!((status, answer), (StatusCode::UNAUTHORIZED, mismatch.clone()), "{fixed:?}");
+        assert!(sink.payments().is_empty(), "{fixed:?}");
+        for with_sign_type in [false, true] {
+            let (status, _, answer) = call!(&app, v2_req(n1_signed(V2_KEY, fixed, with_sign_type)));
+            assert_eq!(
+                (status, answer.as_str()),
+                (StatusCode::OK, v2::SUCCESS_ANSWER),
+                "{fixed:?}"
+            );
+        }
+        assert_eq!(sink.payments().len(), 2, "{fixed:?}");
+    }
 }
 
 #[actix_web::test]

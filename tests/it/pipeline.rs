@@ -575,6 +575,18 @@ async fn api_45047_exhausts_the_window() {
 
 /// A v2 success notification for `openid`, signed with MD5 like fixture N1.
 fn v2_notification(openid: &str, transaction_id: &str, out_trade_no: &str, fen: u64) -> String {
+    v2_notification_signed(openid, transaction_id, out_trade_no, fen, SignType::Md5)
+}
+
+/// The same signed with `sign_type`'s algorithm and no `sign_type` element (as WeChat Pay
+/// sends notifications of orders placed with HMAC-SHA256).
+fn v2_notification_signed(
+    openid: &str,
+    transaction_id: &str,
+    out_trade_no: &str,
+    fen: u64,
+    sign_type: SignType,
+) -> String {
     let mut fields = std::collections::BTreeMap::new();
     for (k, v) in [
         // The account's own AppID: a payment through another app opens nothing.
@@ -596,7 +608,7 @@ fn v2_notification(openid: &str, transaction_id: &str, out_trade_no: &str, fen: 
     fields.insert("out_trade_no".into(), out_trade_no.into());
     fields.insert("total_fee".into(), fen.to_string());
     fields.insert("cash_fee".into(), fen.to_string());
-    let sign = v2::sign(&fields, &Secret::new(V2_KEY), SignType::Md5);
+    let sign = v2::sign(&fields, &Secret::new(V2_KEY), sign_type);
     fields.insert("sign".into(), sign);
     let mut xml = String::from("<xml>");
     for (k, v) in &fields {
@@ -646,6 +658,72 @@ async fn payment_notification_opens_a_payment_grant_and_sends_the_payment_rule_o
     assert_eq!(w["grants"][0]["used"], json!(2), "{w}");
     assert_eq!(kefu.outbox().await.len(), 2);
     assert_eq!(sends(&mock), want);
+    kefu.stop().await;
+}
+
+/// Issue 13 item 2: a notification signed with HMAC-SHA256 without a `sign_type` element is
+/// acknowledged with SUCCESS and opens the payer's payment grant (it was refused with 401, and
+/// WeChat Pay retried it for a day); one signed with another key still gets FAIL and opens
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hmac_signed_payment_without_sign_type_opens_the_payment_grant() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start_with(&mock, true, |c| c.pay.v2_api_key = Secret::new(V2_KEY)).await;
+    let post = async |xml: String| {
+        let resp = kefu
+            .app
+            .client
+            .post(format!("{}/pay/notify/v2", kefu.app.address))
+            .header("content-type", "text/xml")
+            .body(xml)
+            .send()
+            .await
+            .expect("POST /pay/notify/v2");
+        (resp.status().as_u16(), resp.text().await.expect("pay answer"))
+    };
+    let forger = "oPipeHmacForged";
+    let mut forged = v2_notification_signed(
+        forger,
+        "4200001234202405011234567892",
+        "T202405010003",
+        990,
+        SignType::HmacSha256,
+    );
+    // Re-signed with another key: the same shape, the wrong sign.
+    let sign = helpers::between(&forged, "<sign><![CDATA[", "]]>").to_string();
+    let mut fields = v2::parse_fields(forged.as_bytes()).expect("fields");
+    fields.remove("sign");
+    let other =
+        v2::sign(&fields, &Secret::new("ffffffffffffffffffffffffffffffff"), SignType::HmacSha256);
+    forged = forged.replace(&sign, &other);
+    assert_eq!(post(forged).await, (401, v2::fail_answer("invalid signature")));
+
+    let payer = "oPipeHmacPayer";
+    let xml = v2_notification_signed(
+        payer,
+        "4200001234202405011234567891",
+        "T202405010002",
+        990,
+        SignType::HmacSha256,
+    );
+    assert!(!xml.contains("sign_type"), "{xml}");
+    assert_eq!(post(xml).await, (200, v2::SUCCESS_ANSWER.to_string()));
+    let w = kefu.settle(payer, 0).await;
+    let t = kefu.now_secs();
+    assert_eq!(
+        w,
+        json!({"openid": payer, "open": true, "subscribed": null,
+               "grants": [grant("payment", t, H48, None, 2)], "pending": 0})
+    );
+    assert_eq!(
+        sends(&mock),
+        vec![
+            text_body(payer, "paid 9.90 yuan for order T202405010002"),
+            text_body(payer, "thank you")
+        ]
+    );
+    let w = kefu.settle(forger, 0).await;
+    assert_eq!(w["grants"], json!([]), "{w}");
     kefu.stop().await;
 }
 
