@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kefu::config::WindowConfig;
-use kefu::rules::{RuleSet, text_input};
+use kefu::rules::{RuleSet, input};
 
 const KEYWORD_RULES: usize = 9_000;
 const REGEX_RULES: usize = 1_000;
@@ -73,8 +73,8 @@ fn bench(c: &mut Criterion) {
         .chars()
         .take(100)
         .collect();
-    let hit_input = text_input("oBench000000000000000000001", &hit);
-    let miss_input = text_input("oBench000000000000000000001", &miss);
+    let hit_input = input::text("oBench000000000000000000001", &hit).expect("a text push");
+    let miss_input = input::text("oBench000000000000000000001", &miss).expect("a text push");
     let fired = set.evaluate(&hit_input).fired;
     assert_eq!(fired.len(), 1, "the first matching rule stops evaluation: {fired:?}");
     assert!(set.evaluate(&miss_input).fired.is_empty());

@@ -270,7 +270,7 @@ mod tests {
         let xml = build_xml(&args(Some("退款 ]]> now"), None, None), "gh_x", 1700000000).unwrap();
         let p = crate::wechat::inbound::parse(xml.as_bytes()).unwrap();
         assert_eq!((p.to.as_str(), p.from.as_str(), p.create_time), ("gh_x", "oFrom", 1700000000));
-        assert_eq!(p.rule_input().text.as_deref(), Some("退款 ]]> now"));
+        assert_eq!(crate::rules::input::of_push(&p).text.as_deref(), Some("退款 ]]> now"));
         assert!(p.msg_id().is_some());
 
         let xml = build_xml(&args(None, Some("CLICK"), Some("K1")), "gh_x", 1).unwrap();

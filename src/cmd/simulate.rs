@@ -2,32 +2,31 @@
 //! network: the passive reply as XML, then each customer-service message as its `custom/send`
 //! body, in order, with its delay.
 
-use std::path::Path;
-
 use serde_json::{Value, json};
 
 use crate::cli::{CmdError, CmdResult, SimulateArgs};
 use crate::config::Config;
-use crate::model::{Action, OpenId, PassiveReply, PlannedAction, RuleInput, Trigger, WindowEffect};
-use crate::rules::{self, RuleSet};
+use crate::model::{Action, OpenId, PassiveReply, PlannedAction};
+use crate::pipeline::intake::Intake;
+use crate::rules::RuleSet;
 
 /// The passive reply's `FromUserName` when `wechat.original_id` is not set.
 const SIMULATED_ACCOUNT: &str = "gh_simulated";
 
 pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let from = OpenId::parse(&args.from).map_err(|e| CmdError::Usage(format!("--from: {e}")))?;
-    let (input, effect, user_message) = if let Some(text) = &args.input.text {
-        (rules::text_input(from.as_str(), text), WindowEffect::Open(Trigger::Message), true)
-    } else if let Some(event) = &args.input.event {
-        let input = rules::event_input(from.as_str(), event, args.key.as_deref());
-        let effect =
-            if event == "unsubscribe" { WindowEffect::CloseAll } else { WindowEffect::None };
-        (input, effect, false)
-    } else if let Some(file) = &args.input.xml {
-        xml_input(file)?
+    // The passive reply's FromUserName, and the simulated push's ToUserName, is the account's
+    // original ID (gh_…), not its WeChat ID.
+    let account = if cfg.wechat.original_id.is_empty() {
+        SIMULATED_ACCOUNT
     } else {
-        return Err(CmdError::Usage("give one of --text, --event or --xml".into()));
+        cfg.wechat.original_id.as_str()
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let intake = intake(args, &from, account, now)?;
+    let input = &intake.input;
 
     let dir = args.rules.as_deref().unwrap_or(&cfg.rules.dir);
     let loaded = RuleSet::load_dir(dir, &cfg.window).map_err(|diags| {
@@ -41,20 +40,16 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     })?;
     loaded.warnings.iter().for_each(|w| crate::errln!("{w}"));
 
-    let ev = loaded.set.evaluate(&input);
+    let ev = loaded.set.evaluate(input);
     let fired = ev.fired.clone();
-    let plan = crate::pipeline::plan(ev, cfg.rules.passive_first, effect, user_message);
+    let plan = crate::pipeline::plan(
+        ev,
+        cfg.rules.passive_first && intake.passive_allowed,
+        intake.effect,
+        intake.transfer_allowed,
+    );
     plan.dropped.iter().for_each(|r| crate::errln!("dropped a planned reply: {r}"));
     let (passive, planned) = (plan.passive, plan.planned);
-    // The passive reply's FromUserName is the account's original ID (gh_…), not its WeChat ID.
-    let account = if cfg.wechat.original_id.is_empty() {
-        SIMULATED_ACCOUNT
-    } else {
-        cfg.wechat.original_id.as_str()
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     let xml = passive.as_ref().map(|p| passive_xml(&input.from, account, now, p));
     let sends: Vec<Value> = planned.iter().map(|a| planned_json(&input.from, a)).collect();
 
@@ -119,13 +114,36 @@ fn planned_json(openid: &str, a: &PlannedAction) -> Value {
     })
 }
 
-/// Reads a push from an XML file (a plaintext push body, as WeChat sends it).
-fn xml_input(file: &Path) -> Result<(RuleInput, WindowEffect, bool), CmdError> {
-    let raw = std::fs::read(file)
-        .map_err(|e| CmdError::Usage(format!("--xml {}: cannot read it: {e}", file.display())))?;
-    let push = crate::wechat::inbound::parse(&raw)
-        .map_err(|e| CmdError::Usage(format!("--xml {}: {e}", file.display())))?;
-    Ok((push.rule_input(), push.window_effect(), push.is_user_message()))
+/// The push as `serve` would take it in: `--text` and `--event` are written as WeChat writes
+/// them and decoded like any push, `--xml` is a plaintext push body as WeChat sends it. The
+/// `payment` event is a WeChat Pay notification (no push; its amount is 0 here).
+fn intake(args: &SimulateArgs, from: &OpenId, account: &str, now: i64) -> Result<Intake, CmdError> {
+    use crate::wechat::inbound::{build, parse};
+    let received_at_ms = now.saturating_mul(1000);
+    let push = if let Some(text) = &args.input.text {
+        build::text(account, from.as_str(), now, text, 1)
+            .map_err(|e| CmdError::Usage(format!("--text: this text cannot be a push: {e}")))?
+    } else if let Some(event) = args.input.event.as_deref().filter(|e| *e != "payment") {
+        build::event(account, from.as_str(), now, event, args.key.as_deref())
+            .map_err(|e| CmdError::Usage(format!("--event: this event cannot be a push: {e}")))?
+    } else if args.input.event.is_some() {
+        let payment = crate::pay::Payment::simulated(from.clone(), args.key.as_deref());
+        return Ok(Intake::from_payment(&payment, received_at_ms));
+    } else if let Some(file) = &args.input.xml {
+        let raw = std::fs::read(file).map_err(|e| {
+            CmdError::Usage(format!("--xml {}: cannot read it: {e}", file.display()))
+        })?;
+        parse(&raw).map_err(|e| CmdError::Usage(format!("--xml {}: {e}", file.display())))?
+    } else {
+        return Err(CmdError::Usage("give one of --text, --event or --xml".into()));
+    };
+    Intake::from_push(&push, received_at_ms).map_err(|n| {
+        CmdError::Usage(format!(
+            "the push's FromUserName {:?} is not an OpenID: serve acknowledges such a push and \
+             records nothing",
+            n.from
+        ))
+    })
 }
 
 /// The passive reply as the XML WeChat receives (protocol §5.2).

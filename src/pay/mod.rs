@@ -8,7 +8,7 @@ pub mod v3;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{IdError, OpenId, RuleInput};
+use crate::model::{IdError, OpenId};
 
 /// The largest notification body either version accepts. Real ones are 1–3 KiB; the cap only
 /// keeps a hostile sender from making us buffer and parse megabytes.
@@ -63,52 +63,24 @@ pub struct Payment {
 }
 
 impl Payment {
-    /// A pay-cell payment from a `user_pay_from_pay_cell` push (`TransId`, `FromUserName`,
-    /// `Fee`). The push itself was authenticated by the server-URL signature.
-    pub fn from_pay_cell(
-        trans_id: &str,
-        openid: OpenId,
-        fee_fen: u64,
-        create_time: &str,
-    ) -> Result<Payment, PayError> {
-        Ok(Payment {
-            transaction_id: check_transaction_id(trans_id)?,
-            out_trade_no: String::new(),
-            openid,
-            appid: None,
-            amount_fen: fee_fen,
-            currency: "CNY".into(),
-            attach: None,
-            paid_at: create_time.to_string(),
-            source: PaymentSource::PayCell,
-        })
-    }
-
     /// The amount in yuan with two decimals, `1` fen → `0.01`.
     pub fn amount_yuan(&self) -> String {
         format_yuan(self.amount_fen)
     }
 
-    /// What the payment looks like to rules: an `event` push with event `payment` from the
-    /// payer, with placeholders `{amount}` (fen), `{amount_yuan}`, `{currency}`,
-    /// `{out_trade_no}`, `{transaction_id}` and, when present, `{attach}`.
-    pub fn rule_input(&self) -> RuleInput {
-        let mut vars = vec![
-            ("amount".to_string(), self.amount_fen.to_string()),
-            ("amount_yuan".to_string(), self.amount_yuan()),
-            ("currency".to_string(), self.currency.clone()),
-            ("out_trade_no".to_string(), self.out_trade_no.clone()),
-            ("transaction_id".to_string(), self.transaction_id.clone()),
-        ];
-        if let Some(a) = &self.attach {
-            vars.push(("attach".to_string(), a.clone()));
-        }
-        RuleInput {
-            from: self.openid.as_str().to_string(),
-            msg_type: "event".into(),
-            event: Some("payment".into()),
-            vars,
-            ..RuleInput::default()
+    /// A stand-in for `kefu simulate --event payment`: paid by `openid`, amount 0, transaction
+    /// id `SIMULATED`, the order number `out_trade_no` (the simulated event's key) or empty.
+    pub fn simulated(openid: OpenId, out_trade_no: Option<&str>) -> Payment {
+        Payment {
+            transaction_id: "SIMULATED".into(),
+            out_trade_no: out_trade_no.unwrap_or_default().to_string(),
+            openid,
+            appid: None,
+            amount_fen: 0,
+            currency: "CNY".into(),
+            attach: None,
+            paid_at: String::new(),
+            source: PaymentSource::V2,
         }
     }
 }
@@ -256,20 +228,6 @@ pub(crate) fn check_transaction_id(s: &str) -> Result<String, PayError> {
 mod tests {
     use super::*;
 
-    fn payment() -> Payment {
-        Payment {
-            transaction_id: "4200001".into(),
-            out_trade_no: "order-7".into(),
-            openid: OpenId::parse("oUser").unwrap(),
-            appid: Some("wx1".into()),
-            amount_fen: 1,
-            currency: "CNY".into(),
-            attach: Some("a".into()),
-            paid_at: "20140903131540".into(),
-            source: PaymentSource::V2,
-        }
-    }
-
     #[test]
     fn yuan_formatting() {
         for (fen, want) in
@@ -277,32 +235,6 @@ mod tests {
         {
             assert_eq!(format_yuan(fen), want);
         }
-    }
-
-    #[test]
-    fn rule_input_is_a_payment_event() {
-        let r = payment().rule_input();
-        assert_eq!(r.from, "oUser");
-        assert_eq!(r.msg_type, "event");
-        assert_eq!(r.event.as_deref(), Some("payment"));
-        assert_eq!(r.text, None);
-        let get = |k: &str| r.vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("amount"), Some("1"));
-        assert_eq!(get("amount_yuan"), Some("0.01"));
-        assert_eq!(get("out_trade_no"), Some("order-7"));
-        assert_eq!(get("transaction_id"), Some("4200001"));
-        assert_eq!(get("attach"), Some("a"));
-    }
-
-    #[test]
-    fn pay_cell_payment() {
-        let p = Payment::from_pay_cell("4200002", OpenId::parse("oU").unwrap(), 990, "1480000000")
-            .unwrap();
-        assert_eq!(p.source, PaymentSource::PayCell);
-        assert_eq!(p.amount_yuan(), "9.90");
-        assert_eq!(p.out_trade_no, "");
-        assert!(Payment::from_pay_cell("", OpenId::parse("oU").unwrap(), 1, "").is_err());
-        assert!(Payment::from_pay_cell("a b", OpenId::parse("oU").unwrap(), 1, "").is_err());
     }
 
     #[test]

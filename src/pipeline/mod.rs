@@ -3,7 +3,10 @@
 //! talks to WeChat; the [`sender`] drains the outbox afterwards.
 
 pub mod gate;
+pub mod intake;
 pub mod sender;
+
+pub use intake::Intake;
 
 use std::sync::Arc;
 
@@ -12,25 +15,10 @@ use tracing::{info, warn};
 
 use crate::http::webhook::PushSink;
 use crate::metrics::Metrics;
-use crate::model::{DedupeKey, OpenId, PassiveReply, PlannedAction, RuleInput, WindowEffect};
+use crate::model::{PassiveReply, PlannedAction, WindowEffect};
 use crate::rules::Rules;
 use crate::store::{CommitOutcome, NewOutboxEntry, PushCommit, Store};
 use crate::wechat::webhook::Opened;
-
-/// What one push or payment asks of the pipeline.
-pub struct Intake {
-    pub dedupe_key: String,
-    pub openid: OpenId,
-    pub effect: WindowEffect,
-    pub input: RuleInput,
-    pub received_at_ms: i64,
-    /// Whether the answer can carry a passive reply (pushes yes, payment notifications no).
-    pub passive_allowed: bool,
-    /// Whether a transfer to human service is allowed (user messages only, protocol §7.4).
-    pub transfer_allowed: bool,
-    /// A label for logs and metrics: the MsgType or Event.
-    pub kind: String,
-}
 
 /// The outcome of [`Pipeline::process`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +85,7 @@ impl Pipeline {
         let outcome = self
             .store
             .commit_push(PushCommit {
-                dedupe_key: intake.dedupe_key,
+                dedupe_key: intake.dedupe_key.into(),
                 openid: intake.openid.clone(),
                 effect: intake.effect,
                 received_at_ms: intake.received_at_ms,
@@ -178,41 +166,16 @@ impl PushSink for Pipeline {
         opened: &Opened,
         received_at_ms: i64,
     ) -> anyhow::Result<Option<PassiveReply>> {
-        let push = &opened.push;
-        let input = pay_cell_payment(push).map_or_else(|| push.rule_input(), |p| p.rule_input());
-        let kind = input.event.clone().unwrap_or_else(|| input.msg_type.clone());
-        let Ok(openid) = OpenId::parse(&input.from) else {
-            // Not a follower we could ever message (a system sender); acknowledge and move on.
-            self.metrics.push(&kind, "ignored");
-            info!(from = %input.from, kind = %kind, "push from a sender that is not an OpenID; acknowledged, nothing recorded");
-            return Ok(None);
-        };
-        let processed = self
-            .process(Intake {
-                dedupe_key: push.dedupe_key().into(),
-                openid,
-                effect: push.window_effect(),
-                transfer_allowed: push.is_user_message(),
-                input,
-                received_at_ms,
-                passive_allowed: true,
-                kind,
-            })
-            .await?;
-        Ok(processed.passive)
+        match Intake::from_push(&opened.push, received_at_ms) {
+            Ok(intake) => Ok(self.process(intake).await?.passive),
+            Err(n) => {
+                // Not a follower we could ever message (a system sender); acknowledge and move on.
+                self.metrics.push(&n.kind, "ignored");
+                info!(from = %n.from, kind = %n.kind, "push from a sender that is not an OpenID; acknowledged, nothing recorded");
+                Ok(None)
+            }
+        }
     }
-}
-
-/// A `user_pay_from_pay_cell` push is a payment (interface §4: `event = "payment"` rules fire
-/// for it, with the amount); its window effect is already the payment grant.
-fn pay_cell_payment(push: &crate::wechat::inbound::Push) -> Option<crate::pay::Payment> {
-    use crate::wechat::inbound::{Event, PushKind};
-    let PushKind::Event(Event::UserPayFromPayCell { trans_id, fee, .. }) = &push.kind else {
-        return None;
-    };
-    let openid = OpenId::parse(&push.from).ok()?;
-    let fee = u64::try_from(fee.unwrap_or(0)).unwrap_or(0);
-    crate::pay::Payment::from_pay_cell(trans_id, openid, fee, &push.create_time.to_string()).ok()
 }
 
 #[async_trait::async_trait]
@@ -233,26 +196,7 @@ impl crate::http::pay::PaymentSink for Pipeline {
                 .inc();
             return Ok(false);
         }
-        let input = payment.rule_input();
-        let openid = OpenId::parse(&input.from)
-            .map_err(|e| anyhow::anyhow!("payment notification with an unusable payer: {e}"))?;
-        let processed = self
-            .process(Intake {
-                dedupe_key: DedupeKey::payment(
-                    payment.appid.as_deref(),
-                    &openid,
-                    &payment.transaction_id,
-                )
-                .into(),
-                openid,
-                effect: WindowEffect::Open(crate::model::Trigger::Payment),
-                input,
-                received_at_ms,
-                passive_allowed: false,
-                transfer_allowed: false,
-                kind: "payment".into(),
-            })
-            .await?;
+        let processed = self.process(Intake::from_payment(payment, received_at_ms)).await?;
         self.metrics
             .payments
             .get_or_create(&crate::metrics::OutcomeLabels {

@@ -576,11 +576,24 @@ fn compile_test(t: RawTest, header: usize, ctx: &mut Ctx<'_>) -> Option<TestCase
                 ctx.err(header, "`key` goes with `event`, not `text`".into());
                 return None;
             }
-            let mut i = super::text_input(&from, text);
-            i.menu_choice = t.menu_choice.clone();
-            i
+            match super::input::text(&from, text) {
+                Ok(mut i) => {
+                    i.menu_choice = t.menu_choice.clone();
+                    i
+                }
+                Err(why) => {
+                    ctx.err(header, why);
+                    return None;
+                }
+            }
         }
-        (None, Some(event)) => super::event_input(&from, event, t.key.as_deref()),
+        (None, Some(event)) => match super::input::event(&from, event, t.key.as_deref()) {
+            Ok(i) => i,
+            Err(why) => {
+                ctx.err(header, why);
+                return None;
+            }
+        },
         (Some(_), Some(_)) => {
             ctx.err(header, "a [[test]] takes `text` or `event`, not both".into());
             return None;

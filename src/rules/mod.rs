@@ -1,13 +1,14 @@
 //! Operator rules (interface §4): rule files are parsed into raw types (`file`), compiled once
 //! into an immutable [`RuleSet`] (`compile`, `matcher`, `actions`), evaluated per push, checked
 //! by `kefu rules check` (`check`), imported from the admin panel (`import`), and hot-reloaded
-//! behind the [`Rules`] handle (`watch`).
+//! behind the [`Rules`] handle (`watch`). What the rules see of a push is [`input`].
 
 mod actions;
 pub mod check;
 mod compile;
 pub mod file;
 pub mod import;
+pub mod input;
 mod matcher;
 mod parse;
 mod watch;
@@ -281,35 +282,6 @@ impl RuleSet {
             }
         }
         ev
-    }
-}
-
-/// The rule input of a text message (as `kefu simulate --text` and `[[test]] text` build it).
-pub fn text_input(from: &str, text: &str) -> RuleInput {
-    RuleInput {
-        from: from.to_string(),
-        msg_type: "text".into(),
-        text: Some(text.to_string()),
-        ..Default::default()
-    }
-}
-
-/// The rule input of an event (as `kefu simulate --event` and `[[test]] event` build it):
-/// the scene is the key without `qrscene_` on subscribe and the key itself on SCAN
-/// (interface §6.7). Payment notifications are events named `payment`.
-pub fn event_input(from: &str, event: &str, key: Option<&str>) -> RuleInput {
-    let scene = match (event, key) {
-        ("subscribe", Some(k)) => k.strip_prefix("qrscene_").map(str::to_string),
-        ("SCAN", Some(k)) => Some(k.to_string()),
-        _ => None,
-    };
-    RuleInput {
-        from: from.to_string(),
-        msg_type: "event".into(),
-        event: Some(event.to_string()),
-        event_key: key.map(str::to_string),
-        scene,
-        ..Default::default()
     }
 }
 

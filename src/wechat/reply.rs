@@ -159,7 +159,7 @@ mod tests {
             "<MsgType>text</MsgType><MsgId>1</MsgId>",
         );
         let push = crate::wechat::inbound::parse(back.as_bytes()).unwrap();
-        assert_eq!(push.rule_input().text.as_deref(), Some("a]]>b"));
+        assert_eq!(crate::rules::input::of_push(&push).text.as_deref(), Some("a]]>b"));
     }
 
     #[test]

@@ -282,7 +282,12 @@ fn check_parse(b: &[u8]) {
     if let Ok(p) = inbound::parse(b) {
         // Everything derived from a decoded push is total too.
         assert!(!p.msg_type.is_empty());
-        let _ = (p.dedupe_key(), p.window_effect(), p.rule_input(), p.is_user_message());
+        let _ = (
+            p.dedupe_key(),
+            kefu::pipeline::intake::window_effect(&p),
+            kefu::rules::input::of_push(&p),
+            p.is_user_message(),
+        );
     }
 }
 

@@ -46,20 +46,31 @@ event = "CLICK"
 transfer = true
 "#;
 
-struct Running {
+/// The real service on port 0 (plaintext pushes signed with the K1 token), its rules written
+/// from text into `dir/rules`, its state in `dir/state`, the WeChat API at `mock`.
+pub(crate) struct Running {
     app_id: String,
     state_dir: std::path::PathBuf,
     base: String,
     path: String,
     http: reqwest::Client,
-    handle: actix_web::dev::ServerHandle,
+    pub(crate) handle: actix_web::dev::ServerHandle,
 }
 
 impl Running {
     async fn start(mock: &MockWechat, dir: &Path, redis_url: Option<&str>) -> Running {
+        Self::start_with(mock, dir, redis_url, RULES).await
+    }
+
+    pub(crate) async fn start_with(
+        mock: &MockWechat,
+        dir: &Path,
+        redis_url: Option<&str>,
+        rule_file: &str,
+    ) -> Running {
         let rules = dir.join("rules");
         std::fs::create_dir_all(&rules).expect("rules dir");
-        std::fs::write(rules.join("10-echo.toml"), RULES).expect("rule file");
+        std::fs::write(rules.join("10-rules.toml"), rule_file).expect("rule file");
         let mut cfg: Config = test_config();
         // A namespace of its own on the shared Redis server.
         cfg.wechat.app_id = format!("wxidentity{:08x}", rand::random::<u32>());
@@ -87,7 +98,8 @@ impl Running {
         }
     }
 
-    async fn push(&self, xml: &str) -> String {
+    /// POSTs a signed plaintext push; the status and the answer.
+    pub(crate) async fn push_status(&self, xml: &str) -> (u16, String) {
         let q = signed_query(TOKEN, now_secs(), "identity-nonce");
         let r = self
             .http
@@ -97,8 +109,13 @@ impl Running {
             .send()
             .await
             .expect("POST push");
-        assert_eq!(r.status().as_u16(), 200);
-        r.text().await.expect("answer")
+        (r.status().as_u16(), r.text().await.expect("answer"))
+    }
+
+    async fn push(&self, xml: &str) -> String {
+        let (status, answer) = self.push_status(xml).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
     }
 
     async fn metrics(&self) -> String {

@@ -6,6 +6,7 @@ mod crash;
 mod fuzz;
 mod helpers;
 mod identity;
+mod intake;
 mod operator;
 mod ops;
 mod pay;

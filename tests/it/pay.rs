@@ -181,7 +181,7 @@ async fn v2_n1_md5_and_hmac_are_recorded_once_and_replays_acknowledged() {
     assert_eq!((p.amount_fen, p.amount_yuan().as_str()), (1, "0.01"));
     assert_eq!(p.out_trade_no, "1409811653");
     assert_eq!(p.source, PaymentSource::V2);
-    let r = p.rule_input();
+    let r = kefu::rules::input::of_payment(p);
     assert_eq!((r.msg_type.as_str(), r.event.as_deref()), ("event", Some("payment")));
 }
 

@@ -10,9 +10,19 @@ use std::time::{Duration, Instant};
 
 use kefu::config::WindowConfig;
 use kefu::model::{Action, Article, MenuItem, OutMessage, PassiveReply, PlannedAction, RuleInput};
-use kefu::rules::{self, Diagnostic, RuleSet, Rules, event_input, text_input};
+use kefu::rules::{self, Diagnostic, RuleSet, Rules};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+
+/// The rule input of a text message, as `[[test]] text` and `kefu simulate --text` see it.
+fn text_input(from: &str, text: &str) -> kefu::model::RuleInput {
+    rules::input::text(from, text).expect("a text push")
+}
+
+/// The rule input of an event, as `[[test]] event` and `kefu simulate --event` see it.
+fn event_input(from: &str, event: &str, key: Option<&str>) -> kefu::model::RuleInput {
+    rules::input::event(from, event, key).expect("an event push")
+}
 
 const U: &str = "oUser0000000000000000000001";
 

@@ -397,7 +397,7 @@ async fn kefu_push_command_drives_a_deployment() {
     let seen = sink.seen.lock().clone();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].mode, Mode::Plain);
-    assert_eq!(seen[0].push.rule_input().text.as_deref(), Some("你好"));
+    assert_eq!(kefu::rules::input::of_push(&seen[0].push).text.as_deref(), Some("你好"));
     assert_eq!(seen[1].mode, Mode::Safe);
     assert_eq!(seen[1].push.event(), Some("CLICK"));
     assert_eq!(seen[1].push.event_key().as_deref(), Some("CONTACT_US"));

@@ -20,7 +20,7 @@ mod tests;
 
 pub use self::decode::{check_well_formed, parse};
 
-use crate::model::{DedupeKey, RuleInput, Trigger, WindowEffect};
+use crate::model::DedupeKey;
 
 /// Every `Event` value this version decodes into a typed event (protocol §3.3, §3.4); others
 /// are kept as `PushKind::Unknown`. Case matters: WeChat sends `CLICK`, not `click`.
@@ -397,69 +397,5 @@ impl Push {
                 self.event_key().as_deref().unwrap_or_default(),
             ),
         }
-    }
-
-    /// What this push does to the follower's window (protocol §4.1, interface §6.5). Only
-    /// CLICK, scancode_push and scancode_waitmsg are menu triggers; unknown kinds open nothing.
-    pub fn window_effect(&self) -> WindowEffect {
-        if self.is_user_message() {
-            return WindowEffect::Open(Trigger::Message);
-        }
-        let PushKind::Event(e) = &self.kind else { return WindowEffect::None };
-        match e {
-            Event::Subscribe { event_key, .. } => {
-                let key = event_key.as_deref().unwrap_or("");
-                if key.starts_with("qrscene_") {
-                    WindowEffect::Open(Trigger::Scan)
-                } else if key.starts_with("last_trade_no_") {
-                    WindowEffect::Follow(Trigger::Payment)
-                } else {
-                    WindowEffect::Open(Trigger::Subscribe)
-                }
-            }
-            Event::Scan { .. } => WindowEffect::Open(Trigger::Scan),
-            Event::Click { .. } | Event::ScancodePush { .. } | Event::ScancodeWaitmsg { .. } => {
-                WindowEffect::Open(Trigger::Menu)
-            }
-            Event::UserPayFromPayCell { .. } => WindowEffect::Open(Trigger::Payment),
-            Event::Unsubscribe => WindowEffect::CloseAll,
-            _ => WindowEffect::None,
-        }
-    }
-
-    /// The facts rules match on (interface §4, §6.7).
-    pub fn rule_input(&self) -> RuleInput {
-        let mut input = RuleInput {
-            from: self.from.clone(),
-            msg_type: self.msg_type.clone(),
-            event: self.event().map(str::to_string),
-            event_key: self.event_key(),
-            ..RuleInput::default()
-        };
-        match &self.kind {
-            PushKind::Text { content, bizmsgmenuid, .. } => {
-                input.text = Some(content.clone());
-                input.menu_choice = bizmsgmenuid.clone();
-            }
-            PushKind::Voice { recognition, .. } => input.text = recognition.clone(),
-            PushKind::Event(Event::Subscribe { event_key: Some(key), .. }) => {
-                if let Some(scene) = key.strip_prefix("qrscene_") {
-                    input.scene = Some(scene.to_string());
-                } else if let Some(trans) = key.strip_prefix("last_trade_no_") {
-                    input.vars.push(("trans_id".into(), trans.to_string()));
-                }
-            }
-            PushKind::Event(Event::Scan { event_key, .. }) if !event_key.is_empty() => {
-                input.scene = Some(event_key.clone());
-            }
-            PushKind::Event(Event::UserPayFromPayCell { trans_id, fee, .. }) => {
-                if let Some(fee) = fee {
-                    input.vars.push(("amount".into(), fee.to_string()));
-                }
-                input.vars.push(("trans_id".into(), trans_id.clone()));
-            }
-            _ => {}
-        }
-        input
     }
 }

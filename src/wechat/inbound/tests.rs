@@ -1,6 +1,7 @@
 //! Decoding every fixture of protocol §3 (F01–F20, X01–X15) and the refusals.
 
 use super::*;
+use crate::model::{Trigger, WindowEffect};
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -41,13 +42,13 @@ fn f01_text() {
             bizmsgmenuid: None
         }
     );
-    assert_eq!(push.window_effect(), open(Trigger::Message));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Message));
     assert!(push.is_user_message());
     assert_eq!(
         push.dedupe_key().as_str(),
         format!("m:{ACCOUNT}:{USER}:{}:24345678901234567", push.create_time)
     );
-    let input = push.rule_input();
+    let input = crate::rules::input::of_push(&push);
     assert_eq!(input.text.as_deref(), Some("你好，我想查询订单 42"));
     assert_eq!(input.msg_type, "text");
     assert_eq!(input.from, USER);
@@ -65,8 +66,8 @@ fn f02_image() {
             msg_id: Some(24345678901234568)
         }
     );
-    assert_eq!(push.window_effect(), open(Trigger::Message));
-    assert_eq!(push.rule_input().text, None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Message));
+    assert_eq!(crate::rules::input::of_push(&push).text, None);
 }
 
 #[test]
@@ -81,8 +82,8 @@ fn f03_voice_with_recognition_after_msgid() {
             msg_id: Some(7250021412600020992)
         }
     );
-    assert_eq!(push.window_effect(), open(Trigger::Message));
-    assert_eq!(push.rule_input().text.as_deref(), Some("腾讯微信团队"));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Message));
+    assert_eq!(crate::rules::input::of_push(&push).text.as_deref(), Some("腾讯微信团队"));
     assert_eq!(
         push.dedupe_key().as_str(),
         format!("m:{ACCOUNT}:{USER}:{}:7250021412600020992", push.create_time)
@@ -109,8 +110,8 @@ fn f04_video_and_f05_shortvideo() {
             msg_id: Some(24345678901234571)
         }
     );
-    assert_eq!(v.window_effect(), open(Trigger::Message));
-    assert_eq!(s.window_effect(), open(Trigger::Message));
+    assert_eq!(crate::pipeline::intake::window_effect(&v), open(Trigger::Message));
+    assert_eq!(crate::pipeline::intake::window_effect(&s), open(Trigger::Message));
 }
 
 #[test]
@@ -126,7 +127,7 @@ fn f06_location_with_bare_numbers() {
             msg_id: Some(24345678901234572)
         }
     );
-    assert_eq!(push.window_effect(), open(Trigger::Message));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Message));
 }
 
 #[test]
@@ -141,17 +142,17 @@ fn f07_link() {
             msg_id: Some(24345678901234573)
         }
     );
-    assert_eq!(push.window_effect(), open(Trigger::Message));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Message));
 }
 
 #[test]
 fn f08_plain_subscribe() {
     let push = p(fixture!("F08-subscribe"));
     assert_eq!(push.kind, PushKind::Event(Event::Subscribe { event_key: None, ticket: None }));
-    assert_eq!(push.window_effect(), open(Trigger::Subscribe));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Subscribe));
     assert!(!push.is_user_message());
     assert_eq!(push.dedupe_key().as_str(), format!("e:{ACCOUNT}:{USER}:1700000008:subscribe:"));
-    let input = push.rule_input();
+    let input = crate::rules::input::of_push(&push);
     assert_eq!(input.event.as_deref(), Some("subscribe"));
     assert_eq!((input.event_key, input.scene), (None, None));
 }
@@ -164,8 +165,8 @@ fn f09_subscribe_via_qr_is_a_scan() {
     };
     assert_eq!(event_key.as_deref(), Some("qrscene_123123"));
     assert!(ticket.as_deref().is_some_and(|t| t.starts_with("gQH47joAAAAAAAAAASxodHRw")));
-    assert_eq!(push.window_effect(), open(Trigger::Scan));
-    let input = push.rule_input();
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Scan));
+    let input = crate::rules::input::of_push(&push);
     assert_eq!(input.scene.as_deref(), Some("123123"));
     assert_eq!(input.event_key.as_deref(), Some("qrscene_123123"));
     assert_eq!(
@@ -178,7 +179,7 @@ fn f09_subscribe_via_qr_is_a_scan() {
 fn f10_unsubscribe_closes_everything() {
     let push = p(fixture!("F10-unsubscribe"));
     assert_eq!(push.kind, PushKind::Event(Event::Unsubscribe));
-    assert_eq!(push.window_effect(), WindowEffect::CloseAll);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::CloseAll);
 }
 
 #[test]
@@ -188,9 +189,9 @@ fn f11_scan() {
         push.kind,
         PushKind::Event(Event::Scan { event_key: "123123".into(), ticket: Some("TICKET".into()) })
     );
-    assert_eq!(push.window_effect(), open(Trigger::Scan));
-    assert_eq!(push.rule_input().scene.as_deref(), Some("123123"));
-    assert_eq!(push.rule_input().event.as_deref(), Some("SCAN"));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Scan));
+    assert_eq!(crate::rules::input::of_push(&push).scene.as_deref(), Some("123123"));
+    assert_eq!(crate::rules::input::of_push(&push).event.as_deref(), Some("SCAN"));
 }
 
 #[test]
@@ -204,15 +205,15 @@ fn f12_location_report_opens_nothing() {
             precision: Some(119.385040)
         })
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
 }
 
 #[test]
 fn f13_click_is_a_menu_trigger() {
     let push = p(fixture!("F13-click"));
     assert_eq!(push.kind, PushKind::Event(Event::Click { event_key: "CONTACT_SUPPORT".into() }));
-    assert_eq!(push.window_effect(), open(Trigger::Menu));
-    assert_eq!(push.rule_input().event_key.as_deref(), Some("CONTACT_SUPPORT"));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Menu));
+    assert_eq!(crate::rules::input::of_push(&push).event_key.as_deref(), Some("CONTACT_SUPPORT"));
 }
 
 #[test]
@@ -225,7 +226,7 @@ fn f14_view_opens_nothing() {
             menu_id: Some("410418124".into())
         })
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
 }
 
 #[test]
@@ -241,7 +242,7 @@ fn f15_scancode_waitmsg_and_scancode_push() {
             }
         })
     );
-    assert_eq!(push.window_effect(), open(Trigger::Menu));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Menu));
     let push = p(fixture!("X09-scancode-push"));
     assert_eq!(
         push.kind,
@@ -253,7 +254,7 @@ fn f15_scancode_waitmsg_and_scancode_push() {
             }
         })
     );
-    assert_eq!(push.window_effect(), open(Trigger::Menu));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Menu));
 }
 
 #[test]
@@ -296,7 +297,7 @@ fn f16_pic_events_open_nothing() {
         fixture!("X10-pic-sysphoto"),
         fixture!("X11-pic-weixin"),
     ] {
-        assert_eq!(p(xml).window_effect(), WindowEffect::None);
+        assert_eq!(crate::pipeline::intake::window_effect(&p(xml)), WindowEffect::None);
     }
 }
 
@@ -316,7 +317,7 @@ fn f17_location_select() {
             }
         })
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
 }
 
 #[test]
@@ -329,7 +330,7 @@ fn f18_view_miniprogram() {
             menu_id: Some("433418371".into())
         })
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
 }
 
 #[test]
@@ -342,7 +343,7 @@ fn f19_template_job_finish_uses_msgid_capital_id() {
             status: "failed:user block".into()
         })
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
     // Not a message: the dedupe key is the event form, not the job id.
     assert_eq!(
         push.dedupe_key().as_str(),
@@ -365,7 +366,7 @@ fn f20_mass_send_job_finish() {
             error_count: Some(5)
         })
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
 }
 
 #[test]
@@ -379,8 +380,8 @@ fn x01_text_from_a_msgmenu_click() {
             bizmsgmenuid: Some("101".into())
         }
     );
-    assert_eq!(push.rule_input().menu_choice.as_deref(), Some("101"));
-    assert_eq!(push.window_effect(), open(Trigger::Message));
+    assert_eq!(crate::rules::input::of_push(&push).menu_choice.as_deref(), Some("101"));
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Message));
 }
 
 #[test]
@@ -405,7 +406,7 @@ fn x02_x03_x06_kf_session_events() {
         fixture!("X03-kf-switch-session"),
         fixture!("X06-kf-close-session"),
     ] {
-        assert_eq!(p(xml).window_effect(), WindowEffect::None);
+        assert_eq!(crate::pipeline::intake::window_effect(&p(xml)), WindowEffect::None);
     }
 }
 
@@ -423,16 +424,14 @@ fn x04_user_pay_from_pay_cell() {
             original_fee: Some(10000)
         })
     );
-    assert_eq!(push.window_effect(), open(Trigger::Payment));
-    let input = push.rule_input();
-    assert_eq!(input.event.as_deref(), Some("user_pay_from_pay_cell"));
-    assert_eq!(
-        input.vars,
-        vec![
-            ("amount".to_string(), "10000".to_string()),
-            ("trans_id".to_string(), "10022403432015000000000".to_string())
-        ]
-    );
+    assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Payment));
+    // What serve hands the rules: a payment, with the pay cell's amount and TransId.
+    let input = crate::rules::input::of_push(&push);
+    assert_eq!(input.event.as_deref(), Some("payment"));
+    let var = |k: &str| input.vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(var("amount"), Some("10000"));
+    assert_eq!(var("amount_yuan"), Some("100.00"));
+    assert_eq!(var("transaction_id"), Some("10022403432015000000000"));
 }
 
 /// The outer body of a compatible-mode push decodes as the plaintext it carries; the
@@ -455,12 +454,15 @@ fn x07_merchant_order_and_x08_subscribe_after_payment() {
             sku_info: "10001:1000012;10002:100021".into()
         })
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
     let push = p(fixture!("X08-subscribe-after-payment"));
-    assert_eq!(push.window_effect(), WindowEffect::Follow(Trigger::Payment));
-    assert_eq!(push.rule_input().scene, None);
     assert_eq!(
-        push.rule_input().vars,
+        crate::pipeline::intake::window_effect(&push),
+        WindowEffect::Follow(Trigger::Payment)
+    );
+    assert_eq!(crate::rules::input::of_push(&push).scene, None);
+    assert_eq!(
+        crate::rules::input::of_push(&push).vars,
         vec![("trans_id".to_string(), "4200000123201409030005092168".to_string())]
     );
 }
@@ -487,7 +489,7 @@ fn x13_empty_recognition_is_none() {
     let push = p(fixture!("X13-voice-empty-recognition"));
     let PushKind::Voice { recognition, format, .. } = &push.kind else { panic!() };
     assert_eq!((recognition, format.as_str()), (&None, "speex"));
-    assert_eq!(push.rule_input().text, None);
+    assert_eq!(crate::rules::input::of_push(&push).text, None);
 }
 
 #[test]
@@ -504,20 +506,20 @@ fn x14_x15_unknown_kinds_are_data() {
             raw: xml.into()
         }
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
     assert!(!push.is_user_message());
     assert_eq!(push.event(), Some("card_pass_check"));
     assert_eq!(
         push.dedupe_key().as_str(),
         format!("e:{ACCOUNT}:{USER}:1700000114:card_pass_check:")
     );
-    assert_eq!(push.rule_input().event.as_deref(), Some("card_pass_check"));
+    assert_eq!(crate::rules::input::of_push(&push).event.as_deref(), Some("card_pass_check"));
 
     let push = p(fixture!("X15-unknown-msgtype"));
     assert!(
         matches!(&push.kind, PushKind::Unknown { msg_type, event: None, .. } if msg_type == "miniprogrampage")
     );
-    assert_eq!(push.window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
     assert_eq!(
         push.dedupe_key().as_str(),
         format!("m:{ACCOUNT}:{USER}:{}:24345678901234615", push.create_time)
@@ -539,7 +541,7 @@ fn event_names_round_trip() {
     let xml = "<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName>\
                <CreateTime>1</CreateTime><MsgType>event</MsgType><Event>click</Event></xml>";
     assert!(matches!(p(xml).kind, PushKind::Unknown { .. }));
-    assert_eq!(p(xml).window_effect(), WindowEffect::None);
+    assert_eq!(crate::pipeline::intake::window_effect(&p(xml)), WindowEffect::None);
 }
 
 #[test]
@@ -554,7 +556,10 @@ fn refusals() {
     assert_eq!(parse(xxe.as_bytes()), Err(DecodeError::Entity("xxe".into())));
     // Inside CDATA an entity reference is just text.
     let literal = ok.replace("你好", "&xxe;");
-    assert_eq!(p(&literal).rule_input().text.as_deref(), Some("&xxe;，我想查询订单 42"));
+    assert_eq!(
+        crate::rules::input::of_push(&p(&literal)).text.as_deref(),
+        Some("&xxe;，我想查询订单 42")
+    );
     let amp = ok.replace("<MsgType><![CDATA[text]]></MsgType>", "<MsgType>te&#120;t</MsgType>");
     assert_eq!(p(&amp).msg_type, "text");
     for (field, xml) in [
