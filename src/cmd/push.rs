@@ -175,27 +175,16 @@ fn build_xml(args: &PushArgs, to: &str, now: i64) -> Result<String, CmdError> {
         return std::fs::read_to_string(path)
             .map_err(|e| CmdError::Usage(format!("cannot read --xml {}: {e}", path.display())));
     }
-    let mut x = String::from("<xml>");
-    push_element(&mut x, "ToUserName", to);
-    push_element(&mut x, "FromUserName", &args.from);
-    x.push_str(&format!("<CreateTime>{now}</CreateTime>"));
+    use crate::wechat::inbound::build;
     if let Some(text) = &args.input.text {
-        push_element(&mut x, "MsgType", "text");
-        push_element(&mut x, "Content", text);
         // A fresh MsgId, so the server's dedupe does not swallow a repeated try.
         let msg_id: u64 = rand::thread_rng().gen_range(1u64 << 40..1u64 << 62);
-        x.push_str(&format!("<MsgId>{msg_id}</MsgId>"));
+        Ok(build::text_xml(to, &args.from, now, text, msg_id))
     } else if let Some(event) = &args.input.event {
-        push_element(&mut x, "MsgType", "event");
-        push_element(&mut x, "Event", event);
-        if let Some(key) = &args.key {
-            push_element(&mut x, "EventKey", key);
-        }
+        Ok(build::event_xml(to, &args.from, now, event, args.key.as_deref()))
     } else {
-        return Err(CmdError::Usage("give one of --text, --event or --xml".into()));
+        Err(CmdError::Usage("give one of --text, --event or --xml".into()))
     }
-    x.push_str("</xml>");
-    Ok(x)
 }
 
 #[derive(Deserialize)]
