@@ -10,9 +10,10 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Config;
-use crate::http::webhook::{PushSink, WebhookState};
-use crate::http::{health, webhook};
+use crate::http::webhook::WebhookState;
+use crate::http::{ops, webhook};
 use crate::model::SystemClock;
+use crate::pipeline::PushSink;
 use crate::wechat::webhook::Keys;
 
 /// Extra routes (admin, pay, metrics, ...) mounted next to the webhook.
@@ -96,7 +97,7 @@ impl Application {
         let path = cfg.server.path.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
-                .configure(health::configure)
+                .configure(ops::configure_health)
                 .configure(webhook::configure(&path, state.clone()));
             if let Some(extra) = extra.clone() {
                 app = app.configure(move |c| extra(c));

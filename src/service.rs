@@ -5,75 +5,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
+use actix_web::web;
 use tokio::sync::{Notify, watch};
 
 use crate::api::ApiClient;
 use crate::app::{Application, ExtraRoutes};
 use crate::config::Config;
-use crate::http::pay::PaymentSink;
-use crate::http::webhook::{PushSink, WebhookState};
+use crate::http::webhook::WebhookState;
 use crate::metrics::Metrics;
 use crate::model::{SharedClock, TokenCache};
+use crate::pipeline::PaymentSink;
 use crate::pipeline::Pipeline;
+use crate::pipeline::PushSink;
 use crate::pipeline::sender::{Sender, SenderHandle};
 use crate::rules::{RuleSet, Rules, WatchGuard};
-use crate::store::{RedisStore, SqliteStore, Store, dedupe_retention_secs};
+use crate::store::{SqliteStore, Store};
 use crate::wechat::webhook::Keys;
 
 /// How long in-flight sends may take to finish after the server stopped; with actix's own
 /// bound this keeps `serve` inside the 10 s a SIGTERM allows (interface §6.12).
 const SENDER_STOP_BOUND: Duration = Duration::from_secs(3);
-
-/// Which process opens the store: the server owns it (purges, recovers in-flight entries); a
-/// CLI command only reads and charges beside a running server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Server,
-    Cli,
-}
-
-/// Opens the configured store: SQLite under `state.dir`, and with `state.redis_url` the Redis
-/// store for ledger, dedupe and token with this instance's outbox in SQLite.
-pub async fn open_store(
-    cfg: &Config,
-    role: Role,
-    clock: SharedClock,
-) -> anyhow::Result<(Arc<dyn Store>, SqliteStore)> {
-    let window = &cfg.window;
-    // The store's errors name `state.dir` / `state.redis_url`; say where those came from.
-    let dir_source = |e| anyhow::anyhow!("{e}. The directory is {}", cfg.key("state.dir"));
-    let sqlite = match role {
-        Role::Server => SqliteStore::open(
-            &cfg.state.dir,
-            window,
-            dedupe_retention_secs(cfg.server.max_clock_skew_secs),
-            cfg.state.sync,
-            clock.clone(),
-        )
-        .map_err(dir_source)?,
-        Role::Cli => {
-            SqliteStore::open_client(&cfg.state.dir, window, clock.clone()).map_err(dir_source)?
-        }
-    };
-    if cfg.state.redis_url.is_empty() {
-        return Ok((Arc::new(sqlite.clone()), sqlite));
-    }
-    // Hash-tagged so the multi-key scripts stay legal on a Redis Cluster.
-    let app = if cfg.wechat.app_id.is_empty() { "dry-run" } else { cfg.wechat.app_id.as_str() };
-    let redis = RedisStore::open(
-        cfg.state.redis_url.expose(),
-        &format!("kefu:{{{app}}}"),
-        Arc::new(sqlite.clone()),
-        window,
-        dedupe_retention_secs(cfg.server.max_clock_skew_secs),
-        clock,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e:#}. The URL is {}", cfg.key("state.redis_url")))?;
-    Ok((Arc::new(redis), sqlite))
-}
 
 /// The access-token cache every process shares: the store's, counted for metrics.
 struct CountingTokenCache {
@@ -102,7 +53,8 @@ impl TokenCache for CountingTokenCache {
     }
 }
 
-/// Everything a running kefu shares; also what the HTTP handlers read.
+/// Everything a running kefu shares (tests read it through [`Service::shared`]); the HTTP
+/// handlers get only the parts they need, as app data.
 pub struct Shared {
     pub cfg: Config,
     pub store: Arc<dyn Store>,
@@ -155,7 +107,8 @@ impl Service {
         }
         let rules = Arc::new(Rules::new(loaded));
 
-        let (store, sqlite) = open_store(&cfg, Role::Server, clock.clone()).await?;
+        let (store, sqlite) =
+            crate::store::open_store(&cfg, crate::store::Role::Server, clock.clone()).await?;
         let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
 
         // Without credentials the client still exists (the kf-account calls answer
@@ -270,7 +223,6 @@ impl Service {
 
 /// The routes beside the webhook: readiness, metrics, admin, pay.
 fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
-    let data = web::Data::from(shared.clone());
     let store = web::Data::new(shared.store.clone());
     let clock = web::Data::new(shared.clock.clone());
     let auth = web::Data::new(
@@ -286,101 +238,22 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
         shared.cfg.server.max_clock_skew_secs,
     )?
     .with_metrics(shared.metrics.clone());
+    let rules = web::Data::new(shared.rules.clone());
+    let metrics = web::Data::new(shared.metrics.clone());
+    let rules_dir = web::Data::new(crate::http::ops::RulesDir(shared.cfg.rules.dir.clone()));
     Ok(Arc::new(move |c: &mut web::ServiceConfig| {
-        c.app_data(data.clone())
-            .app_data(store.clone())
+        c.app_data(store.clone())
             .app_data(clock.clone())
             .app_data(auth.clone())
-            .app_data(pay_sink.clone());
-        c.app_data(client.clone());
-        c.route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
-            .route("/admin/windows/{openid}", web::get().to(admin_window))
-            .route("/admin/rules/reload", web::post().to(reload));
+            .app_data(pay_sink.clone())
+            .app_data(rules.clone())
+            .app_data(metrics.clone())
+            .app_data(rules_dir.clone())
+            .app_data(client.clone());
+        crate::http::ops::configure(c);
+        c.route("/admin/windows/{openid}", web::get().to(crate::http::admin::window))
+            .route("/admin/rules/reload", web::post().to(crate::http::admin::reload));
         crate::http::admin::configure(c);
         pay.register(c);
     }))
-}
-
-/// `GET /readyz`: 503 while a push cannot be recorded (the store does not answer); 200
-/// otherwise. A failed rules reload is listed in `problems` (with its errors) until a reload
-/// succeeds, but the answer stays 200: the previous rules keep answering pushes, and taking
-/// every instance out of rotation over a bad edit would turn it into an outage.
-async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
-    let mut problems = Vec::new();
-    let mut ready = true;
-    if let Err(e) = shared.store.ping().await {
-        problems.push(format!("store unreachable: {e}"));
-        ready = false;
-    }
-    let rules = shared.rules.current();
-    let status = shared.rules.status();
-    if !status.last_ok {
-        let n = status.last_errors.len();
-        problems.push(format!(
-            "the last rules reload failed ({n} error{}); the previous {} rule{} stay active until \
-             a reload succeeds: fix the files in {} (`kefu rules check`){}",
-            if n == 1 { "" } else { "s" },
-            rules.len(),
-            if rules.len() == 1 { "" } else { "s" },
-            shared.cfg.rules.dir.display(),
-            status.last_errors.first().map(|e| format!("; first error: {e}")).unwrap_or_default()
-        ));
-    }
-    let body = json!({
-        "ready": ready,
-        "rules": rules.len(),
-        "last_reload_ok": status.last_ok,
-        "reload_errors": status.last_errors,
-        "problems": problems,
-    });
-    if ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
-}
-
-/// `GET /metrics` in the format the `Accept` header asks for ([`crate::metrics::Format`]).
-async fn metrics(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
-    let m = &shared.metrics;
-    let now = shared.clock.now_secs();
-    if let Ok(stats) = shared.store.stats(now).await {
-        m.open_windows.set(stats.open_windows as i64);
-        m.outbox_depth.set(stats.outbox_pending as i64);
-    }
-    m.sync_reloads(&shared.rules.status());
-    let accept = req.headers().get(actix_web::http::header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = crate::metrics::Format::from_accept(accept);
-    HttpResponse::Ok()
-        .content_type(format.content_type())
-        .insert_header((actix_web::http::header::VARY, "Accept"))
-        .body(m.render_as(format))
-}
-
-async fn admin_window(
-    req: HttpRequest,
-    path: web::Path<String>,
-    store: web::Data<Arc<dyn Store>>,
-    clock: web::Data<SharedClock>,
-) -> Result<HttpResponse, actix_web::Error> {
-    crate::http::admin::require_admin(&req)?;
-    Ok(crate::http::windows::window_handler(path, store, clock).await)
-}
-
-async fn reload(
-    req: HttpRequest,
-    shared: web::Data<Shared>,
-) -> Result<HttpResponse, actix_web::Error> {
-    crate::http::admin::require_admin(&req)?;
-    let rules = shared.rules.clone();
-    let result = web::block(move || rules.reload()).await?;
-    Ok(match result {
-        Ok(n) => HttpResponse::Ok().json(json!({ "ok": true, "rules": n })),
-        Err(diags) => HttpResponse::UnprocessableEntity().json(json!({
-            "ok": false,
-            "errors": diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect::<Vec<_>>(),
-            "message": "the rules did not reload; the previous rules stay active",
-        })),
-    })
 }

@@ -59,7 +59,7 @@ fn no_credentials(cfg: &Config) -> CmdError {
 /// The store as a CLI process opens it, beside a running `serve`.
 pub async fn cli_store(cfg: &Config) -> Result<Arc<dyn Store>, CmdError> {
     let clock: SharedClock = Arc::new(SystemClock);
-    crate::service::open_store(cfg, crate::service::Role::Cli, clock)
+    crate::store::open_store(cfg, crate::store::Role::Cli, clock)
         .await
         .map(|(store, _)| store)
         .map_err(|e| CmdError::failed(format!("{e:#}")))

@@ -275,6 +275,36 @@ async fn send(
     }
 }
 
+/// `GET /admin/windows/{openid}` behind the admin check ([`crate::http::windows`]).
+pub async fn window(
+    req: HttpRequest,
+    path: web::Path<String>,
+    store: web::Data<std::sync::Arc<dyn crate::store::Store>>,
+    clock: web::Data<crate::model::SharedClock>,
+) -> Result<HttpResponse, actix_web::Error> {
+    require_admin(&req)?;
+    Ok(crate::http::windows::window_handler(path, store, clock).await)
+}
+
+/// `POST /admin/rules/reload`: 200 with the rule count, or 422 with every error (the previous
+/// rules stay active). Reads `web::Data<Arc<Rules>>`.
+pub async fn reload(
+    req: HttpRequest,
+    rules: web::Data<std::sync::Arc<crate::rules::Rules>>,
+) -> Result<HttpResponse, actix_web::Error> {
+    require_admin(&req)?;
+    let rules = rules.get_ref().clone();
+    let result = web::block(move || rules.reload()).await?;
+    Ok(match result {
+        Ok(n) => HttpResponse::Ok().json(json!({ "ok": true, "rules": n })),
+        Err(diags) => HttpResponse::UnprocessableEntity().json(json!({
+            "ok": false,
+            "errors": diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect::<Vec<_>>(),
+            "message": "the rules did not reload; the previous rules stay active",
+        })),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,18 +15,11 @@ use crate::metrics::Metrics;
 use crate::model::{SharedClock, SystemClock};
 use crate::pay::v2::{self, V2Verifier};
 use crate::pay::v3::{self, PlatformKey, V3Headers, V3Verifier};
-use crate::pay::{MAX_NOTIFY_BYTES, Outcome, PayError, Payment, Refusal};
+use crate::pay::{MAX_NOTIFY_BYTES, Outcome, PayError, Refusal};
+use crate::pipeline::PaymentSink;
 
 pub const V2_PATH: &str = "/pay/notify/v2";
 pub const V3_PATH: &str = "/pay/notify/v3";
-
-/// Where verified payments go (the pipeline: durable record, `payment` grant, payment rules).
-#[async_trait::async_trait]
-pub trait PaymentSink: Send + Sync + 'static {
-    /// Records a verified successful payment (idempotent by transaction id) and opens the payer's
-    /// payment grant / fires payment rules. Ok(true) = new, Ok(false) = already seen.
-    async fn on_payment(&self, payment: &Payment, received_at_ms: i64) -> anyhow::Result<bool>;
-}
 
 /// The notify routes the config enables, loaded once at startup: the v3 platform public key is
 /// read and parsed here, so a bad one stops startup with the key name and the fix instead of

@@ -9,31 +9,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 
-use crate::model::{PassiveReply, SharedClock};
+use crate::model::SharedClock;
+use crate::pipeline::PushSink;
 use crate::wechat::reply;
-use crate::wechat::webhook::{self, Keys, Opened, PushError, Query};
-
-/// Where verified pushes go. The pipeline implements it; `AckOnly` is the stand-in.
-#[async_trait::async_trait]
-pub trait PushSink: Send + Sync + 'static {
-    /// Records the push durably and decides the answer. Err => 503 so WeChat redelivers.
-    async fn accept(
-        &self,
-        opened: &Opened,
-        received_at_ms: i64,
-    ) -> anyhow::Result<Option<PassiveReply>>;
-}
-
-/// Acknowledges every push with `success` and keeps nothing.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AckOnly;
-
-#[async_trait::async_trait]
-impl PushSink for AckOnly {
-    async fn accept(&self, _: &Opened, _: i64) -> anyhow::Result<Option<PassiveReply>> {
-        Ok(None)
-    }
-}
+use crate::wechat::webhook::{self, Keys, PushError, Query};
 
 /// What the webhook routes share.
 pub struct WebhookState {

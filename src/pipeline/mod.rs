@@ -5,15 +5,16 @@
 pub mod gate;
 pub mod intake;
 pub mod sender;
+pub mod sink;
 
 pub use intake::Intake;
+pub use sink::{AckOnly, PaymentSink, PushSink};
 
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::http::webhook::PushSink;
 use crate::metrics::Metrics;
 use crate::model::{PassiveReply, PlannedAction, WindowEffect};
 use crate::rules::Rules;
@@ -179,7 +180,7 @@ impl PushSink for Pipeline {
 }
 
 #[async_trait::async_trait]
-impl crate::http::pay::PaymentSink for Pipeline {
+impl PaymentSink for Pipeline {
     async fn on_payment(
         &self,
         payment: &crate::pay::Payment,

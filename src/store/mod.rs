@@ -18,9 +18,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
+
 pub use self::redis::RedisStore;
 pub use crate::ledger::{ChargeOutcome, DenyReason, Grant, Window, WindowView};
-use crate::model::{OpenId, PlannedAction, TokenCache, Trigger, WindowEffect};
+use crate::model::{OpenId, PlannedAction, SharedClock, TokenCache, Trigger, WindowEffect};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Cloneable because one failed group commit answers many
@@ -289,4 +291,53 @@ pub struct StoreStats {
     pub open_windows: u64,
     /// Outbox entries pending or in flight.
     pub outbox_pending: u64,
+}
+
+/// Which process opens the store: the server owns it (purges, recovers in-flight entries); a
+/// CLI command only reads and charges beside a running server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Cli,
+}
+
+/// Opens the configured store: SQLite under `state.dir`, and with `state.redis_url` the Redis
+/// store for ledger, dedupe and token with this instance's outbox in SQLite.
+pub async fn open_store(
+    cfg: &Config,
+    role: Role,
+    clock: SharedClock,
+) -> anyhow::Result<(Arc<dyn Store>, SqliteStore)> {
+    let window = &cfg.window;
+    // The store's errors name `state.dir` / `state.redis_url`; say where those came from.
+    let dir_source = |e| anyhow::anyhow!("{e}. The directory is {}", cfg.key("state.dir"));
+    let sqlite = match role {
+        Role::Server => SqliteStore::open(
+            &cfg.state.dir,
+            window,
+            dedupe_retention_secs(cfg.server.max_clock_skew_secs),
+            cfg.state.sync,
+            clock.clone(),
+        )
+        .map_err(dir_source)?,
+        Role::Cli => {
+            SqliteStore::open_client(&cfg.state.dir, window, clock.clone()).map_err(dir_source)?
+        }
+    };
+    if cfg.state.redis_url.is_empty() {
+        return Ok((Arc::new(sqlite.clone()), sqlite));
+    }
+    // Hash-tagged so the multi-key scripts stay legal on a Redis Cluster.
+    let app = if cfg.wechat.app_id.is_empty() { "dry-run" } else { cfg.wechat.app_id.as_str() };
+    let redis = RedisStore::open(
+        cfg.state.redis_url.expose(),
+        &format!("kefu:{{{app}}}"),
+        Arc::new(sqlite.clone()),
+        window,
+        dedupe_retention_secs(cfg.server.max_clock_skew_secs),
+        clock,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}. The URL is {}", cfg.key("state.redis_url")))?;
+    Ok((Arc::new(redis), sqlite))
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use kefu::app::{Application, ExtraRoutes};
 use kefu::config::Config;
-use kefu::http::webhook::{AckOnly, PushSink};
 use kefu::model::{PassiveReply, Secret};
+use kefu::pipeline::{AckOnly, PushSink};
 use kefu::wechat::crypto::AesKey;
 use kefu::wechat::signature;
 use kefu::wechat::webhook::Opened;
