@@ -2,7 +2,14 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written (`--log-format`, `KEFU_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
 
 /// Installs the global subscriber once; later calls (tests) are no-ops. Logs go to stderr so
 /// command output on stdout stays machine-readable.

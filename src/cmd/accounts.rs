@@ -2,11 +2,66 @@
 //! management through the WeChat API. A bare account prefix is completed from
 //! `wechat.account_id`.
 
-use crate::cli::{AccountsCmd, CmdError, CmdResult};
+use std::path::PathBuf;
+
+use super::common::{CmdError, CmdResult};
 use crate::config::Config;
 use crate::model::KfAccount;
+use clap::Subcommand;
 
-use super::token::{api_client, fmt_time};
+use super::common::{api_client, fmt_time};
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCmd {
+    /// All kf accounts.
+    List {
+        /// Print WeChat's list as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// kf accounts online now.
+    Online {
+        /// Print WeChat's list as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a kf account.
+    #[command(long_about = "Add a kf account.\n\n\
+        ACCOUNT is prefix@wechat_id. A bare prefix (kf01) is completed with wechat.account_id, \
+        the account's WeChat ID (kf01@<wechat.account_id>).")]
+    Add {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// The name followers see (at most 16 characters).
+        nickname: String,
+    },
+    /// Change a kf account's nickname.
+    Update {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// The new name followers see (at most 16 characters).
+        nickname: String,
+    },
+    /// Invite a WeChat user to bind to a kf account.
+    Invite {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// The staff member's WeChat ID (微信号), not their nickname.
+        wechat_id: String,
+    },
+    /// Delete a kf account.
+    Delete {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+    },
+    /// Upload a kf account's avatar.
+    Avatar {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        account: String,
+        /// A JPEG image (640×640 recommended, at most 5 MB).
+        image_file: PathBuf,
+    },
+}
 
 /// Parses an ACCOUNT argument: `prefix@wechat_id`, or a bare prefix completed from
 /// `wechat.account_id`.

@@ -1,6 +1,10 @@
-//! One module per `kefu` command; each loads what it needs and returns a `CmdResult`.
+//! One module per `kefu` command: each owns its arguments (clap `Args`/`Subcommand`) and a
+//! `run` that loads what it needs and returns a [`common::CmdResult`]. What they share is in
+//! [`common`]; output to stdout and stderr goes through [`out`]. `crate::cli` parses the
+//! command line and calls one `run`; no command module looks back at it.
 
 pub mod accounts;
+pub mod common;
 pub mod out;
 pub mod push;
 pub mod records;

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::io::{self, Write};
 
-use crate::cli::CmdError;
+use super::common::CmdError;
 
 /// Writes formatted text to stdout (locked, flushed at once so a closed pipe shows up here
 /// and not at exit). Use through [`outln!`](crate::outln) and [`out!`](crate::out).

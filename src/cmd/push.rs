@@ -2,18 +2,40 @@
 //! an XML file), signs it with the configured token, with `--encrypt` encrypts it safe-mode style
 //! with the configured EncodingAESKey, POSTs it, and prints the status and the (decrypted) answer.
 
+use clap::Args;
+
+use super::common::PushInput;
 use std::time::Duration;
 
 use rand::Rng;
 use serde::Deserialize;
 
+use super::common::{CmdError, CmdResult};
 use crate::api::error::transport_cause;
-use crate::cli::{CmdError, CmdResult, PushArgs};
 use crate::config::Config;
 use crate::model::Clock;
 use crate::model::SystemClock;
 use crate::wechat::crypto::AesKey;
 use crate::wechat::{push_element, signature};
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The server URL: `kefu serve`'s server.listen + server.path, e.g.
+    /// http://127.0.0.1:8080/wechat.
+    #[arg(long)]
+    pub url: String,
+    /// Sender OpenID.
+    #[arg(long, value_name = "OPENID", default_value = "oSimulatedFollower000000000")]
+    pub from: String,
+    /// Encrypt the push (safe mode) with the configured EncodingAESKey.
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub input: PushInput,
+    /// EventKey for --event.
+    #[arg(long, requires = "event")]
+    pub key: Option<String>,
+}
 
 /// The `ToUserName` when `wechat.original_id` is not set: shaped like an original ID, so the
 /// push looks like WeChat's.
@@ -238,7 +260,7 @@ fn decrypt_reply(cfg: &Config, token: &str, env: &Envelope) -> Result<String, Cm
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::PushInput;
+    use crate::cmd::common::PushInput;
 
     fn args(text: Option<&str>, event: Option<&str>, key: Option<&str>) -> PushArgs {
         PushArgs {

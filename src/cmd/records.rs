@@ -1,12 +1,26 @@
 //! `kefu records --since TIME [--until TIME] [--json]` (interface §1): customer-service chat
 //! records, fetched day by day and paged through to the end.
 
-use crate::cli::{CmdError, CmdResult, RecordsArgs};
+use super::common::{CmdError, CmdResult};
 use crate::config::Config;
 use crate::model::{Clock, SystemClock};
+use clap::Args;
 
 use super::accounts::{print_json, print_table};
-use super::token::{api_client, fmt_time};
+use super::common::{api_client, fmt_time};
+
+#[derive(Args, Debug)]
+pub struct RecordsArgs {
+    /// Start: RFC 3339 (2024-05-01T08:00:00Z), "2024-05-01 08:00:00" (UTC) or Unix seconds.
+    #[arg(long)]
+    pub since: String,
+    /// End (default: now). Spans over 24 h are fetched day by day.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Print the records as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
 pub async fn run(cfg: &Config, args: &RecordsArgs) -> CmdResult {
     let since = parse_time(&args.since).map_err(|e| CmdError::Usage(format!("--since: {e}")))?;

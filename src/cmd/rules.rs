@@ -1,13 +1,45 @@
 //! `kefu rules check [DIR]` and `kefu rules import FILE` (interface §1).
 
+use clap::Subcommand;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::cli::{CmdError, CmdResult};
+use super::common::{CmdError, CmdResult};
 use crate::config::Config;
 use crate::rules::import::{ImportError, import_beside};
 use crate::rules::{Diagnostic, RuleSet, TestOutcome};
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCmd {
+    /// Load every rule file, report every error, run the [[test]] cases.
+    Check {
+        /// Rules directory (default: rules.dir from the config).
+        dir: Option<PathBuf>,
+        /// Print one JSON report (errors, warnings, every test's outcome) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert the admin panel's auto-reply JSON (get_current_autoreply_info) into a rule file.
+    Import {
+        /// The JSON answer of GET /cgi-bin/get_current_autoreply_info, saved to a file.
+        file: PathBuf,
+        /// Write the rule file here instead of printing it (an existing file needs --force).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// Overwrite the --out file if it exists.
+        #[arg(long, requires = "out")]
+        force: bool,
+    },
+}
+
+/// `kefu rules check [DIR]` or `kefu rules import FILE`.
+pub fn run(cfg: &Config, cmd: &RulesCmd) -> CmdResult {
+    match cmd {
+        RulesCmd::Check { dir, json } => check(cfg, dir.as_deref(), *json),
+        RulesCmd::Import { file, out, force } => import(cfg, file, out.as_deref(), *force),
+    }
+}
 
 /// Loads every rule file, prints every error as `path:line:col: message`, runs the
 /// `[[test]]` cases (one line each) and fails unless everything loads and passes.

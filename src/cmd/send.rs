@@ -6,16 +6,47 @@
 //! ([`send_gated`]: refuse unless the follower's window allows it, or `--force`), which needs
 //! the durable store. Without credentials the gate makes it a dry run.
 
+use std::path::PathBuf;
+
+use clap::Args;
 use serde_json::{Value, json};
 
+use super::common::{CmdError, CmdResult};
 use crate::api::validate_send_body;
-use crate::cli::{CmdError, CmdResult, SendArgs};
 use crate::config::Config;
 use crate::model::{Clock, OpenId, OutMessage, SystemClock};
 use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
 
 use super::accounts::account_arg;
-use super::token::{cli_store, send_client};
+use super::common::{cli_store, send_client};
+
+#[derive(Args, Debug)]
+#[group(id = "body", required = true, multiple = false)]
+pub struct SendBody {
+    /// A text message with this content.
+    #[arg(long, group = "body")]
+    pub text: Option<String>,
+    /// An image message with this media id (uploaded material).
+    #[arg(long, group = "body", value_name = "MEDIA_ID")]
+    pub image: Option<String>,
+    /// A complete custom/send body; its touser is replaced by OPENID.
+    #[arg(long, group = "body", value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The follower's OpenID (the FromUserName of their pushes).
+    pub openid: String,
+    #[command(flatten)]
+    pub body: SendBody,
+    /// Send as this kf account (prefix@wechat_id, or a prefix completed from wechat.account_id).
+    #[arg(long = "as", value_name = "KF_ACCOUNT")]
+    pub as_kf: Option<String>,
+    /// Send even when the follower's window does not allow it.
+    #[arg(long)]
+    pub force: bool,
+}
 
 /// A send ready to go: its recipient and exact body.
 #[derive(Debug, Clone, PartialEq)]

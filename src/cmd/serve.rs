@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::cli::{CmdError, CmdResult};
+use super::common::{CmdError, CmdResult};
 use crate::config::Config;
 use crate::model::SystemClock;
 use crate::service::Service;

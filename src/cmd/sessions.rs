@@ -1,14 +1,55 @@
 //! `kefu sessions list KF | get OPENID | create KF OPENID | close KF OPENID | waiting`
 //! (interface §1, protocol §7.2): kf session control.
 
+use clap::Subcommand;
 use serde_json::json;
 
-use crate::cli::{CmdError, CmdResult, SessionsCmd};
+use super::common::{CmdError, CmdResult};
 use crate::config::Config;
 use crate::model::OpenId;
 
 use super::accounts::{account_arg, print_json, print_table};
-use super::token::{api_client, fmt_time};
+use super::common::{api_client, fmt_time};
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCmd {
+    /// Sessions a kf account is serving.
+    List {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        kf_account: String,
+        /// Print WeChat's list as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The session of a follower.
+    Get {
+        /// The follower's OpenID.
+        openid: String,
+        /// Print the session as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a session between a kf account and a follower.
+    Create {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        kf_account: String,
+        /// The follower's OpenID.
+        openid: String,
+    },
+    /// Close a session.
+    Close {
+        /// prefix@wechat_id, or a bare prefix completed from wechat.account_id.
+        kf_account: String,
+        /// The follower's OpenID.
+        openid: String,
+    },
+    /// Followers waiting for a kf.
+    Waiting {
+        /// Print WeChat's queue as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 fn openid_arg(s: &str) -> Result<OpenId, CmdError> {
     OpenId::parse(s).map_err(|e| CmdError::Usage(e.to_string()))

@@ -2,13 +2,35 @@
 //! network: the passive reply as XML, then each customer-service message as its `custom/send`
 //! body, in order, with its delay.
 
+use std::path::PathBuf;
+
+use super::common::PushInput;
+use clap::Args;
 use serde_json::{Value, json};
 
-use crate::cli::{CmdError, CmdResult, SimulateArgs};
+use super::common::{CmdError, CmdResult};
 use crate::config::Config;
 use crate::model::{Action, OpenId, PassiveReply, PlannedAction};
 use crate::pipeline::intake::Intake;
 use crate::rules::RuleSet;
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Rules directory (default: rules.dir from the config).
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    /// Sender OpenID.
+    #[arg(long, value_name = "OPENID", default_value = "oSimulatedFollower000000000")]
+    pub from: String,
+    #[command(flatten)]
+    pub input: PushInput,
+    /// EventKey for --event.
+    #[arg(long, requires = "event")]
+    pub key: Option<String>,
+    /// Print one JSON object (fired rules, passive reply, messages) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// The passive reply's `FromUserName` when `wechat.original_id` is not set.
 const SIMULATED_ACCOUNT: &str = "gh_simulated";

@@ -1,135 +1,22 @@
 //! `kefu token [--reveal] [--json]` (interface §1): reads the cached access token or fetches
 //! one, and prints where it came from and when it expires; the token itself only with
-//! `--reveal`. Also the one place the API commands build their client and turn an
-//! [`ApiError`] into an exit code.
+//! `--reveal`.
 
-use std::sync::Arc;
-
+use clap::Args;
 use serde_json::json;
 
-use crate::api::{ApiClient, ApiError};
-use crate::cli::{CmdError, CmdResult, TokenArgs};
+use super::common::{CmdResult, api_client, fmt_time};
 use crate::config::Config;
-use crate::model::{Clock, SharedClock, SystemClock};
-use crate::store::Store;
+use crate::model::{Clock, SystemClock};
 
-/// The API client every API command uses. It refuses to start without credentials (exit 2,
-/// naming the variables to set). Its token cache is the store's, so a CLI run reuses the
-/// token `serve` holds instead of fetching one (interface §6.10).
-pub async fn api_client(cfg: &Config) -> Result<ApiClient, CmdError> {
-    if !cfg.wechat.has_credentials() {
-        return Err(no_credentials(cfg));
-    }
-    let store = cli_store(cfg).await?;
-    api_client_with(cfg, &store)
-}
-
-/// The client over an already opened store.
-pub fn api_client_with(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient, CmdError> {
-    if !cfg.wechat.has_credentials() {
-        return Err(no_credentials(cfg));
-    }
-    send_client(cfg, store)
-}
-
-/// The client `kefu send` uses: without credentials it is the dry-run client (the window gate
-/// still charges, nothing is sent; see [`crate::pipeline::gate`]).
-pub fn send_client(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient, CmdError> {
-    let clock: SharedClock = Arc::new(SystemClock);
-    ApiClient::new(&cfg.wechat, store.token_cache(), clock).map_err(CmdError::Failed)
-}
-
-/// Missing credentials, naming each missing key with where to set it (the file in use, or
-/// the variable): exit 2.
-fn no_credentials(cfg: &Config) -> CmdError {
-    let mut fixes = Vec::new();
-    if cfg.wechat.app_id.is_empty() {
-        fixes.push(cfg.how_to_set("wechat.app_id"));
-    }
-    if cfg.wechat.app_secret.is_empty() {
-        fixes.push(cfg.how_to_set("wechat.app_secret"));
-    }
-    CmdError::Usage(format!(
-        "no WeChat credentials configured: this command calls the WeChat API, which needs \
-         `wechat.app_id` and `wechat.app_secret`: {}",
-        fixes.join("; ")
-    ))
-}
-
-/// The store as a CLI process opens it, beside a running `serve`.
-pub async fn cli_store(cfg: &Config) -> Result<Arc<dyn Store>, CmdError> {
-    let clock: SharedClock = Arc::new(SystemClock);
-    crate::store::open_store(cfg, crate::store::Role::Cli, clock)
-        .await
-        .map(|(store, _)| store)
-        .map_err(|e| CmdError::failed(format!("{e:#}")))
-}
-
-/// The store of a command that only reads (`kefu window show|list`): the same store `serve`
-/// uses — Redis when `state.redis_url` is set, else SQLite under `state.dir` — but it never
-/// creates `state.dir`. Without Redis, a missing database is an error that names the path and
-/// where `state.dir` came from (the usual cause: the command ran without the `--config` that
-/// `serve` uses). With Redis the ledger is Redis's; a missing local database only means this
-/// machine's outbox is empty, so a scratch one lives in a temporary directory for the run.
-pub struct ReaderStore {
-    pub store: Arc<dyn Store>,
-    // Declared after `store` so it is dropped (and the directory removed) after the store.
-    _scratch: Option<ScratchDir>,
-}
-
-/// A temporary directory removed on drop.
-struct ScratchDir(std::path::PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Opens the [`ReaderStore`].
-pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
-    let db = cfg.state.dir.join(crate::store::sqlite::DB_FILE);
-    if db.is_file() {
-        return Ok(ReaderStore { store: cli_store(cfg).await?, _scratch: None });
-    }
-    if cfg.state.redis_url.is_empty() {
-        return Err(CmdError::failed(format!(
-            "no kefu state at {}: `kefu serve` has not recorded anything there. The directory is \
-             {}; run this command with the same --config (or KEFU_STATE_DIR) that `kefu serve` \
-             uses",
-            db.display(),
-            cfg.key("state.dir"),
-        )));
-    }
-    let scratch = ScratchDir(std::env::temp_dir().join(format!(
-        "kefu-cli-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )));
-    let mut local = cfg.clone();
-    local.state.dir = scratch.0.clone();
-    let store = cli_store(&local).await?;
-    Ok(ReaderStore { store, _scratch: Some(scratch) })
-}
-
-/// Bad input and missing configuration are usage errors (exit 2); everything WeChat or the
-/// network says is an operation failure (exit 1).
-impl From<ApiError> for CmdError {
-    fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::NoCredentials | ApiError::Invalid(_) => CmdError::Usage(e.to_string()),
-            other => CmdError::Failed(anyhow::Error::new(other)),
-        }
-    }
-}
-
-/// Unix seconds as RFC 3339 UTC (`-` for none).
-pub(crate) fn fmt_time(secs: i64) -> String {
-    if secs <= 0 {
-        return "-".into();
-    }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// Print the token itself (a secret: keep it out of logs and tickets).
+    #[arg(long)]
+    pub reveal: bool,
+    /// Print source, fetch time and expiry as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(cfg: &Config, args: &TokenArgs) -> CmdResult {

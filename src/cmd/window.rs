@@ -2,18 +2,37 @@
 //! `state.dir`. It opens the store as a client, so it works while `serve` runs and never
 //! touches the server's in-flight sends.
 
+use clap::Subcommand;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::cli::{CmdError, CmdResult, WindowCmd};
+use super::common::{CmdError, CmdResult};
 use crate::config::Config;
 use crate::ledger::WindowView;
 use crate::model::{OpenId, SharedClock, SystemClock};
 
+#[derive(Subcommand, Debug)]
+pub enum WindowCmd {
+    /// One follower's window ledger.
+    Show {
+        /// The follower's OpenID.
+        openid: String,
+        /// Print the ledger as JSON (the shape of GET /admin/windows/{openid}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every follower with a live grant.
+    List {
+        /// Print the ledgers as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
     let clock: SharedClock = Arc::new(SystemClock);
     let now = clock.now_secs();
-    let reader = super::token::reader_store(cfg).await?;
+    let reader = super::common::reader_store(cfg).await?;
     let store = &reader.store;
     let out = match args {
         WindowCmd::Show { openid, json } => {

@@ -374,7 +374,8 @@ async fn oversized_bodies_are_413_declared_or_chunked() {
 
 #[tokio::test]
 async fn kefu_push_command_drives_a_deployment() {
-    use kefu::cli::{PushArgs, PushInput};
+    use kefu::cmd::common::PushInput;
+    use kefu::cmd::push::PushArgs;
     let sink = Arc::new(ScriptedSink { reply: text_reply("收到"), ..Default::default() });
     let app = spawn_app_with(test_config(), sink.clone(), None).await;
     let args = |encrypt: bool, text: Option<&str>, event: Option<&str>| PushArgs {
