@@ -535,6 +535,24 @@ impl Config {
         }
     }
 
+    /// For a message about a directory that cannot be read: where its path came from (`given`:
+    /// how the command line gave it, else `key` and its source) and how to change it; empty
+    /// when the directory exists.
+    pub fn dir_hint(&self, key: &str, dir: &Path, given: Option<&str>) -> String {
+        if dir.is_dir() {
+            return String::new();
+        }
+        match given {
+            Some(how) => format!(" ({} does not exist; it was given {how})", dir.display()),
+            None => format!(
+                " ({} does not exist; it is {}: {})",
+                dir.display(),
+                self.key(key),
+                self.how_to_set(key)
+            ),
+        }
+    }
+
     /// The directory of the embedded store.
     pub fn state_dir(&self) -> &Path {
         &self.state.dir

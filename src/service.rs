@@ -98,7 +98,7 @@ impl Service {
                  and start again:\n{}",
                 cfg.rules.dir.display(),
                 if n == 1 { "" } else { "s" },
-                crate::cmd::rules::dir_hint(&cfg, &cfg.rules.dir, None),
+                cfg.dir_hint("rules.dir", &cfg.rules.dir, None),
                 list.join("\n")
             )
         })?;

@@ -64,7 +64,7 @@ pub fn check(cfg: &Config, given: Option<&Path>, json: bool) -> CmdResult {
                 "the rules in {} do not load: {errors} error{}{}",
                 dir.display(),
                 if errors == 1 { "" } else { "s" },
-                dir_hint(cfg, dir, given.map(|_| "as the DIR argument"))
+                cfg.dir_hint("rules.dir", dir, given.map(|_| "as the DIR argument"))
             )));
         }
     };
@@ -102,23 +102,6 @@ pub fn check(cfg: &Config, given: Option<&Path>, json: bool) -> CmdResult {
         return Err(CmdError::failed(format!("{failed} of {} rule tests failed", outcomes.len())));
     }
     Ok(())
-}
-
-/// When a rules directory cannot be read, where its path came from (the argument, or
-/// `rules.dir` and its source) and how to change it; empty when the directory exists.
-pub(crate) fn dir_hint(cfg: &Config, dir: &Path, given: Option<&str>) -> String {
-    if dir.is_dir() {
-        return String::new();
-    }
-    match given {
-        Some(how) => format!(" ({} does not exist; it was given {how})", dir.display()),
-        None => format!(
-            " ({} does not exist; it is {}: {})",
-            dir.display(),
-            cfg.key("rules.dir"),
-            cfg.how_to_set("rules.dir")
-        ),
-    }
 }
 
 /// Converts the admin panel's auto-reply JSON into a rule file, printed or written to `out`.

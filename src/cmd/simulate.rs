@@ -56,7 +56,7 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
         CmdError::failed(format!(
             "the rules in {} do not load{}; `kefu rules check {}` lists every error",
             dir.display(),
-            super::rules::dir_hint(cfg, dir, args.rules.as_ref().map(|_| "with --rules")),
+            cfg.dir_hint("rules.dir", dir, args.rules.as_ref().map(|_| "with --rules")),
             dir.display()
         ))
     })?;
