@@ -17,6 +17,6 @@ pub use accounts::{KfInfo, KfOnline};
 pub use client::{ApiClient, ApiOptions, RetryPolicy};
 pub use error::{ApiError, ErrorCode};
 pub use records::Record;
-pub use send::validate_send_body;
+pub use send::SendBody;
 pub use sessions::{SessionEntry, SessionInfo, WaitCase, WaitQueue};
 pub use token::{TokenInfo, TokenSource};

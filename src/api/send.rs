@@ -22,22 +22,67 @@ use super::error::ApiError;
 pub const SEND_PATH: &str = "/cgi-bin/message/custom/send";
 pub const TYPING_PATH: &str = "/cgi-bin/message/custom/typing";
 
-impl ApiClient {
-    /// `POST /cgi-bin/message/custom/send` with a complete body (protocol §6.2), sent as raw
-    /// UTF-8 JSON. See the module docs for what is retried.
-    pub async fn send(&self, body: &Value) -> Result<(), ApiError> {
-        validate_send_body(body)?;
-        self.call(&Req::post(SEND_PATH, body)).await.map(drop)
+/// A `custom/send` body (protocol §6.2) known to be well formed: checked once where it enters
+/// (`kefu send --json`, `POST /admin/send`: [`SendBody::parse`]) or built valid from an
+/// [`OutMessage`] ([`SendBody::of_message`]). Everything after — the window gate, the client —
+/// takes this type and checks nothing again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SendBody {
+    body: Value,
+    to: OpenId,
+}
+
+impl SendBody {
+    /// Checks a body before it goes out, so a malformed one is a clear local error (exit 2 for
+    /// `kefu send`, 400 at `/admin/send`) instead of a WeChat errcode: an object with a valid
+    /// `touser`, a `msgtype`, an object named after the msgtype, and a well-formed
+    /// `customservice` when present.
+    pub fn parse(body: Value) -> Result<SendBody, ApiError> {
+        let to = validate(&body)?;
+        Ok(SendBody { body, to })
     }
 
-    /// Sends one [`OutMessage`], optionally as a kf account.
+    /// The body of `msg` to `to`, optionally sent as a kf account; valid by construction.
+    pub fn of_message(to: &OpenId, msg: &OutMessage, kf_account: Option<&str>) -> SendBody {
+        SendBody { body: msg.custom_send_body(to.as_str(), kf_account), to: to.clone() }
+    }
+
+    /// The recipient (`touser`).
+    pub fn to(&self) -> &OpenId {
+        &self.to
+    }
+
+    /// The `msgtype`.
+    pub fn msgtype(&self) -> &str {
+        self.body.get("msgtype").and_then(Value::as_str).unwrap_or("message")
+    }
+
+    /// `customservice.kf_account`, when the message is sent as a kf account.
+    pub fn kf_account(&self) -> Option<&str> {
+        self.body.pointer("/customservice/kf_account").and_then(Value::as_str)
+    }
+
+    /// The JSON as it is sent.
+    pub fn json(&self) -> &Value {
+        &self.body
+    }
+}
+
+impl ApiClient {
+    /// `POST /cgi-bin/message/custom/send` (protocol §6.2), sent as raw UTF-8 JSON. See the
+    /// module docs for what is retried.
+    pub async fn send(&self, body: &SendBody) -> Result<(), ApiError> {
+        self.call(&Req::post(SEND_PATH, body.json())).await.map(drop)
+    }
+
+    /// Sends one [`OutMessage`] to `to`, optionally as a kf account.
     pub async fn send_message(
         &self,
         to: &OpenId,
         msg: &OutMessage,
         kf_account: Option<&str>,
     ) -> Result<(), ApiError> {
-        self.send(&msg.custom_send_body(to.as_str(), kf_account)).await
+        self.send(&SendBody::of_message(to, msg, kf_account)).await
     }
 
     /// `POST /cgi-bin/message/custom/typing`: `Typing` when `on`, else `CancelTyping`.
@@ -51,11 +96,7 @@ impl ApiClient {
     }
 }
 
-/// Checks a `custom/send` body before it goes out, so a malformed one is a clear local error
-/// (and a 400 at `/admin/send`) instead of a WeChat errcode: an object with a valid `touser`,
-/// a `msgtype`, and an object named after the msgtype. Returns the recipient (the window gate
-/// needs it).
-pub fn validate_send_body(body: &Value) -> Result<OpenId, ApiError> {
+fn validate(body: &Value) -> Result<OpenId, ApiError> {
     let obj = body
         .as_object()
         .ok_or_else(|| ApiError::Invalid("a custom/send body must be a JSON object".into()))?;
@@ -89,7 +130,7 @@ mod tests {
     #[test]
     fn validates_bodies() {
         let ok = json!({"touser":"oU1","msgtype":"text","text":{"content":"hi"}});
-        assert_eq!(validate_send_body(&ok).unwrap().as_str(), "oU1");
+        assert_eq!(validate(&ok).unwrap().as_str(), "oU1");
         for (bad, why) in [
             (json!([]), "JSON object"),
             (json!({"msgtype":"text","text":{}}), "touser"),
@@ -101,7 +142,7 @@ mod tests {
                 "customservice",
             ),
         ] {
-            let e = validate_send_body(&bad).unwrap_err().to_string();
+            let e = validate(&bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

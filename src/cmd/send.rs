@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::common::{CmdError, CmdResult};
-use crate::api::validate_send_body;
+use crate::api::SendBody;
 use crate::config::Config;
 use crate::model::{Clock, OpenId, OutMessage, SystemClock};
 use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
@@ -22,7 +22,7 @@ use super::common::{cli_store, send_client};
 
 #[derive(Args, Debug)]
 #[group(id = "body", required = true, multiple = false)]
-pub struct SendBody {
+pub struct MessageArgs {
     /// A text message with this content.
     #[arg(long, group = "body")]
     pub text: Option<String>,
@@ -39,7 +39,7 @@ pub struct SendArgs {
     /// The follower's OpenID (the FromUserName of their pushes).
     pub openid: String,
     #[command(flatten)]
-    pub body: SendBody,
+    pub body: MessageArgs,
     /// Send as this kf account (prefix@wechat_id, or a prefix completed from wechat.account_id).
     #[arg(long = "as", value_name = "KF_ACCOUNT")]
     pub as_kf: Option<String>,
@@ -48,23 +48,10 @@ pub struct SendArgs {
     pub force: bool,
 }
 
-/// A send ready to go: its recipient and exact body.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PreparedSend {
-    pub openid: OpenId,
-    pub body: Value,
-}
-
-impl PreparedSend {
-    pub fn msgtype(&self) -> &str {
-        self.body.get("msgtype").and_then(Value::as_str).unwrap_or("message")
-    }
-}
-
 /// Builds and checks the body. `--json FILE` is a complete body whose `touser` is replaced by
 /// OPENID (interface §6.9); `--as` sets `customservice.kf_account` (a bare prefix is completed
 /// from `wechat.account_id`).
-pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<PreparedSend, CmdError> {
+pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<SendBody, CmdError> {
     let openid = OpenId::parse(&args.openid).map_err(|e| CmdError::Usage(e.to_string()))?;
     let kf = args.as_kf.as_deref().map(|k| account_arg(cfg, k)).transpose()?;
     let kf_str = kf.as_ref().map(|k| k.as_str());
@@ -91,11 +78,10 @@ pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<PreparedSend, CmdError> 
     } else {
         return Err(CmdError::Usage("give one of --text, --image or --json".into()));
     };
-    validate_send_body(&body).map_err(|e| match &args.body.json {
+    SendBody::parse(body).map_err(|e| match &args.body.json {
         Some(p) => CmdError::Usage(format!("{}: {e}", p.display())),
         None => CmdError::Usage(e.to_string()),
-    })?;
-    Ok(PreparedSend { openid, body })
+    })
 }
 
 /// Sends through the window gate. Without credentials this is a dry run: gated and charged
@@ -106,23 +92,15 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let client = send_client(cfg, &store)?;
     let mode = if args.force { GateMode::Force } else { GateMode::Enforce };
     let now = SystemClock.now_secs();
-    let (charged, dry_run) = match send_gated(
-        store.as_ref(),
-        &client,
-        &prepared.openid,
-        &prepared.body,
-        mode,
-        now,
-    )
-    .await
-    {
+    let openid = prepared.to();
+    let (charged, dry_run) = match send_gated(store.as_ref(), &client, &prepared, mode, now).await {
         Ok(Gated::Sent { charged }) => (charged, false),
         Ok(Gated::DryRun { charged }) => (charged, true),
         Ok(Gated::Refused(reason)) => {
             return Err(CmdError::failed(format!(
                 "not sent to {}: {reason}. `kefu window show {}` shows the ledger; --force \
                      sends anyway (WeChat will likely refuse it with 45015 or 45047)",
-                prepared.openid, prepared.openid
+                openid, openid
             )));
         }
         Err(GateError::Api(e)) => return Err(e.into()),
@@ -132,7 +110,7 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
         Some(t) => format!(" (charged to the {t} grant)"),
         None => " (forced: no live grant was charged)".into(),
     };
-    let as_kf = match prepared.body.pointer("/customservice/kf_account").and_then(Value::as_str) {
+    let as_kf = match prepared.kf_account() {
         Some(kf) => format!(" as {kf}"),
         None => String::new(),
     };
@@ -141,9 +119,9 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
             "dry-run: would send {} to {}{as_kf}{grant}; not sent: no wechat.app_id/app_secret \
              configured",
             prepared.msgtype(),
-            prepared.openid
+            openid
         )
     } else {
-        crate::outln!("sent {} to {}{as_kf}{grant}", prepared.msgtype(), prepared.openid)
+        crate::outln!("sent {} to {}{as_kf}{grant}", prepared.msgtype(), openid)
     }
 }

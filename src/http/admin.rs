@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::{ApiClient, ApiError, validate_send_body};
+use crate::api::{ApiClient, ApiError, SendBody};
 use crate::config::Config;
-use crate::model::{KfAccount, OpenId, Secret};
+use crate::model::{KfAccount, Secret};
 
 /// The admin token (and what the routes need to read account names), shared as
 /// `web::Data<AdminAuth>`. An empty token turns the admin API off: every route answers 404.
@@ -214,11 +214,9 @@ async fn delete(
     Ok(ok(json!({ "kf_account": kf.as_str() })))
 }
 
-/// Parses and checks a `/admin/send` body: the recipient (for the window gate) and the body.
-pub fn parse_send(body: &[u8]) -> Result<(OpenId, Value), AdminError> {
-    let v = json_body(body)?;
-    let openid = validate_send_body(&v).map_err(|e| AdminError::BadRequest(e.to_string()))?;
-    Ok((openid, v))
+/// Parses and checks a `/admin/send` body, once.
+pub fn parse_send(body: &[u8]) -> Result<SendBody, AdminError> {
+    SendBody::parse(json_body(body)?).map_err(|e| AdminError::BadRequest(e.to_string()))
 }
 
 #[derive(serde::Deserialize)]
@@ -241,9 +239,10 @@ async fn send(
 ) -> Result<HttpResponse, AdminError> {
     use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
     check(&req)?;
-    let (openid, v) = parse_send(&body)?;
+    let body = parse_send(&body)?;
+    let openid = body.to();
     let mode = if query.force { GateMode::Force } else { GateMode::Enforce };
-    match send_gated(store.as_ref().as_ref(), &api, &openid, &v, mode, clock.now_secs()).await {
+    match send_gated(store.as_ref().as_ref(), &api, &body, mode, clock.now_secs()).await {
         Ok(Gated::Sent { charged }) => Ok(ok(json!({
             "touser": openid.as_str(),
             "charged": charged.map(|t| t.as_str()),
@@ -251,7 +250,7 @@ async fn send(
         }))),
         // Not WeChat's answer, so no errcode: a client must not mistake it for a delivery.
         Ok(Gated::DryRun { charged }) => {
-            let msgtype = v.get("msgtype").and_then(Value::as_str).unwrap_or("message");
+            let msgtype = body.msgtype();
             Ok(HttpResponse::Ok().json(json!({
                 "dry_run": true,
                 "sent": false,

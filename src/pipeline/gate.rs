@@ -8,10 +8,9 @@
 //! is gated and charged exactly as for real, then logged instead of sent, as the sender does
 //! for the bot's messages: a dry run shows what production would do, quota included.
 
-use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::api::{ApiClient, ApiError};
+use crate::api::{ApiClient, ApiError, SendBody};
 use crate::model::{OpenId, Trigger};
 use crate::store::{ChargeOutcome, DenyReason, Store, StoreError};
 
@@ -41,15 +40,16 @@ pub enum GateError {
     Api(#[from] ApiError),
 }
 
-/// Charges, sends `body` to `openid`, and feeds WeChat's answer back into the ledger.
+/// Charges the recipient's ledger, sends `body`, and feeds WeChat's answer back into the
+/// ledger.
 pub async fn send_gated(
     store: &dyn Store,
     client: &ApiClient,
-    openid: &OpenId,
-    body: &Value,
+    body: &SendBody,
     mode: GateMode,
     now: i64,
 ) -> Result<Gated, GateError> {
+    let openid = body.to();
     let charged = match store.charge(openid, now).await? {
         ChargeOutcome::Allowed { trigger, opened_at } => Some((trigger, opened_at)),
         ChargeOutcome::Denied { reason } if mode == GateMode::Enforce => {
@@ -60,8 +60,8 @@ pub async fn send_gated(
     if !client.has_credentials() {
         info!(
             touser = %openid,
-            msgtype = body.get("msgtype").and_then(serde_json::Value::as_str).unwrap_or("?"),
-            kf_account = body.pointer("/customservice/kf_account").and_then(serde_json::Value::as_str),
+            msgtype = body.msgtype(),
+            kf_account = body.kf_account(),
             charged = charged.map(|c| c.0.as_str()),
             "dry-run: would send (no wechat.app_id/app_secret configured)"
         );

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::ApiClient;
+use crate::api::{ApiClient, SendBody};
 use crate::metrics::Metrics;
 use crate::model::{Action, OpenId, OutMessage, SharedClock, Trigger};
 use crate::store::{DenyReason, OutboxEntry, Outcome, SendClaim, Store};
@@ -235,9 +235,9 @@ impl Sender {
         charged: (Trigger, i64),
     ) -> Outcome {
         let (openid, trigger) = (&entry.openid, charged.0);
-        let body = message.custom_send_body(openid.as_str(), entry.action.kf_account.as_deref());
+        let body = SendBody::of_message(openid, message, entry.action.kf_account.as_deref());
         let Some(client) = &self.client else {
-            info!(body = %body, trigger = %trigger, "dry-run: would send (sending is off: wechat.app_id and wechat.app_secret are not both set)");
+            info!(body = %body.json(), trigger = %trigger, "dry-run: would send (sending is off: wechat.app_id and wechat.app_secret are not both set)");
             self.metrics.send(message.msgtype(), "dry_run", 0);
             return Outcome::Sent;
         };

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kefu::api::{ApiClient, ApiError, ApiOptions, ErrorCode, RetryPolicy, TokenSource};
+use kefu::api::{ApiClient, ApiError, ApiOptions, ErrorCode, RetryPolicy, SendBody, TokenSource};
 use kefu::config::{Config, TokenEndpoint, WechatConfig};
 use kefu::model::{
     Article, CachedToken, Clock, KfAccount, ManualClock, MemoryTokenCache, MenuItem, OpenId,
@@ -13,6 +13,11 @@ use kefu::model::{
 };
 use kefu::testing::{MockResponse, MockWechat};
 use serde_json::{Value, json};
+
+/// A body the client accepts (checked once, as `kefu send` and `/admin/send` check theirs).
+fn send_body(v: serde_json::Value) -> SendBody {
+    SendBody::parse(v).expect("a valid custom/send body")
+}
 
 const SEND: &str = "/cgi-bin/message/custom/send";
 const STABLE: &str = "/cgi-bin/stable_token";
@@ -155,7 +160,10 @@ async fn a_valid_stored_token_is_reused_without_a_fetch() {
         .unwrap();
     let s = h.client.token_status().await.unwrap();
     assert_eq!((s.source, s.token.expose()), (TokenSource::Store, "STORED"));
-    h.client.send(&json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}})).await.unwrap();
+    h.client
+        .send(&send_body(json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}})))
+        .await
+        .unwrap();
     assert_eq!(h.mock.token_fetches(), 0);
     assert_eq!(h.mock.requests_to(SEND)[0].query("access_token"), Some("STORED"));
 }
@@ -180,7 +188,7 @@ async fn hundred_concurrent_sends_fetch_one_token() {
         tasks.push(tokio::spawn(async move {
             let body =
                 json!({"touser": format!("oUser{i}"), "msgtype":"text","text":{"content":"hi"}});
-            c.send(&body).await
+            c.send(&send_body(body)).await
         }));
     }
     for t in tasks {
@@ -195,7 +203,10 @@ async fn hundred_concurrent_sends_fetch_one_token() {
 async fn refresh_once_on(code: i64) {
     let h = harness();
     h.mock.push_error(SEND, code, "token problem");
-    h.client.send(&json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}})).await.unwrap();
+    h.client
+        .send(&send_body(json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}})))
+        .await
+        .unwrap();
     assert_eq!(h.mock.token_fetches(), 2, "one refresh for {code}");
     let sends = h.mock.requests_to(SEND);
     assert_eq!(sends.len(), 2, "one retry for {code}");
@@ -223,7 +234,11 @@ async fn errcode_40014_refreshes_once_and_retries_once() {
 async fn a_second_token_error_is_returned_not_looped() {
     let h = harness();
     h.mock.set_default(SEND, MockResponse::error(40001, "invalid credential"));
-    let e = h.client.send(&json!({"touser":"oU1","msgtype":"text","text":{}})).await.unwrap_err();
+    let e = h
+        .client
+        .send(&send_body(json!({"touser":"oU1","msgtype":"text","text":{}})))
+        .await
+        .unwrap_err();
     assert_eq!(e.errcode(), Some(40001));
     assert_eq!(h.mock.count(SEND), 2);
     assert_eq!(h.mock.token_fetches(), 2);
@@ -314,7 +329,11 @@ async fn a_dead_lock_holder_delays_but_does_not_block_the_fetch() {
 async fn token_fetch_errors_are_not_token_retries() {
     let h = harness();
     h.mock.push_error(STABLE, 40164, "invalid ip 10.0.0.1 ipv6 ::ffff:10.0.0.1, not in whitelist");
-    let e = h.client.send(&json!({"touser":"oU1","msgtype":"text","text":{}})).await.unwrap_err();
+    let e = h
+        .client
+        .send(&send_body(json!({"touser":"oU1","msgtype":"text","text":{}})))
+        .await
+        .unwrap_err();
     assert_eq!(e.error_code(), Some(ErrorCode::IpNotWhitelisted));
     assert!(e.to_string().contains("add this machine's egress IP to the API IP whitelist"));
     assert_eq!(h.mock.count(SEND), 0);
@@ -350,7 +369,10 @@ async fn no_credentials_is_its_own_error() {
 async fn busy_then_success_is_retried() {
     let h = harness();
     h.mock.push_error(SEND, -1, "system error");
-    h.client.send(&json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}})).await.unwrap();
+    h.client
+        .send(&send_body(json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}})))
+        .await
+        .unwrap();
     assert_eq!(h.mock.count(SEND), 2);
 }
 
@@ -358,7 +380,11 @@ async fn busy_then_success_is_retried() {
 async fn minute_quota_is_retried_but_bounded() {
     let h = harness();
     h.mock.set_default(SEND, MockResponse::error(45011, "api minute-quota reach limit"));
-    let e = h.client.send(&json!({"touser":"oU1","msgtype":"text","text":{}})).await.unwrap_err();
+    let e = h
+        .client
+        .send(&send_body(json!({"touser":"oU1","msgtype":"text","text":{}})))
+        .await
+        .unwrap_err();
     assert_eq!(e.error_code(), Some(ErrorCode::MinuteQuotaReached));
     assert_eq!(h.mock.count(SEND), 3, "max_attempts = 3");
 }
@@ -369,7 +395,11 @@ async fn a_timeout_after_sending_is_not_retried() {
     let h = harness_with(opts, TokenEndpoint::Stable);
     h.client.access_token().await.unwrap();
     h.mock.push(SEND, MockResponse::ok().delayed(Duration::from_millis(1500)));
-    let e = h.client.send(&json!({"touser":"oU1","msgtype":"text","text":{}})).await.unwrap_err();
+    let e = h
+        .client
+        .send(&send_body(json!({"touser":"oU1","msgtype":"text","text":{}})))
+        .await
+        .unwrap_err();
     assert!(e.is_ambiguous() && !e.is_retriable(), "{e:?}");
     assert!(matches!(e, ApiError::Ambiguous { .. }), "{e:?}");
     assert!(e.to_string().contains("may have reached WeChat"), "{e}");
@@ -419,7 +449,7 @@ async fn window_errors_are_typed_and_not_retried() {
     let h = harness();
     h.mock.push_error(SEND, 45015, "response out of time limit or subscription is canceled");
     h.mock.push_error(SEND, 45047, "out of response count limit");
-    let body = json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}});
+    let body = send_body(json!({"touser":"oU1","msgtype":"text","text":{"content":"x"}}));
     let e1 = h.client.send(&body).await.unwrap_err();
     let e2 = h.client.send(&body).await.unwrap_err();
     assert_eq!(e1.error_code(), Some(ErrorCode::OutsideWindow));
@@ -441,7 +471,7 @@ async fn errors_never_carry_the_token_or_secret() {
     let h = harness_with(opts, TokenEndpoint::Classic);
     h.mock.push(SEND, MockResponse::ok().delayed(Duration::from_millis(800)));
     h.mock.push(SEND, MockResponse::status(502));
-    let body = json!({"touser":"oU1","msgtype":"text","text":{}});
+    let body = send_body(json!({"touser":"oU1","msgtype":"text","text":{}}));
     for e in [h.client.send(&body).await.unwrap_err(), h.client.send(&body).await.unwrap_err()] {
         for text in [e.to_string(), format!("{e:?}")] {
             assert!(!text.contains("MOCK_TOKEN") && !text.contains("APPSECRET"), "{text}");
@@ -517,7 +547,7 @@ async fn every_msgtype_goes_out_exactly_as_built() {
 #[tokio::test]
 async fn invalid_send_bodies_never_leave() {
     let h = harness();
-    let e = h.client.send(&json!({"touser":"o U","msgtype":"text","text":{}})).await.unwrap_err();
+    let e = SendBody::parse(json!({"touser":"o U","msgtype":"text","text":{}})).unwrap_err();
     assert!(matches!(e, ApiError::Invalid(_)), "{e:?}");
     assert!(h.mock.requests().is_empty());
 }
