@@ -2,7 +2,7 @@
 //! `MockWechat` through `KEFU_WECHAT_API_BASE`: what they send, what they print, the exact
 //! error sentence an operator reads, and the exit codes (1 API failure, 2 usage/config).
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use kefu::testing::{MockResponse, MockWechat};
 use serde_json::{Value, json};
@@ -17,15 +17,7 @@ struct Run {
 }
 
 fn run_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KEFU_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    let out: Output = cmd.output().expect("run kefu");
+    let out: Output = crate::helpers::kefu_command(dir, env, args).output().expect("run kefu");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

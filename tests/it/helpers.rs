@@ -229,9 +229,14 @@ pub struct KefuRun {
     pub stderr: String,
 }
 
-/// Runs the `kefu` binary in `dir` with only the given environment of ours: inherited `KEFU_*`,
-/// `RUST_LOG` and `NO_COLOR` are removed, so the outer shell cannot change what is tested.
-pub fn kefu_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> KefuRun {
+/// The `kefu` binary as a command in `dir` with only the given environment of ours:
+/// inherited `KEFU_*`, `RUST_LOG` and `NO_COLOR` are removed, so the outer shell cannot change
+/// what is tested.
+pub fn kefu_command(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kefu"));
     cmd.current_dir(dir).args(args);
     for (k, _) in std::env::vars() {
@@ -240,7 +245,12 @@ pub fn kefu_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Ke
         }
     }
     cmd.envs(env.iter().copied());
-    let out = cmd.output().expect("run kefu");
+    cmd
+}
+
+/// Runs [`kefu_command`] to the end.
+pub fn kefu_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> KefuRun {
+    let out = kefu_command(dir, env, args).output().expect("run kefu");
     KefuRun {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -3,7 +3,7 @@
 //! client errors that say what happened, a taken port, bad keys, `--help` and `rules import`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use kefu::testing::{MockResponse, MockWechat};
 use serde_json::{Value, json};
@@ -16,18 +16,7 @@ struct Run {
     stderr: String,
 }
 
-/// A `kefu` command in `dir` with no KEFU_* variables but `env`.
-fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KEFU_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd
-}
+use crate::helpers::kefu_command as command;
 
 fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out = command(dir, env, args).output().expect("run kefu");

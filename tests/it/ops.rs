@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,8 @@ pub(crate) fn copy_files(from: &Path, to: &Path) {
     }
 }
 
-fn text_xml(from: &str, content: &str, msg_id: u64) -> String {
+/// A text push from `from`, stamped now, to the fixtures' account.
+pub(crate) fn text_xml(from: &str, content: &str, msg_id: u64) -> String {
     format!(
         "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{from}]]>\
          </FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
@@ -98,19 +99,29 @@ fn expect(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
 // ---------------------------------------------------------------------------------------------
 // The in-process service
 
-struct Running {
-    base: String,
-    cfg: Config,
-    http: reqwest::Client,
-    handle: actix_web::dev::ServerHandle,
-    admin: String,
+/// The in-process service of [`start_service_with`].
+pub(crate) struct Running {
+    pub(crate) base: String,
+    pub(crate) cfg: Config,
+    pub(crate) http: reqwest::Client,
+    pub(crate) handle: actix_web::dev::ServerHandle,
+    pub(crate) admin: String,
 }
 
-const ADMIN: &str = "ops-admin-token-4f1c9a7e";
+pub(crate) const ADMIN: &str = "ops-admin-token-4f1c9a7e";
 
 /// The service against `mock`, rules copied from the fixture into `dir/rules`, state in
 /// `dir/state`, the clock frozen at the real now (the menu window of a minute never ends).
 async fn start_service(mock: &MockWechat, dir: &Path) -> Running {
+    start_service_with(mock, dir, |_| {}).await
+}
+
+/// [`start_service`] with `edit` applied to the config last.
+pub(crate) async fn start_service_with(
+    mock: &MockWechat,
+    dir: &Path,
+    edit: impl FnOnce(&mut Config),
+) -> Running {
     copy_files(&fixture_dir("rules"), &dir.join("rules"));
     let mut cfg = test_config();
     cfg.wechat.app_secret = Secret::new("ops-metrics-app-secret");
@@ -121,12 +132,14 @@ async fn start_service(mock: &MockWechat, dir: &Path) -> Running {
     cfg.rules.hot_reload = false;
     cfg.admin.token = Secret::new(ADMIN);
     cfg.server.max_body_bytes = 4096;
+    edit(&mut cfg);
     let clock: SharedClock = Arc::new(ManualClock::new(now_secs() * 1000));
     let service = Service::build(cfg.clone(), clock).await.expect("the service starts");
     let base = format!("http://{}", service.local_addr());
     let handle = service.handle();
     tokio::spawn(service.run_until_stopped());
-    Running { base, cfg, http: reqwest::Client::new(), handle, admin: ADMIN.into() }
+    let admin = cfg.admin.token.expose().to_string();
+    Running { base, cfg, http: reqwest::Client::new(), handle, admin }
 }
 
 impl Running {
@@ -400,19 +413,7 @@ fn collect_lines(
     })
 }
 
-/// `kefu` in `dir` with only the given environment of ours (inherited `KEFU_*`, `RUST_LOG`
-/// and `NO_COLOR` removed, so the outer shell cannot change what is tested).
-pub(crate) fn kefu_command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KEFU_") || k == "RUST_LOG" || k == "NO_COLOR" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd
-}
+pub(crate) use crate::helpers::kefu_command;
 
 /// What a finished process wrote.
 pub(crate) struct Ran {

@@ -10,17 +10,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kefu::config::Config;
-use kefu::model::{ManualClock, Secret, SharedClock};
-use kefu::service::Service;
+use kefu::model::Secret;
 use kefu::testing::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
-use crate::helpers::{ACCOUNT, AES_KEY, APP_ID, TOKEN, now_secs, signed_query, test_config};
-use crate::ops::{Ran, copy_files, count_lines, fixture_dir, run_kefu, serve, strip_ansi};
+use crate::helpers::{AES_KEY, APP_ID, TOKEN, now_secs, signed_query};
+use crate::ops::{
+    Ran, Running, copy_files, count_lines, fixture_dir, run_kefu, serve, start_service_with,
+    strip_ansi, text_xml,
+};
 
 const ADMIN: &str = "operator-admin-token-5e2d";
 const PAY_V2: &str = "192006250b4c09247ec02edce69f6a2d";
@@ -342,37 +343,19 @@ fn the_strict_parsers_refuse_what_they_must() {
 // ---------------------------------------------------------------------------------------------
 // The in-process service
 
-struct Running {
-    base: String,
-    cfg: Config,
-    http: reqwest::Client,
-    handle: actix_web::dev::ServerHandle,
-}
-
 /// The service with the ops fixture rules in `dir/rules`, state in `dir/state`, an admin
 /// token, both pay routes, and `edit` applied last.
 async fn start(mock: &MockWechat, dir: &Path, edit: impl FnOnce(&mut Config)) -> Running {
-    copy_files(&fixture_dir("rules"), &dir.join("rules"));
-    let mut cfg = test_config();
-    cfg.wechat.app_secret = Secret::new("operator-app-secret");
-    cfg.wechat.api_base = mock.url();
-    cfg.state.dir = dir.join("state");
-    cfg.rules.dir = dir.join("rules");
-    cfg.rules.hot_reload = false;
-    cfg.admin.token = Secret::new(ADMIN);
-    cfg.server.max_body_bytes = 4096;
-    cfg.pay.v2_api_key = Secret::new(PAY_V2);
-    cfg.pay.v3_api_key = Secret::new(PAY_V3);
-    cfg.pay.v3_platform_public_key = Some(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pay/test_platform_pub.pem"),
-    );
-    edit(&mut cfg);
-    let clock: SharedClock = Arc::new(ManualClock::new(now_secs() * 1000));
-    let service = Service::build(cfg.clone(), clock).await.expect("the service starts");
-    let base = format!("http://{}", service.local_addr());
-    let handle = service.handle();
-    tokio::spawn(service.run_until_stopped());
-    Running { base, cfg, http: reqwest::Client::new(), handle }
+    start_service_with(mock, dir, |cfg| {
+        cfg.admin.token = Secret::new(ADMIN);
+        cfg.pay.v2_api_key = Secret::new(PAY_V2);
+        cfg.pay.v3_api_key = Secret::new(PAY_V3);
+        cfg.pay.v3_platform_public_key = Some(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pay/test_platform_pub.pem"),
+        );
+        edit(cfg);
+    })
+    .await
 }
 
 impl Running {
@@ -385,7 +368,7 @@ impl Running {
     }
 
     /// GET `/metrics` with `accept` (None: no header): (content type, page).
-    async fn metrics(&self, accept: Option<&str>) -> (String, String) {
+    async fn metrics_as(&self, accept: Option<&str>) -> (String, String) {
         let mut rb = self.http.get(self.url("/metrics"));
         if let Some(a) = accept {
             rb = rb.header("accept", a);
@@ -414,15 +397,6 @@ impl Running {
     }
 }
 
-fn text_xml(from: &str, content: &str, msg_id: u64) -> String {
-    format!(
-        "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{from}]]>\
-         </FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
-         <Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>",
-        now_secs()
-    )
-}
-
 const PROMETHEUS_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS_1_0_0: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -449,11 +423,11 @@ async fn metrics_negotiate_the_format_and_both_parse_strictly() {
         Some("text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"),
         Some("application/json"),
     ] {
-        let (ct, page) = app.metrics(accept).await;
+        let (ct, page) = app.metrics_as(accept).await;
         assert_eq!(ct, PROMETHEUS_0_0_4, "{accept:?}");
         parse_prometheus(&page).unwrap_or_else(|e| panic!("{accept:?}: {e}\n{page}"));
     }
-    let (_, text) = app.metrics(None).await;
+    let (_, text) = app.metrics_as(None).await;
     let text_page = parse_prometheus(&text).expect("0.0.4");
     assert_eq!(text_page["kefu_pushes_total"].0, "counter", "{text}");
     assert_eq!(text_page["kefu_answer_seconds"].0, "histogram", "{text}");
@@ -466,11 +440,11 @@ async fn metrics_negotiate_the_format_and_both_parse_strictly() {
         "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;\
          version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
     ] {
-        let (ct, page) = app.metrics(Some(accept)).await;
+        let (ct, page) = app.metrics_as(Some(accept)).await;
         assert_eq!(ct, OPENMETRICS_1_0_0, "{accept}");
         parse_openmetrics(&page).unwrap_or_else(|e| panic!("{accept}: {e}\n{page}"));
     }
-    let (_, om) = app.metrics(Some("application/openmetrics-text")).await;
+    let (_, om) = app.metrics_as(Some("application/openmetrics-text")).await;
     let om_page = parse_openmetrics(&om).expect("OpenMetrics");
     assert_eq!(om_page["kefu_pushes"].0, "counter", "{om}");
 
@@ -544,7 +518,7 @@ async fn every_refusal_of_the_webhook_and_the_pay_urls_is_counted() {
     let r = http.post(app.url("/pay/notify/v3")).body("{}").send().await.expect("v3");
     assert_eq!(r.status().as_u16(), 401);
 
-    let (_, text) = app.metrics(None).await;
+    let (_, text) = app.metrics_as(None).await;
     let page = parse_prometheus(&text).expect("0.0.4");
     let got: BTreeMap<(String, String), f64> = page["kefu_refusals_total"]
         .1
