@@ -8,6 +8,7 @@ mod helpers;
 mod ops;
 mod pay;
 mod pipeline;
+mod readme;
 mod redis;
 mod rules;
 mod scale;
