@@ -4,7 +4,8 @@
 //! Development section:
 //!
 //! * **Code blocks** tagged `sh` (or `bash`, `shell`, `console`): every line is a command (blank
-//!   lines and `#` comments aside, `\` continues a line, `&&` / `;` separate commands). Each one
+//!   lines and `#` comments aside, `\` continues a line, `&&` / `;` separate commands, `NAME=value`
+//!   before a command is its environment). Each one
 //!   must be `kefu ARGS`, `cargo run [CARGO FLAGS] -- ARGS` (run as `kefu ARGS`), or one of CI's own
 //!   commands ([`CI_OWN`], which must appear in `.ci/run` and are not re-run here). Anything else
 //!   fails the check, naming the README line.
@@ -94,8 +95,8 @@ struct Shown {
 /// What the check does with one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Plan {
-    /// Run `kefu` with these arguments.
-    Run(Vec<String>),
+    /// Run `kefu` with these arguments, and these variables (`NAME=value` before the command).
+    Run { env: Vec<(String, String)>, args: Vec<String> },
     /// One of [`CI_OWN`].
     CiOwn(String),
     /// A synopsis or a name: these subcommand paths must exist (and be covered).
@@ -242,13 +243,28 @@ fn classify(shown: &Shown) -> Result<Vec<Plan>, String> {
                 "`{joined}` uses the shell operator `{t}`, which this check does not run"
             ));
         }
-        let words: Vec<&str> = part.iter().map(String::as_str).collect();
-        plans.push(Plan::Run(kefu_args_of_words(&words)?));
+        let assignments = part.iter().take_while(|t| is_assignment(t)).count();
+        let env = part[..assignments]
+            .iter()
+            .filter_map(|t| t.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let words: Vec<&str> = part[assignments..].iter().map(String::as_str).collect();
+        plans.push(Plan::Run { env, args: kefu_args_of_words(&words)? });
     }
     if plans.is_empty() {
         return Err("it is empty".into());
     }
     Ok(plans)
+}
+
+/// `NAME=value` before a command.
+fn is_assignment(token: &str) -> bool {
+    token.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// `kefu ARGS` → ARGS; `cargo run [FLAGS] -- ARGS` → ARGS.
@@ -478,6 +494,7 @@ fn run_to_end(mut cmd: Command) -> Ran {
 
 /// A `kefu serve` running in the background.
 struct Server {
+    env: Vec<(String, String)>,
     args: Vec<String>,
     child: Child,
     /// `127.0.0.1:PORT`
@@ -520,7 +537,9 @@ impl Session {
         let copy_files = |from: &Path, to: &Path| {
             std::fs::create_dir_all(to).expect("mkdir");
             for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                // A developer's own ./kefu.toml is not part of a fresh clone.
+                if entry.file_type().is_ok_and(|t| t.is_file()) && entry.file_name() != "kefu.toml"
+                {
                     std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
                 }
             }
@@ -534,12 +553,12 @@ impl Session {
         Session { dir, mock: None, server: None }
     }
 
-    /// Runs one README command; `Err` says what went wrong.
-    fn run(&mut self, args: &[String]) -> Result<String, String> {
+    /// Runs one README command with its own variables; `Err` says what went wrong.
+    fn run(&mut self, env: &[(String, String)], args: &[String]) -> Result<String, String> {
         let path = parsed_path(args).unwrap_or_default();
         let top = path.split(' ').next().unwrap_or("");
         match top {
-            "serve" => self.serve(args),
+            "serve" => self.serve(env, args),
             "push" => {
                 if self.server.is_none() {
                     // The README has not started a server: start one with the push's config.
@@ -547,11 +566,11 @@ impl Session {
                     if let Some(i) = args.iter().position(|a| a == "--config") {
                         serve.extend(args[i..].iter().take(2).cloned());
                     }
-                    self.serve(&serve)?;
+                    self.serve(env, &serve)?;
                 }
                 let addr = self.server.as_ref().map(|s| s.addr.clone()).unwrap_or_default();
                 let args = rewrite_url(args, &addr);
-                let ran = self.finish(&args, &[])?;
+                let ran = self.finish(env, &args, &[])?;
                 if !ran.stdout.starts_with("HTTP 200") {
                     return Err(format!("the push was not answered with 200:\n{}", ran.stdout));
                 }
@@ -559,21 +578,27 @@ impl Session {
             }
             _ if API_COMMANDS.contains(&top) => {
                 let base = self.mock.get_or_insert_with(MockWechat::start).url();
-                let env = [
+                let mock_env = [
                     ("KEFU_WECHAT_APP_ID", "wxReadme0000000001"),
                     ("KEFU_WECHAT_APP_SECRET", "ReadmeSecret0123456789"),
                     ("KEFU_WECHAT_API_BASE", base.as_str()),
                 ];
-                Ok(self.finish(args, &env)?.stdout)
+                Ok(self.finish(env, args, &mock_env)?.stdout)
             }
-            _ => Ok(self.finish(args, &[])?.stdout),
+            _ => Ok(self.finish(env, args, &[])?.stdout),
         }
     }
 
-    /// Runs to the end; exit 0 and no panic, else `Err` with what it wrote.
-    fn finish(&self, args: &[String], env: &[(&str, &str)]) -> Result<Ran, String> {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    /// Runs to the end with the README's variables, then ours; exit 0 and no panic, else `Err`
+    /// with what it wrote.
+    fn finish(
+        &self,
+        readme_env: &[(String, String)],
+        args: &[String],
+        ours: &[(&str, &str)],
+    ) -> Result<Ran, String> {
+        let mut env = readme_env.to_vec();
+        env.extend(ours.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let ran = run_to_end(kefu_command(self.dir.path(), &env, args));
         let wrote = format!("stdout:\n{}stderr:\n{}", ran.stdout, ran.stderr);
         match ran.code {
@@ -586,20 +611,31 @@ impl Session {
 
     /// Starts `kefu ARGS` (a serve) in the background on a free port; it must listen and answer
     /// `/healthz` with 200. The same command line again keeps the running server.
-    fn serve(&mut self, args: &[String]) -> Result<String, String> {
-        if self.server.as_ref().is_some_and(|s| s.args == args) {
+    fn serve(
+        &mut self,
+        readme_env: &[(String, String)],
+        args: &[String],
+    ) -> Result<String, String> {
+        if self.server.as_ref().is_some_and(|s| s.args == args && s.env == readme_env) {
             return Ok(String::new());
         }
         if let Some(old) = self.server.take() {
             stop(old)?;
         }
-        let env = [("KEFU_SERVER_LISTEN".to_string(), "127.0.0.1:0".to_string())];
+        let mut env = readme_env.to_vec();
+        env.push(("KEFU_SERVER_LISTEN".to_string(), "127.0.0.1:0".to_string()));
         let mut child =
             kefu_command(self.dir.path(), &env, args).spawn().expect("spawn kefu serve");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         drain(child.stderr.take().expect("stderr"), stderr.clone());
         drain(child.stdout.take().expect("stdout"), Arc::new(Mutex::new(Vec::new())));
-        let mut server = Server { args: args.to_vec(), child, addr: String::new(), stderr };
+        let mut server = Server {
+            env: readme_env.to_vec(),
+            args: args.to_vec(),
+            child,
+            addr: String::new(),
+            stderr,
+        };
         let started = Instant::now();
         server.addr = loop {
             let log = text(&server.stderr);
@@ -702,7 +738,7 @@ fn rewrite_url(args: &[String], addr: &str) -> Vec<String> {
 #[test]
 fn every_readme_command_runs_as_written() {
     let plans = plans();
-    let runnable = plans.iter().filter(|(_, p)| p.iter().any(|p| matches!(p, Plan::Run(_))));
+    let runnable = plans.iter().filter(|(_, p)| p.iter().any(|p| matches!(p, Plan::Run { .. })));
     assert!(runnable.count() > 0, "README.md has no command to run: is the extraction broken?");
 
     let mut session = Session::new();
@@ -710,8 +746,8 @@ fn every_readme_command_runs_as_written() {
     let mut ran = Vec::new();
     for (shown, plan) in &plans {
         for p in plan {
-            if let Plan::Run(args) = p {
-                match session.run(args) {
+            if let Plan::Run { env, args } = p {
+                match session.run(env, args) {
                     Ok(_) => ran.push(format!("README.md:{}: {}", shown.line, shown.text)),
                     Err(e) => failures.push(format!(
                         "README.md:{}: `{}` (run as `kefu {}`): {e}",
@@ -760,7 +796,7 @@ fn every_subcommand_is_run_by_a_check() {
     for (shown, plan) in plans() {
         for p in plan {
             match p {
-                Plan::Run(args) => match parsed_path(&args) {
+                Plan::Run { args, .. } => match parsed_path(&args) {
                     Some(path) => covered.push(path),
                     None => problems.push(format!(
                         "README.md:{}: `{}` does not parse as a kefu command line",
@@ -854,8 +890,9 @@ fn the_rules_classify_and_refuse_as_documented() {
         ]
     );
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let run = |args: Vec<String>| Plan::Run { env: Vec::new(), args };
     let plans: Vec<Result<Vec<Plan>, String>> = shown.iter().map(classify).collect();
-    assert_eq!(plans[0], Ok(vec![Plan::Run(s(&["serve", "--config", "a.toml"]))]));
+    assert_eq!(plans[0], Ok(vec![run(s(&["serve", "--config", "a.toml"]))]));
     assert_eq!(
         plans[1],
         Ok(vec![
@@ -863,11 +900,8 @@ fn the_rules_classify_and_refuse_as_documented() {
             Plan::CiOwn("cargo clippy --all-targets -- -D warnings".into())
         ])
     );
-    assert_eq!(plans[2], Ok(vec![Plan::Run(s(&["simulate", "--text", "退款"]))]));
-    assert_eq!(
-        plans[3],
-        Ok(vec![Plan::Run(s(&["rules", "import", "a.json", "--out", "r/x.toml"]))])
-    );
+    assert_eq!(plans[2], Ok(vec![run(s(&["simulate", "--text", "退款"]))]));
+    assert_eq!(plans[3], Ok(vec![run(s(&["rules", "import", "a.json", "--out", "r/x.toml"]))]));
     assert_eq!(plans[4], Ok(vec![Plan::Names(s(&["rules check"]))]));
     assert_eq!(plans[5], Ok(vec![Plan::Names(s(&["window show", "window list"]))]));
     let err = plans[6].clone().expect_err("an unmapped command is refused");
@@ -892,6 +926,16 @@ fn the_rules_classify_and_refuse_as_documented() {
     );
     assert!(names("kefu frobnicate FILE").is_err_and(|e| e.contains("`frobnicate` is not a kefu")));
     assert!(names("kefu window show OPENID | lst").is_err_and(|e| e.contains("`lst` is not")));
+    // Variables before a command are passed to it.
+    let with_env =
+        Shown { line: 2, text: "RUST_LOG=kefu=debug kefu rules check".into(), in_block: true };
+    assert_eq!(
+        classify(&with_env),
+        Ok(vec![Plan::Run {
+            env: vec![("RUST_LOG".into(), "kefu=debug".into())],
+            args: s(&["rules", "check"])
+        }])
+    );
     // Pipes are not run.
     let piped = Shown { line: 3, text: "kefu rules check | head -1".into(), in_block: true };
     assert!(classify(&piped).is_err_and(|e| e.contains("shell operator `|`")));
