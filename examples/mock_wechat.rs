@@ -1,4 +1,4 @@
-//! Runs `kefu::testing::MockWechat` on a fixed port for load scripts and manual trials:
+//! Runs the tests' `MockWechat` (`tests/support/mock_wechat.rs`) on a fixed port for load scripts and manual trials:
 //!
 //! ```text
 //! cargo run --example mock_wechat -- [--port 9100] [--send-delay-ms 20]
@@ -11,7 +11,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kefu::testing::{MockResponse, MockWechat};
+#[path = "../tests/support/mock_wechat.rs"]
+#[allow(dead_code)] // the example uses part of what the tests use
+mod mock_wechat;
+
+use mock_wechat::{MockResponse, MockWechat};
 
 fn main() -> std::process::ExitCode {
     let mut port: u16 = 9100;

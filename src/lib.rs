@@ -13,8 +13,6 @@
 //! - [`api`]: the outbound WeChat API: client, error table, token cache, sends, kf accounts.
 //! - [`pay`]: WeChat Pay v2/v3 notification verification.
 //! - [`model`]: identifiers, secrets, triggers, outbound messages, the clock, shared seams.
-//! - `testing` (feature `testing`, on for tests, examples and benches only): `MockWechat`,
-//!   the WeChat API on loopback.
 
 pub mod api;
 pub mod app;
@@ -31,6 +29,4 @@ pub mod rules;
 pub mod service;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod wechat;

@@ -11,7 +11,7 @@ use kefu::model::{
     Article, CachedToken, Clock, KfAccount, ManualClock, MemoryTokenCache, MenuItem, OpenId,
     OutMessage, Secret, SharedClock, SystemClock, TokenCache,
 };
-use kefu::testing::{MockResponse, MockWechat};
+use crate::mock_wechat::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
 /// A body the client accepts (checked once, as `kefu send` and `/admin/send` check theirs).
@@ -75,7 +75,7 @@ fn oid(s: &str) -> OpenId {
 
 /// Asserts one recorded call: method, path, the full query, and the JSON body (None = empty).
 fn assert_call(
-    r: &kefu::testing::RecordedRequest,
+    r: &crate::mock_wechat::RecordedRequest,
     method: &str,
     path: &str,
     query: &[(&str, &str)],

@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use kefu::testing::{MockResponse, MockWechat};
+use crate::mock_wechat::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
 const SEND: &str = "/cgi-bin/message/custom/send";

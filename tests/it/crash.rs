@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kefu::config::WindowConfig;
 use kefu::model::{Action, Clock, OpenId, OutMessage, SystemClock};
 use kefu::store::{OUTCOME_UNKNOWN, OutboxEntry, OutboxStatus, SqliteStore, Store};
-use kefu::testing::MockWechat;
+use crate::mock_wechat::MockWechat;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -502,7 +502,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_api_does_not_make_the_sender_spin() {
     let mock = MockWechat::start();
-    let slow = kefu::testing::MockResponse::ok().delayed(Duration::from_millis(400));
+    let slow = crate::mock_wechat::MockResponse::ok().delayed(Duration::from_millis(400));
     mock.set_default(SEND_PATH, slow);
     let dir = tempfile::tempdir().expect("tempdir");
     let env = child_env(&mock, &dir.path().join("state"), false);

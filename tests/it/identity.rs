@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use kefu::config::Config;
 use kefu::model::{DedupeKey, OpenId, Secret, SharedClock, SystemClock};
 use kefu::service::Service;
-use kefu::testing::MockWechat;
+use crate::mock_wechat::MockWechat;
 use serde_json::Value;
 
 use crate::helpers::{TOKEN, kefu_in, now_secs, signed_query, test_config};

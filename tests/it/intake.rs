@@ -8,7 +8,7 @@ use std::path::Path;
 use kefu::config::Config;
 use kefu::pipeline::{Intake, plan};
 use kefu::rules::RuleSet;
-use kefu::testing::MockWechat;
+use crate::mock_wechat::MockWechat;
 use serde_json::Value;
 
 use crate::helpers::kefu_in;

@@ -5,12 +5,16 @@ mod cli_api;
 mod crash;
 mod fuzz;
 mod helpers;
+#[path = "../support/mock_wechat.rs"]
+#[allow(dead_code)] // `set_recording` is for the load scenario's example
+mod mock_wechat;
 mod identity;
 mod intake;
 mod operator;
 mod ops;
 mod pay;
 mod pipeline;
+mod readme;
 mod redis;
 mod rules;
 mod scale;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use kefu::testing::{MockResponse, MockWechat};
+use crate::mock_wechat::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
 use crate::helpers;

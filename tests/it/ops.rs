@@ -18,7 +18,7 @@ use base64::Engine;
 use kefu::config::Config;
 use kefu::model::{ManualClock, Secret, SharedClock};
 use kefu::service::Service;
-use kefu::testing::{MockResponse, MockWechat};
+use crate::mock_wechat::{MockResponse, MockWechat};
 use kefu::wechat::crypto::AesKey;
 use parking_lot::Mutex;
 use serde_json::{Value, json};

@@ -17,7 +17,7 @@ use kefu::model::{ManualClock, OutMessage, PassiveReply, Secret, SharedClock};
 use kefu::pay::v2::{self, SignType};
 use kefu::service::{Service, Shared};
 use kefu::store::{DenyReason, OutboxEntry, OutboxStatus, UNSUBSCRIBED};
-use kefu::testing::{MockWechat, STABLE_TOKEN_PATH};
+use crate::mock_wechat::{MockWechat, STABLE_TOKEN_PATH};
 use kefu::wechat::reply;
 use serde_json::{Value, json};
 
@@ -543,7 +543,7 @@ async fn after_45015_delayed_typing_and_messages_are_not_attempted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_45047_exhausts_the_window() {
     let mock = MockWechat::start();
-    mock.push(SEND_PATH, kefu::testing::MockResponse::ok());
+    mock.push(SEND_PATH, crate::mock_wechat::MockResponse::ok());
     mock.push_error(SEND_PATH, 45047, "out of response count limit");
     let kefu = Kefu::start(&mock, false).await;
     let user = "oPipe45047";

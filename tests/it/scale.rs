@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kefu::testing::{MockWechat, RecordedRequest};
+use crate::mock_wechat::{MockWechat, RecordedRequest};
 use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{Value, json};

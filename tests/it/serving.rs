@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kefu::config::Config;
 use kefu::model::Secret;
-use kefu::testing::{MockResponse, MockWechat};
+use crate::mock_wechat::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
 use crate::helpers::{AES_KEY, APP_ID, TOKEN, now_secs, signed_query};

@@ -1,4 +1,5 @@
-//! Test support: [`MockWechat`], a stand-in for `api.weixin.qq.com` on loopback. It records
+//! Test support, outside the kefu library (included by `tests/it` and
+//! `examples/mock_wechat.rs`): [`MockWechat`], a stand-in for `api.weixin.qq.com` on loopback. It records
 //! every request, counts them per path, and answers from per-path scripts (a queue of canned
 //! answers, each with an optional delay to simulate timeouts) or sensible defaults. It runs its
 //! own actix system on its own thread, so it works from any test, runtime or not, and from the
@@ -165,9 +166,6 @@ impl MockWechat {
         format!("http://{}", self.addr)
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
 
     /// Queues an answer for the next request to `path` (answers are used in order, then the
     /// path's default takes over).
@@ -222,13 +220,6 @@ impl MockWechat {
         self.state.last_token.lock().clone()
     }
 
-    /// Forgets requests, counters, scripts and defaults (token numbering goes on).
-    pub fn clear(&self) {
-        self.state.requests.lock().clear();
-        self.state.counts.lock().clear();
-        self.state.scripts.lock().clear();
-        self.state.defaults.lock().clear();
-    }
 }
 
 impl Drop for MockWechat {
