@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mock_wechat::{MockResponse, MockWechat};
 use kefu::api::{ApiClient, ApiError, ApiOptions, ErrorCode, RetryPolicy, SendBody, TokenSource};
 use kefu::config::{Config, TokenEndpoint, WechatConfig};
 use kefu::model::{
     Article, CachedToken, Clock, KfAccount, ManualClock, MemoryTokenCache, MenuItem, OpenId,
     OutMessage, Secret, SharedClock, SystemClock, TokenCache,
 };
-use crate::mock_wechat::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
 /// A body the client accepts (checked once, as `kefu send` and `/admin/send` check theirs).

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::mock_wechat::MockWechat;
 use kefu::config::WindowConfig;
 use kefu::model::{Action, Clock, OpenId, OutMessage, SystemClock};
 use kefu::store::{OUTCOME_UNKNOWN, OutboxEntry, OutboxStatus, SqliteStore, Store};
-use crate::mock_wechat::MockWechat;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 

@@ -13,10 +13,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::mock_wechat::MockWechat;
 use kefu::config::Config;
 use kefu::model::{DedupeKey, OpenId, Secret, SharedClock, SystemClock};
 use kefu::service::Service;
-use crate::mock_wechat::MockWechat;
 use serde_json::Value;
 
 use crate::helpers::{TOKEN, kefu_in, now_secs, signed_query, test_config};

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
+use crate::mock_wechat::MockWechat;
 use kefu::config::Config;
 use kefu::pipeline::{Intake, plan};
 use kefu::rules::RuleSet;
-use crate::mock_wechat::MockWechat;
 use serde_json::Value;
 
 use crate::helpers::kefu_in;

@@ -5,11 +5,11 @@ mod cli_api;
 mod crash;
 mod fuzz;
 mod helpers;
+mod identity;
+mod intake;
 #[path = "../support/mock_wechat.rs"]
 #[allow(dead_code)] // `set_recording` is for the load scenario's example
 mod mock_wechat;
-mod identity;
-mod intake;
 mod operator;
 mod ops;
 mod pay;

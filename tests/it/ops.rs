@@ -14,11 +14,11 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::mock_wechat::{MockResponse, MockWechat};
 use base64::Engine;
 use kefu::config::Config;
 use kefu::model::{ManualClock, Secret, SharedClock};
 use kefu::service::Service;
-use crate::mock_wechat::{MockResponse, MockWechat};
 use kefu::wechat::crypto::AesKey;
 use parking_lot::Mutex;
 use serde_json::{Value, json};

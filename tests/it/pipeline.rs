@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mock_wechat::{MockWechat, STABLE_TOKEN_PATH};
 use kefu::config::{Config, WindowRule};
 use kefu::model::{ManualClock, OutMessage, PassiveReply, Secret, SharedClock};
 use kefu::pay::v2::{self, SignType};
 use kefu::service::{Service, Shared};
 use kefu::store::{DenyReason, OutboxEntry, OutboxStatus, UNSUBSCRIBED};
-use crate::mock_wechat::{MockWechat, STABLE_TOKEN_PATH};
 use kefu::wechat::reply;
 use serde_json::{Value, json};
 

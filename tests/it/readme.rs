@@ -34,8 +34,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::CommandFactory;
 use crate::mock_wechat::{MockResponse, MockWechat};
+use clap::CommandFactory;
 use serde_json::json;
 
 /// How long one README command may take (the binary is built; a push is answered in

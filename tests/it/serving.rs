@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::mock_wechat::{MockResponse, MockWechat};
 use kefu::config::Config;
 use kefu::model::Secret;
-use crate::mock_wechat::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
 use crate::helpers::{AES_KEY, APP_ID, TOKEN, now_secs, signed_query};

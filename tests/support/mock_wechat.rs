@@ -166,7 +166,6 @@ impl MockWechat {
         format!("http://{}", self.addr)
     }
 
-
     /// Queues an answer for the next request to `path` (answers are used in order, then the
     /// path's default takes over).
     pub fn push(&self, path: &str, resp: MockResponse) {
@@ -219,7 +218,6 @@ impl MockWechat {
     pub fn last_token(&self) -> Option<String> {
         self.state.last_token.lock().clone()
     }
-
 }
 
 impl Drop for MockWechat {
