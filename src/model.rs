@@ -56,11 +56,13 @@ impl fmt::Display for Secret {
 /// WxJava and Senparc key on `MsgId` + `FromUserName` + `CreateTime` for that reason), so a
 /// `MsgId` alone would answer one follower's message with another follower's stored reply.
 /// A redelivery repeats all of these fields byte for byte (protocol §5.1), so it still maps to
-/// the same key. Shapes:
+/// the same key. The time-ordered part comes first (`CreateTime`, the transaction id, which
+/// starts with the date), so new keys land at the end of the dedupe table's B-tree instead of
+/// dirtying a random page per push. Shapes:
 ///
-/// - message: `m:{to}:{from}:{create_time}:{msg_id}`
-/// - event (and anything without a `MsgId`): `e:{to}:{from}:{create_time}:{event}:{event_key}`
-/// - payment notification: `pay:{appid}:{openid}:{transaction_id}` (`-` when the notification
+/// - message: `m:{create_time}:{msg_id}:{from}:{to}`
+/// - event (and anything without a `MsgId`): `e:{create_time}:{from}:{to}:{event}:{event_key}`
+/// - payment notification: `pay:{transaction_id}:{openid}:{appid}` (`-` when the notification
 ///   names no AppID)
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DedupeKey(String);
@@ -68,7 +70,7 @@ pub struct DedupeKey(String);
 impl DedupeKey {
     /// A follower's message (it carries a `MsgId`).
     pub fn message(to: &str, from: &str, create_time: i64, msg_id: u64) -> DedupeKey {
-        DedupeKey(format!("m:{to}:{from}:{create_time}:{msg_id}"))
+        DedupeKey(format!("m:{create_time}:{msg_id}:{from}:{to}"))
     }
 
     /// An event, or any push without a `MsgId`. `Event` and `EventKey` are part of the key
@@ -80,13 +82,13 @@ impl DedupeKey {
         event: &str,
         event_key: &str,
     ) -> DedupeKey {
-        DedupeKey(format!("e:{to}:{from}:{create_time}:{event}:{event_key}"))
+        DedupeKey(format!("e:{create_time}:{from}:{to}:{event}:{event_key}"))
     }
 
     /// A WeChat Pay notification (v2 or v3) of `transaction_id`, paid by `openid` of `appid`.
     pub fn payment(appid: Option<&str>, openid: &OpenId, transaction_id: &str) -> DedupeKey {
         let appid = appid.filter(|a| !a.is_empty()).unwrap_or("-");
-        DedupeKey(format!("pay:{appid}:{openid}:{transaction_id}"))
+        DedupeKey(format!("pay:{transaction_id}:{openid}:{appid}"))
     }
 
     /// The key as stored.

@@ -391,12 +391,8 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
             assert!(bodies.is_empty(), "{user} got sends without a plan: {bodies:?}");
             continue;
         }
-        let (scope, msg_id) =
-            (format!("m:{}:{user}:", helpers::ACCOUNT), format!(":{}", MSG_BASE + i));
-        assert!(
-            mine.iter().all(|e| e.push_key.starts_with(&scope) && e.push_key.ends_with(&msg_id)),
-            "{mine:?}"
-        );
+        let key = format!("m:{create_time}:{}:{user}:{}", MSG_BASE + i, helpers::ACCOUNT);
+        assert!(mine.iter().all(|e| e.push_key == key), "{mine:?}");
         // Each entry ended: sent, or cut off mid-send by the kill (never re-sent).
         let mut may = 0;
         for e in &mine {

@@ -220,7 +220,7 @@ fn payment_keys_are_scoped_by_app_and_payer() {
     assert_eq!(a, DedupeKey::payment(Some("wx1"), &alice, "4200001"), "a retry is a duplicate");
     assert_ne!(a, DedupeKey::payment(Some("wx1"), &bob, "4200001"));
     assert_ne!(a, DedupeKey::payment(Some("wx2"), &alice, "4200001"));
-    assert_eq!(DedupeKey::payment(None, &alice, "1").as_str(), format!("pay:-:{ALICE}:1"));
+    assert_eq!(DedupeKey::payment(None, &alice, "1").as_str(), format!("pay:1:{ALICE}:-"));
 }
 
 #[test]

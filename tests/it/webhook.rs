@@ -74,7 +74,7 @@ async fn plaintext_push_is_acknowledged_and_reaches_the_sink() {
     assert_eq!(seen[0].push.from, USER);
     assert_eq!(
         seen[0].push.dedupe_key().as_str(),
-        format!("m:{ACCOUNT}:{USER}:{}:24345678901234567", seen[0].push.create_time)
+        format!("m:{}:24345678901234567:{USER}:{ACCOUNT}", seen[0].push.create_time)
     );
 }
 

@@ -46,7 +46,7 @@ fn f01_text() {
     assert!(push.is_user_message());
     assert_eq!(
         push.dedupe_key().as_str(),
-        format!("m:{ACCOUNT}:{USER}:{}:24345678901234567", push.create_time)
+        format!("m:{}:24345678901234567:{USER}:{ACCOUNT}", push.create_time)
     );
     let input = crate::rules::input::of_push(&push);
     assert_eq!(input.text.as_deref(), Some("你好，我想查询订单 42"));
@@ -86,7 +86,7 @@ fn f03_voice_with_recognition_after_msgid() {
     assert_eq!(crate::rules::input::of_push(&push).text.as_deref(), Some("腾讯微信团队"));
     assert_eq!(
         push.dedupe_key().as_str(),
-        format!("m:{ACCOUNT}:{USER}:{}:7250021412600020992", push.create_time)
+        format!("m:{}:7250021412600020992:{USER}:{ACCOUNT}", push.create_time)
     );
 }
 
@@ -151,7 +151,7 @@ fn f08_plain_subscribe() {
     assert_eq!(push.kind, PushKind::Event(Event::Subscribe { event_key: None, ticket: None }));
     assert_eq!(crate::pipeline::intake::window_effect(&push), open(Trigger::Subscribe));
     assert!(!push.is_user_message());
-    assert_eq!(push.dedupe_key().as_str(), format!("e:{ACCOUNT}:{USER}:1700000008:subscribe:"));
+    assert_eq!(push.dedupe_key().as_str(), format!("e:1700000008:{USER}:{ACCOUNT}:subscribe:"));
     let input = crate::rules::input::of_push(&push);
     assert_eq!(input.event.as_deref(), Some("subscribe"));
     assert_eq!((input.event_key, input.scene), (None, None));
@@ -171,7 +171,7 @@ fn f09_subscribe_via_qr_is_a_scan() {
     assert_eq!(input.event_key.as_deref(), Some("qrscene_123123"));
     assert_eq!(
         push.dedupe_key().as_str(),
-        format!("e:{ACCOUNT}:{USER}:1700000009:subscribe:qrscene_123123")
+        format!("e:1700000009:{USER}:{ACCOUNT}:subscribe:qrscene_123123")
     );
 }
 
@@ -347,7 +347,7 @@ fn f19_template_job_finish_uses_msgid_capital_id() {
     // Not a message: the dedupe key is the event form, not the job id.
     assert_eq!(
         push.dedupe_key().as_str(),
-        format!("e:{ACCOUNT}:{USER}:1700000019:TEMPLATESENDJOBFINISH:")
+        format!("e:1700000019:{USER}:{ACCOUNT}:TEMPLATESENDJOBFINISH:")
     );
 }
 
@@ -511,7 +511,7 @@ fn x14_x15_unknown_kinds_are_data() {
     assert_eq!(push.event(), Some("card_pass_check"));
     assert_eq!(
         push.dedupe_key().as_str(),
-        format!("e:{ACCOUNT}:{USER}:1700000114:card_pass_check:")
+        format!("e:1700000114:{USER}:{ACCOUNT}:card_pass_check:")
     );
     assert_eq!(crate::rules::input::of_push(&push).event.as_deref(), Some("card_pass_check"));
 
@@ -522,7 +522,7 @@ fn x14_x15_unknown_kinds_are_data() {
     assert_eq!(crate::pipeline::intake::window_effect(&push), WindowEffect::None);
     assert_eq!(
         push.dedupe_key().as_str(),
-        format!("m:{ACCOUNT}:{USER}:{}:24345678901234615", push.create_time)
+        format!("m:{}:24345678901234615:{USER}:{ACCOUNT}", push.create_time)
     );
 }
 
