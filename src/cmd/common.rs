@@ -70,22 +70,21 @@ pub struct PushInput {
 }
 
 /// The API client every API command uses. It refuses to start without credentials (exit 2,
-/// naming the variables to set). Its token cache is the store's, so a CLI run reuses the
-/// token `serve` holds instead of fetching one (interface §6.10).
+/// naming the variables to set). Its token cache is the store's when `serve`'s state is here
+/// (`state.dir` has a database, or `state.redis_url` is set), so a CLI run reuses the token
+/// `serve` holds instead of fetching one (interface §6.10); otherwise the token lives for this
+/// run only, and no `state.dir` is created.
 pub async fn api_client(cfg: &Config) -> Result<ApiClient, CmdError> {
     if !cfg.wechat.has_credentials() {
         return Err(no_credentials(cfg));
     }
-    let store = cli_store(cfg).await?;
-    api_client_with(cfg, &store)
-}
-
-/// The client over an already opened store.
-pub fn api_client_with(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient, CmdError> {
-    if !cfg.wechat.has_credentials() {
-        return Err(no_credentials(cfg));
+    let clock: SharedClock = Arc::new(SystemClock);
+    if !has_state(cfg) {
+        let cache = Arc::new(crate::model::MemoryTokenCache::default());
+        return ApiClient::new(&cfg.wechat, cache, clock).map_err(CmdError::Failed);
     }
-    send_client(cfg, store)
+    let store = open_cli(cfg).await?;
+    ApiClient::new(&cfg.wechat, store.token_cache(), clock).map_err(CmdError::Failed)
 }
 
 /// The client `kefu send` uses: without credentials it is the dry-run client (the window gate
@@ -93,6 +92,11 @@ pub fn api_client_with(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient
 pub fn send_client(cfg: &Config, store: &Arc<dyn Store>) -> Result<ApiClient, CmdError> {
     let clock: SharedClock = Arc::new(SystemClock);
     ApiClient::new(&cfg.wechat, store.token_cache(), clock).map_err(CmdError::Failed)
+}
+
+/// Whether `serve`'s state is reachable from here: Redis, or a database under `state.dir`.
+fn has_state(cfg: &Config) -> bool {
+    !cfg.state.redis_url.is_empty() || cfg.state.dir.join(crate::store::sqlite::DB_FILE).is_file()
 }
 
 /// Missing credentials, naming each missing key with where to set it (the file in use, or
@@ -113,7 +117,7 @@ fn no_credentials(cfg: &Config) -> CmdError {
 }
 
 /// The store as a CLI process opens it, beside a running `serve`.
-pub async fn cli_store(cfg: &Config) -> Result<Arc<dyn Store>, CmdError> {
+async fn open_cli(cfg: &Config) -> Result<Arc<dyn Store>, CmdError> {
     let clock: SharedClock = Arc::new(SystemClock);
     crate::store::open_store(cfg, crate::store::Role::Cli, clock)
         .await
@@ -121,13 +125,14 @@ pub async fn cli_store(cfg: &Config) -> Result<Arc<dyn Store>, CmdError> {
         .map_err(|e| CmdError::failed(format!("{e:#}")))
 }
 
-/// The store of a command that only reads (`kefu window show|list`): the same store `serve`
-/// uses — Redis when `state.redis_url` is set, else SQLite under `state.dir` — but it never
-/// creates `state.dir`. Without Redis, a missing database is an error that names the path and
-/// where `state.dir` came from (the usual cause: the command ran without the `--config` that
-/// `serve` uses). With Redis the ledger is Redis's; a missing local database only means this
-/// machine's outbox is empty, so a scratch one lives in a temporary directory for the run.
-pub struct ReaderStore {
+/// The store of a command that reads or charges the ledger (`kefu window`, `kefu send`): the
+/// same store `serve` uses — Redis when `state.redis_url` is set, else SQLite under
+/// `state.dir` — and it never creates `state.dir`. Without Redis, a missing database is an
+/// error that names the path and where `state.dir` came from (the usual cause: the command
+/// ran without the `--config` that `serve` uses), instead of an answer from empty state. With
+/// Redis the ledger is Redis's; a missing local database only means this machine's outbox is
+/// empty, so a scratch one lives in a temporary directory for the run.
+pub struct CliStore {
     pub store: Arc<dyn Store>,
     // Declared after `store` so it is dropped (and the directory removed) after the store.
     _scratch: Option<ScratchDir>,
@@ -142,11 +147,11 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Opens the [`ReaderStore`].
-pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
+/// Opens the [`CliStore`].
+pub async fn cli_store(cfg: &Config) -> Result<CliStore, CmdError> {
     let db = cfg.state.dir.join(crate::store::sqlite::DB_FILE);
     if db.is_file() {
-        return Ok(ReaderStore { store: cli_store(cfg).await?, _scratch: None });
+        return Ok(CliStore { store: open_cli(cfg).await?, _scratch: None });
     }
     if cfg.state.redis_url.is_empty() {
         return Err(CmdError::failed(format!(
@@ -164,8 +169,8 @@ pub async fn reader_store(cfg: &Config) -> Result<ReaderStore, CmdError> {
     )));
     let mut local = cfg.clone();
     local.state.dir = scratch.0.clone();
-    let store = cli_store(&local).await?;
-    Ok(ReaderStore { store, _scratch: Some(scratch) })
+    let store = open_cli(&local).await?;
+    Ok(CliStore { store, _scratch: Some(scratch) })
 }
 
 /// Bad input and missing configuration are usage errors (exit 2); everything WeChat or the

@@ -88,8 +88,9 @@ pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<SendBody, CmdError> {
 /// the same, printed as `dry-run: would send ...`, exit 0.
 pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let prepared = prepare(cfg, args)?;
-    let store = cli_store(cfg).await?;
-    let client = send_client(cfg, &store)?;
+    let cli = cli_store(cfg).await?;
+    let store = &cli.store;
+    let client = send_client(cfg, store)?;
     let mode = if args.force { GateMode::Force } else { GateMode::Enforce };
     let now = SystemClock.now_secs();
     let openid = prepared.to();

@@ -32,7 +32,7 @@ pub enum WindowCmd {
 pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
     let clock: SharedClock = Arc::new(SystemClock);
     let now = clock.now_secs();
-    let reader = super::common::reader_store(cfg).await?;
+    let reader = super::common::cli_store(cfg).await?;
     let store = &reader.store;
     let out = match args {
         WindowCmd::Show { openid, json } => {

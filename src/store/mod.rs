@@ -301,8 +301,14 @@ pub enum Role {
     Cli,
 }
 
+/// The file in `state.dir` where `serve` records which store holds the ledger (`sqlite` or
+/// `redis`), so a CLI command without `state.redis_url` does not read a stale SQLite ledger.
+pub const MODE_FILE: &str = "kefu.store";
+
 /// Opens the configured store: SQLite under `state.dir`, and with `state.redis_url` the Redis
-/// store for ledger, dedupe and token with this instance's outbox in SQLite.
+/// store for ledger, dedupe and token with this instance's outbox in SQLite. A CLI process
+/// ([`Role::Cli`]) is refused when `serve` keeps this `state.dir`'s ledger in Redis and the
+/// command has no `state.redis_url` (see [`MODE_FILE`]).
 pub async fn open_store(
     cfg: &Config,
     role: Role,
@@ -311,6 +317,24 @@ pub async fn open_store(
     let window = &cfg.window;
     // The store's errors name `state.dir` / `state.redis_url`; say where those came from.
     let dir_source = |e| anyhow::anyhow!("{e}. The directory is {}", cfg.key("state.dir"));
+    let mode_file = cfg.state.dir.join(MODE_FILE);
+    let mode = if cfg.state.redis_url.is_empty() { "sqlite" } else { "redis" };
+    if role == Role::Cli
+        && mode == "sqlite"
+        && std::fs::read_to_string(&mode_file).is_ok_and(|m| m.trim() == "redis")
+    {
+        // The SQLite file is there (it holds serve's outbox), but the ledger is in Redis: a
+        // command reading it would answer from the wrong store without a word.
+        anyhow::bail!(
+            "`kefu serve` keeps the ledger of {} in Redis (it runs with state.redis_url set, says \
+             {}), but this command has no state.redis_url ({}): {} to the URL serve uses, or \
+             run it with serve's --config",
+            cfg.state.dir.display(),
+            mode_file.display(),
+            cfg.key("state.redis_url"),
+            cfg.how_to_set("state.redis_url")
+        );
+    }
     let sqlite = match role {
         Role::Server => SqliteStore::open(
             &cfg.state.dir,
@@ -324,6 +348,12 @@ pub async fn open_store(
             SqliteStore::open_client(&cfg.state.dir, window, clock.clone()).map_err(dir_source)?
         }
     };
+    if role == Role::Server {
+        // Which store serve keeps the ledger in, for the CLI commands that open this state.dir.
+        if let Err(e) = std::fs::write(&mode_file, format!("{mode}\n")) {
+            tracing::warn!(file = %mode_file.display(), error = %e, "cannot record the store mode");
+        }
+    }
     if cfg.state.redis_url.is_empty() {
         return Ok((Arc::new(sqlite.clone()), sqlite));
     }

@@ -28,6 +28,7 @@ fn run_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Run {
 /// Runs kefu in an empty directory, configured for the mock.
 fn kefu(mock: &MockWechat, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
+    crate::helpers::seed_state(&dir.path().join("kefu-data"));
     let base = mock.url();
     run_in(
         dir.path(),
@@ -134,10 +135,35 @@ fn missing_credentials_exit_2_naming_the_variables() {
     }
     // `send` is a dry run without credentials (tests/it/operator.rs): gated like a real one,
     // so a closed window still refuses it.
+    crate::helpers::seed_state(&dir.path().join("kefu-data"));
     let r = run_in(dir.path(), &[("KEFU_WECHAT_API_BASE", &base)], &["send", "oU1", "--text", "x"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("not sent to oU1"), "{}", r.stderr);
     assert!(mock.requests().is_empty());
+}
+
+/// Like `kefu window`, `kefu send` reads and charges the ledger `serve` keeps: from a directory
+/// without that state it names the path instead of answering from (and creating) empty state.
+/// An API-only command there keeps its token for the run and creates nothing either.
+#[test]
+fn send_without_serves_state_says_where_it_looked_and_creates_nothing() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = mock.url();
+    let env = [
+        ("KEFU_WECHAT_APP_ID", "wxCLI0000000000001"),
+        ("KEFU_WECHAT_APP_SECRET", "CLISECRET_0123456789"),
+        ("KEFU_WECHAT_API_BASE", base.as_str()),
+    ];
+    for args in [&["send", "oU1", "--text", "x"][..], &["send", "oU1", "--text", "x", "--force"]] {
+        let r = run_in(dir.path(), &env, args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("no kefu state at kefu-data/kefu.sqlite3"), "{}", r.stderr);
+    }
+    assert_eq!(mock.count(SEND), 0, "nothing sent");
+    let r = run_in(dir.path(), &env, &["accounts", "list"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!dir.path().join("kefu-data").exists(), "a CLI command created state.dir");
 }
 
 #[test]

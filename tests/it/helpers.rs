@@ -257,3 +257,12 @@ pub fn kefu_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Ke
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// An empty store under `dir`, as `kefu serve` leaves it on its first start: the CLI commands
+/// that read or charge the ledger refuse to run without one (they never create `state.dir`).
+pub fn seed_state(dir: &std::path::Path) {
+    let clock: kefu::model::SharedClock = Arc::new(kefu::model::SystemClock);
+    let store = kefu::store::SqliteStore::open_client(dir, &Default::default(), clock)
+        .expect("create the store");
+    store.close();
+}

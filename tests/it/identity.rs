@@ -267,6 +267,15 @@ async fn window_commands_read_redis_when_serve_does() {
     let listed: Value = serde_json::from_str(&listed.stdout).expect("list JSON");
     assert_eq!(listed, Value::Array(vec![admin.clone()]), "window list lists the follower");
 
+    // Beside serve but without its state.redis_url (a shell without serve's environment): the
+    // SQLite file there holds only serve's outbox, so reading its ledger would be wrong.
+    let no_redis = [("KEFU_STATE_DIR", state_dir.as_str())];
+    let wrong = kefu_in(dir.path(), &no_redis, &["window", "show", ALICE]);
+    assert_eq!(wrong.code, 1, "{}{}", wrong.stdout, wrong.stderr);
+    assert!(wrong.stderr.contains("keeps the ledger of"), "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("KEFU_STATE_REDIS_URL"), "{}", wrong.stderr);
+    assert!(wrong.stdout.is_empty(), "no answer from the wrong store: {}", wrong.stdout);
+
     // On another machine (no local state.dir): still Redis's ledger, and nothing created.
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let env = [

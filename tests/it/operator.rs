@@ -61,6 +61,7 @@ fn every_printing_command_exits_quietly_into_a_closed_pipe() {
     let mock = MockWechat::start();
     let base = mock.url();
     let state = dir.path().join("state");
+    helpers::seed_state(&state);
     let state = state.to_str().unwrap();
     let api_env = [
         ("KEFU_WECHAT_APP_ID", "wxCLI0000000000001"),
