@@ -95,7 +95,10 @@ fn announce_config(cfg: &Config, format: LogFormat) {
     };
     match format {
         LogFormat::Text => crate::errln!("kefu: {what}"),
-        LogFormat::Json => tracing::info!(config = ?cfg.file, "{what}"),
+        LogFormat::Json => match &cfg.file {
+            Some(f) => tracing::info!(config = %f.display(), "{what}"),
+            None => tracing::info!("{what}"),
+        },
     }
 }
 

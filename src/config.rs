@@ -500,6 +500,17 @@ impl Config {
                 self.how_to_set("admin.token")
             ));
         }
+        if len > 0 && !admin.chars().all(|c| c.is_ascii_graphic()) {
+            // A bearer token travels in an HTTP header, which trims white space and cannot
+            // carry control characters: such a token could never be presented.
+            errors.push(format!(
+                "{} contains white space or a control character, which an Authorization header \
+                 cannot carry (every request would get 401): {} to printable ASCII only, e.g. \
+                 the output of `openssl rand -hex 24`",
+                self.key("admin.token"),
+                self.how_to_set("admin.token")
+            ));
+        }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError(errors.join("\n"))) }
     }
 
@@ -1147,6 +1158,11 @@ mod tests {
         let c = load("[wechat]\ntoken = \"tok\"\n", &[("KEFU_ADMIN_TOKEN", "0123456789abcdef")])
             .unwrap();
         c.check_serve().unwrap();
+        // Long enough, but no Authorization header can carry it.
+        let spaces = " ".repeat(20);
+        let c = load("[wechat]\ntoken = \"tok\"\n", &[("KEFU_ADMIN_TOKEN", &spaces)]).unwrap();
+        let e = c.check_serve().unwrap_err().0;
+        assert!(e.contains("white space or a control character"), "{e}");
     }
 
     #[test]

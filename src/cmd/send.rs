@@ -56,6 +56,11 @@ pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<SendBody, CmdError> {
     let kf = args.as_kf.as_deref().map(|k| account_arg(cfg, k)).transpose()?;
     let kf_str = kf.as_ref().map(|k| k.as_str());
     let body = if let Some(text) = &args.body.text {
+        if text.trim().is_empty() {
+            return Err(CmdError::Usage(
+                "--text is empty: WeChat refuses a text message without content".into(),
+            ));
+        }
         OutMessage::Text { content: text.clone() }.custom_send_body(openid.as_str(), kf_str)
     } else if let Some(media) = &args.body.image {
         OutMessage::Image { media_id: media.clone() }.custom_send_body(openid.as_str(), kf_str)

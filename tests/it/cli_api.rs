@@ -161,6 +161,10 @@ fn send_without_serves_state_says_where_it_looked_and_creates_nothing() {
         assert!(r.stderr.contains("no kefu state at kefu-data/kefu.sqlite3"), "{}", r.stderr);
     }
     assert_eq!(mock.count(SEND), 0, "nothing sent");
+    // An empty text is bad usage wherever it runs (WeChat would refuse it).
+    let r = run_in(dir.path(), &env, &["send", "oU1", "--text", " "]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--text is empty"), "{}", r.stderr);
     let r = run_in(dir.path(), &env, &["accounts", "list"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!dir.path().join("kefu-data").exists(), "a CLI command created state.dir");
