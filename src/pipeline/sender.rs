@@ -178,6 +178,9 @@ impl Sender {
                     }
                 }
                 Action::Typing if self.claim(entry.id).await => self.typing(&entry.openid).await,
+                // The pipeline never plans a transfer (`split_passive` makes it the passive
+                // answer), so only a row written by another version of kefu can hold one: it is
+                // ended with its reason rather than left pending for ever.
                 Action::Transfer { .. } if self.claim(entry.id).await => {
                     self.metrics.drop_message("transfer_not_passive");
                     Outcome::Dropped {

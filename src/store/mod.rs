@@ -221,8 +221,9 @@ pub trait Store: Send + Sync + 'static {
     async fn window(&self, openid: &OpenId, now: i64) -> StoreResult<WindowView>;
     /// Every follower with a live grant, by OpenID.
     async fn list_windows(&self, now: i64) -> StoreResult<Vec<WindowView>>;
-    /// Hot-path read: the follower's window as this process last committed it (served from
-    /// memory where the implementation can). A hint for planning; `charge` is the authority.
+    /// The follower's window as this process last committed it, served from memory where the
+    /// implementation can (the owner's index), else read. Nothing decides a send on it:
+    /// `charge` and `claim_send` read the durable ledger inside their write.
     async fn peek_window(&self, openid: &OpenId) -> StoreResult<Option<Window>>;
 
     // ---- outbox ------------------------------------------------------------------------
