@@ -17,7 +17,8 @@ use futures::StreamExt;
 use kefu::config::{SyncMode, WindowConfig};
 use kefu::ledger::{LedgerIndex, Window};
 use kefu::model::{
-    Action, OpenId, OutMessage, PlannedAction, SharedClock, SystemClock, Trigger, WindowEffect,
+    OpenId, OutMessage, OutboxAction, PlannedAction, SharedClock, SystemClock, Trigger,
+    WindowEffect,
 };
 use kefu::store::{NewOutboxEntry, PushCommit, SqliteStore, Store};
 
@@ -103,7 +104,7 @@ fn push(n: u64, now_ms: i64) -> PushCommit {
             seq: 0,
             action: PlannedAction {
                 rule: "greeting".into(),
-                action: Action::Send {
+                action: OutboxAction::Send {
                     message: OutMessage::Text { content: "您好，我们马上处理。".into() },
                 },
                 delay: Duration::ZERO,

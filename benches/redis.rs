@@ -11,7 +11,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use kefu::config::WindowConfig;
 use kefu::model::{
-    Action, OpenId, OutMessage, PlannedAction, SharedClock, SystemClock, Trigger, WindowEffect,
+    OpenId, OutMessage, OutboxAction, PlannedAction, SharedClock, SystemClock, Trigger,
+    WindowEffect,
 };
 use kefu::store::{NewOutboxEntry, PushCommit, RedisStore, SqliteStore, Store};
 use rand::Rng;
@@ -33,7 +34,9 @@ fn push(key: String, openid: &OpenId, effect: WindowEffect, at_ms: i64, out: u32
                 seq,
                 action: PlannedAction {
                     rule: "r".into(),
-                    action: Action::Send { message: OutMessage::Text { content: "hi".into() } },
+                    action: OutboxAction::Send {
+                        message: OutMessage::Text { content: "hi".into() },
+                    },
                     delay: Duration::ZERO,
                     kf_account: None,
                 },

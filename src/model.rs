@@ -455,17 +455,45 @@ pub enum PassiveReply {
     Transfer { kf_account: Option<String> },
 }
 
-/// One action a rule planned for a push, in rule order.
+/// What the outbox holds for a push: a message to send, or the typing indicator. A transfer
+/// has no variant: WeChat carries it only as the passive answer, so
+/// [`crate::rules::Evaluation::split_passive`] never plans one. Serialized like the matching
+/// [`Action`] variants, so the outbox JSON is the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedAction {
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum OutboxAction {
+    /// Send a message through `custom/send`.
+    Send { message: OutMessage },
+    /// Show the typing indicator (`custom/typing`).
+    Typing,
+}
+
+/// One action a rule planned for a push, in rule order: an [`Action`] as the rules evaluate
+/// it, an [`OutboxAction`] once the passive answer is split off and it goes to the outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedAction<A = Action> {
     /// The rule that planned it.
     pub rule: String,
-    pub action: Action,
+    pub action: A,
     /// Zero = immediate.
     #[serde(with = "duration_ms")]
     pub delay: Duration,
     /// Send as this kf account (`customservice.kf_account`).
     pub kf_account: Option<String>,
+}
+
+impl PlannedAction {
+    /// The outbox form of this action, `None` for a transfer (it can only be the passive
+    /// answer).
+    pub fn into_outbox(self) -> Option<PlannedAction<OutboxAction>> {
+        let PlannedAction { rule, action, delay, kf_account } = self;
+        let action = match action {
+            Action::Send { message } => OutboxAction::Send { message },
+            Action::Typing => OutboxAction::Typing,
+            Action::Transfer { .. } => return None,
+        };
+        Some(PlannedAction { rule, action, delay, kf_account })
+    }
 }
 
 mod duration_ms {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::common::{CmdError, CmdResult};
 use crate::config::Config;
-use crate::model::{Action, OpenId, PassiveReply, PlannedAction};
+use crate::model::{OpenId, OutboxAction, PassiveReply, PlannedAction};
 use crate::pipeline::intake::Intake;
 use crate::rules::RuleSet;
 
@@ -112,18 +112,14 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
 }
 
 /// One planned action as the request kefu would make for it.
-fn planned_json(openid: &str, a: &PlannedAction) -> Value {
+fn planned_json(openid: &str, a: &PlannedAction<OutboxAction>) -> Value {
     let (endpoint, body) = match &a.action {
-        Action::Send { message } => (
+        OutboxAction::Send { message } => (
             "/cgi-bin/message/custom/send",
             message.custom_send_body(openid, a.kf_account.as_deref()),
         ),
-        Action::Typing => {
+        OutboxAction::Typing => {
             ("/cgi-bin/message/custom/typing", json!({ "touser": openid, "command": "Typing" }))
-        }
-        // split_passive never leaves one; shown rather than hidden if it ever does.
-        Action::Transfer { kf_account } => {
-            ("(passive reply only)", json!({ "transfer_customer_service": kf_account }))
         }
     };
     json!({
@@ -195,7 +191,7 @@ mod tests {
     fn typing_request() {
         let a = PlannedAction {
             rule: "r".into(),
-            action: Action::Typing,
+            action: OutboxAction::Typing,
             delay: Duration::from_secs(2),
             kf_account: None,
         };

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::model::{PassiveReply, PlannedAction, WindowEffect};
+use crate::model::{OutboxAction, PassiveReply, PlannedAction, WindowEffect};
 use crate::rules::Rules;
 use crate::store::{CommitOutcome, NewOutboxEntry, PushCommit, Store};
 use crate::wechat::webhook::Opened;
@@ -131,7 +131,7 @@ impl Pipeline {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub passive: Option<PassiveReply>,
-    pub planned: Vec<PlannedAction>,
+    pub planned: Vec<PlannedAction<OutboxAction>>,
     /// Replies that cannot be carried out, by reason label.
     pub dropped: Vec<&'static str>,
 }

@@ -18,7 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{ApiClient, SendBody};
 use crate::metrics::Metrics;
-use crate::model::{Action, OpenId, OutMessage, SharedClock, Trigger};
+use crate::model::{OpenId, OutMessage, OutboxAction, SharedClock, Trigger};
 use crate::store::{DenyReason, OutboxEntry, Outcome, SendClaim, Store};
 
 /// How many followers are served at once.
@@ -157,8 +157,8 @@ impl Sender {
         async {
             let outcome = match &entry.action.action {
                 // A message is claimed and charged in one step (one transaction where the store
-                // can); typing and transfers are not charged.
-                Action::Send { message } => {
+                // can); typing is not charged.
+                OutboxAction::Send { message } => {
                     let now = self.clock.now_secs();
                     match self.store.claim_send(entry.id, &entry.openid, now).await {
                         Ok(SendClaim::Charged { trigger, opened_at }) => {
@@ -177,18 +177,10 @@ impl Sender {
                         }
                     }
                 }
-                Action::Typing if self.claim(entry.id).await => self.typing(&entry.openid).await,
-                // The pipeline never plans a transfer (`split_passive` makes it the passive
-                // answer), so only a row written by another version of kefu can hold one: it is
-                // ended with its reason rather than left pending for ever.
-                Action::Transfer { .. } if self.claim(entry.id).await => {
-                    self.metrics.drop_message("transfer_not_passive");
-                    Outcome::Dropped {
-                        reason: "a transfer can only be the passive answer to a user message"
-                            .into(),
-                    }
+                OutboxAction::Typing if self.claim(entry.id).await => {
+                    self.typing(&entry.openid).await
                 }
-                Action::Typing | Action::Transfer { .. } => return, // not claimed
+                OutboxAction::Typing => return, // not claimed
             };
             if let Err(e) = self.store.finish(entry.id, outcome).await {
                 warn!(error = %e, "cannot record a send's outcome");

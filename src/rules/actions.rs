@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::model::{Action, PassiveReply, PlannedAction, RuleInput};
+use crate::model::{Action, OutboxAction, PassiveReply, PlannedAction, RuleInput};
 
 /// The placeholders every push provides (interface §4, §6.7).
 pub(crate) const BUILTINS: [&str; 4] = ["openid", "text", "event_key", "scene"];
@@ -177,7 +177,7 @@ impl Reply {
 pub(crate) fn split_passive(
     actions: Vec<PlannedAction>,
     passive_first: bool,
-) -> (Option<PassiveReply>, Vec<PlannedAction>) {
+) -> (Option<PassiveReply>, Vec<PlannedAction<OutboxAction>>) {
     let mut passive = None;
     let mut rest = Vec::with_capacity(actions.len());
     for a in &actions {
@@ -201,7 +201,7 @@ pub(crate) fn split_passive(
                 taken = true;
                 passive = Some(PassiveReply::Message { message: message.clone() });
             }
-            _ => rest.push(a),
+            _ => rest.extend(a.into_outbox()),
         }
     }
     (passive, rest)
@@ -272,7 +272,7 @@ mod tests {
             Some(PassiveReply::Message { message: OutMessage::Text { content: "now".into() } })
         );
         assert_eq!(rest.len(), 4);
-        assert_eq!(rest[3], send("next", 0, None));
+        assert_eq!(Some(rest[3].clone()), send("next", 0, None).into_outbox());
         let (p, rest) = split_passive(acts, false);
         assert_eq!(p, None);
         assert_eq!(rest.len(), 5);
@@ -286,6 +286,6 @@ mod tests {
         };
         let (p, rest) = split_passive(vec![send("hi", 0, None), t.clone(), t], false);
         assert_eq!(p, Some(PassiveReply::Transfer { kf_account: Some("kf@gh".into()) }));
-        assert_eq!(rest, vec![send("hi", 0, None)]);
+        assert_eq!(rest, send("hi", 0, None).into_outbox().into_iter().collect::<Vec<_>>());
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use crate::config::WindowConfig;
-use crate::model::{PassiveReply, PlannedAction, RuleInput};
+use crate::model::{OutboxAction, PassiveReply, PlannedAction, RuleInput};
 
 pub use check::{TestCase, TestOutcome};
 pub use watch::{ReloadStatus, Rules, WatchGuard};
@@ -171,7 +171,10 @@ impl Evaluation {
     /// Splits off the passive HTTP answer (interface §6.8): a transfer always is one; else,
     /// with `passive_first`, the first immediate send of a kind a passive reply supports
     /// (not one sent `as` a kf account). Delayed replies never are. The rest stay planned.
-    pub fn split_passive(self, passive_first: bool) -> (Option<PassiveReply>, Vec<PlannedAction>) {
+    pub fn split_passive(
+        self,
+        passive_first: bool,
+    ) -> (Option<PassiveReply>, Vec<PlannedAction<OutboxAction>>) {
         actions::split_passive(self.actions, passive_first)
     }
 }

@@ -22,7 +22,9 @@ use crate::config::Config;
 
 pub use self::redis::RedisStore;
 pub use crate::ledger::{ChargeOutcome, DenyReason, Grant, Window, WindowView};
-use crate::model::{OpenId, PlannedAction, SharedClock, TokenCache, Trigger, WindowEffect};
+use crate::model::{
+    OpenId, OutboxAction, PlannedAction, SharedClock, TokenCache, Trigger, WindowEffect,
+};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Cloneable because one failed group commit answers many
@@ -72,7 +74,7 @@ pub struct NewOutboxEntry {
     pub rule: String,
     /// Position within the push's plan (rule order), so a follower's messages leave in order.
     pub seq: u32,
-    pub action: PlannedAction,
+    pub action: PlannedAction<OutboxAction>,
     /// When it may be sent (Unix ms): receipt time plus the reply's delay.
     pub due_at_ms: i64,
 }
@@ -153,7 +155,7 @@ pub struct OutboxEntry {
     pub openid: OpenId,
     pub rule: String,
     pub seq: u32,
-    pub action: PlannedAction,
+    pub action: PlannedAction<OutboxAction>,
     pub due_at_ms: i64,
     pub status: OutboxStatus,
     pub reason: Option<String>,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::mock_wechat::MockWechat;
 use kefu::config::WindowConfig;
-use kefu::model::{Action, Clock, OpenId, OutMessage, SystemClock};
+use kefu::model::{Clock, OpenId, OutMessage, OutboxAction, SystemClock};
 use kefu::store::{OUTCOME_UNKNOWN, OutboxEntry, OutboxStatus, SqliteStore, Store};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -397,7 +397,7 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
         let mut may = 0;
         for e in &mine {
             let body = match &e.action.action {
-                Action::Send { message } => {
+                OutboxAction::Send { message } => {
                     message.custom_send_body(&user, e.action.kf_account.as_deref())
                 }
                 other => panic!("unexpected action {other:?}"),
@@ -420,7 +420,7 @@ async fn sigkill_under_a_push_stream_loses_no_acknowledged_push_and_doubles_none
         assert!(used >= sent && used <= sent + may, "{user}: used {used}, sent {sent}");
         assert!(matches!(
             mine.iter().map(|e| &e.action.action).next(),
-            Some(Action::Send { message: OutMessage::Image { .. } })
+            Some(OutboxAction::Send { message: OutMessage::Image { .. } })
         ));
     }
     eprintln!(
@@ -572,7 +572,9 @@ async fn sigterm_stops_within_ten_seconds_and_keeps_planned_messages() {
     let texts: Vec<_> = pending
         .iter()
         .map(|e| match &e.action.action {
-            Action::Send { message: OutMessage::Text { content } } => (content.clone(), e.status),
+            OutboxAction::Send { message: OutMessage::Text { content } } => {
+                (content.clone(), e.status)
+            }
             other => panic!("unexpected {other:?}"),
         })
         .collect();

@@ -91,7 +91,7 @@ async fn simulate_and_serve_see_every_fixture_alike() {
         let bodies: Vec<Value> = planned
             .iter()
             .filter_map(|p| match &p.action {
-                kefu::model::Action::Send { message } => {
+                kefu::model::OutboxAction::Send { message } => {
                     Some(message.custom_send_body(&intake.input.from, p.kf_account.as_deref()))
                 }
                 _ => None,

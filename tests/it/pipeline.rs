@@ -195,7 +195,7 @@ fn states(entries: &[OutboxEntry]) -> Vec<(String, OutboxStatus, Option<String>)
         .iter()
         .map(|e| {
             let what = match &e.action.action {
-                kefu::model::Action::Send { message: OutMessage::Text { content } } => {
+                kefu::model::OutboxAction::Send { message: OutMessage::Text { content } } => {
                     content.clone()
                 }
                 other => format!("{other:?}"),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use kefu::config::WindowConfig;
 use kefu::model::{
-    Action, CachedToken, Clock, ManualClock, OpenId, OutMessage, PlannedAction, Secret,
+    CachedToken, Clock, ManualClock, OpenId, OutMessage, OutboxAction, PlannedAction, Secret,
     SharedClock, SystemClock, Trigger, WindowEffect,
 };
 use kefu::store::{
@@ -283,7 +283,7 @@ fn text(rule: &str, seq: u32, content: &str, due_at_ms: i64) -> NewOutboxEntry {
         seq,
         action: PlannedAction {
             rule: rule.into(),
-            action: Action::Send { message: OutMessage::Text { content: content.into() } },
+            action: OutboxAction::Send { message: OutMessage::Text { content: content.into() } },
             delay: Duration::ZERO,
             kf_account: None,
         },

@@ -12,7 +12,7 @@ use kefu::config::{SyncMode, WindowConfig, WindowRule};
 use kefu::http::windows::window_handler;
 use kefu::ledger::{ChargeOutcome, DenyReason};
 use kefu::model::{
-    Action, CachedToken, Clock, ManualClock, OpenId, OutMessage, PlannedAction, Secret,
+    CachedToken, Clock, ManualClock, OpenId, OutMessage, OutboxAction, PlannedAction, Secret,
     SharedClock, SystemClock, TokenCache, Trigger, WindowEffect,
 };
 use kefu::store::{
@@ -28,10 +28,10 @@ fn oid(s: &str) -> OpenId {
     OpenId::parse(s).unwrap()
 }
 
-fn text(rule: &str, content: &str, delay_ms: u64) -> PlannedAction {
+fn text(rule: &str, content: &str, delay_ms: u64) -> PlannedAction<OutboxAction> {
     PlannedAction {
         rule: rule.into(),
-        action: Action::Send { message: OutMessage::Text { content: content.into() } },
+        action: OutboxAction::Send { message: OutMessage::Text { content: content.into() } },
         delay: Duration::from_millis(delay_ms),
         kf_account: None,
     }
