@@ -37,7 +37,7 @@ async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: 503 while a push cannot be recorded (the store does not answer); 200
 /// otherwise. A failed rules reload is listed in `problems` (with its errors) until a reload
-/// succeeds, but the answer stays 200: the previous rules keep answering pushes, and taking
+/// succeeds, and so is an empty rule set, but the answer stays 200: the previous rules keep answering pushes, and taking
 /// every instance out of rotation over a bad edit would turn it into an outage.
 async fn readyz(
     store: web::Data<Arc<dyn Store>>,
@@ -52,6 +52,15 @@ async fn readyz(
     }
     let current = rules.current();
     let status = rules.status();
+    if current.is_empty() {
+        // Ready (pushes are recorded and answered), but an operator wants to know: with no
+        // rule, every push is answered `success` and nothing is ever sent.
+        problems.push(format!(
+            "no rules are loaded from {}: every push is answered with `success` and nothing is \
+             sent; add rule files there (`kefu rules check` shows what loads)",
+            dir.0.display()
+        ));
+    }
     if !status.last_ok {
         let n = status.last_errors.len();
         problems.push(format!(

@@ -344,3 +344,19 @@ async fn a_redelivery_counts_no_drop_again() {
     assert!(line.ends_with(" 1"), "counted once, not per delivery: {line}");
     app.handle.stop(true).await;
 }
+
+/// With no rule loaded kefu still records and answers pushes (`/readyz` 200), but says so in
+/// `problems`: every push would get `success` and nothing would ever be sent.
+#[tokio::test]
+async fn readyz_names_an_empty_rule_set() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = Running::start_with(&mock, dir.path(), None, "").await;
+    let r = app.http.get(format!("{}/readyz", app.base)).send().await.expect("GET /readyz");
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.expect("readyz JSON");
+    assert_eq!(body["rules"], 0, "{body}");
+    let problems = body["problems"].to_string();
+    assert!(problems.contains("no rules are loaded"), "{body}");
+    app.handle.stop(true).await;
+}

@@ -386,9 +386,24 @@ impl Push {
 
     /// The key WeChat's redeliveries share (protocol §5.1), scoped by account and follower:
     /// see [`DedupeKey`] for its shape and why a `MsgId` alone is not enough.
+    ///
+    /// A follower's message always carries a `MsgId` from WeChat; one without (hand-written
+    /// XML, a test tool) is keyed by a digest of its content instead, so two different texts
+    /// in one second stay two pushes while a redelivery (the same bytes) is still one.
     pub fn dedupe_key(&self) -> DedupeKey {
         match self.msg_id() {
             Some(id) => DedupeKey::message(&self.to, &self.from, self.create_time, id),
+            None if self.is_user_message() => {
+                use sha1::{Digest, Sha1};
+                let digest = Sha1::digest(format!("{:?}", self.kind).as_bytes());
+                DedupeKey::event(
+                    &self.to,
+                    &self.from,
+                    self.create_time,
+                    &self.msg_type,
+                    &format!("sha1-{}", hex::encode(&digest[..8])),
+                )
+            }
             None => DedupeKey::event(
                 &self.to,
                 &self.from,

@@ -585,3 +585,20 @@ fn refusals() {
     assert_eq!(parse(deep.as_bytes()), Err(DecodeError::TooDeep));
     assert_eq!(DecodeError::Doctype.reason(), "doctype");
 }
+
+/// Hand-written messages without `MsgId`: two different texts from one follower in one second
+/// are two pushes; the same push again is one.
+#[test]
+fn messages_without_msgid_are_keyed_by_their_content() {
+    let xml = |text: &str| {
+        format!(
+            "<xml><ToUserName>{ACCOUNT}</ToUserName><FromUserName>{USER}</FromUserName>\
+             <CreateTime>1700000001</CreateTime><MsgType>text</MsgType>\
+             <Content>{text}</Content></xml>"
+        )
+    };
+    let refund = p(&xml("退款")).dedupe_key();
+    assert_ne!(refund, p(&xml("发票")).dedupe_key());
+    assert_eq!(refund, p(&xml("退款")).dedupe_key());
+    assert!(refund.as_str().starts_with(&format!("e:1700000001:{USER}:{ACCOUNT}:text:sha1-")));
+}
