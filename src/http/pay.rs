@@ -8,7 +8,6 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context as _;
-use futures::StreamExt;
 
 use crate::config::PayConfig;
 use crate::metrics::Metrics;
@@ -206,29 +205,14 @@ fn json(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status).content_type("application/json").body(body)
 }
 
-/// Reads the body up to [`MAX_NOTIFY_BYTES`], counting while reading (a chunked body declares
-/// no length), so an oversized body is refused like any other bad notification: with the
-/// version's FAIL answer, logged and counted.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, PayError> {
-    let too_large = |len| PayError::TooLarge { len, max: MAX_NOTIFY_BYTES };
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(n) = declared.filter(|n| *n > MAX_NOTIFY_BYTES) {
-        return Err(too_large(n));
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(2048).min(MAX_NOTIFY_BYTES));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| PayError::Malformed(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > MAX_NOTIFY_BYTES {
-            return Err(too_large(body.len() + chunk.len()));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+/// Reads the body up to [`MAX_NOTIFY_BYTES`] ([`super::read_capped`]), so an oversized body
+/// is refused like any other bad notification: with the version's FAIL answer, logged and
+/// counted.
+async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<web::Bytes, PayError> {
+    super::read_capped(req, payload, MAX_NOTIFY_BYTES).await.map_err(|e| match e {
+        super::BodyError::TooLarge { len } => PayError::TooLarge { len, max: MAX_NOTIFY_BYTES },
+        super::BodyError::Read(e) => PayError::Malformed(format!("could not read the body: {e}")),
+    })
 }
 
 /// Counts one refusal at `endpoint` when metrics are attached.

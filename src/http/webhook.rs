@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures::StreamExt;
 
 use crate::model::SharedClock;
 use crate::pipeline::PushSink;
@@ -147,7 +146,7 @@ async fn push(
 
 async fn push_inner(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<WebhookState>,
 ) -> HttpResponse {
     let received_at_ms = state.clock.now_ms();
@@ -155,33 +154,19 @@ async fn push_inner(
         Ok(q) => q,
         Err(resp) => return resp,
     };
-    let max = state.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return refuse(&PushError::TooLarge(max), Some(&q));
-    }
-    // Chunked bodies declare no length: count while reading.
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(max));
-    while let Some(chunk) = payload.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(status = 400, reason = "body_read", error = %e, "push refused");
-                return refused(
-                    plain(StatusCode::BAD_REQUEST, "could not read the request body"),
-                    "body_read",
-                );
-            }
-        };
-        if body.len() + chunk.len() > max {
-            return refuse(&PushError::TooLarge(max), Some(&q));
+    let body = match super::read_capped(&req, payload, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(super::BodyError::TooLarge { .. }) => {
+            return refuse(&PushError::TooLarge(state.max_body_bytes), Some(&q));
         }
-        body.extend_from_slice(&chunk);
-    }
+        Err(super::BodyError::Read(e)) => {
+            tracing::warn!(status = 400, reason = "body_read", error = %e, "push refused");
+            return refused(
+                plain(StatusCode::BAD_REQUEST, "could not read the request body"),
+                "body_read",
+            );
+        }
+    };
 
     let now_secs = received_at_ms.div_euclid(1000);
     let opened = match webhook::open(&state.keys, &q, &body, now_secs) {
