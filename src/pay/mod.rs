@@ -170,35 +170,32 @@ impl PayError {
     /// The `reason` label of `kefu_refusals_total` (snake_case, stable; the webhook's names
     /// where the cause is the same).
     pub fn reason(&self) -> &'static str {
-        match self {
-            PayError::TooLarge { .. } => "too_large",
-            PayError::NotUtf8 | PayError::Malformed(_) | PayError::Doctype => "malformed",
-            PayError::Missing("sign") => "missing_signature",
-            PayError::Missing(_) | PayError::Invalid { .. } => "bad_field",
-            PayError::UnsupportedSignType(_) => "unsupported_sign_type",
-            PayError::SignTypeMismatch(_) => "sign_type_mismatch",
-            PayError::BadSignature(_) => "bad_signature",
-            PayError::MissingHeader(_) => "missing_signature_header",
-            PayError::Stale { .. } => "stale_timestamp",
-            PayError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
-            PayError::Decrypt => "decrypt_failed",
-        }
+        self.names().0
     }
 
     /// A short reason for the answer body. The log line gets the full `Display`.
     pub fn short(&self) -> &'static str {
+        self.names().1
+    }
+
+    /// (metric label, answer text): one table, so a new variant gets both.
+    fn names(&self) -> (&'static str, &'static str) {
         match self {
-            PayError::TooLarge { .. } => "body too large",
-            PayError::NotUtf8 | PayError::Malformed(_) | PayError::Doctype => "malformed body",
-            PayError::Missing("sign") => "missing sign",
-            PayError::Missing(_) | PayError::Invalid { .. } => "missing or invalid field",
-            PayError::UnsupportedSignType(_) => "unsupported sign_type",
-            PayError::BadSignature(_) => "invalid signature",
-            PayError::SignTypeMismatch(_) => "sign type mismatch",
-            PayError::MissingHeader(_) => "missing Wechatpay header",
-            PayError::Stale { .. } => "timestamp out of range",
-            PayError::UnsupportedAlgorithm(_) => "unsupported algorithm",
-            PayError::Decrypt => "resource does not decrypt",
+            PayError::TooLarge { .. } => ("too_large", "body too large"),
+            PayError::NotUtf8 | PayError::Malformed(_) | PayError::Doctype => {
+                ("malformed", "malformed body")
+            }
+            PayError::Missing("sign") => ("missing_signature", "missing sign"),
+            PayError::Missing(_) | PayError::Invalid { .. } => {
+                ("bad_field", "missing or invalid field")
+            }
+            PayError::UnsupportedSignType(_) => ("unsupported_sign_type", "unsupported sign_type"),
+            PayError::SignTypeMismatch(_) => ("sign_type_mismatch", "sign type mismatch"),
+            PayError::BadSignature(_) => ("bad_signature", "invalid signature"),
+            PayError::MissingHeader(_) => ("missing_signature_header", "missing Wechatpay header"),
+            PayError::Stale { .. } => ("stale_timestamp", "timestamp out of range"),
+            PayError::UnsupportedAlgorithm(_) => ("unsupported_algorithm", "unsupported algorithm"),
+            PayError::Decrypt => ("decrypt_failed", "resource does not decrypt"),
         }
     }
 }
