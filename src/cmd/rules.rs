@@ -155,18 +155,6 @@ pub fn import(cfg: &Config, file: &Path, out: Option<&Path>, force: bool) -> Cmd
 /// The `*.toml` files directly in `dir` but `except` (the file being replaced), as `(path,
 /// text)`; unreadable ones are skipped (`rules check` reports them).
 fn rule_files(dir: &Path, except: &Path) -> Vec<(PathBuf, String)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name_s = name.to_string_lossy();
-        if name_s.starts_with('.') || !name_s.ends_with(".toml") || Path::new(&name) == except {
-            continue;
-        }
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            files.push((path, text));
-        }
-    }
-    files
+    let Ok((files, _unreadable)) = crate::rules::read_dir_sources(dir) else { return Vec::new() };
+    files.into_iter().filter(|(p, _)| p.file_name().map(Path::new) != Some(except)).collect()
 }

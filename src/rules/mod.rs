@@ -25,6 +25,43 @@ use crate::model::{OutboxAction, PassiveReply, PlannedAction, RuleInput};
 pub use check::{TestCase, TestOutcome};
 pub use watch::{ReloadStatus, Rules, WatchGuard};
 
+/// One rule file: its path and its text.
+pub type Source = (PathBuf, String);
+
+/// The rule files of `dir` as `(path, text)`: every `*.toml` directly in it, hidden files
+/// skipped; a file that cannot be read is a diagnostic beside them. Errs when the directory
+/// itself cannot be read. [`RuleSet::load_dir`] and `kefu rules import` (which checks its
+/// output beside the files already there) both read a directory through here.
+pub fn read_dir_sources(dir: &Path) -> Result<(Vec<Source>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        vec![Diagnostic::file(
+            dir,
+            Severity::Error,
+            // The caller knows where the path came from (an argument, `rules.dir` from a
+            // file or a variable) and says so; here only what went wrong.
+            format!("cannot read the rules directory: {e}"),
+        )]
+    })?;
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".toml") || !path.is_file() {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => sources.push((path, text)),
+            Err(e) => errors.push(Diagnostic::file(
+                &path,
+                Severity::Error,
+                format!("cannot read the rule file: {e}"),
+            )),
+        }
+    }
+    Ok((sources, errors))
+}
+
 /// How bad a [`Diagnostic`] is: an error keeps the rules from loading, a warning does not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -183,32 +220,7 @@ impl RuleSet {
     /// Loads and compiles every `*.toml` file directly in `dir` (hidden files skipped).
     /// Every error of every file is returned at once, warnings included.
     pub fn load_dir(dir: &Path, window: &WindowConfig) -> Result<Loaded, Vec<Diagnostic>> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            vec![Diagnostic::file(
-                dir,
-                Severity::Error,
-                // The caller knows where the path came from (an argument, `rules.dir` from a
-                // file or a variable) and says so; here only what went wrong.
-                format!("cannot read the rules directory: {e}"),
-            )]
-        })?;
-        let mut sources = Vec::new();
-        let mut errors = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !name.ends_with(".toml") || !path.is_file() {
-                continue;
-            }
-            match std::fs::read_to_string(&path) {
-                Ok(text) => sources.push((path, text)),
-                Err(e) => errors.push(Diagnostic::file(
-                    &path,
-                    Severity::Error,
-                    format!("cannot read the rule file: {e}"),
-                )),
-            }
-        }
+        let (sources, errors) = read_dir_sources(dir)?;
         if !errors.is_empty() {
             return Err(errors);
         }
