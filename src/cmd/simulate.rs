@@ -32,15 +32,12 @@ pub struct SimulateArgs {
     pub json: bool,
 }
 
-/// The passive reply's `FromUserName` when `wechat.original_id` is not set.
-const SIMULATED_ACCOUNT: &str = "gh_simulated";
-
 pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let from = OpenId::parse(&args.from).map_err(|e| CmdError::Usage(format!("--from: {e}")))?;
     // The passive reply's FromUserName, and the simulated push's ToUserName, is the account's
     // original ID (gh_…), not its WeChat ID.
     let account = if cfg.wechat.original_id.is_empty() {
-        SIMULATED_ACCOUNT
+        crate::rules::input::SIMULATED_ACCOUNT
     } else {
         cfg.wechat.original_id.as_str()
     };

@@ -2,27 +2,19 @@
 //! `MockWechat` through `KEFU_WECHAT_API_BASE`: what they send, what they print, the exact
 //! error sentence an operator reads, and the exit codes (1 API failure, 2 usage/config).
 
-use std::process::Output;
-
 use crate::mock_wechat::{MockResponse, MockWechat};
 use serde_json::{Value, json};
 
 const SEND: &str = "/cgi-bin/message/custom/send";
 const STABLE: &str = "/cgi-bin/stable_token";
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+type Run = crate::helpers::KefuRun;
 
+/// [`crate::helpers::kefu_in`], without the config line, so tests compare the message after it.
 fn run_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Run {
-    let out: Output = crate::helpers::kefu_command(dir, env, args).output().expect("run kefu");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: crate::helpers::without_config_line(&String::from_utf8_lossy(&out.stderr)),
-    }
+    let mut r = crate::helpers::kefu_in(dir, env, args);
+    r.stderr = crate::helpers::without_config_line(&r.stderr);
+    r
 }
 
 /// Runs kefu in an empty directory, configured for the mock.
