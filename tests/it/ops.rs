@@ -390,9 +390,10 @@ async fn readyz_is_unavailable_when_the_database_is_gone() {
 // The binary: `kefu serve` and the CLI as an operator runs them
 
 /// One line a process wrote, as raw bytes (a leak need not be UTF-8).
-type Lines = Arc<Mutex<Vec<Vec<u8>>>>;
+pub(crate) type Lines = Arc<Mutex<Vec<Vec<u8>>>>;
 
-fn collect_lines(
+/// Reads a pipe to the end on its own thread, one entry per line (without its newline).
+pub(crate) fn collect_lines(
     from: impl std::io::Read + Send + 'static,
     into: Lines,
 ) -> std::thread::JoinHandle<()> {

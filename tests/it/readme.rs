@@ -27,11 +27,10 @@
 //! `MockWechat` and an app id/secret through `KEFU_*` variables. Every command must exit 0 within
 //! [`PATIENCE`] without a panic; `serve` must stop cleanly on SIGTERM at the end.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::mock_wechat::{MockResponse, MockWechat};
@@ -431,37 +430,22 @@ struct Ran {
     stderr: String,
 }
 
-/// Reads a pipe to the end on its own thread.
-fn drain(
-    from: impl Read + Send + 'static,
-    into: Arc<Mutex<Vec<u8>>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut r = std::io::BufReader::new(from);
-        loop {
-            let mut line = Vec::new();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => into.lock().unwrap_or_else(|e| e.into_inner()).extend(line),
-            }
-        }
-    })
+/// What a process wrote, line by line ([`crate::ops::collect_lines`] reads it).
+type Buf = crate::ops::Lines;
+
+fn buf() -> Buf {
+    Buf::default()
 }
 
-fn text(buf: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+fn text(buf: &Buf) -> String {
+    buf.lock().iter().map(|l| String::from_utf8_lossy(l).into_owned() + "\n").collect()
 }
 
 /// `kefu ARGS` in `dir`, with none of the caller's `KEFU_*`, `RUST_LOG` or `NO_COLOR`.
 fn kefu_command(dir: &Path, env: &[(String, String)], args: &[String]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KEFU_") || k == "RUST_LOG" || k == "NO_COLOR" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = crate::helpers::kefu_command(dir, &env, &args);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
@@ -469,10 +453,10 @@ fn kefu_command(dir: &Path, env: &[(String, String)], args: &[String]) -> Comman
 /// Runs to the end, or kills it after [`PATIENCE`] (`code: None`).
 fn run_to_end(mut cmd: Command) -> Ran {
     let mut child = cmd.spawn().expect("spawn kefu");
-    let (out, err) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let (out, err) = (buf(), buf());
     let readers = [
-        drain(child.stdout.take().expect("stdout"), out.clone()),
-        drain(child.stderr.take().expect("stderr"), err.clone()),
+        crate::ops::collect_lines(child.stdout.take().expect("stdout"), out.clone()),
+        crate::ops::collect_lines(child.stderr.take().expect("stderr"), err.clone()),
     ];
     let started = Instant::now();
     let code = loop {
@@ -499,7 +483,7 @@ struct Server {
     child: Child,
     /// `127.0.0.1:PORT`
     addr: String,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Buf,
 }
 
 impl Drop for Server {
@@ -626,9 +610,9 @@ impl Session {
         env.push(("KEFU_SERVER_LISTEN".to_string(), "127.0.0.1:0".to_string()));
         let mut child =
             kefu_command(self.dir.path(), &env, args).spawn().expect("spawn kefu serve");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        drain(child.stderr.take().expect("stderr"), stderr.clone());
-        drain(child.stdout.take().expect("stdout"), Arc::new(Mutex::new(Vec::new())));
+        let stderr = buf();
+        crate::ops::collect_lines(child.stderr.take().expect("stderr"), stderr.clone());
+        crate::ops::collect_lines(child.stdout.take().expect("stdout"), buf());
         let mut server = Server {
             env: readme_env.to_vec(),
             args: args.to_vec(),
