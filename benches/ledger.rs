@@ -20,7 +20,7 @@ use kefu::model::{
     OpenId, OutMessage, OutboxAction, PlannedAction, SharedClock, SystemClock, Trigger,
     WindowEffect,
 };
-use kefu::store::{NewOutboxEntry, PushCommit, SqliteStore, Store};
+use kefu::store::{NewOutboxEntry, OwnPassive, PushCommit, SqliteStore, Store, Terms};
 
 const FOLLOWERS: usize = 1_000_000;
 const T0: i64 = 1_700_000_000;
@@ -98,7 +98,8 @@ fn push(n: u64, now_ms: i64) -> PushCommit {
         openid: who,
         effect: WindowEffect::Open(Trigger::Message),
         received_at_ms: now_ms,
-        answer: Some("success".into()),
+        passive: Some(OwnPassive::text("greeting", "success")),
+        terms: Terms::default(),
         outbox: vec![NewOutboxEntry {
             rule: "greeting".into(),
             seq: 0,

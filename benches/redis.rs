@@ -14,7 +14,7 @@ use kefu::model::{
     OpenId, OutMessage, OutboxAction, PlannedAction, SharedClock, SystemClock, Trigger,
     WindowEffect,
 };
-use kefu::store::{NewOutboxEntry, PushCommit, RedisStore, SqliteStore, Store};
+use kefu::store::{NewOutboxEntry, PushCommit, RedisStore, SqliteStore, Store, Terms};
 use rand::Rng;
 
 fn oid(s: &str) -> OpenId {
@@ -27,7 +27,8 @@ fn push(key: String, openid: &OpenId, effect: WindowEffect, at_ms: i64, out: u32
         openid: openid.clone(),
         effect,
         received_at_ms: at_ms,
-        answer: None,
+        passive: None,
+        terms: Terms::default(),
         outbox: (0..out)
             .map(|seq| NewOutboxEntry {
                 rule: "r".into(),

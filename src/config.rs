@@ -83,6 +83,15 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
     ("state", &[("dir", Kind::Path), ("redis_url", Kind::Str), ("sync", Kind::Str)]),
     ("admin", &[("token", Kind::Str)]),
     (
+        "delivery",
+        &[
+            ("max_text_bytes", Kind::Int),
+            ("more_text", Kind::Str),
+            ("customer_service", Kind::Str),
+            ("hold_for", Kind::Str),
+        ],
+    ),
+    (
         "pay",
         &[
             ("v2_api_key", Kind::Str),
@@ -105,6 +114,7 @@ pub struct Config {
     pub rules: RulesConfig,
     pub state: StateConfig,
     pub admin: AdminConfig,
+    pub delivery: DeliveryConfig,
     pub pay: PayConfig,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
@@ -245,6 +255,62 @@ pub struct AdminConfig {
     pub token: Secret,
 }
 
+/// `[delivery]`: how answers that are ready after the push reach the follower (interface
+/// §7.4, §7.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// Longest text message in UTF-8 bytes (`max_text_bytes`, default 2000: WeChat refuses a
+    /// longer `custom/send` text with 45002, protocol §6.4); longer text replies are split.
+    pub max_text_bytes: usize,
+    /// Appended to the last message sent for a push when answers stay held (`more_text`);
+    /// empty = nothing appended.
+    pub more_text: String,
+    /// Whether this account may call `custom/send` (`customer_service`).
+    pub customer_service: CustomerServiceMode,
+    /// How long a held answer waits for the follower's next push before it is dropped with
+    /// reason `expired` (`hold_for`, default 48h).
+    pub hold_for: Duration,
+}
+
+/// `delivery.customer_service`: `"auto"` (the default) calls `custom/send` until WeChat answers
+/// 48001 or 48004 (the account lacks the customer-service API: an uncertified account), then
+/// holds every answer for the follower's next push; `"on"` always calls it; `"off"` never does
+/// and holds everything after the HTTP answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CustomerServiceMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl CustomerServiceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CustomerServiceMode::Auto => "auto",
+            CustomerServiceMode::On => "on",
+            CustomerServiceMode::Off => "off",
+        }
+    }
+}
+
+/// The smallest `delivery.max_text_bytes`: room for the longest grapheme clusters people
+/// type (a family emoji with skin tones is 35 bytes) several times over.
+pub const MIN_TEXT_BYTES: i64 = 64;
+/// WeChat's limit for a text message (protocol §6.4); `max_text_bytes` may not exceed it.
+pub const MAX_TEXT_BYTES: i64 = 2048;
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_text_bytes: 2000,
+            more_text: "（回复任意内容继续）".into(),
+            customer_service: CustomerServiceMode::Auto,
+            hold_for: Duration::from_secs(48 * 3600),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PayConfig {
     pub v2_api_key: Secret,
@@ -284,6 +350,7 @@ impl Default for Config {
                 sync: SyncMode::Full,
             },
             admin: AdminConfig { token: Secret::default() },
+            delivery: DeliveryConfig::default(),
             pay: PayConfig {
                 v2_api_key: Secret::default(),
                 v2_sign_type: V2SignType::Auto,
@@ -915,6 +982,46 @@ fn apply(
         }
         // Its minimum length is checked by `check_serve`: only `serve` serves the admin API.
         ("admin", "token") => cfg.admin.token = Secret::new(want_str(v)?),
+        ("delivery", "max_text_bytes") => {
+            let n = want_int(v, MIN_TEXT_BYTES)?;
+            if n > MAX_TEXT_BYTES {
+                return Err(format!(
+                    "{n} is above WeChat's limit for a text message ({MAX_TEXT_BYTES} bytes): \
+                     longer messages are refused with 45002; the default 2000 leaves room"
+                ));
+            }
+            cfg.delivery.max_text_bytes = n as usize;
+        }
+        ("delivery", "more_text") => {
+            let s = want_str(v)?;
+            if s.len() > 200 {
+                return Err(format!(
+                    "{} bytes is too long for a note appended to a message; keep it under 200",
+                    s.len()
+                ));
+            }
+            cfg.delivery.more_text = s;
+        }
+        ("delivery", "customer_service") => {
+            cfg.delivery.customer_service = match want_str(v)?.as_str() {
+                "auto" => CustomerServiceMode::Auto,
+                "on" => CustomerServiceMode::On,
+                "off" => CustomerServiceMode::Off,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not \"auto\" (call custom/send until WeChat refuses it), \
+                         \"on\" or \"off\" (never call it: hold answers for the next push)"
+                    ));
+                }
+            }
+        }
+        ("delivery", "hold_for") => {
+            let d = parse_duration(&want_str(v)?)?;
+            if d.is_zero() {
+                return Err("hold_for must be longer than zero, e.g. 48h".into());
+            }
+            cfg.delivery.hold_for = d;
+        }
         ("pay", "v2_api_key") => cfg.pay.v2_api_key = Secret::new(want_str(v)?),
         ("pay", "v2_sign_type") => cfg.pay.v2_sign_type = V2SignType::parse(&want_str(v)?)?,
         ("pay", "v3_api_key") => {

@@ -19,6 +19,7 @@ pub mod app;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod delivery;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

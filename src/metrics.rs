@@ -66,6 +66,10 @@ pub struct Metrics {
     pub dropped: Family<ReasonLabels, Counter>,
     pub open_windows: Gauge,
     pub outbox_depth: Gauge,
+    /// Answers held for the followers' next pushes (`kefu_held_answers`, interface §7.7).
+    pub held_answers: Gauge,
+    /// Held answers delivered by a follower's next push (`kefu_held_delivered_total`).
+    pub held_delivered: Counter,
     pub token_refreshes: Counter,
     pub rule_reloads: Family<OutcomeLabels, Counter>,
     pub payments: Family<OutcomeLabels, Counter>,
@@ -120,6 +124,20 @@ impl Metrics {
         );
         let outbox_depth = Gauge::default();
         registry.register("outbox_depth", "Planned messages not yet sent", outbox_depth.clone());
+        let held_answers = Gauge::default();
+        registry.register(
+            "held_answers",
+            "Answers held for the follower's next push (the window or the account could not \
+             carry them)",
+            held_answers.clone(),
+        );
+        let held_delivered = Counter::default();
+        registry.register(
+            "held_delivered",
+            "Held answers delivered by the follower's next push (passively or through \
+             custom/send)",
+            held_delivered.clone(),
+        );
         let token_refreshes = Counter::default();
         registry.register(
             "token_refreshes",
@@ -144,6 +162,8 @@ impl Metrics {
             dropped,
             open_windows,
             outbox_depth,
+            held_answers,
+            held_delivered,
             token_refreshes,
             rule_reloads,
             payments,

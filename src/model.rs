@@ -434,6 +434,13 @@ pub enum Action<T = String> {
     Transfer { kf_account: Option<String> },
 }
 
+impl PassiveReply {
+    /// A text answer.
+    pub fn text(content: impl Into<String>) -> Self {
+        PassiveReply::Message { message: OutMessage::Text { content: content.into() } }
+    }
+}
+
 impl<T> Action<T> {
     /// The same action with every message field passed through `f`.
     pub fn map<U>(&self, f: impl FnMut(&T) -> U) -> Action<U> {

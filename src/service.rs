@@ -141,6 +141,8 @@ impl Service {
         };
 
         let wake = Arc::new(Notify::new());
+        let customer_service =
+            Arc::new(crate::delivery::CustomerService::new(cfg.delivery.customer_service));
         let pipeline = Arc::new(
             Pipeline::new(
                 store.clone(),
@@ -149,10 +151,12 @@ impl Service {
                 metrics.clone(),
                 wake.clone(),
             )
-            .with_app_id(&cfg.wechat.app_id),
+            .with_app_id(&cfg.wechat.app_id)
+            .with_delivery(&cfg.delivery, customer_service.clone()),
         );
         let sender =
             Sender::new(store.clone(), client.clone(), metrics.clone(), clock.clone(), wake)
+                .with_delivery(&cfg.delivery, customer_service)
                 .spawn();
 
         let (purge_stop, purge_rx) = watch::channel(false);

@@ -68,6 +68,7 @@ pub fn check(cfg: &Config, given: Option<&Path>, json: bool) -> CmdResult {
             )));
         }
     };
+    let notes = loaded.set.long_texts(cfg.delivery.max_text_bytes);
     let outcomes: Vec<TestOutcome> = loaded.tests.iter().map(|t| t.run(&loaded.set)).collect();
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     if json {
@@ -84,11 +85,12 @@ pub fn check(cfg: &Config, given: Option<&Path>, json: bool) -> CmdResult {
         let report = json!({
             "dir": dir, "ok": failed == 0, "rules": loaded.set.len(),
             "files": loaded.set.files(), "errors": [], "warnings": loaded.warnings,
-            "tests": tests,
+            "notes": notes, "tests": tests,
         });
         crate::outln!("{report}")?;
     } else {
         loaded.warnings.iter().try_for_each(|w| crate::outln!("{w}"))?;
+        notes.iter().try_for_each(|n| crate::outln!("{n}"))?;
         outcomes.iter().try_for_each(|o| crate::outln!("{o}"))?;
         crate::outln!(
             "{} rules in {} files; {} tests: {} passed, {failed} failed",

@@ -66,17 +66,38 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
         cfg.rules.passive_first && intake.passive_allowed,
         intake.effect,
         intake.transfer_allowed,
+        cfg.delivery.max_text_bytes,
     );
     plan.dropped.iter().for_each(|r| crate::errln!("dropped a planned reply: {r}"));
-    let (passive, planned) = (plan.passive, plan.planned);
+    let splits = plan.splits;
+    // Delivery as serve decides it for a follower kefu has not seen before: what the window
+    // this push opens can carry goes out, the rest is held for the next push (§7.4).
+    let mut window = crate::ledger::Window::default();
+    window.apply(intake.effect, now, &cfg.window);
+    let cs = cfg.delivery.customer_service != crate::config::CustomerServiceMode::Off;
+    let terms = crate::pipeline::terms(&intake, cfg.rules.passive_first, cs, &cfg.delivery);
+    let delivery = crate::delivery::assign(
+        &[],
+        plan.passive,
+        crate::pipeline::outbox_entries(plan.planned, intake.received_at_ms),
+        window.quota_left(now),
+        &terms,
+        intake.received_at_ms,
+    );
+    let passive = delivery.passive;
+    let planned: Vec<_> = delivery.outbox.into_iter().map(|e| e.action).collect();
+    let held: Vec<_> = delivery.hold.into_iter().map(|e| e.action).collect();
     let xml = passive.as_ref().map(|p| passive_xml(&input.from, account, now, p));
     let sends: Vec<Value> = planned.iter().map(|a| planned_json(&input.from, a)).collect();
+    let held_json: Vec<Value> = held.iter().map(|a| planned_json(&input.from, a)).collect();
 
     if args.json {
         let out = json!({
             "fired": fired,
             "passive": passive.as_ref().map(|p| json!({ "reply": p, "xml": xml })),
             "messages": sends,
+            "held": held_json,
+            "splits": splits,
         });
         crate::outln!("{out}")?;
         return Ok(());
@@ -86,6 +107,15 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
         return Ok(());
     }
     crate::outln!("rules fired: {}", fired.join(", "))?;
+    for s in &splits {
+        crate::outln!(
+            "rule {}: a text of {} bytes is split into {} parts (delivery.max_text_bytes = {})",
+            s.rule,
+            s.bytes,
+            s.parts,
+            cfg.delivery.max_text_bytes
+        )?;
+    }
     match &xml {
         Some(x) => crate::outln!("passive reply (the HTTP answer):\n{x}")?,
         None => crate::outln!("passive reply: none (the push is answered with `success`)")?,
@@ -104,6 +134,25 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
             s["endpoint"].as_str().unwrap_or_default(),
             s["body"]
         )?;
+    }
+    if !held.is_empty() {
+        crate::outln!(
+            "held for the follower's next push ({}): {} more",
+            if cs {
+                "the window this push opens cannot carry them"
+            } else {
+                "delivery.customer_service is off"
+            },
+            held.len()
+        )?;
+        for (i, h) in held_json.iter().enumerate() {
+            crate::outln!(
+                "h{}. (rule {})\n{}",
+                i + 1,
+                h["rule"].as_str().unwrap_or(""),
+                h["body"]
+            )?;
+        }
     }
     Ok(())
 }

@@ -38,7 +38,15 @@ pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
         WindowCmd::Show { openid, json } => {
             let openid = OpenId::parse(openid).map_err(|e| CmdError::Usage(e.to_string()))?;
             let view = store.window(&openid, now).await.map_err(|e| CmdError::Failed(e.into()))?;
-            if *json { to_json(&view)? } else { render(&view, now) }
+            if *json {
+                to_json(&view)?
+            } else {
+                let held = store
+                    .held_for(&openid, now.saturating_mul(1000))
+                    .await
+                    .map_err(|e| CmdError::Failed(e.into()))?;
+                render(&view, now) + &render_held(&held, now)
+            }
         }
         WindowCmd::List { json } => {
             let views = store.list_windows(now).await.map_err(|e| CmdError::Failed(e.into()))?;
@@ -82,7 +90,11 @@ pub fn render(v: &WindowView, now: i64) -> String {
         None => "follow state unknown",
     };
     let state = if v.open { "OPEN" } else { "closed" };
-    let _ = writeln!(s, "{}  {state}  ({subscribed}, {} pending)", v.openid, v.pending);
+    let _ = writeln!(
+        s,
+        "{}  {state}  ({subscribed}, {} pending, {} held)",
+        v.openid, v.pending, v.held
+    );
     if v.grants.is_empty() {
         let _ = writeln!(s, "  no live grant");
     }
@@ -98,6 +110,37 @@ pub fn render(v: &WindowView, now: i64) -> String {
             left(now - g.opened_at),
             left(g.expires_at - now),
             g.expires_at
+        );
+    }
+    s
+}
+
+/// The follower's held answers, oldest first: what their next push delivers.
+pub fn render_held(held: &[crate::store::HeldAnswer], now: i64) -> String {
+    use crate::model::{OutMessage, OutboxAction};
+    let mut s = String::new();
+    if held.is_empty() {
+        return s;
+    }
+    let _ = writeln!(s, "  held for the next push (oldest first):");
+    for (i, h) in held.iter().enumerate() {
+        let what = match &h.action.action {
+            OutboxAction::Send { message: OutMessage::Text { content } } => {
+                let short: String = content.chars().take(40).collect();
+                let more = if short.len() < content.len() { "…" } else { "" };
+                format!("text {short:?}{more}")
+            }
+            OutboxAction::Send { message } => message.msgtype().to_string(),
+            OutboxAction::Typing => "typing".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "  {}. {what} (rule {}; held {} ago: {}; expires in {})",
+            i + 1,
+            h.rule,
+            left(now - h.held_at_ms.div_euclid(1000)),
+            h.reason,
+            left(h.expires_at_ms.div_euclid(1000) - now)
         );
     }
     s
@@ -132,10 +175,11 @@ mod tests {
                 },
             ],
             pending: 1,
+            held: 0,
         };
         assert_eq!(
             render(&v, 1030),
-            "oUser  OPEN  (following, 1 pending)\n  \
+            "oUser  OPEN  (following, 1 pending, 0 held)\n  \
              message   2/5 used             opened 30s ago, expires in 1d 23h (at 173800)\n  \
              payment   0 used, unlimited    opened 30s ago, expires in 1m 0s (at 1090)\n"
         );

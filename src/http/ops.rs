@@ -99,6 +99,7 @@ async fn metrics(
     if let Ok(stats) = store.stats(clock.now_secs()).await {
         m.open_windows.set(stats.open_windows as i64);
         m.outbox_depth.set(stats.outbox_pending as i64);
+        m.held_answers.set(stats.held_answers as i64);
     }
     m.sync_reloads(&rules.status());
     let accept = req.headers().get(actix_web::http::header::ACCEPT).and_then(|v| v.to_str().ok());

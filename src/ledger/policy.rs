@@ -105,6 +105,17 @@ pub struct WindowView {
     pub grants: Vec<Grant>,
     /// Planned messages not yet sent (pending or in flight).
     pub pending: u64,
+    /// Answers held for the follower's next push (interface §7.7).
+    #[serde(default)]
+    pub held: u64,
+}
+
+impl WindowView {
+    /// The same view with the follower's held-answer count.
+    pub fn with_held(mut self, held: u64) -> Self {
+        self.held = held;
+        self
+    }
 }
 
 fn secs(d: std::time::Duration) -> i64 {
@@ -251,7 +262,22 @@ impl Window {
             subscribed: self.subscribed,
             grants: self.live_grants(now).copied().collect(),
             pending,
+            held: 0,
         }
+    }
+
+    /// How many more messages the live grants allow at `now`: `None` when one is unlimited.
+    /// (Grants expire at different times, so a delayed message may find fewer; the charge at
+    /// its send decides.)
+    pub fn quota_left(&self, now: i64) -> Option<u64> {
+        let mut left = 0u64;
+        for g in self.live_grants(now) {
+            match g.limit {
+                None => return None,
+                Some(l) => left += u64::from(l.saturating_sub(g.used)),
+            }
+        }
+        Some(left)
     }
 }
 
@@ -377,6 +403,20 @@ mod tests {
     }
 
     #[test]
+    fn quota_left_sums_live_grants() {
+        let mut w = Window::default();
+        assert_eq!(w.quota_left(T0), Some(0));
+        w.open(Trigger::Message, T0, &cfg());
+        w.open(Trigger::Menu, T0, &cfg());
+        w.charge(T0);
+        // The charge went to the menu grant, which expires first.
+        assert_eq!(w.quota_left(T0), Some(5 + 2));
+        assert_eq!(w.quota_left(T0 + 120), Some(5), "the menu grant expired");
+        w.open(Trigger::Payment, T0, &cfg());
+        assert_eq!(w.quota_left(T0), None, "a payment grant is unlimited");
+    }
+
+    #[test]
     fn view_json_is_the_documented_shape() {
         let mut w = Window::default();
         w.open(Trigger::Message, 1700000001, &cfg());
@@ -385,12 +425,12 @@ mod tests {
         let v = w.view(oid(), 1700000002, 1);
         assert_eq!(
             serde_json::to_string(&v).unwrap(),
-            r#"{"openid":"oUser1","open":true,"subscribed":true,"grants":[{"trigger":"message","opened_at":1700000001,"expires_at":1700172801,"limit":5,"used":1},{"trigger":"payment","opened_at":1700000001,"expires_at":1700172801,"used":0}],"pending":1}"#
+            r#"{"openid":"oUser1","open":true,"subscribed":true,"grants":[{"trigger":"message","opened_at":1700000001,"expires_at":1700172801,"limit":5,"used":1},{"trigger":"payment","opened_at":1700000001,"expires_at":1700172801,"used":0}],"pending":1,"held":0}"#
         );
         let never = Window::default().view(oid(), T0, 0);
         assert_eq!(
             serde_json::to_string(&never).unwrap(),
-            r#"{"openid":"oUser1","open":false,"subscribed":null,"grants":[],"pending":0}"#
+            r#"{"openid":"oUser1","open":false,"subscribed":null,"grants":[],"pending":0,"held":0}"#
         );
     }
 

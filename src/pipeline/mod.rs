@@ -15,6 +15,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::config::DeliveryConfig;
+use crate::delivery::split::{SplitNote, split_actions};
+use crate::delivery::{CustomerService, OwnPassive, Terms};
 use crate::metrics::Metrics;
 use crate::model::{OutboxAction, PassiveReply, PlannedAction, WindowEffect};
 use crate::rules::Rules;
@@ -39,6 +42,10 @@ pub struct Pipeline {
     /// The account's AppID: payments made through another app carry an OpenID this account
     /// cannot message, so they open nothing.
     app_id: String,
+    delivery: DeliveryConfig,
+    /// Shared with the sender, which learns from WeChat whether the account may call
+    /// `custom/send`.
+    customer_service: Arc<CustomerService>,
 }
 
 impl Pipeline {
@@ -49,7 +56,30 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Self {
-        Pipeline { store, rules, passive_first, metrics, wake, app_id: String::new() }
+        let delivery = DeliveryConfig::default();
+        let customer_service = Arc::new(CustomerService::new(delivery.customer_service));
+        Pipeline {
+            store,
+            rules,
+            passive_first,
+            metrics,
+            wake,
+            app_id: String::new(),
+            delivery,
+            customer_service,
+        }
+    }
+
+    /// How answers are delivered (`[delivery]`), and the account's customer-service state
+    /// shared with the sender.
+    pub fn with_delivery(
+        mut self,
+        delivery: &DeliveryConfig,
+        customer_service: Arc<CustomerService>,
+    ) -> Self {
+        self.delivery = delivery.clone();
+        self.customer_service = customer_service;
+        self
     }
 
     pub fn with_app_id(mut self, app_id: &str) -> Self {
@@ -62,26 +92,16 @@ impl Pipeline {
         let rules = self.rules.current();
         let eval = rules.evaluate(&intake.input);
         let fired = eval.fired.clone();
-        let Plan { passive, planned, dropped } = plan(
+        let Plan { passive, planned, dropped, splits } = plan(
             eval,
             self.passive_first && intake.passive_allowed,
             intake.effect,
             intake.transfer_allowed,
+            self.delivery.max_text_bytes,
         );
-        let answer = match &passive {
-            Some(p) => Some(serde_json::to_string(p)?),
-            None => None,
-        };
-        let outbox: Vec<NewOutboxEntry> = planned
-            .into_iter()
-            .enumerate()
-            .map(|(seq, p)| NewOutboxEntry {
-                rule: p.rule.clone(),
-                seq: seq as u32,
-                due_at_ms: intake.received_at_ms + p.delay.as_millis() as i64,
-                action: p,
-            })
-            .collect();
+        let terms =
+            terms(&intake, self.passive_first, self.customer_service.allowed(), &self.delivery);
+        let outbox = outbox_entries(planned, intake.received_at_ms);
         let n_planned = outbox.len();
         let outcome = self
             .store
@@ -90,12 +110,13 @@ impl Pipeline {
                 openid: intake.openid.clone(),
                 effect: intake.effect,
                 received_at_ms: intake.received_at_ms,
-                answer,
+                passive,
                 outbox,
+                terms,
             })
             .await?;
         match outcome {
-            CommitOutcome::Fresh { cancelled, .. } => {
+            CommitOutcome::Fresh { cancelled, delivery, outbox_ids, .. } => {
                 for r in &fired {
                     self.metrics.rule_hit(r);
                 }
@@ -108,18 +129,27 @@ impl Pipeline {
                 if cancelled > 0 {
                     self.metrics.drop_messages("unsubscribed", cancelled);
                 }
-                if n_planned > 0 {
+                for s in &splits {
+                    info!(rule = %s.rule, bytes = s.bytes, parts = s.parts, "long text split");
+                }
+                if delivery.expired > 0 {
+                    self.metrics.drop_messages(crate::store::EXPIRED, delivery.expired);
+                }
+                if delivery.from_held > 0 {
+                    self.metrics.held_delivered.inc_by(delivery.from_held);
+                }
+                let planned = outbox_ids.len();
+                if planned > 0 {
                     self.wake.notify_one();
                 }
-                info!(openid = %intake.openid, kind = %intake.kind, rules = ?fired, passive = passive.is_some(), planned = n_planned, "push recorded");
-                Ok(Processed { fresh: true, fired, passive, planned: n_planned })
+                let passive = delivery.passive;
+                info!(openid = %intake.openid, kind = %intake.kind, rules = ?fired,
+                    passive = passive.is_some(), planned, own = n_planned,
+                    from_held = delivery.from_held, held = delivery.held, "push recorded");
+                Ok(Processed { fresh: true, fired, passive, planned })
             }
-            CommitOutcome::Duplicate { answer } => {
+            CommitOutcome::Duplicate { answer: passive } => {
                 self.metrics.push(&intake.kind, "duplicate");
-                let passive = match answer {
-                    Some(a) => serde_json::from_str(&a).ok(),
-                    None => None,
-                };
                 info!(openid = %intake.openid, kind = %intake.kind, "redelivered push: answered as the first time, nothing planned again");
                 Ok(Processed { fresh: false, fired: Vec::new(), passive, planned: 0 })
             }
@@ -127,37 +157,85 @@ impl Pipeline {
     }
 }
 
-/// What a push will answer and send, before anything is written.
+/// The push's planned actions as outbox entries: in plan order, due at receipt plus delay.
+pub fn outbox_entries(
+    planned: Vec<PlannedAction<OutboxAction>>,
+    received_at_ms: i64,
+) -> Vec<NewOutboxEntry> {
+    planned
+        .into_iter()
+        .enumerate()
+        .map(|(seq, p)| NewOutboxEntry {
+            rule: p.rule.clone(),
+            seq: seq as u32,
+            due_at_ms: received_at_ms + p.delay.as_millis() as i64,
+            action: p,
+        })
+        .collect()
+}
+
+/// How a push's answers may be delivered (interface §7.4). A held answer becomes the passive
+/// reply only to a push the follower made in the chat (one that opens a grant: a message, a
+/// menu click, a follow, a scan; not a payment notification or a VIEW, whose passive reply
+/// the follower may never see), and with `passive_first` off only when `custom/send` is not
+/// allowed (the operator chose customer-service messages, and the push's grant carries them).
+pub fn terms(
+    intake: &Intake,
+    passive_first: bool,
+    customer_service: bool,
+    delivery: &DeliveryConfig,
+) -> Terms {
+    let in_chat = matches!(intake.effect, WindowEffect::Open(_) | WindowEffect::Follow(_));
+    Terms {
+        passive_slot: intake.passive_allowed && in_chat && (passive_first || !customer_service),
+        customer_service,
+        more_text: delivery.more_text.clone(),
+        hold_for_ms: i64::try_from(delivery.hold_for.as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// What a push will answer and send, before anything is written (and before held answers
+/// and the window decide what is delivered now: [`crate::delivery::assign`], in the commit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub passive: Option<PassiveReply>,
+    pub passive: Option<OwnPassive>,
     pub planned: Vec<PlannedAction<OutboxAction>>,
     /// Replies that cannot be carried out, by reason label.
     pub dropped: Vec<&'static str>,
+    /// Text replies split into parts of at most `max_text_bytes` (interface §7.5).
+    pub splits: Vec<SplitNote>,
 }
 
 /// Turns the rules' evaluation into the answer and the outbox plan (pure; `kefu simulate`
 /// shows exactly this). An unfollow plans nothing; a transfer is only ever a passive answer,
 /// and only to a user message (protocol §7.4).
+///
+/// Text longer than `max_text_bytes` is split first (interface §7.5), so the first part may
+/// be the passive answer and the rest follow.
 pub fn plan(
-    eval: crate::rules::Evaluation,
+    mut eval: crate::rules::Evaluation,
     passive_first: bool,
     effect: WindowEffect,
     transfer_allowed: bool,
+    max_text_bytes: usize,
 ) -> Plan {
     let mut dropped = Vec::new();
     if effect == WindowEffect::CloseAll {
         // An unfollowed user can be sent nothing; the fired rules still show in logs.
         dropped.extend(eval.actions.iter().map(|_| "unsubscribed"));
-        return Plan { passive: None, planned: Vec::new(), dropped };
+        return Plan { passive: None, planned: Vec::new(), dropped, splits: Vec::new() };
     }
+    let (actions, splits) = split_actions(std::mem::take(&mut eval.actions), max_text_bytes);
+    eval.actions = actions;
     // `split_passive` makes the first transfer the passive answer and plans no transfer.
     let (mut passive, planned) = eval.split_passive(passive_first);
-    if matches!(passive, Some(PassiveReply::Transfer { .. })) && !transfer_allowed {
+    if matches!(passive, Some(OwnPassive { reply: PassiveReply::Transfer { .. }, .. }))
+        && !transfer_allowed
+    {
         dropped.push("transfer_on_event");
         passive = None;
     }
-    Plan { passive, planned, dropped }
+    Plan { passive, planned, dropped, splits }
 }
 
 #[async_trait::async_trait]

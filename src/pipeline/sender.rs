@@ -17,9 +17,11 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{ApiClient, SendBody};
+use crate::config::{CustomerServiceMode, DeliveryConfig};
+use crate::delivery::{CustomerService, OnRefusal};
 use crate::metrics::Metrics;
 use crate::model::{OpenId, OutMessage, OutboxAction, SharedClock, Trigger};
-use crate::store::{DenyReason, OutboxEntry, Outcome, SendClaim, Store};
+use crate::store::{DenyReason, EXPIRED, OutboxEntry, Outcome, SendClaim, Store};
 
 /// How many followers are served at once.
 pub const DEFAULT_PARALLEL_FOLLOWERS: usize = 32;
@@ -36,7 +38,15 @@ pub struct Sender {
     clock: SharedClock,
     wake: Arc<Notify>,
     parallel: usize,
+    /// Whether the account may call `custom/send`; learns from WeChat's 48001/48004.
+    customer_service: Arc<CustomerService>,
+    /// `delivery.hold_for` in ms: how long a message the window refuses waits in the
+    /// follower's mailbox.
+    hold_for_ms: i64,
 }
+
+/// How often held answers past `hold_for` are dropped with reason `expired`.
+const EXPIRE_EVERY_MS: i64 = 1000;
 
 /// Stops the sender: no new sends start, the ones in flight finish within the bound, the rest
 /// stays in the outbox for the next start.
@@ -65,7 +75,33 @@ impl Sender {
         clock: SharedClock,
         wake: Arc<Notify>,
     ) -> Self {
-        Sender { store, client, metrics, clock, wake, parallel: DEFAULT_PARALLEL_FOLLOWERS }
+        let delivery = DeliveryConfig::default();
+        Sender {
+            store,
+            client,
+            metrics,
+            clock,
+            wake,
+            parallel: DEFAULT_PARALLEL_FOLLOWERS,
+            customer_service: Arc::new(CustomerService::new(delivery.customer_service)),
+            hold_for_ms: i64::try_from(delivery.hold_for.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// `[delivery]`, and the account's customer-service state shared with the pipeline.
+    pub fn with_delivery(
+        mut self,
+        delivery: &DeliveryConfig,
+        customer_service: Arc<CustomerService>,
+    ) -> Self {
+        self.hold_for_ms = i64::try_from(delivery.hold_for.as_millis()).unwrap_or(i64::MAX);
+        self.customer_service = customer_service;
+        self
+    }
+
+    /// When a message held now expires.
+    fn hold_until(&self) -> i64 {
+        self.clock.now_ms().saturating_add(self.hold_for_ms)
     }
 
     pub fn spawn(self) -> SenderHandle {
@@ -78,11 +114,23 @@ impl Sender {
         let permits = Arc::new(Semaphore::new(self.parallel));
         let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut workers = JoinSet::new();
+        let mut next_expiry_sweep = 0;
         loop {
             if *stop.borrow() {
                 break;
             }
             let now = self.clock.now_ms();
+            if now >= next_expiry_sweep {
+                next_expiry_sweep = now + EXPIRE_EVERY_MS;
+                match self.store.expire_held(now).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        info!(answers = n, "held answers expired (delivery.hold_for passed)");
+                        self.metrics.drop_messages(EXPIRED, n);
+                    }
+                    Err(e) => warn!(error = %e, "cannot expire held answers; retrying"),
+                }
+            }
             let due = match self.store.due(now, BATCH).await {
                 Ok(d) => d,
                 Err(e) => {
@@ -156,13 +204,28 @@ impl Sender {
             info_span!("send", openid = %entry.openid, rule = %entry.action.rule, id = entry.id);
         async {
             let outcome = match &entry.action.action {
+                // The account may not call custom/send: the message waits for the follower's
+                // next push (interface §7.4.3).
+                OutboxAction::Send { .. } if !self.customer_service.allowed() => {
+                    info!("held: customer-service messages are off for this account");
+                    Outcome::Held {
+                        reason: self.off_reason(),
+                        expires_at_ms: self.hold_until(),
+                    }
+                }
                 // A message is claimed and charged in one step (one transaction where the store
-                // can); typing is not charged.
+                // can); typing is not charged. What the window refuses is held for the
+                // follower's next push, in that same step.
                 OutboxAction::Send { message } => {
                     let now = self.clock.now_secs();
-                    match self.store.claim_send(entry.id, &entry.openid, now).await {
+                    let hold = Some(self.hold_until());
+                    match self.store.claim_send(entry.id, &entry.openid, now, hold).await {
                         Ok(SendClaim::Charged { trigger, opened_at }) => {
                             self.send(&entry, message, (trigger, opened_at)).await
+                        }
+                        Ok(SendClaim::Held(reason)) => {
+                            info!(reason = %reason, "held for the follower's next push: the window does not allow this message now");
+                            return;
                         }
                         Ok(SendClaim::Denied(reason)) => {
                             info!(reason = %reason, "dropped: the window does not allow this message");
@@ -177,6 +240,9 @@ impl Sender {
                         }
                     }
                 }
+                OutboxAction::Typing if !self.customer_service.allowed() => {
+                    Outcome::Dropped { reason: self.off_reason() }
+                }
                 OutboxAction::Typing if self.claim(entry.id).await => {
                     self.typing(&entry.openid).await
                 }
@@ -188,6 +254,19 @@ impl Sender {
         }
         .instrument(span)
         .await
+    }
+
+    /// Why nothing goes through custom/send for this account now.
+    fn off_reason(&self) -> String {
+        match (self.customer_service.mode(), self.customer_service.refused_with()) {
+            (CustomerServiceMode::Auto, Some(code)) => format!(
+                "WeChat answered {code}: this account may not call custom/send \
+                 (delivery.customer_service = \"auto\")"
+            ),
+            _ => "customer-service messages are off for this account \
+                  (delivery.customer_service = \"off\")"
+                .to_string(),
+        }
     }
 
     /// pending → in flight for an action that is not charged; false if it was not pending
@@ -252,8 +331,16 @@ impl Sender {
                 )
                 .await;
                 self.metrics.send(message.msgtype(), "failed", e.errcode().unwrap_or(-2));
-                warn!(error = %e, "send failed");
-                Outcome::Failed { reason: e.to_string() }
+                match self.customer_service.on_refusal(e.errcode()) {
+                    OnRefusal::Hold => {
+                        info!(error = %e, "send failed; held for the follower's next push");
+                        Outcome::Held { reason: e.to_string(), expires_at_ms: self.hold_until() }
+                    }
+                    OnRefusal::Fail => {
+                        warn!(error = %e, "send failed");
+                        Outcome::Failed { reason: e.to_string() }
+                    }
+                }
             }
         }
     }

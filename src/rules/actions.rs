@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::delivery::OwnPassive;
 use crate::model::{Action, OutboxAction, PassiveReply, PlannedAction, RuleInput};
 
 /// The placeholders every push provides (interface §4, §6.7).
@@ -93,6 +94,19 @@ impl Template {
         Template(pieces)
     }
 
+    /// The text without its placeholders, and whether it has none (then it is the text).
+    pub fn literal(&self) -> (String, bool) {
+        let mut out = String::new();
+        let mut fixed = true;
+        for p in &self.0 {
+            match p {
+                Piece::Lit(s) => out.push_str(s),
+                _ => fixed = false,
+            }
+        }
+        (out, fixed)
+    }
+
     /// The placeholders that are neither builtins: `(name, group number if numeric)`.
     pub fn needs(&self) -> impl Iterator<Item = (String, Option<usize>)> + '_ {
         self.0.iter().filter_map(|p| match p {
@@ -156,6 +170,8 @@ pub(crate) struct Reply {
     pub kind: Action<Template>,
     pub delay: Duration,
     pub kf_account: Option<String>,
+    /// Line and column of its kind's value in the rule file.
+    pub at: (usize, usize),
 }
 
 impl Reply {
@@ -177,14 +193,17 @@ impl Reply {
 pub(crate) fn split_passive(
     actions: Vec<PlannedAction>,
     passive_first: bool,
-) -> (Option<PassiveReply>, Vec<PlannedAction<OutboxAction>>) {
+) -> (Option<OwnPassive>, Vec<PlannedAction<OutboxAction>>) {
     let mut passive = None;
     let mut rest = Vec::with_capacity(actions.len());
     for a in &actions {
         if let Action::Transfer { kf_account } = &a.action
             && passive.is_none()
         {
-            passive = Some(PassiveReply::Transfer { kf_account: kf_account.clone() });
+            passive = Some(OwnPassive {
+                rule: a.rule.clone(),
+                reply: PassiveReply::Transfer { kf_account: kf_account.clone() },
+            });
         }
     }
     let mut taken = passive.is_some() || !passive_first;
@@ -199,7 +218,10 @@ pub(crate) fn split_passive(
                     && message.passive_capable() =>
             {
                 taken = true;
-                passive = Some(PassiveReply::Message { message: message.clone() });
+                passive = Some(OwnPassive {
+                    rule: a.rule.clone(),
+                    reply: PassiveReply::Message { message: message.clone() },
+                });
             }
             _ => rest.extend(a.into_outbox()),
         }
@@ -268,13 +290,13 @@ mod tests {
         ];
         let (p, rest) = split_passive(acts.clone(), true);
         assert_eq!(
-            p,
+            p.map(|p| p.reply),
             Some(PassiveReply::Message { message: OutMessage::Text { content: "now".into() } })
         );
         assert_eq!(rest.len(), 4);
         assert_eq!(Some(rest[3].clone()), send("next", 0, None).into_outbox());
         let (p, rest) = split_passive(acts, false);
-        assert_eq!(p, None);
+        assert_eq!(p.map(|p| p.reply), None);
         assert_eq!(rest.len(), 5);
     }
 
@@ -285,7 +307,10 @@ mod tests {
             ..send("", 0, None)
         };
         let (p, rest) = split_passive(vec![send("hi", 0, None), t.clone(), t], false);
-        assert_eq!(p, Some(PassiveReply::Transfer { kf_account: Some("kf@gh".into()) }));
+        assert_eq!(
+            p.map(|p| p.reply),
+            Some(PassiveReply::Transfer { kf_account: Some("kf@gh".into()) })
+        );
         assert_eq!(rest, send("hi", 0, None).into_outbox().into_iter().collect::<Vec<_>>());
     }
 }

@@ -514,7 +514,8 @@ fn compile_reply(
         }
     }
     let kind = kind?;
-    (ctx.errors() == start).then_some(Reply { kind, delay, kf_account })
+    let at = ctx.pos(kinds[0].1);
+    (ctx.errors() == start).then_some(Reply { kind, delay, kf_account, at })
 }
 
 /// Parses a reply string and checks that something provides each of its placeholders.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use crate::config::WindowConfig;
-use crate::model::{OutboxAction, PassiveReply, PlannedAction, RuleInput};
+use crate::model::{Action, OutboxAction, PlannedAction, RuleInput};
 
 pub use check::{TestCase, TestOutcome};
 pub use watch::{ReloadStatus, Rules, WatchGuard};
@@ -68,6 +68,8 @@ pub fn read_dir_sources(dir: &Path) -> Result<(Vec<Source>, Vec<Diagnostic>), Ve
 pub enum Severity {
     Error,
     Warning,
+    /// Information about what a rule will do (a long text split into parts).
+    Note,
 }
 
 /// One finding about a rule file, displayed as `path:line:col: message` (warnings as
@@ -105,7 +107,11 @@ impl fmt::Display for Diagnostic {
         if self.line > 0 {
             write!(f, ":{}:{}", self.line, self.col)?;
         }
-        let sev = if self.is_error() { "" } else { "warning: " };
+        let sev = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+            Severity::Note => "note: ",
+        };
         write!(f, ": {sev}{}", self.message)
     }
 }
@@ -211,7 +217,7 @@ impl Evaluation {
     pub fn split_passive(
         self,
         passive_first: bool,
-    ) -> (Option<PassiveReply>, Vec<PlannedAction<OutboxAction>>) {
+    ) -> (Option<crate::delivery::OwnPassive>, Vec<PlannedAction<OutboxAction>>) {
         actions::split_passive(self.actions, passive_first)
     }
 }
@@ -244,6 +250,45 @@ impl RuleSet {
     /// The number of rule files it was compiled from.
     pub fn files(&self) -> usize {
         self.files
+    }
+
+    /// A note for every text reply longer than `max_bytes` (`delivery.max_text_bytes`): into
+    /// how many parts it is split (interface §7.5). A text with placeholders is measured
+    /// without them ("at least"), since what they grow to is only known at run time.
+    pub fn long_texts(&self, max_bytes: usize) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            for reply in &rule.replies {
+                let Action::Send { message: crate::model::OutMessage::Text { content } } =
+                    &reply.kind
+                else {
+                    continue;
+                };
+                let (literal, fixed) = content.literal();
+                if literal.len() <= max_bytes {
+                    continue;
+                }
+                let parts = crate::delivery::split::part_count(&literal, max_bytes);
+                let (bytes, parts) = if fixed {
+                    (format!("{} bytes", literal.len()), format!("{parts} parts"))
+                } else {
+                    (format!("at least {} bytes", literal.len()), format!("at least {parts} parts"))
+                };
+                out.push(Diagnostic {
+                    path: rule.origin.path.to_path_buf(),
+                    line: reply.at.0,
+                    col: reply.at.1,
+                    severity: Severity::Note,
+                    message: format!(
+                        "rule `{}`: this text is {bytes}, over delivery.max_text_bytes = \
+                         {max_bytes}: it is sent as {parts}, split at paragraph, line and \
+                         sentence breaks",
+                        rule.name
+                    ),
+                });
+            }
+        }
+        out
     }
     /// The directory it was loaded from (empty for [`RuleSet::from_sources`]).
     pub fn dir(&self) -> &Path {

@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 
 pub use self::redis::RedisStore;
+pub use crate::delivery::{Assignment, HeldAnswer, NewOutboxEntry, OwnPassive, Terms};
 pub use crate::ledger::{ChargeOutcome, DenyReason, Grant, Window, WindowView};
 use crate::model::{
-    OpenId, OutboxAction, PlannedAction, SharedClock, TokenCache, Trigger, WindowEffect,
+    OpenId, OutboxAction, PassiveReply, PlannedAction, SharedClock, TokenCache, Trigger,
+    WindowEffect,
 };
 pub use sqlite::SqliteStore;
 
@@ -67,18 +69,6 @@ pub fn dedupe_retention_secs(max_clock_skew_secs: u64) -> u64 {
     if max_clock_skew_secs == 0 { 86_400 } else { max_clock_skew_secs.saturating_mul(2) + 60 }
 }
 
-/// One planned customer-service message (or typing indicator) of a push, as the pipeline
-/// hands it to [`Store::commit_push`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewOutboxEntry {
-    pub rule: String,
-    /// Position within the push's plan (rule order), so a follower's messages leave in order.
-    pub seq: u32,
-    pub action: PlannedAction<OutboxAction>,
-    /// When it may be sent (Unix ms): receipt time plus the reply's delay.
-    pub due_at_ms: i64,
-}
-
 /// Everything one push changes, committed atomically before the HTTP answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushCommit {
@@ -89,19 +79,65 @@ pub struct PushCommit {
     pub effect: WindowEffect,
     /// When kefu received the push; a grant it opens has `opened_at` = this in seconds.
     pub received_at_ms: i64,
-    /// The serialized HTTP answer, stored so a redelivery gets exactly the same one.
-    pub answer: Option<String>,
+    /// The passive answer the push's own rules chose; the commit may give the slot to a held
+    /// answer ([`crate::delivery::assign`]) and stores the final one, so a redelivery gets
+    /// exactly the same answer.
+    pub passive: Option<OwnPassive>,
+    /// The push's own planned messages, in order.
     pub outbox: Vec<NewOutboxEntry>,
+    /// How the push's answers may be delivered (passive slot, `custom/send`, `more_text`,
+    /// `hold_for`).
+    pub terms: Terms,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
-    /// First delivery: everything was written. `outbox_ids` are in the order given;
-    /// `cancelled` counts the follower's pending entries an unsubscribe dropped.
-    Fresh { window_after: Window, outbox_ids: Vec<i64>, cancelled: u64 },
+    /// First delivery: everything was written. `outbox_ids` are in sending order (released
+    /// held answers first); `cancelled` counts the follower's pending entries an unsubscribe
+    /// dropped; `delivery` is the final answer and what was released, expired and held.
+    Fresh { window_after: Window, outbox_ids: Vec<i64>, cancelled: u64, delivery: Delivered },
     /// Seen before: nothing was written; answer as the first delivery was answered.
-    Duplicate { answer: Option<String> },
+    Duplicate { answer: Option<PassiveReply> },
 }
+
+/// What a fresh push's commit did with the follower's mailbox and its own answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// The HTTP answer.
+    pub passive: Option<PassiveReply>,
+    /// Held answers this push delivered (passively or released to the outbox).
+    pub from_held: u64,
+    /// Held answers dropped with reason `expired`.
+    pub expired: u64,
+    /// This push's own messages that were held.
+    pub held: u64,
+}
+
+impl Delivered {
+    pub fn of(a: &Assignment) -> Self {
+        Delivered {
+            passive: a.passive.clone(),
+            from_held: a.delivered_from_held(),
+            expired: a.expired.len() as u64,
+            held: a.hold.len() as u64,
+        }
+    }
+}
+
+/// Serializes a stored HTTP answer (the dedupe record's `answer`).
+pub fn encode_answer(p: Option<&PassiveReply>) -> StoreResult<Option<String>> {
+    p.map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Backend(format!("cannot serialize a passive reply: {e}")))
+}
+
+/// Reads a stored HTTP answer back; an unreadable one (from another version) is `success`.
+pub fn decode_answer(s: Option<&str>) -> Option<PassiveReply> {
+    s.and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// The reason recorded on a held answer dropped because `hold_for` passed.
+pub const EXPIRED: &str = "expired";
 
 /// Where an outbox entry is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -114,6 +150,10 @@ pub enum OutboxStatus {
     Sent,
     Failed,
     Dropped,
+    /// Waiting in the follower's mailbox for their next push (interface §7.4.3); `due_at_ms`
+    /// is when it expires. Only the embedded store keeps its mailbox in the outbox: with
+    /// Redis the mailbox is shared and the local entry is finished as dropped ("held").
+    Held,
 }
 
 impl OutboxStatus {
@@ -124,14 +164,16 @@ impl OutboxStatus {
             OutboxStatus::Sent => "sent",
             OutboxStatus::Failed => "failed",
             OutboxStatus::Dropped => "dropped",
+            OutboxStatus::Held => "held",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::InFlight, Self::Sent, Self::Failed, Self::Dropped]
+        [Self::Pending, Self::InFlight, Self::Sent, Self::Failed, Self::Dropped, Self::Held]
             .into_iter()
             .find(|x| x.as_str() == s)
     }
-    /// Sent, failed or dropped: nothing more will happen to it.
+    /// Sent, failed or dropped: nothing more will happen to it. (A held entry waits for the
+    /// follower's next push.)
     pub fn is_final(self) -> bool {
         matches!(self, OutboxStatus::Sent | OutboxStatus::Failed | OutboxStatus::Dropped)
     }
@@ -182,6 +224,12 @@ pub enum Outcome {
         due_at_ms: i64,
         reason: String,
     },
+    /// Not sendable now (WeChat answered 45015/45047/48001, or `customer_service` is off):
+    /// held for the follower's next push until `expires_at_ms` (interface §7.4.3).
+    Held {
+        reason: String,
+        expires_at_ms: i64,
+    },
 }
 
 /// How [`Store::claim_send`] left an outbox entry.
@@ -191,6 +239,8 @@ pub enum SendClaim {
     Charged { trigger: Trigger, opened_at: i64 },
     /// The window refuses it now; the entry is already finished as dropped, with the reason.
     Denied(DenyReason),
+    /// The window refuses it now; the entry is held for the follower's next push.
+    Held(DenyReason),
     /// It was not pending any more (another worker or instance took it, or it was cancelled).
     Taken,
 }
@@ -241,7 +291,16 @@ pub trait Store: Send + Sync + 'static {
     /// refuses. On an error the entry is left pending (possibly for a later time) and nothing
     /// is charged. A store holding outbox and ledger in one database does it in one
     /// transaction; this default takes up to three steps.
-    async fn claim_send(&self, id: i64, openid: &OpenId, now: i64) -> StoreResult<SendClaim> {
+    ///
+    /// With `hold_until_ms` a message the window refuses (closed or used up; not an
+    /// unfollowed follower) is held until then instead of dropped ([`SendClaim::Held`]).
+    async fn claim_send(
+        &self,
+        id: i64,
+        openid: &OpenId,
+        now: i64,
+        hold_until_ms: Option<i64>,
+    ) -> StoreResult<SendClaim> {
         if !self.claim(id).await? {
             return Ok(SendClaim::Taken);
         }
@@ -249,10 +308,17 @@ pub trait Store: Send + Sync + 'static {
             Ok(ChargeOutcome::Allowed { trigger, opened_at }) => {
                 Ok(SendClaim::Charged { trigger, opened_at })
             }
-            Ok(ChargeOutcome::Denied { reason }) => {
-                self.finish(id, Outcome::Dropped { reason: reason.to_string() }).await?;
-                Ok(SendClaim::Denied(reason))
-            }
+            Ok(ChargeOutcome::Denied { reason }) => match holds(reason, hold_until_ms) {
+                Some(expires_at_ms) => {
+                    let reason_text = reason.to_string();
+                    self.finish(id, Outcome::Held { reason: reason_text, expires_at_ms }).await?;
+                    Ok(SendClaim::Held(reason))
+                }
+                None => {
+                    self.finish(id, Outcome::Dropped { reason: reason.to_string() }).await?;
+                    Ok(SendClaim::Denied(reason))
+                }
+            },
             Err(e) => {
                 // Not charged, so not sent: back to pending, tried again in a second.
                 let retry = Outcome::Retry {
@@ -270,6 +336,13 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_for(&self, openid: &OpenId) -> StoreResult<Vec<OutboxEntry>>;
     async fn outbox_entry(&self, id: i64) -> StoreResult<Option<OutboxEntry>>;
 
+    // ---- held answers (interface §7.4.3) ----------------------------------------------------
+
+    /// The follower's mailbox, oldest first, expired answers left out.
+    async fn held_for(&self, openid: &OpenId, now_ms: i64) -> StoreResult<Vec<HeldAnswer>>;
+    /// Drops held answers past their expiry with reason [`EXPIRED`]; returns how many.
+    async fn expire_held(&self, now_ms: i64) -> StoreResult<u64>;
+
     // ---- misc --------------------------------------------------------------------------
 
     /// The access-token cache kept in this store (interface §6.10).
@@ -283,6 +356,7 @@ pub trait Store: Send + Sync + 'static {
         Ok(StoreStats {
             open_windows: ws.iter().filter(|w| w.open).count() as u64,
             outbox_pending: ws.iter().map(|w| w.pending).sum(),
+            held_answers: ws.iter().map(|w| w.held).sum(),
         })
     }
 }
@@ -294,6 +368,14 @@ pub struct StoreStats {
     pub open_windows: u64,
     /// Outbox entries pending or in flight.
     pub outbox_pending: u64,
+    /// Answers held for the followers' next pushes (`kefu_held_answers`).
+    pub held_answers: u64,
+}
+
+/// Whether a window refusal holds the message (until the returned time) or drops it: an
+/// unfollowed follower can receive nothing, not even on a next push that may never come.
+pub fn holds(reason: DenyReason, hold_until_ms: Option<i64>) -> Option<i64> {
+    hold_until_ms.filter(|_| reason != DenyReason::Unsubscribed)
 }
 
 /// Which process opens the store: the server owns it (purges, recovers in-flight entries); a

@@ -9,6 +9,10 @@
 //!   TTL of the dedupe retention.
 //! - `{ns}:w:{openid}` — a follower's [`Window`] as JSON, expiring with its last grant (or,
 //!   with no grant but a known follow state, [`FOLLOW_STATE_TTL_SECS`] after the last change).
+//! - `{ns}:h:{openid}` — a follower's held answers (interface §7.4.3) as a JSON array, oldest
+//!   first, expiring with the last of them. The push commit compares-and-sets it in the same
+//!   script as the dedupe record and the window, so whichever instance receives the follower's
+//!   next push delivers each held answer, once.
 //! - `{ns}:token`, `{ns}:token:lock` — the access token and its refresh lock.
 //!
 //! A namespace like `kefu:{app_id}` carries a Redis Cluster hash tag, so every key of one
@@ -77,9 +81,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 
 use super::{
-    CommitOutcome, OutboxEntry, Outcome, PushCommit, SqliteStore, Store, StoreError, StoreResult,
+    CommitOutcome, Delivered, HeldAnswer, OutboxEntry, Outcome, PushCommit, SqliteStore, Store,
+    StoreError, StoreResult, decode_answer, encode_answer,
 };
 use crate::config::WindowConfig;
+use crate::delivery::assign;
 use crate::ledger::{ChargeOutcome, LedgerIndex, Window, WindowView};
 use crate::model::{CachedToken, OpenId, SharedClock, TokenCache, Trigger, WindowEffect};
 
@@ -122,11 +128,13 @@ return {1, ''}
     )
 });
 
-/// A push: dedupe check, window compare-and-set and dedupe record, atomically. KEYS[1] dedupe,
-/// KEYS[2] window; ARGV[1] dedupe value; ARGV[2] dedupe TTL ms; ARGV[3..6] as [`LEDGER_CAS`]
-/// (with `keep` the window is not compared, only returned). Returns {0, stored dedupe value}
-/// for a duplicate, {2, current encoding} when the window had changed, {1, window encoding
-/// before the push} when recorded.
+/// A push: dedupe check, window compare-and-set, mailbox compare-and-set and dedupe record,
+/// atomically. KEYS[1] dedupe, KEYS[2] window, KEYS[3] mailbox; ARGV[1] dedupe value; ARGV[2]
+/// dedupe TTL ms; ARGV[3..6] as [`LEDGER_CAS`] (with `keep` the window is not compared, only
+/// returned); ARGV[7..10] the same for the mailbox, which is always compared (the answer
+/// depends on it). Returns {0, stored dedupe value} for a duplicate, {2, current encoding}
+/// when the window had changed, {3, current mailbox encoding} when the mailbox had, {1, window
+/// encoding before the push} when recorded.
 static COMMIT_PUSH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -134,13 +142,19 @@ local seen = redis.call('GET', KEYS[1])
 if seen then return {0, seen} end
 local cur = redis.call('GET', KEYS[2])
 local enc = cur and ('1' .. cur) or '0'
-if ARGV[4] ~= 'keep' then
-  if enc ~= ARGV[3] then return {2, enc} end
-  if ARGV[4] == 'set' then
-    redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
-  else
-    redis.call('DEL', KEYS[2])
-  end
+if ARGV[4] ~= 'keep' and enc ~= ARGV[3] then return {2, enc} end
+local box = redis.call('GET', KEYS[3])
+local benc = box and ('1' .. box) or '0'
+if benc ~= ARGV[7] then return {3, benc} end
+if ARGV[4] == 'set' then
+  redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+elseif ARGV[4] == 'del' then
+  redis.call('DEL', KEYS[2])
+end
+if ARGV[8] == 'set' then
+  redis.call('SET', KEYS[3], ARGV[9], 'PX', ARGV[10])
+elseif ARGV[8] == 'del' then
+  redis.call('DEL', KEYS[3])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, enc}
@@ -248,6 +262,34 @@ fn decode_dedupe(v: &str) -> StoreResult<Option<String>> {
         Some(("1", answer)) => Ok(Some(answer.to_string())),
         _ => Err(bad()),
     }
+}
+
+fn decode_mailbox(raw: Option<&str>) -> StoreResult<Vec<HeldAnswer>> {
+    match raw {
+        None => Ok(Vec::new()),
+        Some(v) => serde_json::from_str(v).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "a mailbox of held answers in redis is not valid JSON: {e}"
+            ))
+        }),
+    }
+}
+
+/// How a mailbox is stored: until its last answer expires, or not at all when empty.
+fn mailbox_write(held: &[HeldAnswer], now_ms: i64) -> StoreResult<Write> {
+    match held.iter().map(|h| h.expires_at_ms).max() {
+        None => Ok(Write::Delete),
+        Some(last) => Ok(Write::Set {
+            value: serde_json::to_string(held)
+                .map_err(|e| StoreError::Backend(format!("cannot serialize held answers: {e}")))?,
+            ttl_ms: last.saturating_sub(now_ms).max(1000),
+        }),
+    }
+}
+
+/// A fresh id for a held answer (unique enough within one follower's mailbox).
+fn held_id() -> i64 {
+    rand::thread_rng().gen_range(1..i64::MAX)
 }
 
 /// The URL with any password replaced, for messages and logs.
@@ -393,6 +435,11 @@ impl RedisStore {
         format!("{}:w:{}", self.inner.ns, openid.as_str())
     }
 
+    /// The Redis key of a follower's held answers.
+    pub fn mailbox_key(&self, openid: &OpenId) -> String {
+        format!("{}:h:{}", self.inner.ns, openid.as_str())
+    }
+
     /// The Redis key of a push's dedupe record.
     pub fn dedupe_key(&self, dedupe_key: &str) -> String {
         format!("{}:d:{dedupe_key}", self.inner.ns)
@@ -530,6 +577,39 @@ impl RedisStore {
         Err(Self::contention(openid))
     }
 
+    /// Appends one answer to the follower's mailbox (compare-and-set, taking turns with this
+    /// instance's other changes of the follower).
+    async fn append_held(&self, openid: &OpenId, held: HeldAnswer) -> StoreResult<()> {
+        let key = self.mailbox_key(openid);
+        let _turn = self.turn(openid).await;
+        let mut current: Option<String> = None;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let mut all = decode_mailbox(current.as_deref())?;
+            all.push(held.clone());
+            let write = mailbox_write(&all, self.inner.clock.now_ms())?;
+            let (op, value, ttl) = write.args();
+            let mut con = self.con();
+            let (done, enc): (i64, String) = self
+                .io(
+                    OP_TIMEOUT,
+                    LEDGER_CAS
+                        .key(&key)
+                        .arg(encode_expected(current.as_deref()))
+                        .arg(op)
+                        .arg(value)
+                        .arg(ttl)
+                        .invoke_async(&mut con),
+                )
+                .await?;
+            if done == 1 {
+                return Ok(());
+            }
+            current = decode_encoding(&enc)?;
+            Self::backoff(attempt).await;
+        }
+        Err(Self::contention(openid))
+    }
+
     /// Removes every key under `namespace` (tests, and tearing an account down). Returns
     /// how many were deleted.
     pub async fn delete_namespace(&self) -> StoreResult<usize> {
@@ -582,15 +662,26 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn commit_push(&self, push: PushCommit) -> StoreResult<CommitOutcome> {
-        let claim = encode_dedupe(rand::thread_rng().r#gen(), push.answer.as_deref());
         let dkey = self.dedupe_key(&push.dedupe_key);
         let wkey = self.window_key(&push.openid);
+        let hkey = self.mailbox_key(&push.openid);
         let now = push.received_at_ms.div_euclid(1000);
+        let now_ms = self.inner.clock.now_ms();
         let effect = push.effect;
+        let unsubscribe = effect == WindowEffect::CloseAll;
+        let nonce: u64 = rand::thread_rng().r#gen();
+        // This instance's own pending messages for the follower: the window carries those first.
+        let pending = if push.outbox.is_empty() {
+            0
+        } else {
+            self.inner.outbox.pending_count(&push.openid).await?
+        };
         let turn = self.turn(&push.openid).await;
         let mut current = self.guess(&push.openid)?;
+        // Most followers have no held answers: guess an empty mailbox, one round trip.
+        let mut mailbox: Option<String> = None;
         let mut attempt = 0;
-        let window_after = loop {
+        let (window_after, a) = loop {
             if attempt == MAX_CAS_ATTEMPTS {
                 return Err(Self::contention(&push.openid));
             }
@@ -601,7 +692,48 @@ impl Store for RedisStore {
                 w.apply(effect, now, &self.inner.window);
                 self.plan_write(&mut w, now)?
             };
+            let held = if unsubscribe { Vec::new() } else { decode_mailbox(mailbox.as_deref())? };
+            let capacity = w.quota_left(now).map(|q| q.saturating_sub(pending));
+            let a = assign(
+                &held,
+                push.passive.clone(),
+                push.outbox.clone(),
+                capacity,
+                &push.terms,
+                push.received_at_ms,
+            );
+            let box_write = if unsubscribe {
+                Write::Keep
+            } else {
+                let gone: std::collections::HashSet<i64> = a
+                    .expired
+                    .iter()
+                    .chain(&a.released)
+                    .chain(a.passive_from_held.as_ref())
+                    .copied()
+                    .collect();
+                let mut keep: Vec<HeldAnswer> =
+                    held.into_iter().filter(|h| !gone.contains(&h.id)).collect();
+                let why = push.terms.hold_reason();
+                keep.extend(a.hold.iter().map(|e| HeldAnswer {
+                    id: held_id(),
+                    openid: push.openid.clone(),
+                    rule: e.rule.clone(),
+                    action: e.action.clone(),
+                    push_key: push.dedupe_key.clone(),
+                    reason: why.to_string(),
+                    held_at_ms: now_ms,
+                    expires_at_ms: push.received_at_ms.saturating_add(push.terms.hold_for_ms),
+                }));
+                if keep.is_empty() && mailbox.is_none() {
+                    Write::Keep
+                } else {
+                    mailbox_write(&keep, now_ms)?
+                }
+            };
+            let claim = encode_dedupe(nonce, encode_answer(a.passive.as_ref())?.as_deref());
             let (op, value, ttl) = write.args();
+            let (box_op, box_value, box_ttl) = box_write.args();
             let mut con = self.con();
             let (state, reply): (i64, String) = self
                 .io(
@@ -609,21 +741,36 @@ impl Store for RedisStore {
                     COMMIT_PUSH
                         .key(&dkey)
                         .key(&wkey)
+                        .key(&hkey)
                         .arg(&claim)
                         .arg(self.inner.retention_ms)
                         .arg(encode_expected(current.as_deref()))
                         .arg(op)
                         .arg(value)
                         .arg(ttl)
+                        .arg(encode_expected(mailbox.as_deref()))
+                        .arg(box_op)
+                        .arg(box_value)
+                        .arg(box_ttl)
                         .invoke_async(&mut con),
                 )
                 .await?;
             match state {
-                0 => return Ok(CommitOutcome::Duplicate { answer: decode_dedupe(&reply)? }),
+                0 => {
+                    let answer = decode_dedupe(&reply)?;
+                    return Ok(CommitOutcome::Duplicate {
+                        answer: decode_answer(answer.as_deref()),
+                    });
+                }
                 1 => match write {
-                    Write::Keep => break decode_window(decode_encoding(&reply)?.as_deref())?,
-                    _ => break w,
+                    Write::Keep => break (decode_window(decode_encoding(&reply)?.as_deref())?, a),
+                    _ => break (w, a),
                 },
+                3 => {
+                    mailbox = decode_encoding(&reply)?;
+                    Self::backoff(attempt).await;
+                    attempt += 1;
+                }
                 _ => {
                     current = decode_encoding(&reply)?;
                     Self::backoff(attempt).await;
@@ -631,21 +778,29 @@ impl Store for RedisStore {
                 }
             }
         };
+        let delivery = Delivered::of(&a);
+        let claim = encode_dedupe(nonce, encode_answer(a.passive.as_ref())?.as_deref());
         self.remember(&push.openid, &window_after);
         drop(turn);
 
-        let unsubscribe = effect == WindowEffect::CloseAll;
-        if push.outbox.is_empty() && !unsubscribe {
-            return Ok(CommitOutcome::Fresh { window_after, outbox_ids: Vec::new(), cancelled: 0 });
+        if a.outbox.is_empty() && !unsubscribe {
+            return Ok(CommitOutcome::Fresh {
+                window_after,
+                outbox_ids: Vec::new(),
+                cancelled: 0,
+                delivery,
+            });
         }
+        // Held answers released by this push are written as this push's entries (they lead
+        // its own), since the shared mailbox no longer holds them.
         match self
             .inner
             .outbox
-            .append_outbox_counted(&push.openid, &push.dedupe_key, unsubscribe, push.outbox)
+            .append_outbox_counted(&push.openid, &push.dedupe_key, unsubscribe, a.outbox)
             .await
         {
             Ok((outbox_ids, cancelled)) => {
-                Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled })
+                Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled, delivery })
             }
             Err(e) => {
                 // Nothing of this push reached the outbox: let WeChat's retry run it afresh
@@ -714,7 +869,8 @@ impl Store for RedisStore {
     async fn window(&self, openid: &OpenId, now: i64) -> StoreResult<WindowView> {
         let w = self.load_window(openid).await?;
         let pending = self.inner.outbox.pending_count(openid).await?;
-        Ok(w.view(openid.clone(), now, pending))
+        let held = self.held_for(openid, now.saturating_mul(1000)).await?.len() as u64;
+        Ok(w.view(openid.clone(), now, pending).with_held(held))
     }
 
     async fn list_windows(&self, now: i64) -> StoreResult<Vec<WindowView>> {
@@ -737,7 +893,8 @@ impl Store for RedisStore {
                     StoreError::Corrupt(format!("redis key {key:?} names no OpenID: {e}"))
                 })?;
                 let pending = self.inner.outbox.pending_count(&openid).await?;
-                out.push(w.view(openid, now, pending));
+                let held = self.held_for(&openid, now.saturating_mul(1000)).await?.len() as u64;
+                out.push(w.view(openid, now, pending).with_held(held));
             }
         }
         out.sort_by(|a, b| a.openid.cmp(&b.openid));
@@ -761,7 +918,50 @@ impl Store for RedisStore {
     }
 
     async fn finish(&self, id: i64, outcome: Outcome) -> StoreResult<()> {
-        self.inner.outbox.finish(id, outcome).await
+        let Outcome::Held { reason, expires_at_ms } = outcome else {
+            return self.inner.outbox.finish(id, outcome).await;
+        };
+        // The mailbox is shared: the answer moves there, and the local entry ends as moved.
+        let Some(e) = self.inner.outbox.outbox_entry(id).await? else {
+            return Err(StoreError::UnknownEntry(id));
+        };
+        let held = HeldAnswer {
+            id: held_id(),
+            openid: e.openid.clone(),
+            rule: e.rule.clone(),
+            action: e.action.clone(),
+            push_key: e.push_key.clone(),
+            reason: reason.clone(),
+            held_at_ms: self.inner.clock.now_ms(),
+            expires_at_ms,
+        };
+        if let Err(err) = self.append_held(&e.openid, held).await {
+            // Not held, so not lost either: back to pending, tried again in a second.
+            let retry = Outcome::Retry {
+                due_at_ms: self.inner.clock.now_ms().saturating_add(1000),
+                reason: format!("cannot hold it in redis: {err}"),
+            };
+            self.inner.outbox.finish(id, retry).await?;
+            return Err(err);
+        }
+        let moved = format!("held in the shared mailbox (redis): {reason}");
+        self.inner.outbox.finish(id, Outcome::Dropped { reason: moved }).await
+    }
+
+    async fn held_for(&self, openid: &OpenId, now_ms: i64) -> StoreResult<Vec<HeldAnswer>> {
+        let mut con = self.con();
+        let raw: Option<String> = self
+            .io(OP_TIMEOUT, redis::cmd("GET").arg(self.mailbox_key(openid)).query_async(&mut con))
+            .await?;
+        let mut held = decode_mailbox(raw.as_deref())?;
+        held.retain(|h| h.expires_at_ms > now_ms);
+        Ok(held)
+    }
+
+    /// Redis drops a mailbox with its last answer (its TTL); answers that expired before
+    /// others are dropped and counted by the follower's next push, which never delivers them.
+    async fn expire_held(&self, _now_ms: i64) -> StoreResult<u64> {
+        Ok(0)
     }
 
     async fn pending_count(&self, openid: &OpenId) -> StoreResult<u64> {

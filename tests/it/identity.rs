@@ -68,6 +68,17 @@ impl Running {
         redis_url: Option<&str>,
         rule_file: &str,
     ) -> Running {
+        Self::start_edited(mock, dir, redis_url, rule_file, |_| {}).await
+    }
+
+    /// [`Running::start_with`], the config changed by `edit` last.
+    pub(crate) async fn start_edited(
+        mock: &MockWechat,
+        dir: &Path,
+        redis_url: Option<&str>,
+        rule_file: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Running {
         let rules = dir.join("rules");
         std::fs::create_dir_all(&rules).expect("rules dir");
         std::fs::write(rules.join("10-rules.toml"), rule_file).expect("rule file");
@@ -83,6 +94,7 @@ impl Running {
         if let Some(url) = redis_url {
             cfg.state.redis_url = Secret::new(url);
         }
+        edit(&mut cfg);
         let clock: SharedClock = Arc::new(SystemClock);
         let service = Service::build(cfg.clone(), clock).await.expect("the service starts");
         let base = format!("http://{}", service.local_addr());

@@ -47,6 +47,9 @@ fn fixtures() -> Vec<std::path::PathBuf> {
     v
 }
 
+/// `delivery.more_text` as kefu appends it by default.
+const MORE: &str = "（回复任意内容继续）";
+
 /// `<Content>` of a passive reply, or "" for `success`.
 fn content(answer: &str) -> String {
     let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
@@ -58,7 +61,12 @@ fn content(answer: &str) -> String {
 async fn simulate_and_serve_see_every_fixture_alike() {
     let mock = MockWechat::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = Running::start_with(&mock, dir.path(), None, RULES).await;
+    // Each fixture is compared as if pushed alone: what an earlier fixture's push held for
+    // this follower expires at once instead of answering a later one.
+    let app = Running::start_edited(&mock, dir.path(), None, RULES, |c| {
+        c.delivery.hold_for = std::time::Duration::from_millis(1);
+    })
+    .await;
     let rules_dir = dir.path().join("rules");
     let set = RuleSet::load_dir(&rules_dir, &Config::default().window).expect("rules").set;
     let mut payments = 0;
@@ -78,16 +86,23 @@ async fn simulate_and_serve_see_every_fixture_alike() {
         assert_eq!(sim.code, 0, "{name}: {}", sim.stderr);
         let sim: Value = serde_json::from_str(&sim.stdout).expect("simulate JSON");
 
-        // What serve answered is what simulate shows: same rule, same placeholders.
+        // What serve answered is what simulate shows: same rule, same placeholders. (Simulate
+        // shows a follower seen for the first time, serve has seen this one before, so the
+        // windows differ: whether `more_text` says answers are held is left out here.)
         let shown = sim["passive"]["xml"].as_str().map(content).unwrap_or_default();
-        assert_eq!(content(&answer), shown, "{name}: serve answered {answer}");
+        assert_eq!(
+            content(&answer).trim_end_matches(MORE),
+            shown.trim_end_matches(MORE),
+            "{name}: serve answered {answer}"
+        );
 
         // Serve's own intake plans the messages simulate prints, body for body.
         let push = kefu::wechat::inbound::parse(xml.as_bytes()).expect("fixture decodes");
         let Ok(intake) = Intake::from_push(&push, 0) else { continue };
         payments += usize::from(intake.input.event.as_deref() == Some("payment"));
         let planned =
-            plan(set.evaluate(&intake.input), true, intake.effect, intake.transfer_allowed).planned;
+            plan(set.evaluate(&intake.input), true, intake.effect, intake.transfer_allowed, 2000)
+                .planned;
         let bodies: Vec<Value> = planned
             .iter()
             .filter_map(|p| match &p.action {
@@ -97,11 +112,19 @@ async fn simulate_and_serve_see_every_fixture_alike() {
                 _ => None,
             })
             .collect();
+        // Sent now or held for the next push, in order.
         let simulated: Vec<Value> = sim["messages"]
             .as_array()
             .expect("messages")
             .iter()
-            .map(|m| m["body"].clone())
+            .chain(sim["held"].as_array().expect("held"))
+            .map(|m| {
+                let mut body = m["body"].clone();
+                if let Some(t) = body["text"]["content"].as_str() {
+                    body["text"]["content"] = t.trim_end_matches(MORE).into();
+                }
+                body
+            })
             .collect();
         assert_eq!(bodies, simulated, "{name}");
         assert_eq!(

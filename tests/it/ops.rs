@@ -225,7 +225,8 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
     let (status, body) = app.push(&event_xml(U2, "CLICK", "NOTHING_MATCHES")).await;
     assert_eq!((status, body.as_str()), (200, "success"));
 
-    // U3: WeChat says the window is closed (45015) at the first send; the second is dropped.
+    // U3: WeChat says the window is closed (45015) at the first send: it is held for U3's next
+    // push, and so is the second, which the closed window refuses.
     mock.push_error(SEND, 45015, "response out of time limit or subscription is canceled");
     let (status, body) = app.push(&text_xml(U3, "价格多少", 3001)).await;
     assert_eq!((status, body.contains(PASSIVE)), (200, true), "{body}");
@@ -234,7 +235,7 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
     })
     .await;
 
-    // U4: the quota is used up (45047); the second message is dropped for its quota.
+    // U4: the quota is used up (45047); both messages are held for U4's next push.
     mock.push_error(SEND, 45047, "out of response count limit");
     let (status, body) = app.push(&text_xml(U4, "价格", 4001)).await;
     assert_eq!((status, body.contains(PASSIVE)), (200, true), "{body}");
@@ -316,10 +317,10 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
             (r#"{msgtype="text",outcome="sent",errcode="0"}"#, 4.0),
         ],
     );
-    check(
-        "kefu_dropped_messages_total",
-        &[(r#"{reason="quota_used"}"#, 1.0), (r#"{reason="window_closed"}"#, 1.0)],
-    );
+    // Nothing was dropped: what WeChat or the window refused waits for the next push.
+    check("kefu_dropped_messages_total", &[]);
+    check("kefu_held_answers", &[("", 4.0)]);
+    check("kefu_held_delivered_total", &[("", 0.0)]);
     // Every POST is timed: 7 accepted (one a redelivery) and 2 refused.
     check("kefu_answer_seconds_count", &[("", 9.0)]);
     check("kefu_token_refreshes_total", &[("", 1.0)]);

@@ -209,9 +209,13 @@ fn sent(what: &str) -> (String, OutboxStatus, Option<String>) {
     (what.to_string(), OutboxStatus::Sent, None)
 }
 
-fn dropped(what: &str, why: DenyReason) -> (String, OutboxStatus, Option<String>) {
-    (what.to_string(), OutboxStatus::Dropped, Some(why.to_string()))
+/// Held for the follower's next push, with the reason.
+fn held(what: &str, why: &str) -> (String, OutboxStatus, Option<String>) {
+    (what.to_string(), OutboxStatus::Held, Some(why.to_string()))
 }
+
+/// `delivery.more_text` as kefu appends it by default.
+const MORE: &str = "（回复任意内容继续）";
 
 /// One message grant as the ledger JSON shows it.
 fn grant(trigger: &str, opened_at: i64, secs: i64, limit: Option<u32>, used: u32) -> Value {
@@ -257,7 +261,7 @@ async fn text_push_sends_the_exact_bodies_in_order() {
     assert_eq!(
         w,
         json!({"openid": user, "open": true, "subscribed": true,
-               "grants": [grant("message", t, H48, Some(5), 3)], "pending": 0})
+               "grants": [grant("message", t, H48, Some(5), 3)], "pending": 0, "held": 0})
     );
     kefu.stop().await;
 }
@@ -349,7 +353,7 @@ async fn four_concurrent_deliveries_send_once_and_answer_alike() {
 // ---- 3. six replies after one message: the quota is five -----------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn six_replies_five_sent_one_dropped_for_quota() {
+async fn six_replies_five_sent_one_held_for_quota() {
     let mock = MockWechat::start();
     let kefu = Kefu::start(&mock, false).await;
     let user = "oPipeSix1";
@@ -357,7 +361,9 @@ async fn six_replies_five_sent_one_dropped_for_quota() {
     let w = kefu.settle(user, 0).await;
     let t = kefu.now_secs();
 
-    let want: Vec<Value> = (1..=5).map(|i| text_body(user, &format!("m{i}"))).collect();
+    // The fifth, the last the quota carries, says more is coming; the sixth is held.
+    let mut want: Vec<Value> = (1..=4).map(|i| text_body(user, &format!("m{i}"))).collect();
+    want.push(text_body(user, &format!("m5{MORE}")));
     assert_eq!(sends(&mock), want);
     assert_eq!(
         states(&kefu.outbox().await),
@@ -366,15 +372,23 @@ async fn six_replies_five_sent_one_dropped_for_quota() {
             sent("m2"),
             sent("m3"),
             sent("m4"),
-            sent("m5"),
-            dropped("m6", DenyReason::Exhausted)
+            sent(&format!("m5{MORE}")),
+            held("m6", kefu::delivery::HELD_FOR_QUOTA)
         ]
     );
     assert_eq!(
         w,
         json!({"openid": user, "open": false, "subscribed": true,
-               "grants": [grant("message", t, H48, Some(5), 5)], "pending": 0})
+               "grants": [grant("message", t, H48, Some(5), 5)], "pending": 0, "held": 1})
     );
+
+    // The next message opens a new quota: m6 leaves first, then that push's own answers.
+    assert_eq!(kefu.push(&text_push(user, "six", 3002, kefu.now_secs())).await.1, "success");
+    kefu.settle(user, 0).await;
+    let after: Vec<String> =
+        sends(&mock)[5..].iter().map(|b| b["text"]["content"].as_str().unwrap().into()).collect();
+    assert_eq!(after, ["m6", "m1", "m2", "m3", &format!("m4{MORE}")]);
+    assert_eq!(kefu.window(user).await["held"], json!(2), "m5 and m6 wait for the next push");
     kefu.stop().await;
 }
 
@@ -410,28 +424,31 @@ async fn click_sends_at_most_three_within_the_menu_window_and_none_after() {
     let (status, body) = kefu.push(&event_push(user, "CLICK", "MENU_A", t)).await;
     assert_eq!((status, body.as_str()), (200, "success"));
 
-    // c1..c3 within the quota, c4 over it; c-late waits for its time.
-    let w = kefu.settle(user, 1).await;
+    // c1..c3 within the quota; c4 over it and c-late after it are held for the next push
+    // (in order: nothing later may overtake c4).
+    let w = kefu.settle(user, 0).await;
     assert_eq!(
         w,
         json!({"openid": user, "open": false, "subscribed": true,
-               "grants": [grant("menu", t, 2, Some(3), 3)], "pending": 1})
+               "grants": [grant("menu", t, 2, Some(3), 3)], "pending": 0, "held": 2})
     );
-    let three: Vec<Value> = ["c1", "c2", "c3"].iter().map(|c| text_body(user, c)).collect();
+    let three: Vec<Value> =
+        ["c1", "c2", &format!("c3{MORE}")].iter().map(|c| text_body(user, c)).collect();
     assert_eq!(sends(&mock), three);
 
-    // Past the menu window: c-late is due, and refused because the window has closed.
+    // Past the menu window: nothing leaves; the held answers wait for the follower.
     kefu.clock.advance(Duration::from_secs(5));
     let w = kefu.settle(user, 0).await;
     assert_eq!(w["grants"], json!([]), "{w}");
+    let quota = kefu::delivery::HELD_FOR_QUOTA;
     assert_eq!(
         states(&kefu.outbox().await),
         vec![
             sent("c1"),
             sent("c2"),
-            sent("c3"),
-            dropped("c4", DenyReason::Exhausted),
-            dropped("c-late", DenyReason::Closed)
+            sent(&format!("c3{MORE}")),
+            held("c4", quota),
+            held("c-late", quota)
         ]
     );
     assert_eq!(sends(&mock), three, "nothing after the window");
@@ -458,7 +475,7 @@ async fn unsubscribe_cancels_pending_delayed_messages() {
     let w = kefu.window(user).await;
     assert_eq!(
         w,
-        json!({"openid": user, "open": false, "subscribed": false, "grants": [], "pending": 0})
+        json!({"openid": user, "open": false, "subscribed": false, "grants": [], "pending": 0, "held": 0})
     );
     let entries = kefu.outbox().await;
     assert_eq!(
@@ -490,7 +507,7 @@ async fn unsubscribe_cancels_pending_delayed_messages() {
 // ---- 6. WeChat's 45015 closes the window; 45047 exhausts it ---------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_45015_closes_the_window_and_later_messages_are_dropped() {
+async fn api_45015_closes_the_window_and_later_messages_are_held() {
     let mock = MockWechat::start();
     mock.push_error(SEND_PATH, 45015, "response out of time limit or subscription is canceled");
     let kefu = Kefu::start(&mock, false).await;
@@ -500,18 +517,22 @@ async fn api_45015_closes_the_window_and_later_messages_are_dropped() {
 
     assert_eq!(sends(&mock), vec![text_body(user, "m1")], "one attempt, then nothing");
     let entries = kefu.outbox().await;
-    assert_eq!(entries[0].status, OutboxStatus::Failed);
+    assert_eq!(entries[0].status, OutboxStatus::Held, "held for the next push, not lost");
     assert!(entries[0].reason.as_deref().unwrap_or("").contains("45015"), "{:?}", entries[0]);
+    let closed = DenyReason::Closed.to_string();
     assert_eq!(
         states(&entries[1..]),
-        ["m2", "m3", "m4", "m5", "m6"]
-            .iter()
-            .map(|m| dropped(m, DenyReason::Closed))
-            .collect::<Vec<_>>()
+        vec![
+            held("m2", &closed),
+            held("m3", &closed),
+            held("m4", &closed),
+            held(&format!("m5{MORE}"), &closed),
+            held("m6", kefu::delivery::HELD_FOR_QUOTA),
+        ]
     );
     assert_eq!(
         w,
-        json!({"openid": user, "open": false, "subscribed": true, "grants": [], "pending": 0})
+        json!({"openid": user, "open": false, "subscribed": true, "grants": [], "pending": 0, "held": 6})
     );
     kefu.stop().await;
 }
@@ -531,7 +552,7 @@ async fn after_45015_delayed_typing_and_messages_are_not_attempted() {
     let entries = kefu.outbox().await;
     assert_eq!(
         entries.iter().map(|e| e.status).collect::<Vec<_>>(),
-        [OutboxStatus::Failed, OutboxStatus::Dropped, OutboxStatus::Dropped]
+        [OutboxStatus::Held, OutboxStatus::Dropped, OutboxStatus::Held]
     );
     assert!(entries[1].reason.as_deref().unwrap_or("").contains("typing indicator"));
     assert_eq!(entries[2].reason.as_deref(), Some(DenyReason::Closed.to_string().as_str()));
@@ -553,20 +574,23 @@ async fn api_45047_exhausts_the_window() {
 
     assert_eq!(sends(&mock), vec![text_body(user, "m1"), text_body(user, "m2")]);
     let entries = kefu.outbox().await;
-    assert_eq!(entries[1].status, OutboxStatus::Failed);
+    assert_eq!(entries[1].status, OutboxStatus::Held);
     assert!(entries[1].reason.as_deref().unwrap_or("").contains("45047"), "{:?}", entries[1]);
+    let used_up = DenyReason::Exhausted.to_string();
     assert_eq!(
         states(&entries[2..]),
-        ["m3", "m4", "m5", "m6"]
-            .iter()
-            .map(|m| dropped(m, DenyReason::Exhausted))
-            .collect::<Vec<_>>()
+        vec![
+            held("m3", &used_up),
+            held("m4", &used_up),
+            held(&format!("m5{MORE}"), &used_up),
+            held("m6", kefu::delivery::HELD_FOR_QUOTA),
+        ]
     );
     // The grant stays visible until it expires, but is used up: no live grant with quota.
     assert_eq!(
         w,
         json!({"openid": user, "open": false, "subscribed": true,
-               "grants": [grant("message", t, H48, Some(5), 5)], "pending": 0})
+               "grants": [grant("message", t, H48, Some(5), 5)], "pending": 0, "held": 5})
     );
     kefu.stop().await;
 }
@@ -644,7 +668,7 @@ async fn payment_notification_opens_a_payment_grant_and_sends_the_payment_rule_o
     assert_eq!(
         w,
         json!({"openid": payer, "open": true, "subscribed": null,
-               "grants": [grant("payment", t, H48, None, 2)], "pending": 0})
+               "grants": [grant("payment", t, H48, None, 2)], "pending": 0, "held": 0})
     );
     let want = vec![
         text_body(payer, "paid 9.90 yuan for order T202405010001"),
@@ -713,7 +737,7 @@ async fn hmac_signed_payment_without_sign_type_opens_the_payment_grant() {
     assert_eq!(
         w,
         json!({"openid": payer, "open": true, "subscribed": null,
-               "grants": [grant("payment", t, H48, None, 2)], "pending": 0})
+               "grants": [grant("payment", t, H48, None, 2)], "pending": 0, "held": 0})
     );
     assert_eq!(
         sends(&mock),

@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use kefu::config::WindowConfig;
+use kefu::delivery::{OwnPassive, Terms};
 use kefu::model::{
-    CachedToken, Clock, ManualClock, OpenId, OutMessage, OutboxAction, PlannedAction, Secret,
-    SharedClock, SystemClock, Trigger, WindowEffect,
+    CachedToken, Clock, ManualClock, OpenId, OutMessage, OutboxAction, PassiveReply, PlannedAction,
+    Secret, SharedClock, SystemClock, Trigger, WindowEffect,
 };
 use kefu::store::{
     ChargeOutcome, CommitOutcome, DenyReason, NewOutboxEntry, PushCommit, RedisStore, SqliteStore,
@@ -304,8 +305,9 @@ fn push(
         openid: openid.clone(),
         effect,
         received_at_ms: at_ms,
-        answer: answer.map(str::to_string),
+        passive: answer.map(|a| OwnPassive::text("r", a)),
         outbox: (0..out).map(|i| text("r", i as u32, &format!("m{i}"), at_ms)).collect(),
+        terms: Terms::default(),
     }
 }
 
@@ -340,7 +342,7 @@ async fn redis_same_push_on_two_instances_is_fresh_once() {
         match t.await.expect("task").expect("commit") {
             CommitOutcome::Fresh { outbox_ids, .. } => fresh.push(outbox_ids),
             CommitOutcome::Duplicate { answer } => {
-                assert_eq!(answer.as_deref(), Some("<xml>hi</xml>"));
+                assert_eq!(answer, Some(PassiveReply::text("<xml>hi</xml>")));
                 duplicates += 1;
             }
         }
@@ -697,7 +699,7 @@ async fn redis_outbox_failure_releases_the_push_for_redelivery() {
     assert_eq!(b.pending_count(&o).await.unwrap(), 2);
     assert_eq!(
         a.commit_push(p).await.unwrap(),
-        CommitOutcome::Duplicate { answer: Some("ok".into()) }
+        CommitOutcome::Duplicate { answer: Some(PassiveReply::text("ok")) }
     );
 }
 
@@ -874,7 +876,7 @@ async fn redis_restart_with_aof_keeps_every_acknowledged_push() {
         let s = if i % 2 == 0 { &b } else { &a };
         assert_eq!(
             s.commit_push(p.clone()).await.unwrap(),
-            CommitOutcome::Duplicate { answer: Some(format!("a{i}")) },
+            CommitOutcome::Duplicate { answer: Some(PassiveReply::text(format!("a{i}"))) },
             "push {i} was acknowledged before the crash"
         );
         let v = s.window(&p.openid, fx.now()).await.unwrap();

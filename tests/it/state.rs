@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, test as atest, web};
 use kefu::config::{SyncMode, WindowConfig, WindowRule};
+use kefu::delivery::{OwnPassive, Terms};
 use kefu::http::windows::window_handler;
 use kefu::ledger::{ChargeOutcome, DenyReason};
 use kefu::model::{
-    CachedToken, Clock, ManualClock, OpenId, OutMessage, OutboxAction, PlannedAction, Secret,
-    SharedClock, SystemClock, TokenCache, Trigger, WindowEffect,
+    CachedToken, Clock, ManualClock, OpenId, OutMessage, OutboxAction, PassiveReply, PlannedAction,
+    Secret, SharedClock, SystemClock, TokenCache, Trigger, WindowEffect,
 };
 use kefu::store::{
     CommitOutcome, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxStatus, Outcome, PushCommit, SendClaim,
@@ -50,7 +51,8 @@ fn push(
         openid: oid(who),
         effect,
         received_at_ms: at_ms,
-        answer: Some(format!("answer to {key}")),
+        passive: Some(OwnPassive::text("r", format!("answer to {key}"))),
+        terms: Terms::default(),
         outbox: plan
             .iter()
             .enumerate()
@@ -126,16 +128,16 @@ async fn commit_records_push_and_redelivery_gets_the_same_answer() {
 
     // A redelivery (even with a different plan) writes nothing and answers as the first.
     let mut again = p.clone();
-    again.answer = Some("something else".into());
+    again.passive = Some(OwnPassive::text("r", "something else"));
     assert_eq!(
         f.store.commit_push(again).await.unwrap(),
-        CommitOutcome::Duplicate { answer: Some("answer to msg:1".into()) }
+        CommitOutcome::Duplicate { answer: Some(PassiveReply::text("answer to msg:1")) }
     );
     let view = f.store.window(&oid("oAlice"), T0 + 2).await.unwrap();
     assert_eq!(
         serde_json::to_string(&view).unwrap(),
         format!(
-            r#"{{"openid":"oAlice","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{o},"expires_at":{e},"limit":5,"used":0}}],"pending":2}}"#,
+            r#"{{"openid":"oAlice","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{o},"expires_at":{e},"limit":5,"used":0}}],"pending":2,"held":0}}"#,
             o = T0 + 1,
             e = T0 + 1 + 48 * 3600
         )
@@ -154,7 +156,7 @@ async fn never_seen_follower_is_closed_with_no_grants() {
     let v = f.store.window(&oid("oNobody"), T0).await.unwrap();
     assert_eq!(
         serde_json::to_string(&v).unwrap(),
-        r#"{"openid":"oNobody","open":false,"subscribed":null,"grants":[],"pending":0}"#
+        r#"{"openid":"oNobody","open":false,"subscribed":null,"grants":[],"pending":0,"held":0}"#
     );
     assert_eq!(f.store.peek_window(&oid("oNobody")).await.unwrap(), None);
 }
@@ -181,7 +183,7 @@ async fn four_concurrent_deliveries_commit_once() {
         match t.await.unwrap() {
             CommitOutcome::Fresh { .. } => fresh += 1,
             CommitOutcome::Duplicate { answer } => {
-                assert_eq!(answer.as_deref(), Some("answer to evt:oBob:123:CLICK:K"))
+                assert_eq!(answer, Some(PassiveReply::text("answer to evt:oBob:123:CLICK:K")))
             }
         }
     }
@@ -387,7 +389,7 @@ async fn outbox_lifecycle() {
 #[tokio::test]
 async fn claim_send_claims_and_charges_in_one_transaction() {
     let window = WindowConfig {
-        message: WindowRule { limit: Some(1), duration: Duration::from_secs(3600) },
+        message: WindowRule { limit: Some(2), duration: Duration::from_secs(3600) },
         ..WindowConfig::default()
     };
     let f = Fixture::with_window(window);
@@ -400,7 +402,7 @@ async fn claim_send_claims_and_charges_in_one_transaction() {
     );
     let now = T0_MS / 1000;
     let (tx0, _) = f.store.commit_stats();
-    let first = f.store.claim_send(ids[0], &oid("oGus"), now).await.unwrap();
+    let first = f.store.claim_send(ids[0], &oid("oGus"), now, None).await.unwrap();
     assert_eq!(first, SendClaim::Charged { trigger: Trigger::Message, opened_at: now });
     assert_eq!(f.store.commit_stats().0, tx0 + 1, "claim and charge are one transaction");
     let e = f.store.outbox_entry(ids[0]).await.unwrap().unwrap();
@@ -408,14 +410,41 @@ async fn claim_send_claims_and_charges_in_one_transaction() {
     assert_eq!(f.store.window(&oid("oGus"), now).await.unwrap().grants[0].used, 1);
 
     // Claimed already: nothing happens, nothing is charged.
-    assert_eq!(f.store.claim_send(ids[0], &oid("oGus"), now).await.unwrap(), SendClaim::Taken);
-    // The quota of 1 is used: the second message is dropped with the reason, uncharged.
-    let second = f.store.claim_send(ids[1], &oid("oGus"), now).await.unwrap();
+    assert_eq!(
+        f.store.claim_send(ids[0], &oid("oGus"), now, None).await.unwrap(),
+        SendClaim::Taken
+    );
+    // A manual send takes the last of the quota of 2: without a hold time the second message
+    // is dropped with the reason, uncharged.
+    assert!(f.store.charge(&oid("oGus"), now).await.unwrap().is_allowed());
+    let second = f.store.claim_send(ids[1], &oid("oGus"), now, None).await.unwrap();
     assert_eq!(second, SendClaim::Denied(DenyReason::Exhausted));
     let e = f.store.outbox_entry(ids[1]).await.unwrap().unwrap();
     assert_eq!(e.status, OutboxStatus::Dropped);
     assert_eq!(e.reason.as_deref(), Some(DenyReason::Exhausted.to_string().as_str()));
-    assert_eq!(f.store.window(&oid("oGus"), now).await.unwrap().grants[0].used, 1);
+    assert_eq!(f.store.window(&oid("oGus"), now).await.unwrap().grants[0].used, 2);
+
+    // With a hold time it is held for the next push, in the same transaction, uncharged.
+    let ids = fresh_ids(
+        f.store
+            .commit_push(push("msg:c2", "oHal", open, T0_MS, &[("a", 0), ("b", 0)]))
+            .await
+            .unwrap(),
+    );
+    for _ in 0..2 {
+        assert!(f.store.charge(&oid("oHal"), now).await.unwrap().is_allowed());
+    }
+    let until = T0_MS + 60_000;
+    let (tx0, _) = f.store.commit_stats();
+    let held = f.store.claim_send(ids[0], &oid("oHal"), now, Some(until)).await.unwrap();
+    assert_eq!(held, SendClaim::Held(DenyReason::Exhausted));
+    assert_eq!(f.store.commit_stats().0, tx0 + 1, "claimed and held in one transaction");
+    let e = f.store.outbox_entry(ids[0]).await.unwrap().unwrap();
+    assert_eq!((e.status, e.due_at_ms), (OutboxStatus::Held, until));
+    let mailbox = f.store.held_for(&oid("oHal"), T0_MS).await.unwrap();
+    assert_eq!(mailbox.iter().map(|h| h.id).collect::<Vec<_>>(), [ids[0]]);
+    assert_eq!(f.store.window(&oid("oHal"), now).await.unwrap().held, 1);
+    assert!(f.store.held_for(&oid("oHal"), until).await.unwrap().is_empty(), "expired then");
 }
 
 #[tokio::test]
@@ -626,7 +655,7 @@ async fn admin_window_endpoint() {
     assert_eq!(
         std::str::from_utf8(&body).unwrap(),
         format!(
-            r#"{{"openid":"oLee","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{T0},"expires_at":{},"limit":5,"used":0}}],"pending":1}}"#,
+            r#"{{"openid":"oLee","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{T0},"expires_at":{},"limit":5,"used":0}}],"pending":1,"held":0}}"#,
             T0 + 48 * 3600
         )
     );
@@ -635,7 +664,7 @@ async fn admin_window_endpoint() {
     let body = atest::read_body(resp).await;
     assert_eq!(
         &body[..],
-        br#"{"openid":"oNew","open":false,"subscribed":null,"grants":[],"pending":0}"#
+        br#"{"openid":"oNew","open":false,"subscribed":null,"grants":[],"pending":0,"held":0}"#
     );
     let resp = atest::call_service(&app, get("/admin/windows/bad%20id")).await;
     assert_eq!(resp.status(), 400);
@@ -702,7 +731,7 @@ async fn kefu_window_cli_reads_the_store_of_a_running_server() {
     assert_eq!(
         json,
         format!(
-            "{{\"openid\":\"oMay\",\"open\":true,\"subscribed\":true,\"grants\":[{{\"trigger\":\"message\",\"opened_at\":{opened},\"expires_at\":{},\"limit\":5,\"used\":0}}],\"pending\":0}}\n",
+            "{{\"openid\":\"oMay\",\"open\":true,\"subscribed\":true,\"grants\":[{{\"trigger\":\"message\",\"opened_at\":{opened},\"expires_at\":{},\"limit\":5,\"used\":0}}],\"pending\":0,\"held\":0}}\n",
             opened + 48 * 3600
         )
     );
@@ -712,7 +741,7 @@ async fn kefu_window_cli_reads_the_store_of_a_running_server() {
     assert_eq!(v[0]["openid"], "oMay");
     let human = run(&["window", "show", "oMay"]);
     assert!(
-        human.starts_with("oMay  OPEN  (following, 0 pending)\n  message   0/5 used"),
+        human.starts_with("oMay  OPEN  (following, 0 pending, 0 held)\n  message   0/5 used"),
         "{human}"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
@@ -854,7 +883,9 @@ async fn crash_recovery(sync: &str) {
             assert!(present, "acknowledged push {i} was lost");
             assert_eq!(
                 store.commit_push(crash_push(i, SystemClock.now_ms())).await.unwrap(),
-                CommitOutcome::Duplicate { answer: Some(format!("answer to msg:{i}")) },
+                CommitOutcome::Duplicate {
+                    answer: Some(PassiveReply::text(format!("answer to msg:{i}")))
+                },
                 "acknowledged push {i} lost its dedupe record"
             );
         } else if present {

@@ -49,8 +49,9 @@ use rusqlite::{Connection, params};
 use tokio::sync::{Notify, oneshot, watch};
 
 use super::{
-    CommitOutcome, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxEntry, OutboxStatus, Outcome, PushCommit,
-    SendClaim, Store, StoreError, StoreResult, UNSUBSCRIBED,
+    CommitOutcome, Delivered, EXPIRED, HeldAnswer, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxEntry,
+    OutboxStatus, Outcome, PushCommit, SendClaim, Store, StoreError, StoreResult, UNSUBSCRIBED,
+    decode_answer, encode_answer, holds,
 };
 use crate::config::{SyncMode, WindowConfig};
 use crate::ledger::{ChargeOutcome, LedgerIndex, Window, WindowView};
@@ -63,7 +64,8 @@ use self::engine::{
 };
 use self::grants::{for_each_live_window, load_window, rebuild_index, update_window};
 use self::outbox::{
-    cancel_pending_tx, claim_tx, count_pending, finish_tx, insert_outbox, query_outbox,
+    cancel_pending_tx, claim_tx, count_held, count_pending, expire_held_tx, finish_tx,
+    insert_outbox, mailbox_tx, query_outbox,
 };
 use self::schema::{SCHEMA, SCHEMA_VERSION};
 
@@ -529,7 +531,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let w = load_window(conn, &openid)?;
             let pending = count_pending(conn, &openid)?;
-            Ok(w.view(openid, now, pending))
+            let held = count_held(conn, Some(&openid), now.saturating_mul(1000))?;
+            Ok(w.view(openid, now, pending).with_held(held))
         })
         .await
     }
@@ -552,6 +555,7 @@ impl Store for SqliteStore {
             Ok(super::StoreStats {
                 open_windows: u64::try_from(open).unwrap_or(0),
                 outbox_pending: u64::try_from(pending).unwrap_or(0),
+                held_answers: count_held(conn, None, now.saturating_mul(1000))?,
             })
         })
         .await
@@ -571,10 +575,25 @@ impl Store for SqliteStore {
                     pending.insert(k, u64::try_from(n).unwrap_or(0));
                 }
             }
+            let mut held = std::collections::HashMap::<String, u64>::new();
+            {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT openid, COUNT(*) FROM outbox WHERE status = 'held' AND due_at_ms > ?1 \
+                     GROUP BY openid",
+                )?;
+                let rows = stmt.query_map([now.saturating_mul(1000)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get(1)?))
+                })?;
+                for row in rows {
+                    let (k, n): (String, i64) = row?;
+                    held.insert(k, u64::try_from(n).unwrap_or(0));
+                }
+            }
             let mut out = Vec::new();
             let skipped = for_each_live_window(conn, now, |openid, w| {
                 let n = pending.get(openid.as_str()).copied().unwrap_or(0);
-                out.push(w.view(openid, now, n));
+                let h = held.get(openid.as_str()).copied().unwrap_or(0);
+                out.push(w.view(openid, now, n).with_held(h));
             })?;
             if skipped > 0 {
                 tracing::warn!(rows = skipped, "window list: skipped unreadable grant rows");
@@ -623,7 +642,13 @@ impl Store for SqliteStore {
         self.write(move |conn, inner, _| claim_tx(conn, id, inner.clock.now_ms())).await
     }
 
-    async fn claim_send(&self, id: i64, openid: &OpenId, now: i64) -> StoreResult<SendClaim> {
+    async fn claim_send(
+        &self,
+        id: i64,
+        openid: &OpenId,
+        now: i64,
+        hold_until_ms: Option<i64>,
+    ) -> StoreResult<SendClaim> {
         let openid = openid.clone();
         self.write(move |conn, inner, post| {
             let now_ms = inner.clock.now_ms();
@@ -635,11 +660,19 @@ impl Store for SqliteStore {
                 ChargeOutcome::Allowed { trigger, opened_at } => {
                     SendClaim::Charged { trigger, opened_at }
                 }
-                ChargeOutcome::Denied { reason } => {
-                    let dropped = Outcome::Dropped { reason: reason.to_string() };
-                    finish_tx(conn, id, dropped, now_ms)?;
-                    SendClaim::Denied(reason)
-                }
+                // Held or dropped in the transaction that decides it cannot be sent now.
+                ChargeOutcome::Denied { reason } => match holds(reason, hold_until_ms) {
+                    Some(expires_at_ms) => {
+                        let held = Outcome::Held { reason: reason.to_string(), expires_at_ms };
+                        finish_tx(conn, id, held, now_ms)?;
+                        SendClaim::Held(reason)
+                    }
+                    None => {
+                        let dropped = Outcome::Dropped { reason: reason.to_string() };
+                        finish_tx(conn, id, dropped, now_ms)?;
+                        SendClaim::Denied(reason)
+                    }
+                },
             })
         })
         .await
@@ -668,6 +701,20 @@ impl Store for SqliteStore {
 
     async fn outbox_entry(&self, id: i64) -> StoreResult<Option<OutboxEntry>> {
         self.read(move |conn| Ok(query_outbox(conn, "id = ?1", [id])?.pop())).await
+    }
+
+    async fn held_for(&self, openid: &OpenId, now_ms: i64) -> StoreResult<Vec<HeldAnswer>> {
+        let openid = openid.clone();
+        self.read(move |conn| {
+            let mut held = mailbox_tx(conn, &openid)?;
+            held.retain(|h| h.expires_at_ms > now_ms);
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn expire_held(&self, now_ms: i64) -> StoreResult<u64> {
+        self.write(move |conn, _, _| expire_held_tx(conn, now_ms)).await
     }
 
     fn token_cache(&self) -> Arc<dyn TokenCache> {
