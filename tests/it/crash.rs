@@ -33,7 +33,7 @@ fn now_ms() -> i64 {
 }
 
 /// A running `kefu serve` child. Dropping it kills it.
-struct Child {
+pub(crate) struct Child {
     proc: std::process::Child,
     /// `http://127.0.0.1:PORT`
     address: String,
@@ -43,7 +43,7 @@ struct Child {
 impl Child {
     /// Starts `kefu serve ARGS` in `cwd` with exactly the given `KEFU_*` variables (inherited
     /// ones are removed) and JSON logs, and waits for its `kefu listening` line.
-    fn spawn(args: &[&str], env: &[(&str, String)], cwd: &Path) -> Child {
+    pub(crate) fn spawn(args: &[&str], env: &[(&str, String)], cwd: &Path) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
         cmd.arg("serve").args(args).current_dir(cwd);
         for (k, _) in std::env::vars() {
@@ -88,22 +88,22 @@ impl Child {
         child
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         self.log.lock().join("\n")
     }
 
     /// SIGKILL and reap.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.proc.kill().expect("SIGKILL the child");
         self.proc.wait().expect("reap the child");
     }
 
-    fn webhook(&self) -> String {
+    pub(crate) fn webhook(&self) -> String {
         format!("{}/wechat", self.address)
     }
 
     /// Waits until a log line contains every one of `needles`; returns it.
-    fn wait_log(&self, needles: &[&str], timeout: Duration) -> String {
+    pub(crate) fn wait_log(&self, needles: &[&str], timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) =
@@ -129,7 +129,11 @@ impl Drop for Child {
 }
 
 /// The variables of a child that sends through `mock` with the pipeline fixture rules.
-fn child_env(mock: &MockWechat, state: &Path, passive_first: bool) -> Vec<(&'static str, String)> {
+pub(crate) fn child_env(
+    mock: &MockWechat,
+    state: &Path,
+    passive_first: bool,
+) -> Vec<(&'static str, String)> {
     vec![
         ("KEFU_SERVER_LISTEN", "127.0.0.1:0".into()),
         ("KEFU_STATE_DIR", state.display().to_string()),
@@ -146,7 +150,7 @@ fn child_env(mock: &MockWechat, state: &Path, passive_first: bool) -> Vec<(&'sta
 
 /// POSTs a plaintext push signed with `token` now; (status, body), or Err if the connection
 /// failed (the child is gone).
-async fn post_push(
+pub(crate) async fn post_push(
     client: &reqwest::Client,
     url: &str,
     token: &str,
@@ -158,7 +162,7 @@ async fn post_push(
     Ok((status, resp.text().await?))
 }
 
-async fn admin_window(client: &reqwest::Client, child: &Child, openid: &str) -> Value {
+pub(crate) async fn admin_window(client: &reqwest::Client, child: &Child, openid: &str) -> Value {
     let resp = client
         .get(format!("{}/admin/windows/{openid}", child.address))
         .bearer_auth(ADMIN_TOKEN)

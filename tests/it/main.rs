@@ -3,6 +3,7 @@
 mod api;
 mod cli_api;
 mod crash;
+mod delivery;
 mod fuzz;
 mod helpers;
 mod identity;

@@ -65,10 +65,10 @@ pub fn text_body(to: &str, content: &str) -> Value {
 }
 
 /// A running kefu and what the tests need to reach into it.
-struct Kefu {
+pub(crate) struct Kefu {
     app: TestApp,
-    shared: Arc<Shared>,
-    clock: Arc<ManualClock>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) clock: Arc<ManualClock>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _state: tempfile::TempDir,
 }
@@ -88,11 +88,11 @@ fn config(mock: &MockWechat, state: &std::path::Path, passive_first: bool) -> Co
 }
 
 impl Kefu {
-    async fn start(mock: &MockWechat, passive_first: bool) -> Kefu {
+    pub(crate) async fn start(mock: &MockWechat, passive_first: bool) -> Kefu {
         Self::start_with(mock, passive_first, |_| {}).await
     }
 
-    async fn start_with(
+    pub(crate) async fn start_with(
         mock: &MockWechat,
         passive_first: bool,
         edit: impl FnOnce(&mut Config),
@@ -117,19 +117,19 @@ impl Kefu {
         Kefu { app, shared, clock, task, _state: state }
     }
 
-    fn now_secs(&self) -> i64 {
+    pub(crate) fn now_secs(&self) -> i64 {
         kefu::model::Clock::now_secs(&*self.clock)
     }
 
     /// A plaintext push signed now; (status, body).
-    async fn push(&self, xml: &str) -> (u16, String) {
+    pub(crate) async fn push(&self, xml: &str) -> (u16, String) {
         let resp = self.app.push_plain(xml).await;
         let status = resp.status().as_u16();
         (status, resp.text().await.expect("push answer body"))
     }
 
     /// `GET /admin/windows/{openid}` as JSON.
-    async fn window(&self, openid: &str) -> Value {
+    pub(crate) async fn window(&self, openid: &str) -> Value {
         let resp = self
             .app
             .client
@@ -143,7 +143,7 @@ impl Kefu {
     }
 
     /// Waits until the follower has exactly `pending` planned messages not yet finished.
-    async fn settle(&self, openid: &str, pending: u64) -> Value {
+    pub(crate) async fn settle(&self, openid: &str, pending: u64) -> Value {
         let deadline = tokio::time::Instant::now() + SETTLE;
         loop {
             let w = self.window(openid).await;
@@ -159,7 +159,7 @@ impl Kefu {
     }
 
     /// Every outbox entry, by id (a fresh store numbers them from 1).
-    async fn outbox(&self) -> Vec<OutboxEntry> {
+    pub(crate) async fn outbox(&self) -> Vec<OutboxEntry> {
         let mut out = Vec::new();
         for id in 1.. {
             match self.shared.store.outbox_entry(id).await.expect("outbox entry") {
@@ -172,7 +172,7 @@ impl Kefu {
 
     /// The graceful stop `serve` does on SIGTERM. The client goes first: actix holds a
     /// graceful stop open for idle keep-alive connections until its shutdown timeout.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let Kefu { app, task, .. } = self;
         let TestApp { client, handle, .. } = app;
         drop(client);
@@ -190,7 +190,7 @@ pub fn sends(mock: &MockWechat) -> Vec<Value> {
 }
 
 /// (status, reason) of each entry, for compact exact assertions.
-fn states(entries: &[OutboxEntry]) -> Vec<(String, OutboxStatus, Option<String>)> {
+pub(crate) fn states(entries: &[OutboxEntry]) -> Vec<(String, OutboxStatus, Option<String>)> {
     entries
         .iter()
         .map(|e| {
@@ -205,17 +205,17 @@ fn states(entries: &[OutboxEntry]) -> Vec<(String, OutboxStatus, Option<String>)
         .collect()
 }
 
-fn sent(what: &str) -> (String, OutboxStatus, Option<String>) {
+pub(crate) fn sent(what: &str) -> (String, OutboxStatus, Option<String>) {
     (what.to_string(), OutboxStatus::Sent, None)
 }
 
 /// Held for the follower's next push, with the reason.
-fn held(what: &str, why: &str) -> (String, OutboxStatus, Option<String>) {
+pub(crate) fn held(what: &str, why: &str) -> (String, OutboxStatus, Option<String>) {
     (what.to_string(), OutboxStatus::Held, Some(why.to_string()))
 }
 
 /// `delivery.more_text` as kefu appends it by default.
-const MORE: &str = "（回复任意内容继续）";
+pub(crate) const MORE: &str = "（回复任意内容继续）";
 
 /// One message grant as the ledger JSON shows it.
 fn grant(trigger: &str, opened_at: i64, secs: i64, limit: Option<u32>, used: u32) -> Value {
