@@ -75,7 +75,7 @@ async fn a_5000_byte_text_splits_at_paragraph_breaks() {
         [para('甲', 702), para('乙', 801), para('丙', 900), para('丁', 1200), para('戊', 1401)];
     let long = paras.join("\n\n");
     assert!(long.len() > 5000, "{}", long.len());
-    let dir = rules(&rule("long", "长文", &[long.clone()]));
+    let dir = rules(&rule("long", "长文", std::slice::from_ref(&long)));
     let mock = MockWechat::start();
     let kefu = start(&mock, dir.path(), |_| {}).await;
     let user = "oDeliveryLong";
