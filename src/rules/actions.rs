@@ -93,6 +93,21 @@ impl Template {
         Template(pieces)
     }
 
+    /// A template of exactly `s`, braces and all (a media-file reference: a path may hold
+    /// `{`).
+    pub fn literal(s: String) -> Template {
+        Template(vec![Piece::Lit(s)])
+    }
+
+    /// The text when the template has no placeholder.
+    pub fn as_literal(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [Piece::Lit(s)] => Some(s),
+            [] => Some(""),
+            _ => None,
+        }
+    }
+
     /// The placeholders that are neither builtins: `(name, group number if numeric)`.
     pub fn needs(&self) -> impl Iterator<Item = (String, Option<usize>)> + '_ {
         self.0.iter().filter_map(|p| match p {
@@ -196,7 +211,9 @@ pub(crate) fn split_passive(
                 if !taken
                     && a.delay.is_zero()
                     && a.kf_account.is_none()
-                    && message.passive_capable() =>
+                    && message.passive_capable()
+                    // A file whose media id is not ready waits for the sender (interface §9).
+                    && !crate::media::names_file(message) =>
             {
                 taken = true;
                 passive = Some(PassiveReply::Message { message: message.clone() });

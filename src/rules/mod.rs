@@ -257,6 +257,22 @@ impl RuleSet {
         self.rules.iter().map(|r| r.name.as_str())
     }
 
+    /// Every media file the replies name (interface §9), each once, in rule order.
+    pub fn media_refs(&self) -> Vec<crate::media::MediaRef> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for reply in self.rules.iter().flat_map(|r| &r.replies) {
+            reply.kind.map(|t| {
+                if let Some(r) = t.as_literal().and_then(crate::media::MediaRef::parse)
+                    && seen.insert(r.key())
+                {
+                    out.push(r);
+                }
+            });
+        }
+        out
+    }
+
     /// Evaluates one push; `random_one` rules pick with the thread's RNG.
     pub fn evaluate(&self, input: &RuleInput) -> Evaluation {
         self.evaluate_with(input, &mut rand::thread_rng())
