@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::media::MediaFiles;
 use crate::metrics::Metrics;
 use crate::model::{OutboxAction, PassiveReply, PlannedAction, WindowEffect};
 use crate::rules::Rules;
@@ -39,6 +40,8 @@ pub struct Pipeline {
     /// The account's AppID: payments made through another app carry an OpenID this account
     /// cannot message, so they open nothing.
     app_id: String,
+    /// Media files named in replies: ready ids replace their references (memory only).
+    media: Option<Arc<MediaFiles>>,
 }
 
 impl Pipeline {
@@ -49,7 +52,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Self {
-        Pipeline { store, rules, passive_first, metrics, wake, app_id: String::new() }
+        Pipeline { store, rules, passive_first, metrics, wake, app_id: String::new(), media: None }
     }
 
     pub fn with_app_id(mut self, app_id: &str) -> Self {
@@ -57,10 +60,19 @@ impl Pipeline {
         self
     }
 
+    /// Resolves the media files of replies from `media`'s ready ids (interface §9).
+    pub fn with_media(mut self, media: Arc<MediaFiles>) -> Self {
+        self.media = Some(media);
+        self
+    }
+
     /// Runs rules and commits everything the push changes in one durable step.
     pub async fn process(&self, intake: Intake) -> anyhow::Result<Processed> {
         let rules = self.rules.current();
-        let eval = rules.evaluate(&intake.input);
+        let mut eval = rules.evaluate(&intake.input);
+        if let Some(media) = &self.media {
+            media.settle(&mut eval.actions);
+        }
         let fired = eval.fired.clone();
         let Plan { passive, planned, dropped } = plan(
             eval,

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{ApiClient, SendBody};
+use crate::media::MediaFiles;
 use crate::metrics::Metrics;
 use crate::model::{OpenId, OutMessage, OutboxAction, SharedClock, Trigger};
 use crate::store::{DenyReason, OutboxEntry, Outcome, SendClaim, Store};
@@ -36,6 +37,8 @@ pub struct Sender {
     clock: SharedClock,
     wake: Arc<Notify>,
     parallel: usize,
+    /// Media files named in messages: resolved (uploaded if need be) when they leave.
+    media: Option<Arc<MediaFiles>>,
 }
 
 /// Stops the sender: no new sends start, the ones in flight finish within the bound, the rest
@@ -65,7 +68,21 @@ impl Sender {
         clock: SharedClock,
         wake: Arc<Notify>,
     ) -> Self {
-        Sender { store, client, metrics, clock, wake, parallel: DEFAULT_PARALLEL_FOLLOWERS }
+        Sender {
+            store,
+            client,
+            metrics,
+            clock,
+            wake,
+            parallel: DEFAULT_PARALLEL_FOLLOWERS,
+            media: None,
+        }
+    }
+
+    /// Resolves media files in messages through `media` (and retries a 40007 once).
+    pub fn with_media(mut self, media: Arc<MediaFiles>) -> Self {
+        self.media = Some(media);
+        self
     }
 
     pub fn spawn(self) -> SenderHandle {
@@ -236,7 +253,14 @@ impl Sender {
             self.metrics.send(message.msgtype(), "dry_run", 0);
             return Outcome::Sent;
         };
-        match client.send(&body).await {
+        let sent = match &self.media {
+            Some(media) => {
+                let kf = entry.action.kf_account.as_deref();
+                media.send(client, openid, message, kf).await
+            }
+            None => client.send(&body).await,
+        };
+        match sent {
             Ok(()) => {
                 self.metrics.send(message.msgtype(), "sent", 0);
                 info!(msgtype = message.msgtype(), trigger = %trigger, "sent");
