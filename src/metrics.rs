@@ -193,7 +193,10 @@ impl Metrics {
 
     /// Counts one media upload of `media_type` (`ok` or `failed`).
     pub fn media_upload(&self, media_type: &str, outcome: &str) {
-        let labels = vec![("type".to_string(), label_value(media_type)), ("outcome".to_string(), label_value(outcome))];
+        let labels = vec![
+            ("type".to_string(), label_value(media_type)),
+            ("outcome".to_string(), label_value(outcome)),
+        ];
         self.media_uploads.get_or_create(&labels).inc();
     }
 

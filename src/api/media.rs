@@ -53,12 +53,13 @@ impl ApiClient {
         };
         let v = self.call(&req).await?;
         let raw: RawUploaded = decode_as(UPLOAD_PATH, v)?;
-        let media_id = raw.media_id.or(raw.thumb_media_id).filter(|m| !m.is_empty()).ok_or_else(
-            || ApiError::Decode {
-                path: UPLOAD_PATH.to_string(),
-                detail: "the answer has neither media_id nor thumb_media_id".into(),
-            },
-        )?;
+        let media_id =
+            raw.media_id.or(raw.thumb_media_id).filter(|m| !m.is_empty()).ok_or_else(|| {
+                ApiError::Decode {
+                    path: UPLOAD_PATH.to_string(),
+                    detail: "the answer has neither media_id nor thumb_media_id".into(),
+                }
+            })?;
         Ok(Uploaded { media_id, created_at: raw.created_at })
     }
 }

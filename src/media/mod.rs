@@ -255,7 +255,9 @@ impl MediaFiles {
         let key = r.key();
         self.paths.insert(key.clone(), r.path.clone());
         let usable = |rec: &MediaRecord| self.is_fresh(rec) && !refused.contains(&rec.media_id);
-        let cached = |me: &Self| me.ready.get(&key).filter(|rec| usable(rec)).map(|rec| rec.media_id.clone());
+        let cached = |me: &Self| {
+            me.ready.get(&key).filter(|rec| usable(rec)).map(|rec| rec.media_id.clone())
+        };
         if let Some(id) = cached(self) {
             return Ok(id);
         }
@@ -337,9 +339,8 @@ impl MediaFiles {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("media.{}", inspected.format.name()));
-        let uploaded = client
-            .upload_media(media_type, &content, &filename, inspected.format.mime())
-            .await;
+        let uploaded =
+            client.upload_media(media_type, &content, &filename, inspected.format.mime()).await;
         let outcome = if uploaded.is_ok() { "ok" } else { "failed" };
         if let Some(m) = &self.metrics {
             m.media_upload(media_type.as_str(), outcome);
@@ -384,7 +385,9 @@ impl MediaFiles {
                         info!("{}", MediaError::NoCredentials);
                     }
                 }
-                Err(e) => warn!(file = %r.path.display(), error = %e, "media file not uploaded; retried at the next refresh or send"),
+                Err(e) => {
+                    warn!(file = %r.path.display(), error = %e, "media file not uploaded; retried at the next refresh or send")
+                }
             }
         }
     }

@@ -127,7 +127,8 @@ impl Format {
             Some(Format::Bmp)
         } else if head.starts_with(b"#!AMR") {
             Some(Format::Amr)
-        } else if head.starts_with(b"ID3") || (head.len() >= 2 && head[0] == 0xFF && head[1] >= 0xE0)
+        } else if head.starts_with(b"ID3")
+            || (head.len() >= 2 && head[0] == 0xFF && head[1] >= 0xE0)
         {
             Some(Format::Mp3)
         } else if head.len() >= 8 && &head[4..8] == b"ftyp" {

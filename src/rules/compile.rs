@@ -13,9 +13,7 @@ use toml::Spanned;
 
 use super::actions::{BUILTINS, Reply, Template};
 use super::check::TestCase;
-use super::file::{
-    RawMedia, RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList,
-};
+use super::file::{RawMedia, RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList};
 use super::matcher::{Cond, Exact, Matcher, MatcherBuilder, normalize_equals};
 use super::parse::{Located, parse_file};
 use super::{Diagnostic, LineIndex, Loaded, Origin, Rule, RuleSet, Severity};
@@ -400,7 +398,10 @@ fn compile_reply(
         let thumb_media_id = match thumb {
             Some(t) => media(t, MediaType::Thumb, ctx),
             None => {
-                ctx.err(at, "music needs `thumb_media_id = \"…\"` or `thumb = { file = \"…\" }`".into());
+                ctx.err(
+                    at,
+                    "music needs `thumb_media_id = \"…\"` or `thumb = { file = \"…\" }`".into(),
+                );
                 Template::parse("")
             }
         };
@@ -628,7 +629,10 @@ fn one_thumb<'r>(
 /// warning.
 fn file_template(rel: &str, offset: usize, ty: MediaType, ctx: &mut Ctx<'_>) -> Template {
     if rel.trim().is_empty() {
-        ctx.err(offset, "an empty media file name: name a file relative to the rules directory".into());
+        ctx.err(
+            offset,
+            "an empty media file name: name a file relative to the rules directory".into(),
+        );
         return Template::parse("");
     }
     let base = ctx.path.parent().unwrap_or(Path::new(""));

@@ -228,7 +228,9 @@ impl<'de> Deserialize<'de> for RawMedia {
         impl<'de> Visitor<'de> for V {
             type Value = RawMedia;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a media id string or { file = \"path relative to the rules directory\" }")
+                f.write_str(
+                    "a media id string or { file = \"path relative to the rules directory\" }",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMedia, E> {
                 Ok(RawMedia::Id(v.to_string()))

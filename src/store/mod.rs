@@ -301,8 +301,12 @@ pub trait Store: Send + Sync + 'static {
     async fn media_list(&self) -> StoreResult<Vec<MediaRecord>>;
     /// Takes the upload lock of `key` for `ttl` (or renews it for the same `holder`); false
     /// when another process holds it, so only one instance uploads a file.
-    async fn media_try_lock(&self, key: &MediaKey, holder: &str, ttl: Duration)
-    -> StoreResult<bool>;
+    async fn media_try_lock(
+        &self,
+        key: &MediaKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
     /// Releases the upload lock of `key` if `holder` still holds it.
     async fn media_unlock(&self, key: &MediaKey, holder: &str) -> StoreResult<()>;
 }

@@ -886,7 +886,8 @@ impl RedisStore {
 }
 
 fn decode_media(v: &str) -> StoreResult<super::MediaRecord> {
-    serde_json::from_str(v).map_err(|e| StoreError::Corrupt(format!("a media record in redis: {e}")))
+    serde_json::from_str(v)
+        .map_err(|e| StoreError::Corrupt(format!("a media record in redis: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -376,3 +376,46 @@ async fn two_instances_on_redis_upload_a_file_once() {
         let _: Result<i64, _> = redis::cmd("DEL").arg(k).query(&mut con);
     }
 }
+
+#[test]
+fn media_commands_upload_and_list() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("menu.png"), png()).unwrap();
+    crate::helpers::seed_state(&dir.path().join("state"));
+    let api = mock.url();
+    let env = [
+        ("KEFU_WECHAT_APP_ID", crate::helpers::APP_ID),
+        ("KEFU_WECHAT_APP_SECRET", "media-cli-secret"),
+        ("KEFU_WECHAT_API_BASE", api.as_str()),
+        ("KEFU_STATE_DIR", "state"),
+    ];
+    let run = kefu_in(dir.path(), &env, &["media", "upload", "menu.png"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let uploads = mock.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].media_type, "image", "the type comes from the content");
+    assert_eq!(run.stdout, format!("{}\n", uploads[0].media_id), "only the id on stdout");
+
+    // A PNG is no thumb (jpg only): refused before any upload, as bad input.
+    let run = kefu_in(dir.path(), &env, &["media", "upload", "menu.png", "--type", "thumb"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("holds png data, but thumb media must be jpeg/jpg"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(mock.uploads().len(), 1);
+
+    let run = kefu_in(dir.path(), &env, &["media", "list", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["media_id"], uploads[0].media_id.as_str());
+    assert_eq!(list[0]["type"], "image");
+    assert_eq!(list[0]["bytes"], 300);
+    assert_eq!(list[0]["stale"], false);
+    let run = kefu_in(dir.path(), &env, &["media", "list"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with(&format!("image {}", uploads[0].media_id)), "{}", run.stdout);
+}

@@ -48,7 +48,9 @@ impl SqliteStore {
             .read(move |conn| {
                 Ok(conn
                     .query_row(
-                        &format!("SELECT {COLUMNS} FROM media WHERE sha256 = ?1 AND media_type = ?2"),
+                        &format!(
+                            "SELECT {COLUMNS} FROM media WHERE sha256 = ?1 AND media_type = ?2"
+                        ),
                         params![key.sha256, key.media_type.as_str()],
                         row,
                     )
