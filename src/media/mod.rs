@@ -186,6 +186,10 @@ impl MediaFiles {
         message: &OutMessage,
         kf_account: Option<&str>,
     ) -> Result<(), ApiError> {
+        // Most messages name no file and carry no id of ours: nothing to resolve.
+        if !names_file(message) && !self.carries_our_id(message) {
+            return client.send(&SendBody::of_message(to, message, kf_account)).await;
+        }
         let (resolved, ours) =
             self.resolve_for_send(message, &[]).await.map_err(MediaError::into_api)?;
         let first = client.send(&SendBody::of_message(to, &resolved, kf_account)).await;
@@ -202,6 +206,14 @@ impl MediaFiles {
             }
             other => other,
         }
+    }
+
+    fn carries_our_id(&self, message: &OutMessage) -> bool {
+        let mut ours = false;
+        if !self.by_id.is_empty() {
+            message.map(|f| ours |= self.by_id.contains_key(f));
+        }
+        ours
     }
 
     /// `message` with every file resolved to a usable id, and the ids kefu issued that it now

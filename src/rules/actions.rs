@@ -295,6 +295,27 @@ mod tests {
         assert_eq!(rest.len(), 5);
     }
 
+    /// A file whose media id was not ready at push time is never the passive answer: it stays
+    /// planned, for the sender to resolve (interface §9).
+    #[test]
+    fn a_file_reference_is_not_passive() {
+        let file = crate::media::MediaRef {
+            media_type: crate::media::MediaType::Image,
+            sha256: "0".repeat(64),
+            path: "/rules/media/menu.png".into(),
+        };
+        let image = PlannedAction {
+            action: Action::Send { message: OutMessage::Image { media_id: file.encode() } },
+            ..send("", 0, None)
+        };
+        let (p, rest) = split_passive(vec![image.clone(), send("hi", 0, None)], true);
+        assert_eq!(
+            p,
+            Some(PassiveReply::Message { message: OutMessage::Text { content: "hi".into() } })
+        );
+        assert_eq!(rest, image.into_outbox().into_iter().collect::<Vec<_>>());
+    }
+
     #[test]
     fn transfer_is_always_passive_and_alone() {
         let t = PlannedAction {

@@ -835,7 +835,7 @@ impl Store for RedisStore {
             .io(OP_TIMEOUT, redis::cmd("HGETALL").arg(self.media_key()).query_async(&mut con))
             .await?;
         let mut out = all.iter().map(|(_, v)| decode_media(v)).collect::<StoreResult<Vec<_>>>()?;
-        out.sort_by(|a, b| a.key().cmp(&b.key()));
+        out.sort_by_key(super::MediaRecord::key);
         Ok(out)
     }
 
