@@ -59,22 +59,23 @@ async fn upload(cfg: &Config, file: &std::path::Path, media_type: Option<&str>) 
     };
     let client = api_client(cfg).await?;
     let clock: SharedClock = Arc::new(SystemClock);
-    // The cache `serve` uses when its state is here; otherwise the id is only printed.
-    let (store, scratch): (Arc<dyn Store>, Option<Scratch>) = match cli_store(cfg).await {
-        Ok(s) => (s.store.clone(), Some(Scratch::Store(s))),
+    // The cache `serve` uses when its state is here; otherwise the id is only printed (the
+    // store is a scratch one, removed after the run).
+    let (store, _state, _scratch): (Arc<dyn Store>, _, _) = match cli_store(cfg).await {
+        Ok(s) => (s.store.clone(), Some(s), None),
         Err(_) => {
-            let dir = std::env::temp_dir().join(format!(
+            let dir = ScratchDir(std::env::temp_dir().join(format!(
                 "kefu-media-{}-{:08x}",
                 std::process::id(),
                 rand::random::<u32>()
-            ));
-            let store = crate::store::SqliteStore::open_client(&dir, &cfg.window, clock.clone())
+            )));
+            let store = crate::store::SqliteStore::open_client(&dir.0, &cfg.window, clock.clone())
                 .map_err(|e| CmdError::Failed(e.into()))?;
             crate::errln!(
                 "kefu: no kefu state here ({}): the media id is printed, not cached",
                 cfg.key("state.dir")
             );
-            (Arc::new(store), Some(Scratch::Dir(dir)))
+            (Arc::new(store), None, Some(dir))
         }
     };
     let media = MediaFiles::new(store, Some(client.clone()), clock, cfg.media.refresh_after);
@@ -83,23 +84,16 @@ async fn upload(cfg: &Config, file: &std::path::Path, media_type: Option<&str>) 
         MediaError::Api(e) => CmdError::from(e),
         other => CmdError::Failed(other.into()),
     })?;
-    drop(media);
-    drop(scratch);
     crate::outln!("{}", rec.media_id)?;
     Ok(())
 }
 
-/// What keeps the upload's store open, or the scratch directory removed after it.
-enum Scratch {
-    Store(#[allow(dead_code)] super::common::CliStore),
-    Dir(PathBuf),
-}
+/// A scratch store's directory, removed on drop (after the store: declared after it).
+struct ScratchDir(PathBuf);
 
-impl Drop for Scratch {
+impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if let Scratch::Dir(d) = self {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

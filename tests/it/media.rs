@@ -83,8 +83,20 @@ impl Kefu {
         cfg.rules.dir = rules.to_path_buf();
         cfg.rules.hot_reload = false;
         edit(&mut cfg);
-        let clock: SharedClock = Arc::new(SystemClock);
-        let service = Service::build(cfg.clone(), clock).await.expect("the service starts");
+        // A server stopped just before may still hold state.dir for a moment (its sender and
+        // store close after the HTTP server): try again for a few seconds.
+        let started = Instant::now();
+        let service = loop {
+            let clock: SharedClock = Arc::new(SystemClock);
+            match Service::build(cfg.clone(), clock).await {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    assert!(format!("{e:#}").contains("another `kefu serve`"), "{e:#}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the service does not start: {e:#}"),
+            }
+        };
         let base = format!("http://{}", service.local_addr());
         let handle = service.handle();
         tokio::spawn(service.run_until_stopped());
@@ -418,4 +430,23 @@ fn media_commands_upload_and_list() {
     let run = kefu_in(dir.path(), &env, &["media", "list"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.starts_with(&format!("image {}", uploads[0].media_id)), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn cached_ids_survive_a_restart() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir(dir.path(), IMAGE_RULE, &[("menu.png", png())]);
+    let (state, app) = (dir.path().join("state"), app_id());
+    let kefu = Kefu::start(&mock, &rules, &state, &app, |_| {}).await;
+    wait_until("the upload", || mock.uploads().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kefu.stop().await;
+    let kefu = Kefu::start(&mock, &rules, &state, &app, |_| {}).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let answer = kefu.say("菜单", 7000).await;
+    let id = &mock.uploads()[0].media_id;
+    assert!(answer.contains(&format!("<MediaId><![CDATA[{id}]]></MediaId>")), "{answer}");
+    assert_eq!(mock.uploads().len(), 1, "the id came from the store, not a new upload");
+    kefu.stop().await;
 }
