@@ -60,6 +60,9 @@ pub enum Command {
     Records(records::RecordsArgs),
     /// Fetch or read the cached access token and show its source and expiry.
     Token(token::TokenArgs),
+    /// Upload media files and show the media ids kept for the files rules name.
+    #[command(subcommand)]
+    Media(crate::cmd::media::MediaCmd),
     /// Print a shell completion script.
     Completions {
         /// The shell to write the script for.
@@ -122,6 +125,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Sessions(a) => cmd::sessions::run(&cfg, &a).await,
         Command::Records(a) => cmd::records::run(&cfg, &a).await,
         Command::Token(a) => cmd::token::run(&cfg, &a).await,
+        Command::Media(a) => cmd::media::run(&cfg, &a).await,
         Command::Completions { shell } => completions(shell),
     }
 }

@@ -100,6 +100,8 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("v3_platform_public_key", Kind::Path),
         ],
     ),
+    // ---- media ----
+    ("media", &[("refresh_after", Kind::Str)]),
 ];
 
 /// The shortest `admin.token` that `kefu serve` accepts (a bearer token for `/admin/*`).
@@ -116,6 +118,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub delivery: DeliveryConfig,
     pub pay: PayConfig,
+    pub media: MediaConfig,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
     /// Where each key set by the file or the environment came from, by `section.key`; a key
@@ -321,6 +324,22 @@ pub struct PayConfig {
     pub v3_platform_public_key: Option<PathBuf>,
 }
 
+// ---- media ----
+
+/// `[media]`: files named in replies (interface §9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Upload a file again once its media id is this old (`media.refresh_after`, humantime,
+    /// default 60h). WeChat keeps temporary media 3 days, so it must be shorter than 72h.
+    pub refresh_after: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig { refresh_after: Duration::from_secs(60 * 3600) }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -357,6 +376,7 @@ impl Default for Config {
                 v3_api_key: Secret::default(),
                 v3_platform_public_key: None,
             },
+            media: MediaConfig::default(),
             file: None,
             origins: BTreeMap::new(),
         }
@@ -1034,6 +1054,19 @@ fn apply(
         ("pay", "v3_platform_public_key") => {
             let s = want_str(v)?;
             cfg.pay.v3_platform_public_key = if s.is_empty() { None } else { Some(path(v)?) };
+        }
+        // ---- media ----
+        ("media", "refresh_after") => {
+            let s = want_str(v)?;
+            let d = humantime::parse_duration(s.trim())
+                .map_err(|_| format!("{s:?} is not a duration: use humantime like 60h, 2d, 90m"))?;
+            if d.is_zero() || d >= Duration::from_secs(72 * 3600) {
+                return Err(format!(
+                    "{s:?} must be more than 0 and less than 72h: WeChat keeps temporary media 3 \
+                     days, so an id must be replaced before then (default 60h)"
+                ));
+            }
+            cfg.media.refresh_after = d;
         }
         _ => unreachable!("schema and apply disagree on {section}.{key}"),
     }

@@ -12,6 +12,7 @@
 //! - [`store`]: durable state: embedded SQLite, and Redis for several instances.
 //! - [`api`]: the outbound WeChat API: client, error table, token cache, sends, kf accounts.
 //! - [`pay`]: WeChat Pay v2/v3 notification verification.
+//! - [`media`]: files named in replies: their checks, references and the media-id cache.
 //! - [`model`]: identifiers, secrets, triggers, outbound messages, the clock, shared seams.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod http;
 pub mod ledger;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod pay;

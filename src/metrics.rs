@@ -73,6 +73,9 @@ pub struct Metrics {
     pub token_refreshes: Counter,
     pub rule_reloads: Family<OutcomeLabels, Counter>,
     pub payments: Family<OutcomeLabels, Counter>,
+    /// `kefu_media_uploads_total{type,outcome}`: media uploads by type (image, voice, video,
+    /// thumb) and outcome (ok, failed).
+    pub media_uploads: Family<Vec<(String, String)>, Counter>,
     reload_sync: parking_lot::Mutex<()>,
 }
 
@@ -152,6 +155,13 @@ impl Metrics {
             "Verified payment notifications, new or duplicate",
             payments.clone(),
         );
+        // ---- media ----
+        let media_uploads = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "media_uploads",
+            "Media files uploaded as temporary media, by type and outcome",
+            media_uploads.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -167,6 +177,7 @@ impl Metrics {
             token_refreshes,
             rule_reloads,
             payments,
+            media_uploads,
             reload_sync: parking_lot::Mutex::new(()),
         }
     }
@@ -198,6 +209,15 @@ impl Metrics {
                 errcode: errcode.to_string(),
             })
             .inc();
+    }
+
+    /// Counts one media upload of `media_type` (`ok` or `failed`).
+    pub fn media_upload(&self, media_type: &str, outcome: &str) {
+        let labels = vec![
+            ("type".to_string(), label_value(media_type)),
+            ("outcome".to_string(), label_value(outcome)),
+        ];
+        self.media_uploads.get_or_create(&labels).inc();
     }
 
     pub fn drop_message(&self, reason: &str) {

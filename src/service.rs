@@ -12,6 +12,7 @@ use crate::api::ApiClient;
 use crate::app::{Application, ExtraRoutes};
 use crate::config::Config;
 use crate::http::webhook::WebhookState;
+use crate::media::MediaFiles;
 use crate::metrics::Metrics;
 use crate::model::{SharedClock, TokenCache};
 use crate::pipeline::PaymentSink;
@@ -76,6 +77,7 @@ pub struct Service {
     sender: SenderHandle,
     purge_stop: watch::Sender<bool>,
     purger: tokio::task::JoinHandle<()>,
+    media_refresher: tokio::task::JoinHandle<()>,
     _watcher: Option<WatchGuard>,
 }
 
@@ -140,6 +142,14 @@ impl Service {
             None
         };
 
+        // ---- media ---- files named in replies: uploaded now (in the background) and on
+        // every reload, kept fresh by the refresher; pushes use only ready ids.
+        let media = Arc::new(
+            MediaFiles::new(store.clone(), client.clone(), clock.clone(), cfg.media.refresh_after)
+                .with_metrics(metrics.clone()),
+        );
+        rules.set_on_reload(media.reload_hook());
+        let media_refresher = media.spawn_refresher(rules.clone());
         let wake = Arc::new(Notify::new());
         let customer_service =
             Arc::new(crate::delivery::CustomerService::new(cfg.delivery.customer_service));
@@ -152,11 +162,13 @@ impl Service {
                 wake.clone(),
             )
             .with_app_id(&cfg.wechat.app_id)
-            .with_delivery(&cfg.delivery, customer_service.clone()),
+            .with_delivery(&cfg.delivery, customer_service.clone())
+            .with_media(media.clone()),
         );
         let sender =
             Sender::new(store.clone(), client.clone(), metrics.clone(), clock.clone(), wake)
                 .with_delivery(&cfg.delivery, customer_service)
+                .with_media(media)
                 .spawn();
 
         let (purge_stop, purge_rx) = watch::channel(false);
@@ -191,7 +203,7 @@ impl Service {
             max_clock_skew_secs = %cfg.key("server.max_clock_skew_secs"),
             "push verification uses"
         );
-        Ok(Service { app, shared, sender, purge_stop, purger, _watcher: watcher })
+        Ok(Service { app, shared, sender, purge_stop, purger, media_refresher, _watcher: watcher })
     }
 
     pub fn port(&self) -> u16 {
@@ -209,8 +221,9 @@ impl Service {
     /// Serves until SIGTERM/SIGINT (or [`Self::handle`]'s stop), then stops the sender within
     /// its bound, leaving unsent messages in the outbox for the next start.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Service { app, shared, sender, purge_stop, purger, _watcher } = self;
+        let Service { app, shared, sender, purge_stop, purger, media_refresher, _watcher } = self;
         let served = app.run_until_stopped().await;
+        media_refresher.abort();
         sender.shutdown(SENDER_STOP_BOUND).await;
         let _ = purge_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), purger).await;

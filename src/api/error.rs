@@ -73,6 +73,17 @@ error_codes! {
     InvalidAccessToken = 40014 => ("the access token is invalid",
         "kefu refreshes it once by itself; if this persists, check that no other program \
          fetches tokens for this app"),
+    InvalidMediaType = 40004 => ("the media type is invalid",
+        "upload as image, voice, video or thumb; this is a kefu bug if kefu chose the type"),
+    InvalidFileType = 40005 => ("the file type is not accepted for this media type",
+        "convert the file (image: bmp/png/jpeg/gif, voice: amr/mp3, video: mp4, thumb: jpg); \
+         `kefu rules check` checks the files named in rules"),
+    InvalidFileSize = 40006 => ("the file size is invalid",
+        "keep files within WeChat's limits: image and video 10 MB, voice 2 MB, thumb 64 KB"),
+    InvalidMediaId = 40007 => ("the media_id is invalid or has expired (temporary media lives 3 days)",
+        "for a file named in a rule kefu uploads it again and retries once; for a media id \
+         written by hand, upload the file again (`kefu media upload FILE`) or name the file with \
+         { file = \"…\" }"),
     InvalidCharacters = 40033 => ("the request contains \\uXXXX escapes",
         "send raw UTF-8 JSON: do not escape non-ASCII characters in the body"),
     InvalidAppSecret = 40125 => ("the AppSecret is invalid",

@@ -3,11 +3,13 @@
 //! accounts, kf sessions and chat records.
 //!
 //! Layout: [`client`] (HTTP, envelope, the retry loop), [`error`] (errcodes and `ApiError`),
-//! [`token`], [`send`], [`accounts`], [`sessions`], [`records`].
+//! [`token`], [`send`], [`accounts`], [`sessions`], [`records`], [`media`] (temporary media
+//! upload).
 
 pub mod accounts;
 pub mod client;
 pub mod error;
+pub mod media;
 pub mod records;
 pub mod send;
 pub mod sessions;

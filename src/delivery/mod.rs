@@ -279,10 +279,15 @@ fn append_more_text(out: &mut Assignment, more: &str) {
 }
 
 /// The message of a held action if a passive reply can carry it (interface §6.8: a
-/// passive-capable kind, not sent as a named kf account).
+/// passive-capable kind, not sent as a named kf account, not naming a media file, whose id
+/// only the sender resolves: interface §9).
 fn passive_message(a: &PlannedAction<OutboxAction>) -> Option<&OutMessage> {
     match &a.action {
-        OutboxAction::Send { message } if message.passive_capable() && a.kf_account.is_none() => {
+        OutboxAction::Send { message }
+            if message.passive_capable()
+                && a.kf_account.is_none()
+                && !crate::media::names_file(message) =>
+        {
             Some(message)
         }
         _ => None,

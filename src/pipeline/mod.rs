@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::config::DeliveryConfig;
 use crate::delivery::split::{SplitNote, split_actions};
 use crate::delivery::{CustomerService, OwnPassive, Terms};
+use crate::media::MediaFiles;
 use crate::metrics::Metrics;
 use crate::model::{OutboxAction, PassiveReply, PlannedAction, WindowEffect};
 use crate::rules::Rules;
@@ -46,6 +47,8 @@ pub struct Pipeline {
     /// Shared with the sender, which learns from WeChat whether the account may call
     /// `custom/send`.
     customer_service: Arc<CustomerService>,
+    /// Media files named in replies: ready ids replace their references (memory only).
+    media: Option<Arc<MediaFiles>>,
 }
 
 impl Pipeline {
@@ -67,6 +70,7 @@ impl Pipeline {
             app_id: String::new(),
             delivery,
             customer_service,
+            media: None,
         }
     }
 
@@ -87,10 +91,19 @@ impl Pipeline {
         self
     }
 
+    /// Resolves the media files of replies from `media`'s ready ids (interface §9).
+    pub fn with_media(mut self, media: Arc<MediaFiles>) -> Self {
+        self.media = Some(media);
+        self
+    }
+
     /// Runs rules and commits everything the push changes in one durable step.
     pub async fn process(&self, intake: Intake) -> anyhow::Result<Processed> {
         let rules = self.rules.current();
-        let eval = rules.evaluate(&intake.input);
+        let mut eval = rules.evaluate(&intake.input);
+        if let Some(media) = &self.media {
+            media.settle(&mut eval.actions);
+        }
         let fired = eval.fired.clone();
         let Plan { passive, planned, dropped, splits } = plan(
             eval,

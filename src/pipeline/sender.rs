@@ -19,6 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::api::{ApiClient, SendBody};
 use crate::config::{CustomerServiceMode, DeliveryConfig};
 use crate::delivery::{CustomerService, OnRefusal};
+use crate::media::MediaFiles;
 use crate::metrics::Metrics;
 use crate::model::{OpenId, OutMessage, OutboxAction, SharedClock, Trigger};
 use crate::store::{DenyReason, EXPIRED, OutboxEntry, Outcome, SendClaim, Store};
@@ -43,6 +44,8 @@ pub struct Sender {
     /// `delivery.hold_for` in ms: how long a message the window refuses waits in the
     /// follower's mailbox.
     hold_for_ms: i64,
+    /// Media files named in messages: resolved (uploaded if need be) when they leave.
+    media: Option<Arc<MediaFiles>>,
 }
 
 /// How often held answers past `hold_for` are dropped with reason `expired`.
@@ -85,6 +88,7 @@ impl Sender {
             parallel: DEFAULT_PARALLEL_FOLLOWERS,
             customer_service: Arc::new(CustomerService::new(delivery.customer_service)),
             hold_for_ms: i64::try_from(delivery.hold_for.as_millis()).unwrap_or(i64::MAX),
+            media: None,
         }
     }
 
@@ -102,6 +106,12 @@ impl Sender {
     /// When a message held now expires.
     fn hold_until(&self) -> i64 {
         self.clock.now_ms().saturating_add(self.hold_for_ms)
+    }
+
+    /// Resolves media files in messages through `media` (and retries a 40007 once).
+    pub fn with_media(mut self, media: Arc<MediaFiles>) -> Self {
+        self.media = Some(media);
+        self
     }
 
     pub fn spawn(self) -> SenderHandle {
@@ -315,7 +325,14 @@ impl Sender {
             self.metrics.send(message.msgtype(), "dry_run", 0);
             return Outcome::Sent;
         };
-        match client.send(&body).await {
+        let sent = match &self.media {
+            Some(media) => {
+                let kf = entry.action.kf_account.as_deref();
+                media.send(client, openid, message, kf).await
+            }
+            None => client.send(&body).await,
+        };
+        match sent {
             Ok(()) => {
                 self.metrics.send(message.msgtype(), "sent", 0);
                 info!(msgtype = message.msgtype(), trigger = %trigger, "sent");

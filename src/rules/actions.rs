@@ -95,7 +95,7 @@ impl Template {
     }
 
     /// The text without its placeholders, and whether it has none (then it is the text).
-    pub fn literal(&self) -> (String, bool) {
+    pub fn literal_text(&self) -> (String, bool) {
         let mut out = String::new();
         let mut fixed = true;
         for p in &self.0 {
@@ -105,6 +105,21 @@ impl Template {
             }
         }
         (out, fixed)
+    }
+
+    /// A template of exactly `s`, braces and all (a media-file reference: a path may hold
+    /// `{`).
+    pub fn literal(s: String) -> Template {
+        Template(vec![Piece::Lit(s)])
+    }
+
+    /// The text when the template has no placeholder.
+    pub fn as_literal(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [Piece::Lit(s)] => Some(s),
+            [] => Some(""),
+            _ => None,
+        }
     }
 
     /// The placeholders that are neither builtins: `(name, group number if numeric)`.
@@ -215,7 +230,9 @@ pub(crate) fn split_passive(
                 if !taken
                     && a.delay.is_zero()
                     && a.kf_account.is_none()
-                    && message.passive_capable() =>
+                    && message.passive_capable()
+                    // A file whose media id is not ready waits for the sender (interface §9).
+                    && !crate::media::names_file(message) =>
             {
                 taken = true;
                 passive = Some(OwnPassive {
@@ -298,6 +315,27 @@ mod tests {
         let (p, rest) = split_passive(acts, false);
         assert_eq!(p.map(|p| p.reply), None);
         assert_eq!(rest.len(), 5);
+    }
+
+    /// A file whose media id was not ready at push time is never the passive answer: it stays
+    /// planned, for the sender to resolve (interface §9).
+    #[test]
+    fn a_file_reference_is_not_passive() {
+        let file = crate::media::MediaRef {
+            media_type: crate::media::MediaType::Image,
+            sha256: "0".repeat(64),
+            path: "/rules/media/menu.png".into(),
+        };
+        let image = PlannedAction {
+            action: Action::Send { message: OutMessage::Image { media_id: file.encode() } },
+            ..send("", 0, None)
+        };
+        let (p, rest) = split_passive(vec![image.clone(), send("hi", 0, None)], true);
+        assert_eq!(
+            p.map(|p| p.reply),
+            Some(PassiveReply::Message { message: OutMessage::Text { content: "hi".into() } })
+        );
+        assert_eq!(rest, image.into_outbox().into_iter().collect::<Vec<_>>());
     }
 
     #[test]

@@ -13,11 +13,12 @@ use toml::Spanned;
 
 use super::actions::{BUILTINS, Reply, Template};
 use super::check::TestCase;
-use super::file::{RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList};
+use super::file::{RawMedia, RawReply, RawRule, RawTest, RawTransfer, RawWhen, ReplyMode, StrList};
 use super::matcher::{Cond, Exact, Matcher, MatcherBuilder, normalize_equals};
 use super::parse::{Located, parse_file};
 use super::{Diagnostic, LineIndex, Loaded, Origin, Rule, RuleSet, Severity};
 use crate::config::WindowConfig;
+use crate::media::{MediaRef, MediaType};
 use crate::model::{Action, Article, KfAccount, MenuItem, OutMessage};
 
 const MSG_TYPES: [&str; 8] =
@@ -46,7 +47,13 @@ struct Ctx<'a> {
     text: &'a str,
     lines: LineIndex,
     diags: &'a mut Vec<Diagnostic>,
+    /// Media files already checked in this compile, so a file named twice is read once.
+    media: &'a mut MediaChecked,
 }
+
+/// A checked media file by (absolute path, type): its encoded reference and a warning, or the
+/// error.
+type MediaChecked = HashMap<(PathBuf, MediaType), Result<(String, Option<String>), String>>;
 
 impl Ctx<'_> {
     fn pos(&self, offset: usize) -> (usize, usize) {
@@ -75,11 +82,13 @@ pub(crate) fn compile(
     let mut pres = Vec::new();
     let mut tests = Vec::new();
     let mut names: HashMap<String, Origin> = HashMap::new();
+    let mut media = MediaChecked::new();
 
     for (file, (path, text)) in sources.iter().enumerate() {
         let parsed = parse_file(path, text, &mut diags);
         let shared_path: Arc<Path> = Arc::from(path.as_path());
-        let mut ctx = Ctx { path, text, lines: LineIndex::new(text), diags: &mut diags };
+        let mut ctx =
+            Ctx { path, text, lines: LineIndex::new(text), diags: &mut diags, media: &mut media };
         for (order, Located { item, span }) in parsed.rules.into_iter().enumerate() {
             // Names are claimed before compiling, so a broken rule still claims its name.
             let (line, col) = ctx.pos(item.name.span().start);
@@ -343,31 +352,65 @@ fn compile_reply(
         kinds.push(("text", s.span().start));
         kind = Some(send(OutMessage::Text { content: tpl(s, ctx) }));
     }
+    let media = |m: &Spanned<RawMedia>, ty: MediaType, ctx: &mut Ctx<'_>| {
+        media_template(m, ty, caps, pays, ctx)
+    };
     if let Some(s) = &r.image {
         kinds.push(("image", s.span().start));
-        kind = Some(send(OutMessage::Image { media_id: tpl(s, ctx) }));
+        kind = Some(send(OutMessage::Image { media_id: media(s, MediaType::Image, ctx) }));
     }
     if let Some(s) = &r.voice {
         kinds.push(("voice", s.span().start));
-        kind = Some(send(OutMessage::Voice { media_id: tpl(s, ctx) }));
+        kind = Some(send(OutMessage::Voice { media_id: media(s, MediaType::Voice, ctx) }));
     }
     if let Some(v) = &r.video {
-        kinds.push(("video", v.media_id.span().start));
+        let at = v.media_id.as_ref().map(|m| m.span().start);
+        let at = at.or(v.file.as_ref().map(|f| f.span().start)).unwrap_or(header);
+        kinds.push(("video", at));
+        let media_id = match (&v.media_id, &v.file) {
+            (Some(m), None) => media(m, MediaType::Video, ctx),
+            (None, Some(f)) => file_template(f.get_ref(), f.span().start, MediaType::Video, ctx),
+            (Some(_), Some(f)) => {
+                ctx.err(f.span().start, "a video takes `media_id` or `file`, not both".into());
+                Template::parse("")
+            }
+            (None, None) => {
+                ctx.err(at, "a video needs `media_id = \"…\"` or `file = \"…\"`".into());
+                Template::parse("")
+            }
+        };
+        let thumb = match one_thumb("video", &v.thumb_media_id, &v.thumb, ctx) {
+            Some(t) => media(t, MediaType::Thumb, ctx),
+            None => Template::parse(""),
+        };
         kind = Some(send(OutMessage::Video {
-            media_id: tpl(&v.media_id, ctx),
-            thumb_media_id: opt(&v.thumb_media_id, ctx),
+            media_id,
+            thumb_media_id: thumb,
             title: opt(&v.title, ctx),
             description: opt(&v.description, ctx),
         }));
     }
     if let Some(m) = &r.music {
-        kinds.push(("music", m.thumb_media_id.span().start));
+        let thumb = one_thumb("music", &m.thumb_media_id, &m.thumb, ctx);
+        let at = thumb.map(|t| t.span().start);
+        let at = at.or(m.title.as_ref().map(|t| t.span().start)).unwrap_or(header);
+        kinds.push(("music", at));
+        let thumb_media_id = match thumb {
+            Some(t) => media(t, MediaType::Thumb, ctx),
+            None => {
+                ctx.err(
+                    at,
+                    "music needs `thumb_media_id = \"…\"` or `thumb = { file = \"…\" }`".into(),
+                );
+                Template::parse("")
+            }
+        };
         kind = Some(send(OutMessage::Music {
             title: opt(&m.title, ctx),
             description: opt(&m.description, ctx),
             musicurl: opt(&m.musicurl, ctx),
             hqmusicurl: opt(&m.hqmusicurl, ctx),
-            thumb_media_id: tpl(&m.thumb_media_id, ctx),
+            thumb_media_id,
         }));
     }
     if let Some(n) = &r.news {
@@ -413,11 +456,22 @@ fn compile_reply(
     }
     if let Some(m) = &r.miniprogram {
         kinds.push(("miniprogram", m.title.span().start));
+        let thumb_media_id = match one_thumb("miniprogram", &m.thumb_media_id, &m.thumb, ctx) {
+            Some(t) => media(t, MediaType::Thumb, ctx),
+            None => {
+                ctx.err(
+                    m.title.span().start,
+                    "a miniprogram card needs `thumb_media_id = \"…\"` or `thumb = { file = \"…\" }`"
+                        .into(),
+                );
+                Template::parse("")
+            }
+        };
         kind = Some(send(OutMessage::MiniProgramPage {
             title: tpl(&m.title, ctx),
             appid: tpl(&m.appid, ctx),
             pagepath: tpl(&m.pagepath, ctx),
-            thumb_media_id: tpl(&m.thumb_media_id, ctx),
+            thumb_media_id,
         }));
     }
     if let Some(t) = &r.typing {
@@ -532,6 +586,81 @@ fn template(s: &Spanned<String>, caps: &Caps, pays: bool, ctx: &mut Ctx<'_>) -> 
         }
     }
     t
+}
+
+// ---- media ----
+
+/// A media-id field: an id is a template like any text; `{ file = "…" }` is checked and
+/// becomes a literal [`MediaRef`].
+fn media_template(
+    m: &Spanned<RawMedia>,
+    ty: MediaType,
+    caps: &Caps,
+    pays: bool,
+    ctx: &mut Ctx<'_>,
+) -> Template {
+    match m.get_ref() {
+        RawMedia::Id(id) => template(&Spanned::new(m.span(), id.clone()), caps, pays, ctx),
+        RawMedia::File(rel) => file_template(rel, m.span().start, ty, ctx),
+    }
+}
+
+/// `thumb_media_id` or `thumb` (one of them, not both).
+fn one_thumb<'r>(
+    kind: &str,
+    id: &'r Option<Spanned<RawMedia>>,
+    thumb: &'r Option<Spanned<RawMedia>>,
+    ctx: &mut Ctx<'_>,
+) -> Option<&'r Spanned<RawMedia>> {
+    match (id, thumb) {
+        (Some(_), Some(t)) => {
+            ctx.err(
+                t.span().start,
+                format!("a {kind} takes `thumb_media_id` or `thumb`, not both"),
+            );
+            None
+        }
+        (Some(t), None) | (None, Some(t)) => Some(t),
+        (None, None) => None,
+    }
+}
+
+/// Checks the file `rel` (relative to the rule file's directory, the rules directory) as `ty`
+/// media and returns its reference; every problem is an error at `offset`, a GIF image a
+/// warning.
+fn file_template(rel: &str, offset: usize, ty: MediaType, ctx: &mut Ctx<'_>) -> Template {
+    if rel.trim().is_empty() {
+        ctx.err(
+            offset,
+            "an empty media file name: name a file relative to the rules directory".into(),
+        );
+        return Template::parse("");
+    }
+    let base = ctx.path.parent().unwrap_or(Path::new(""));
+    let joined = base.join(rel);
+    let path = std::path::absolute(&joined).unwrap_or(joined);
+    let checked = ctx
+        .media
+        .entry((path.clone(), ty))
+        .or_insert_with(|| {
+            crate::media::inspect(&path, rel, ty).map(|(i, _)| {
+                let r = MediaRef { media_type: ty, sha256: i.sha256, path: path.clone() };
+                (r.encode(), i.warning)
+            })
+        })
+        .clone();
+    match checked {
+        Ok((encoded, warning)) => {
+            if let Some(w) = warning {
+                ctx.warn(offset, w);
+            }
+            Template::literal(encoded)
+        }
+        Err(e) => {
+            ctx.err(offset, e);
+            Template::parse("")
+        }
+    }
 }
 
 /// `48h`, `1m`, `90s`: the way durations are written in kefu.toml.

@@ -73,10 +73,10 @@ pub struct RawWhen {
 pub struct RawReply {
     /// A text message (placeholders allowed).
     pub text: Option<Spanned<String>>,
-    /// An image by media id.
-    pub image: Option<Spanned<String>>,
-    /// A voice message by media id.
-    pub voice: Option<Spanned<String>>,
+    /// An image by media id, or `{ file = "…" }`.
+    pub image: Option<Spanned<RawMedia>>,
+    /// A voice message by media id, or `{ file = "…" }`.
+    pub voice: Option<Spanned<RawMedia>>,
     /// A video.
     pub video: Option<RawVideo>,
     /// A music message.
@@ -104,15 +104,22 @@ pub struct RawReply {
     pub as_kf: Option<Spanned<String>>,
 }
 
-/// `video = { media_id, thumb_media_id, title, description }`.
+/// `video = { media_id | file, thumb_media_id | thumb, title, description }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVideo {
-    /// The video's media id.
-    pub media_id: Spanned<String>,
+    /// The video's media id (or `{ file = "…" }`); give this or `file`.
+    #[serde(default)]
+    pub media_id: Option<Spanned<RawMedia>>,
+    /// The video file, relative to the rules directory; give this or `media_id`.
+    #[serde(default)]
+    pub file: Option<Spanned<String>>,
     /// The thumbnail's media id (customer-service sends need it).
     #[serde(default)]
-    pub thumb_media_id: Option<Spanned<String>>,
+    pub thumb_media_id: Option<Spanned<RawMedia>>,
+    /// The thumbnail as `{ file = "…" }` (or a media id); give this or `thumb_media_id`.
+    #[serde(default)]
+    pub thumb: Option<Spanned<RawMedia>>,
     /// Title shown with the video.
     #[serde(default)]
     pub title: Option<Spanned<String>>,
@@ -137,8 +144,12 @@ pub struct RawMusic {
     /// High-quality link, used on Wi-Fi.
     #[serde(default)]
     pub hqmusicurl: Option<Spanned<String>>,
-    /// The thumbnail's media id.
-    pub thumb_media_id: Spanned<String>,
+    /// The thumbnail's media id (or `{ file = "…" }`); give this or `thumb`.
+    #[serde(default)]
+    pub thumb_media_id: Option<Spanned<RawMedia>>,
+    /// The thumbnail as `{ file = "…" }` (or a media id).
+    #[serde(default)]
+    pub thumb: Option<Spanned<RawMedia>>,
 }
 
 /// `news = { title, description, url, picurl }`.
@@ -191,8 +202,55 @@ pub struct RawMiniProgram {
     pub appid: Spanned<String>,
     /// The page to open.
     pub pagepath: Spanned<String>,
-    /// The card image's media id.
-    pub thumb_media_id: Spanned<String>,
+    /// The card image's media id (or `{ file = "…" }`); give this or `thumb`.
+    #[serde(default)]
+    pub thumb_media_id: Option<Spanned<RawMedia>>,
+    /// The card image as `{ file = "…" }` (or a media id).
+    #[serde(default)]
+    pub thumb: Option<Spanned<RawMedia>>,
+}
+
+// ---- media ----
+
+/// A media id, or a file to upload for one (interface §9): `"MEDIA_ID"` or
+/// `{ file = "media/menu.png" }`, the path relative to the rules directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawMedia {
+    /// A media id as WeChat issued it (placeholders allowed).
+    Id(String),
+    /// A file kefu uploads and keeps a media id for.
+    File(String),
+}
+
+impl<'de> Deserialize<'de> for RawMedia {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawMedia;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a media id string or { file = \"path relative to the rules directory\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMedia, E> {
+                Ok(RawMedia::Id(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawMedia, A::Error> {
+                let mut file = None;
+                while let Some(k) = map.next_key::<String>()? {
+                    if k != "file" {
+                        return Err(de::Error::unknown_field(&k, &["file"]));
+                    }
+                    if file.is_some() {
+                        return Err(de::Error::duplicate_field("file"));
+                    }
+                    file = Some(map.next_value::<String>()?);
+                }
+                file.map(RawMedia::File).ok_or_else(|| de::Error::missing_field("file"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `transfer = true | "kf@account"`.

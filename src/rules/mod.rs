@@ -264,7 +264,7 @@ impl RuleSet {
                 else {
                     continue;
                 };
-                let (literal, fixed) = content.literal();
+                let (literal, fixed) = content.literal_text();
                 if literal.len() <= max_bytes {
                     continue;
                 }
@@ -300,6 +300,22 @@ impl RuleSet {
     /// Rule names in evaluation order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// Every media file the replies name (interface §9), each once, in rule order.
+    pub fn media_refs(&self) -> Vec<crate::media::MediaRef> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for reply in self.rules.iter().flat_map(|r| &r.replies) {
+            reply.kind.map(|t| {
+                if let Some(r) = t.as_literal().and_then(crate::media::MediaRef::parse)
+                    && seen.insert(r.key())
+                {
+                    out.push(r);
+                }
+            });
+        }
+        out
     }
 
     /// Evaluates one push; `random_one` rules pick with the thread's RNG.

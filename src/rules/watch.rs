@@ -43,6 +43,8 @@ pub struct Rules {
     status: Mutex<ReloadStatus>,
     /// Serializes reloads so a slow, stale load cannot overwrite a newer one.
     reload_lock: Mutex<()>,
+    /// Called after each successful reload (the media files' uploader is woken by it).
+    on_reload: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -76,7 +78,14 @@ impl Rules {
             current: ArcSwap::from_pointee(set),
             status: Mutex::new(status),
             reload_lock: Mutex::new(()),
+            on_reload: Mutex::new(None),
         }
+    }
+
+    /// Sets what runs after each successful reload (it must not block: it runs on the
+    /// watcher's thread or inside the admin request).
+    pub fn set_on_reload(&self, hook: Arc<dyn Fn() + Send + Sync>) {
+        *self.on_reload.lock() = Some(hook);
     }
 
     /// The rule set to evaluate a push with; cheap, and never a half-swapped set.
@@ -102,6 +111,10 @@ impl Rules {
                 s.last_errors.clear();
                 s.loaded_at = SystemTime::now();
                 tracing::info!(target: "kefu::rules", rules = n, dir = %self.dir.display(), "rules reloaded");
+                let hook = self.on_reload.lock().clone();
+                if let Some(hook) = hook {
+                    hook();
+                }
                 Ok(n)
             }
             Err(diags) => {

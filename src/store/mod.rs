@@ -14,6 +14,7 @@ pub mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ use crate::model::{
     WindowEffect,
 };
 pub use sqlite::SqliteStore;
+
+pub use crate::media::reference::MediaKey;
 
 /// Why a store operation failed. Cloneable because one failed group commit answers many
 /// callers with the same error.
@@ -359,6 +362,27 @@ pub trait Store: Send + Sync + 'static {
             held_answers: ws.iter().map(|w| w.held).sum(),
         })
     }
+
+    // ---- media -------------------------------------------------------------------------
+    // The media-id cache of files named in replies (interface §9): one record per content hash
+    // and upload type, shared by every process using this state (Redis when configured).
+
+    /// The cached upload of this content and type, if any (however old).
+    async fn media_get(&self, key: &MediaKey) -> StoreResult<Option<MediaRecord>>;
+    /// Records an upload, replacing the record of the same key.
+    async fn media_put(&self, record: &MediaRecord) -> StoreResult<()>;
+    /// Every cached upload, by type then hash.
+    async fn media_list(&self) -> StoreResult<Vec<MediaRecord>>;
+    /// Takes the upload lock of `key` for `ttl` (or renews it for the same `holder`); false
+    /// when another process holds it, so only one instance uploads a file.
+    async fn media_try_lock(
+        &self,
+        key: &MediaKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+    /// Releases the upload lock of `key` if `holder` still holds it.
+    async fn media_unlock(&self, key: &MediaKey, holder: &str) -> StoreResult<()>;
 }
 
 /// Gauges for `/metrics`.
@@ -455,4 +479,28 @@ pub async fn open_store(
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}. The URL is {}", cfg.key("state.redis_url")))?;
     Ok((Arc::new(redis), sqlite))
+}
+
+// ---- media ----------------------------------------------------------------------------------
+
+/// One uploaded media file as the store caches it ([`Store::media_get`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// Lower-case hex SHA-256 of the uploaded content.
+    pub sha256: String,
+    pub media_type: crate::media::MediaType,
+    /// The `media_id` WeChat issued (`thumb_media_id` for a thumb).
+    pub media_id: String,
+    /// When it was uploaded, Unix seconds; WeChat keeps temporary media 3 days from then.
+    pub uploaded_at: i64,
+    /// Size of the content in bytes.
+    pub bytes: u64,
+    /// The file it was uploaded from, as named then (for `kefu media list`).
+    pub file: String,
+}
+
+impl MediaRecord {
+    pub fn key(&self) -> MediaKey {
+        MediaKey { sha256: self.sha256.clone(), media_type: self.media_type }
+    }
 }

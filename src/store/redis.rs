@@ -14,6 +14,8 @@
 //!   script as the dedupe record and the window, so whichever instance receives the follower's
 //!   next push delivers each held answer, once.
 //! - `{ns}:token`, `{ns}:token:lock` — the access token and its refresh lock.
+//! - `{ns}:media` (hash, field `{type}:{sha256}`), `{ns}:media:lock:{type}:{sha256}` — the
+//!   media ids of files named in replies and their upload locks (one upload for all instances).
 //!
 //! A namespace like `kefu:{app_id}` carries a Redis Cluster hash tag, so every key of one
 //! account lands in one slot and the multi-key scripts below stay legal on a cluster.
@@ -992,6 +994,100 @@ impl Store for RedisStore {
         // The outbox is part of this store too.
         self.inner.outbox.ping().await
     }
+
+    // ---- media ----
+    // The media-id cache in one hash, `{ns}:media`, field `{type}:{sha256}` → the record as
+    // JSON (no TTL: `kefu media list` shows old records too, and each is replaced by the next
+    // upload); the upload lock per file is `{ns}:media:lock:{type}:{sha256}`, taken and
+    // released with the token lock's scripts, so instances share one upload per file.
+
+    async fn media_get(&self, key: &super::MediaKey) -> StoreResult<Option<super::MediaRecord>> {
+        let mut con = self.con();
+        let raw: Option<String> = self
+            .io(
+                OP_TIMEOUT,
+                redis::cmd("HGET").arg(self.media_key()).arg(key.to_string()).query_async(&mut con),
+            )
+            .await?;
+        raw.map(|v| decode_media(&v)).transpose()
+    }
+
+    async fn media_put(&self, record: &super::MediaRecord) -> StoreResult<()> {
+        let value = serde_json::to_string(record)
+            .map_err(|e| StoreError::Backend(format!("cannot encode a media record: {e}")))?;
+        let mut con = self.con();
+        let _: i64 = self
+            .io(
+                OP_TIMEOUT,
+                redis::cmd("HSET")
+                    .arg(self.media_key())
+                    .arg(record.key().to_string())
+                    .arg(value)
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn media_list(&self) -> StoreResult<Vec<super::MediaRecord>> {
+        let mut con = self.con();
+        let all: Vec<(String, String)> = self
+            .io(OP_TIMEOUT, redis::cmd("HGETALL").arg(self.media_key()).query_async(&mut con))
+            .await?;
+        let mut out = all.iter().map(|(_, v)| decode_media(v)).collect::<StoreResult<Vec<_>>>()?;
+        out.sort_by_key(super::MediaRecord::key);
+        Ok(out)
+    }
+
+    async fn media_try_lock(
+        &self,
+        key: &super::MediaKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let mut con = self.con();
+        let got: i64 = self
+            .io(
+                OP_TIMEOUT,
+                TRY_LOCK
+                    .key(self.media_lock_key(key))
+                    .arg(holder)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok(got == 1)
+    }
+
+    async fn media_unlock(&self, key: &super::MediaKey, holder: &str) -> StoreResult<()> {
+        let mut con = self.con();
+        let _: i64 = self
+            .io(
+                OP_TIMEOUT,
+                COMPARE_AND_DELETE.key(self.media_lock_key(key)).arg(holder).invoke_async(&mut con),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ---- media ---- keys and decoding of the media-id cache (see the `Store` impl's media part).
+
+impl RedisStore {
+    fn media_key(&self) -> String {
+        format!("{}:media", self.inner.ns)
+    }
+
+    fn media_lock_key(&self, key: &super::MediaKey) -> String {
+        format!("{}:media:lock:{key}", self.inner.ns)
+    }
+}
+
+fn decode_media(v: &str) -> StoreResult<super::MediaRecord> {
+    serde_json::from_str(v)
+        .map_err(|e| StoreError::Corrupt(format!("a media record in redis: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------

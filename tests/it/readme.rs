@@ -72,6 +72,8 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("records", "cli_api::records_parse_times_and_page"),
     ("token", "cli_api::token_shows_source_and_expiry_and_reveals_only_on_request"),
     ("completions", "ops::completions_print_scripts_with_the_subcommands"),
+    ("media upload", "media::media_commands_upload_and_list"),
+    ("media list", "media::media_commands_upload_and_list"),
 ];
 
 /// The subcommands that call the WeChat API (and so get the mock and credentials).

@@ -88,6 +88,24 @@ impl MockResponse {
 
 pub const STABLE_TOKEN_PATH: &str = "/cgi-bin/stable_token";
 pub const CLASSIC_TOKEN_PATH: &str = "/cgi-bin/token";
+pub const MEDIA_UPLOAD_PATH: &str = "/cgi-bin/media/upload";
+pub const CUSTOM_SEND_PATH: &str = "/cgi-bin/message/custom/send";
+/// Every media id the mock issues starts with this; custom/send answers 40007 for one it never
+/// issued or has forgotten. Other ids (tests send "MEDIA_ID" and the like) are not checked.
+pub const MOCK_MEDIA_PREFIX: &str = "MOCK_MEDIA_";
+
+/// One upload the mock received at `/cgi-bin/media/upload`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaUpload {
+    /// The `type` query value.
+    pub media_type: String,
+    /// Size of the multipart field `media`.
+    pub bytes: usize,
+    /// Its filename.
+    pub filename: String,
+    /// The id the mock issued (empty when it refused the upload).
+    pub media_id: String,
+}
 
 #[derive(Default)]
 struct State {
@@ -99,6 +117,10 @@ struct State {
     /// Off: only counters are kept (long load runs would otherwise grow without bound).
     not_recording: std::sync::atomic::AtomicBool,
     last_token: Mutex<Option<String>>,
+    uploads: Mutex<Vec<MediaUpload>>,
+    /// Media ids issued and not forgotten.
+    live_media: Mutex<std::collections::HashSet<String>>,
+    media_issued: AtomicU64,
 }
 
 /// A mock WeChat API server on `127.0.0.1:0`. Dropping it stops the server.
@@ -214,6 +236,22 @@ impl MockWechat {
         self.count(STABLE_TOKEN_PATH) + self.count(CLASSIC_TOKEN_PATH)
     }
 
+    /// Every media upload so far, in arrival order.
+    pub fn uploads(&self) -> Vec<MediaUpload> {
+        self.state.uploads.lock().clone()
+    }
+
+    /// Forgets an issued media id, as WeChat does after 3 days: a custom/send naming it gets
+    /// 40007.
+    pub fn forget_media(&self, media_id: &str) {
+        self.state.live_media.lock().remove(media_id);
+    }
+
+    /// Forgets every media id issued so far.
+    pub fn forget_all_media(&self) {
+        self.state.live_media.lock().clear();
+    }
+
     /// The last access token the default token answer handed out (`MOCK_TOKEN_<n>`).
     pub fn last_token(&self) -> Option<String> {
         self.state.last_token.lock().clone()
@@ -236,6 +274,14 @@ async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
     // Counted after recording, so a test that sees the count also sees the request.
     *state.counts.lock().entry(path.clone()).or_default() += 1;
 
+    // Media: an upload is logged and issued an id; a send naming an id of the mock's own that it
+    // does not know (never issued, or forgotten) is refused as WeChat refuses expired media.
+    if path == MEDIA_UPLOAD_PATH && state.scripts.lock().get(&path).is_none_or(|q| q.is_empty()) {
+        return json_response(upload(&req, &body, &state));
+    }
+    if path == CUSTOM_SEND_PATH && names_unknown_media(&body, &state) {
+        return json_response(json!({"errcode": 40007, "errmsg": "invalid media_id hint: [mock]"}));
+    }
     let scripted = state.scripts.lock().get_mut(&path).and_then(VecDeque::pop_front);
     let resp = scripted
         .or_else(|| state.defaults.lock().get(&path).cloned())
@@ -246,6 +292,88 @@ async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
     let status = actix_web::http::StatusCode::from_u16(resp.status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(status).content_type(resp.content_type).body(resp.body)
+}
+
+fn json_response(v: Value) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json; charset=utf-8").body(v.to_string())
+}
+
+/// `POST /cgi-bin/media/upload?type=T`, multipart field `media`: issues
+/// `MOCK_MEDIA_<T>_<n>` (a thumb's answer names it `thumb_media_id`, as WeChat's does).
+fn upload(req: &HttpRequest, body: &[u8], state: &State) -> Value {
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+    let media_type = query.get("type").cloned().unwrap_or_default();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let part = multipart_field(&content_type, body, "media");
+    let valid = matches!(media_type.as_str(), "image" | "voice" | "video" | "thumb");
+    let (filename, bytes) = part.clone().unwrap_or_default();
+    let media_id = if valid && part.is_some() {
+        let n = state.media_issued.fetch_add(1, Ordering::SeqCst) + 1;
+        format!("{MOCK_MEDIA_PREFIX}{}_{n}", media_type.to_ascii_uppercase())
+    } else {
+        String::new()
+    };
+    state.uploads.lock().push(MediaUpload {
+        media_type: media_type.clone(),
+        bytes: bytes.len(),
+        filename,
+        media_id: media_id.clone(),
+    });
+    if !valid {
+        return json!({"errcode": 40004, "errmsg": "invalid media type"});
+    }
+    if part.is_none() {
+        return json!({"errcode": 41005, "errmsg": "media data missing"});
+    }
+    state.live_media.lock().insert(media_id.clone());
+    let id_field = if media_type == "thumb" { "thumb_media_id" } else { "media_id" };
+    json!({"type": media_type, id_field: media_id, "created_at": 1_700_000_000})
+}
+
+/// The (filename, content) of the multipart field `name`, from a `multipart/form-data` body.
+fn multipart_field(content_type: &str, body: &[u8], name: &str) -> Option<(String, Vec<u8>)> {
+    let boundary = content_type.split("boundary=").nth(1)?.trim_matches('"');
+    let delim = format!("--{boundary}");
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    };
+    let mut at = find(body, delim.as_bytes(), 0)?;
+    loop {
+        let head_start = at + delim.len() + 2;
+        let head_end = find(body, b"\r\n\r\n", head_start)?;
+        let head = String::from_utf8_lossy(&body[head_start..head_end]).into_owned();
+        let next = find(body, format!("\r\n{delim}").as_bytes(), head_end + 4)?;
+        if head.contains(&format!("name=\"{name}\"")) {
+            let filename = head
+                .split("filename=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string();
+            return Some((filename, body[head_end + 4..next].to_vec()));
+        }
+        at = next + 2;
+    }
+}
+
+/// Whether a custom/send body names a media id of the mock's own that is not live.
+fn names_unknown_media(body: &[u8], state: &State) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return false };
+    let Some(msgtype) = v.get("msgtype").and_then(Value::as_str) else { return false };
+    let inner = &v[msgtype];
+    let live = state.live_media.lock();
+    ["media_id", "thumb_media_id"].iter().any(|f| {
+        inner
+            .get(*f)
+            .and_then(Value::as_str)
+            .is_some_and(|id| id.starts_with(MOCK_MEDIA_PREFIX) && !live.contains(id))
+    })
 }
 
 fn record(req: &HttpRequest, path: &str, body: &[u8], state: &State) {

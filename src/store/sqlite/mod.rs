@@ -33,6 +33,7 @@
 mod dedupe;
 mod engine;
 mod grants;
+mod media;
 mod outbox;
 mod schema;
 mod token;
@@ -194,6 +195,7 @@ impl SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(SCHEMA).map_err(|e| open_err(e.to_string()))?;
+            tx.execute_batch(media::SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
                 .map_err(|e| open_err(e.to_string()))?;
             if opts.owner {
@@ -735,5 +737,31 @@ impl Store for SqliteStore {
         }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
             .await
+    }
+
+    // ---- media ----
+    async fn media_get(&self, key: &super::MediaKey) -> StoreResult<Option<super::MediaRecord>> {
+        self.media_get_sql(key).await
+    }
+
+    async fn media_put(&self, record: &super::MediaRecord) -> StoreResult<()> {
+        self.media_put_sql(record).await
+    }
+
+    async fn media_list(&self) -> StoreResult<Vec<super::MediaRecord>> {
+        self.media_list_sql().await
+    }
+
+    async fn media_try_lock(
+        &self,
+        key: &super::MediaKey,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<bool> {
+        self.media_try_lock_sql(key, holder, ttl).await
+    }
+
+    async fn media_unlock(&self, key: &super::MediaKey, holder: &str) -> StoreResult<()> {
+        self.media_unlock_sql(key, holder).await
     }
 }
