@@ -1239,6 +1239,33 @@ mod tests {
     }
 
     #[test]
+    fn delivery_keys_from_file_and_env() {
+        let d = load("", &[]).unwrap().delivery;
+        assert_eq!(d, DeliveryConfig::default());
+        assert_eq!((d.max_text_bytes, d.hold_for.as_secs()), (2000, 48 * 3600));
+        let c = load(
+            "[delivery]\nmax_text_bytes = 600\nmore_text = \"\"\ncustomer_service = \"off\"\n\
+             hold_for = \"90m\"\n",
+            &[("KEFU_DELIVERY_CUSTOMER_SERVICE", "on")],
+        )
+        .unwrap();
+        assert_eq!(c.delivery.max_text_bytes, 600);
+        assert_eq!(c.delivery.more_text, "");
+        assert_eq!(c.delivery.customer_service, CustomerServiceMode::On, "the variable wins");
+        assert_eq!(c.delivery.hold_for, Duration::from_secs(5400));
+        for (bad, want) in [
+            ("max_text_bytes = 4000", "45002"),
+            ("max_text_bytes = 10", "below the minimum 64"),
+            ("customer_service = \"maybe\"", "\"auto\""),
+            ("hold_for = \"0s\"", "longer than zero"),
+            ("hold_for = \"soon\"", "not a duration"),
+        ] {
+            let e = load(&format!("[delivery]\n{bad}\n"), &[]).unwrap_err().0;
+            assert!(e.contains("delivery.") && e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn pay_v2_sign_type_from_file_and_env() {
         use crate::pay::v2::SignType;
         assert_eq!(load("", &[]).unwrap().pay.v2_sign_type, V2SignType::Auto);

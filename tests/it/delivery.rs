@@ -354,3 +354,49 @@ async fn a_released_answer_is_the_same_entry_sent_once_before_the_new_answer() {
     assert_eq!(bodies[6], text_body(user, "收到"));
     kefu.stop().await;
 }
+
+// ---- the commands show the split ---------------------------------------------------------
+
+#[test]
+fn rules_check_and_simulate_say_into_how_many_parts_a_text_splits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    let long = ["一", "二", "三"].map(|t| para(t.chars().next().unwrap(), 1500)).join("\n\n");
+    let toml = rule("long", "长文", &[long])
+        + &rule("grow", "回声", &[format!("{}{{text}}", "啊".repeat(700))]);
+    std::fs::write(rules_dir.join("10-long.toml"), &toml).unwrap();
+
+    let check = crate::helpers::kefu_in(dir.path(), &[], &["rules", "check", "rules"]);
+    assert_eq!(check.code, 0, "a note is not an error: {}", check.stderr);
+    let notes: Vec<&str> = check.stdout.lines().filter(|l| l.contains(": note: ")).collect();
+    assert_eq!(notes.len(), 2, "{}", check.stdout);
+    assert!(
+        notes[0].contains("10-long.toml:6:8:")
+            && notes[0].contains("4504 bytes")
+            && notes[0].contains("sent as 3 parts"),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        notes[1].contains("at least 2100 bytes") && notes[1].contains("at least 2 parts"),
+        "{}",
+        notes[1]
+    );
+
+    let sim = crate::helpers::kefu_in(
+        dir.path(),
+        &[("KEFU_DELIVERY_MAX_TEXT_BYTES", "1600")],
+        &["simulate", "--text", "长文", "--json"],
+    );
+    assert_eq!(sim.code, 0, "{}", sim.stderr);
+    let v: Value = serde_json::from_str(&sim.stdout).unwrap();
+    assert_eq!(v["splits"], json!([{"rule": "long", "bytes": 4504, "parts": 3}]));
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(2), "part 1 is passive: {v}");
+    let text = crate::helpers::kefu_in(dir.path(), &[], &["simulate", "--text", "长文"]);
+    assert!(
+        text.stdout.contains("rule long: a text of 4504 bytes is split into 3 parts"),
+        "{}",
+        text.stdout
+    );
+}
