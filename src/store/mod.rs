@@ -191,7 +191,7 @@ impl fmt::Display for OutboxStatus {
 /// Reason recorded on entries that were in flight when kefu stopped: WeChat may or may not
 /// have delivered them, and sending again could deliver twice, so they are never re-sent.
 pub const OUTCOME_UNKNOWN: &str = "outcome unknown: kefu stopped during the send";
-/// Reason recorded on pending entries cancelled by an unsubscribe.
+/// Reason recorded on pending entries and held answers cancelled by an unsubscribe.
 pub const UNSUBSCRIBED: &str = "unsubscribed";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,10 +255,12 @@ pub enum SendClaim {
 pub trait Store: Send + Sync + 'static {
     // ---- pushes ------------------------------------------------------------------------
 
-    /// Records a push: its dedupe record, its window effect, its answer and its planned
-    /// messages, in one transaction, durable when this returns. An unsubscribe
-    /// (`WindowEffect::CloseAll`) also drops the follower's pending entries (reason
-    /// [`UNSUBSCRIBED`]). A key seen before writes nothing and returns the stored answer.
+    /// Records a push: its dedupe record, its window effect, its delivery
+    /// ([`crate::delivery::assign`] over the follower's held answers and the push's own), its
+    /// answer and its planned messages, in one transaction, durable when this returns. An
+    /// unsubscribe (`WindowEffect::CloseAll`) also drops the follower's pending entries and held
+    /// answers (reason [`UNSUBSCRIBED`]). A key seen before writes nothing and returns the
+    /// stored answer.
     async fn commit_push(&self, push: PushCommit) -> StoreResult<CommitOutcome>;
 
     // ---- ledger ------------------------------------------------------------------------

@@ -683,7 +683,7 @@ impl Store for RedisStore {
         // Most followers have no held answers: guess an empty mailbox, one round trip.
         let mut mailbox: Option<String> = None;
         let mut attempt = 0;
-        let (window_after, a) = loop {
+        let (window_after, a, dropped_held) = loop {
             if attempt == MAX_CAS_ATTEMPTS {
                 return Err(Self::contention(&push.openid));
             }
@@ -694,7 +694,13 @@ impl Store for RedisStore {
                 w.apply(effect, now, &self.inner.window);
                 self.plan_write(&mut w, now)?
             };
-            let held = if unsubscribe { Vec::new() } else { decode_mailbox(mailbox.as_deref())? };
+            let mailbox_held = decode_mailbox(mailbox.as_deref())?;
+            // An unfollow drops what was held for the follower, as it cancels what was pending.
+            let (held, dropped_held) = if unsubscribe {
+                (Vec::new(), mailbox_held.len() as u64)
+            } else {
+                (mailbox_held, 0)
+            };
             let capacity = w.quota_left(now).map(|q| q.saturating_sub(pending));
             let a = assign(
                 &held,
@@ -705,7 +711,7 @@ impl Store for RedisStore {
                 push.received_at_ms,
             );
             let box_write = if unsubscribe {
-                Write::Keep
+                if mailbox.is_some() { Write::Delete } else { Write::Keep }
             } else {
                 let gone: std::collections::HashSet<i64> = a
                     .expired
@@ -765,8 +771,14 @@ impl Store for RedisStore {
                     });
                 }
                 1 => match write {
-                    Write::Keep => break (decode_window(decode_encoding(&reply)?.as_deref())?, a),
-                    _ => break (w, a),
+                    Write::Keep => {
+                        break (
+                            decode_window(decode_encoding(&reply)?.as_deref())?,
+                            a,
+                            dropped_held,
+                        );
+                    }
+                    _ => break (w, a, dropped_held),
                 },
                 3 => {
                     mailbox = decode_encoding(&reply)?;
@@ -801,9 +813,12 @@ impl Store for RedisStore {
             .append_outbox_counted(&push.openid, &push.dedupe_key, unsubscribe, a.outbox)
             .await
         {
-            Ok((outbox_ids, cancelled)) => {
-                Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled, delivery })
-            }
+            Ok((outbox_ids, cancelled)) => Ok(CommitOutcome::Fresh {
+                window_after,
+                outbox_ids,
+                cancelled: cancelled + dropped_held,
+                delivery,
+            }),
             Err(e) => {
                 // Nothing of this push reached the outbox: let WeChat's retry run it afresh
                 // rather than answer it as a duplicate with its messages lost.

@@ -326,6 +326,13 @@ async fn on_redis_whichever_instance_gets_the_next_push_delivers_once() {
     assert_eq!(content(&retry_on_a), "二", "a redelivery to a gets the same answer");
     let (_, later) = a.push_status(&text_push(user, "嗯", 3, now)).await;
     assert_eq!(later, "success", "delivered once: nothing left for a");
+    // Held again on a; the unfollow reaches b and drops it from the shared mailbox.
+    let (_, again) = a.push_status(&text_push(user, "两条", 4, now)).await;
+    assert_eq!(content(&again), format!("一{MORE}"));
+    let unfollow = crate::pipeline::event_push(user, "unsubscribe", "", now);
+    assert_eq!(b.push_status(&unfollow).await.0, 200);
+    let (_, back) = a.push_status(&text_push(user, "嗯", 5, now)).await;
+    assert_eq!(back, "success", "nothing held survives the unfollow");
     assert_eq!(mock.count(SEND_PATH), 0);
     a.handle.stop(true).await;
     b.handle.stop(true).await;
@@ -399,4 +406,28 @@ fn rules_check_and_simulate_say_into_how_many_parts_a_text_splits() {
         "{}",
         text.stdout
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfollow_drops_the_held_answers() {
+    let texts: Vec<String> = ["一", "二", "三"].iter().map(|s| s.to_string()).collect();
+    let dir = rules(&rule("three", "三条", &texts));
+    let mock = MockWechat::start();
+    let kefu =
+        start(&mock, dir.path(), |c| c.delivery.customer_service = CustomerServiceMode::Off).await;
+    let user = "oDeliveryUnfollow";
+    kefu.push(&text_push(user, "三条", 1, kefu.now_secs())).await;
+    assert_eq!(kefu.settle(user, 0).await["held"], json!(2));
+    let t = kefu.now_secs();
+    kefu.push(&crate::pipeline::event_push(user, "unsubscribe", "", t)).await;
+    assert_eq!(kefu.window(user).await["held"], json!(0));
+    let metrics = kefu.shared.metrics.render();
+    assert!(
+        metrics.contains("kefu_dropped_messages_total{reason=\"unsubscribed\"} 2\n"),
+        "{metrics}"
+    );
+    // Following again: the old answers are gone, not delivered to the returning follower.
+    let (_, answer) = kefu.push(&text_push(user, "你好", 2, t + 1)).await;
+    assert_eq!(answer, "success");
+    kefu.stop().await;
 }

@@ -97,7 +97,7 @@ pub(super) fn cancel_pending_tx(
     Ok(conn
         .prepare_cached(
             "UPDATE outbox SET status = 'dropped', reason = ?1, updated_at_ms = ?2 \
-             WHERE openid = ?3 AND status = 'pending'",
+             WHERE openid = ?3 AND status IN ('pending', 'held')",
         )?
         .execute(params![UNSUBSCRIBED, now_ms, openid.as_str()])?)
 }
