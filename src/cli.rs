@@ -60,6 +60,9 @@ pub enum Command {
     Records(records::RecordsArgs),
     /// Fetch or read the cached access token and show its source and expiry.
     Token(token::TokenArgs),
+    /// Show or forget the conversation turns an openai backend keeps for a follower.
+    #[command(subcommand)]
+    History(crate::cmd::history::HistoryCmd),
     /// Upload media files and show the media ids kept for the files rules name.
     #[command(subcommand)]
     Media(crate::cmd::media::MediaCmd),
@@ -126,6 +129,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Records(a) => cmd::records::run(&cfg, &a).await,
         Command::Token(a) => cmd::token::run(&cfg, &a).await,
         Command::Media(a) => cmd::media::run(&cfg, &a).await,
+        Command::History(a) => cmd::history::run(&cfg, &a).await,
         Command::Completions { shell } => completions(shell),
     }
 }

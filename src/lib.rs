@@ -23,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod http;
 pub mod ledger;
+pub mod llm;
 pub mod media;
 pub mod metrics;
 pub mod model;

@@ -365,6 +365,30 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    // ---- conversation memory (interface §7.6) --------------------------------------------
+    // The turns `openai` backends keep per backend and follower, shared through Redis.
+
+    /// The follower's kept turns, by backend name then oldest first (`backend` None: of every
+    /// backend). Callers cut them to `history` within `history_ttl` ([`crate::llm::kept`]).
+    async fn turns(
+        &self,
+        backend: Option<&str>,
+        openid: &OpenId,
+    ) -> StoreResult<Vec<(String, crate::llm::Turn)>>;
+    /// Appends a turn and forgets all but the newest `keep` turns of that backend and follower,
+    /// and any at or before `oldest_ms`.
+    async fn add_turn(
+        &self,
+        backend: &str,
+        openid: &OpenId,
+        turn: crate::llm::Turn,
+        keep: usize,
+        oldest_ms: i64,
+    ) -> StoreResult<()>;
+    /// Forgets every kept turn of the follower (`/reset`, `kefu history clear`, a
+    /// data-subject request); returns how many.
+    async fn clear_turns(&self, openid: &OpenId) -> StoreResult<u64>;
+
     // ---- media -------------------------------------------------------------------------
     // The media-id cache of files named in replies (interface §9): one record per content hash
     // and upload type, shared by every process using this state (Redis when configured).

@@ -442,6 +442,16 @@ impl RedisStore {
         format!("{}:h:{}", self.inner.ns, openid.as_str())
     }
 
+    /// The Redis key of a follower's kept turns with one backend.
+    fn turns_key(&self, backend: &str, openid: &OpenId) -> String {
+        format!("{}:t:{backend}:{}", self.inner.ns, openid.as_str())
+    }
+
+    /// Matches the follower's kept turns with every backend.
+    fn turns_pattern(&self, openid: &OpenId) -> String {
+        format!("{}:t:*:{}", glob_escape(&self.inner.ns), glob_escape(openid.as_str()))
+    }
+
     /// The Redis key of a push's dedupe record.
     pub fn dedupe_key(&self, dedupe_key: &str) -> String {
         format!("{}:d:{dedupe_key}", self.inner.ns)
@@ -1008,6 +1018,97 @@ impl Store for RedisStore {
         }
         // The outbox is part of this store too.
         self.inner.outbox.ping().await
+    }
+
+    // ---- conversation memory ----
+    // A follower's turns with one backend are a list, `{ns}:t:{backend}:{openid}`, of JSON
+    // turns oldest first, trimmed to `keep` and expiring `history_ttl` after the last turn.
+
+    async fn turns(
+        &self,
+        backend: Option<&str>,
+        openid: &OpenId,
+    ) -> StoreResult<Vec<(String, crate::llm::Turn)>> {
+        let keys = match backend {
+            Some(b) => vec![self.turns_key(b, openid)],
+            None => {
+                let mut k = self.scan(&self.turns_pattern(openid)).await?;
+                k.sort();
+                k
+            }
+        };
+        let prefix = format!("{}:t:", self.inner.ns);
+        let mut out = Vec::new();
+        for key in keys {
+            let mut con = self.con();
+            let raw: Vec<String> = self
+                .io(OP_TIMEOUT, redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut con))
+                .await?;
+            let name = key
+                .strip_prefix(&prefix)
+                .and_then(|r| r.rsplit_once(':'))
+                .map_or("", |(b, _)| b)
+                .to_string();
+            for r in raw {
+                let turn = serde_json::from_str(&r).map_err(|e| {
+                    StoreError::Corrupt(format!("a kept turn in redis ({key}) is not JSON: {e}"))
+                })?;
+                out.push((name.clone(), turn));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_turn(
+        &self,
+        backend: &str,
+        openid: &OpenId,
+        turn: crate::llm::Turn,
+        keep: usize,
+        oldest_ms: i64,
+    ) -> StoreResult<()> {
+        let key = self.turns_key(backend, openid);
+        let value = serde_json::to_string(&turn)
+            .map_err(|e| StoreError::Backend(format!("cannot serialize a turn: {e}")))?;
+        let ttl_ms = turn.at_ms.saturating_sub(oldest_ms).max(1000);
+        let keep = i64::try_from(keep.max(1)).unwrap_or(i64::MAX);
+        let mut con = self.con();
+        let _: () = self
+            .io(
+                OP_TIMEOUT,
+                redis::pipe()
+                    .atomic()
+                    .cmd("RPUSH")
+                    .arg(&key)
+                    .arg(value)
+                    .ignore()
+                    .cmd("LTRIM")
+                    .arg(&key)
+                    .arg(-keep)
+                    .arg(-1)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl_ms)
+                    .ignore()
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_turns(&self, openid: &OpenId) -> StoreResult<u64> {
+        let keys = self.scan(&self.turns_pattern(openid)).await?;
+        let mut n = 0u64;
+        for key in keys {
+            let mut con = self.con();
+            let len: u64 =
+                self.io(OP_TIMEOUT, redis::cmd("LLEN").arg(&key).query_async(&mut con)).await?;
+            let _: i64 =
+                self.io(OP_TIMEOUT, redis::cmd("DEL").arg(&key).query_async(&mut con)).await?;
+            n += len;
+        }
+        Ok(n)
     }
 
     // ---- media ----

@@ -74,6 +74,8 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("completions", "ops::completions_print_scripts_with_the_subcommands"),
     ("media upload", "media::media_commands_upload_and_list"),
     ("media list", "media::media_commands_upload_and_list"),
+    ("history show", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
+    ("history clear", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
 ];
 
 /// The subcommands that call the WeChat API (and so get the mock and credentials).

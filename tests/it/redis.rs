@@ -883,3 +883,32 @@ async fn redis_restart_with_aof_keeps_every_acknowledged_push() {
         assert!(v.open && v.grants[0].used == 0, "grant of push {i} survived");
     }
 }
+
+/// Kept LLM turns on Redis: shared by instances, per backend and follower, trimmed to `keep`,
+/// expiring with the history ttl, cleared for one follower only.
+#[tokio::test]
+async fn kept_turns_are_shared_trimmed_and_expire() {
+    use kefu::llm::Turn;
+    let Some(url) = test_redis_url() else { return };
+    let mut f = Fixture::new(&url);
+    let (a, b) = (f.instance().await, f.instance().await);
+    let now = f.now_ms();
+    let turn = |i: i64| Turn { at_ms: now + i, user: format!("q{i}"), assistant: format!("a{i}") };
+    for i in 0..4 {
+        a.add_turn("assistant", &oid("oRedisAmy"), turn(i), 3, now - 60_000).await.unwrap();
+    }
+    b.add_turn("other", &oid("oRedisAmy"), turn(9), 3, now - 60_000).await.unwrap();
+    b.add_turn("assistant", &oid("oRedisBen"), turn(5), 3, now - 60_000).await.unwrap();
+    let amy = b.turns(None, &oid("oRedisAmy")).await.unwrap();
+    let seen: Vec<(&str, &str)> = amy.iter().map(|(b, t)| (b.as_str(), t.user.as_str())).collect();
+    assert_eq!(
+        seen,
+        [("assistant", "q1"), ("assistant", "q2"), ("assistant", "q3"), ("other", "q9")]
+    );
+    let ttl = f.pttl(&format!("{}:t:assistant:oRedisAmy", f.ns));
+    assert!((55_000..=60_003).contains(&ttl), "expires with the history ttl: {ttl}");
+    assert_eq!(a.clear_turns(&oid("oRedisAmy")).await.unwrap(), 4);
+    assert!(b.turns(None, &oid("oRedisAmy")).await.unwrap().is_empty());
+    assert_eq!(a.turns(Some("assistant"), &oid("oRedisBen")).await.unwrap().len(), 1);
+    a.delete_namespace().await.unwrap();
+}

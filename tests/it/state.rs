@@ -898,3 +898,54 @@ async fn crash_recovery(sync: &str) {
         acked.len()
     );
 }
+
+/// The kept turns of `openai` backends (interface §7.6): per backend and follower, trimmed to
+/// `keep` and the ttl, shown and cleared by `kefu history` beside a running server.
+#[tokio::test]
+async fn kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history() {
+    use kefu::llm::Turn;
+    let f = Fixture::new();
+    let now_ms = SystemClock.now_ms();
+    let turn = |i: i64, who: &str| Turn {
+        at_ms: now_ms - 10_000 + i,
+        user: format!("{who} 问 {i}"),
+        assistant: format!("答 {i}"),
+    };
+    for i in 0..4 {
+        f.store
+            .add_turn("assistant", &oid("oAmy"), turn(i, "amy"), 3, now_ms - 60_000)
+            .await
+            .unwrap();
+    }
+    f.store.add_turn("assistant", &oid("oBen"), turn(9, "ben"), 3, now_ms - 60_000).await.unwrap();
+    let amy = f.store.turns(Some("assistant"), &oid("oAmy")).await.unwrap();
+    assert_eq!(
+        amy.iter().map(|(_, t)| t.user.as_str()).collect::<Vec<_>>(),
+        ["amy 问 1", "amy 问 2", "amy 问 3"]
+    );
+    // A turn at or before the oldest kept time makes the others go too.
+    f.store.add_turn("assistant", &oid("oAmy"), turn(100, "amy"), 3, now_ms - 9_950).await.unwrap();
+    let amy = f.store.turns(None, &oid("oAmy")).await.unwrap();
+    assert_eq!(amy.len(), 1, "{amy:?}");
+
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
+            .args(args)
+            .current_dir(f.dir.path())
+            .env("KEFU_STATE_DIR", f.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown: serde_json::Value =
+        serde_json::from_str(&run(&["history", "show", "oBen", "--json"])).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!([{"backend": "assistant", "at_ms": now_ms - 10_000 + 9, "user": "ben 问 9", "assistant": "答 9"}])
+    );
+    assert!(run(&["history", "show", "oBen"]).contains("[assistant]"));
+    assert_eq!(run(&["history", "clear", "oBen"]), "oBen: forgot 1 kept turns\n");
+    assert!(run(&["history", "show", "oBen"]).contains("no kept turns"));
+    assert_eq!(f.store.turns(None, &oid("oAmy")).await.unwrap().len(), 1, "only oBen's are gone");
+}

@@ -37,6 +37,7 @@ mod media;
 mod outbox;
 mod schema;
 mod token;
+mod turns;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -196,6 +197,7 @@ impl SqliteStore {
                 .map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(media::SCHEMA).map_err(|e| open_err(e.to_string()))?;
+            tx.execute_batch(turns::SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
                 .map_err(|e| open_err(e.to_string()))?;
             if opts.owner {
@@ -737,6 +739,30 @@ impl Store for SqliteStore {
         }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
             .await
+    }
+
+    // ---- conversation memory ----
+    async fn turns(
+        &self,
+        backend: Option<&str>,
+        openid: &OpenId,
+    ) -> StoreResult<Vec<(String, crate::llm::Turn)>> {
+        self.turns_sql(backend, openid).await
+    }
+
+    async fn add_turn(
+        &self,
+        backend: &str,
+        openid: &OpenId,
+        turn: crate::llm::Turn,
+        keep: usize,
+        oldest_ms: i64,
+    ) -> StoreResult<()> {
+        self.add_turn_sql(backend, openid, turn, keep, oldest_ms).await
+    }
+
+    async fn clear_turns(&self, openid: &OpenId) -> StoreResult<u64> {
+        self.clear_turns_sql(openid).await
     }
 
     // ---- media ----
