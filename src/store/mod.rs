@@ -313,17 +313,11 @@ pub trait Store: Send + Sync + 'static {
             Ok(ChargeOutcome::Allowed { trigger, opened_at }) => {
                 Ok(SendClaim::Charged { trigger, opened_at })
             }
-            Ok(ChargeOutcome::Denied { reason }) => match holds(reason, hold_until_ms) {
-                Some(expires_at_ms) => {
-                    let reason_text = reason.to_string();
-                    self.finish(id, Outcome::Held { reason: reason_text, expires_at_ms }).await?;
-                    Ok(SendClaim::Held(reason))
-                }
-                None => {
-                    self.finish(id, Outcome::Dropped { reason: reason.to_string() }).await?;
-                    Ok(SendClaim::Denied(reason))
-                }
-            },
+            Ok(ChargeOutcome::Denied { reason }) => {
+                let (outcome, claim) = refused(reason, hold_until_ms);
+                self.finish(id, outcome).await?;
+                Ok(claim)
+            }
             Err(e) => {
                 // Not charged, so not sent: back to pending, tried again in a second.
                 let retry = Outcome::Retry {
@@ -422,10 +416,16 @@ pub struct StoreStats {
     pub held_answers: u64,
 }
 
-/// Whether a window refusal holds the message (until the returned time) or drops it: an
-/// unfollowed follower can receive nothing, not even on a next push that may never come.
-pub fn holds(reason: DenyReason, hold_until_ms: Option<i64>) -> Option<i64> {
-    hold_until_ms.filter(|_| reason != DenyReason::Unsubscribed)
+/// What a window refusal at send time does to the message: held until `hold_until_ms` when
+/// given, else dropped. An unfollowed follower can receive nothing, not even on a next push
+/// that may never come, so that message is dropped either way.
+pub fn refused(reason: DenyReason, hold_until_ms: Option<i64>) -> (Outcome, SendClaim) {
+    match hold_until_ms.filter(|_| reason != DenyReason::Unsubscribed) {
+        Some(expires_at_ms) => {
+            (Outcome::Held { reason: reason.to_string(), expires_at_ms }, SendClaim::Held(reason))
+        }
+        None => (Outcome::Dropped { reason: reason.to_string() }, SendClaim::Denied(reason)),
+    }
 }
 
 /// Which process opens the store: the server owns it (purges, recovers in-flight entries); a

@@ -560,18 +560,40 @@ impl RedisStore {
     ) -> StoreResult<(T, Window)> {
         let key = self.window_key(openid);
         let _turn = self.turn(openid).await;
-        let mut current = self.guess(openid)?;
+        let guess = self.guess(openid)?;
+        let (out, w) = self
+            .compare_and_set(&key, openid, guess, |current| {
+                let mut w = decode_window(current)?;
+                let (out, changed) = f(&mut w);
+                let write = if changed { self.plan_write(&mut w, now)? } else { Write::Keep };
+                Ok((write, (out, w)))
+            })
+            .await?;
+        self.remember(openid, &w);
+        Ok((out, w))
+    }
+
+    /// The compare-and-set loop of one key: `step` turns the stored value (None: no key)
+    /// into the write to make and a result; the write happens only if the value is still the
+    /// one read, else `step` runs again on the current value. `guess` is the value assumed
+    /// for the first attempt (one round trip when right).
+    async fn compare_and_set<T>(
+        &self,
+        key: &str,
+        openid: &OpenId,
+        guess: Option<String>,
+        mut step: impl FnMut(Option<&str>) -> StoreResult<(Write, T)> + Send,
+    ) -> StoreResult<T> {
+        let mut current = guess;
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let mut w = decode_window(current.as_deref())?;
-            let (out, changed) = f(&mut w);
-            let write = if changed { self.plan_write(&mut w, now)? } else { Write::Keep };
+            let (write, out) = step(current.as_deref())?;
             let (op, value, ttl) = write.args();
             let mut con = self.con();
             let (done, enc): (i64, String) = self
                 .io(
                     OP_TIMEOUT,
                     LEDGER_CAS
-                        .key(&key)
+                        .key(key)
                         .arg(encode_expected(current.as_deref()))
                         .arg(op)
                         .arg(value)
@@ -580,8 +602,7 @@ impl RedisStore {
                 )
                 .await?;
             if done == 1 {
-                self.remember(openid, &w);
-                return Ok((out, w));
+                return Ok(out);
             }
             current = decode_encoding(&enc)?;
             Self::backoff(attempt).await;
@@ -594,32 +615,13 @@ impl RedisStore {
     async fn append_held(&self, openid: &OpenId, held: HeldAnswer) -> StoreResult<()> {
         let key = self.mailbox_key(openid);
         let _turn = self.turn(openid).await;
-        let mut current: Option<String> = None;
-        for attempt in 0..MAX_CAS_ATTEMPTS {
-            let mut all = decode_mailbox(current.as_deref())?;
+        let now_ms = self.inner.clock.now_ms();
+        self.compare_and_set(&key, openid, None, |current| {
+            let mut all = decode_mailbox(current)?;
             all.push(held.clone());
-            let write = mailbox_write(&all, self.inner.clock.now_ms())?;
-            let (op, value, ttl) = write.args();
-            let mut con = self.con();
-            let (done, enc): (i64, String) = self
-                .io(
-                    OP_TIMEOUT,
-                    LEDGER_CAS
-                        .key(&key)
-                        .arg(encode_expected(current.as_deref()))
-                        .arg(op)
-                        .arg(value)
-                        .arg(ttl)
-                        .invoke_async(&mut con),
-                )
-                .await?;
-            if done == 1 {
-                return Ok(());
-            }
-            current = decode_encoding(&enc)?;
-            Self::backoff(attempt).await;
-        }
-        Err(Self::contention(openid))
+            Ok((mailbox_write(&all, now_ms)?, ()))
+        })
+        .await
     }
 
     /// Removes every key under `namespace` (tests, and tearing an account down). Returns

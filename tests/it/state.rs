@@ -716,16 +716,7 @@ async fn kefu_window_cli_reads_the_store_of_a_running_server() {
         .commit_push(push("msg:1", "oMay", WindowEffect::Open(Trigger::Message), now_ms, &[]))
         .await
         .unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
-            .args(args)
-            .current_dir(f.dir.path())
-            .env("KEFU_STATE_DIR", f.dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| run_ok(f.dir.path(), args);
     let opened = now_ms / 1000;
     let json = run(&["window", "show", "oMay", "--json"]);
     assert_eq!(
@@ -928,16 +919,7 @@ async fn kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history() {
     let amy = f.store.turns(None, &oid("oAmy")).await.unwrap();
     assert_eq!(amy.len(), 1, "{amy:?}");
 
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
-            .args(args)
-            .current_dir(f.dir.path())
-            .env("KEFU_STATE_DIR", f.dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| run_ok(f.dir.path(), args);
     let shown: serde_json::Value =
         serde_json::from_str(&run(&["history", "show", "oBen", "--json"])).unwrap();
     assert_eq!(
@@ -948,4 +930,17 @@ async fn kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history() {
     assert_eq!(run(&["history", "clear", "oBen"]), "oBen: forgot 1 kept turns\n");
     assert!(run(&["history", "show", "oBen"]).contains("no kept turns"));
     assert_eq!(f.store.turns(None, &oid("oAmy")).await.unwrap().len(), 1, "only oBen's are gone");
+}
+
+/// Runs `kefu ARGS` on the state in `dir` (as `KEFU_STATE_DIR`); its stdout, or a panic with
+/// its stderr when it fails.
+fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kefu"))
+        .args(args)
+        .current_dir(dir)
+        .env("KEFU_STATE_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -53,7 +53,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use super::{
     CommitOutcome, Delivered, EXPIRED, HeldAnswer, NewOutboxEntry, OUTCOME_UNKNOWN, OutboxEntry,
     OutboxStatus, Outcome, PushCommit, SendClaim, Store, StoreError, StoreResult, UNSUBSCRIBED,
-    decode_answer, encode_answer, holds,
+    decode_answer, encode_answer, refused,
 };
 use crate::config::{SyncMode, WindowConfig};
 use crate::ledger::{ChargeOutcome, LedgerIndex, Window, WindowView};
@@ -665,18 +665,11 @@ impl Store for SqliteStore {
                     SendClaim::Charged { trigger, opened_at }
                 }
                 // Held or dropped in the transaction that decides it cannot be sent now.
-                ChargeOutcome::Denied { reason } => match holds(reason, hold_until_ms) {
-                    Some(expires_at_ms) => {
-                        let held = Outcome::Held { reason: reason.to_string(), expires_at_ms };
-                        finish_tx(conn, id, held, now_ms)?;
-                        SendClaim::Held(reason)
-                    }
-                    None => {
-                        let dropped = Outcome::Dropped { reason: reason.to_string() };
-                        finish_tx(conn, id, dropped, now_ms)?;
-                        SendClaim::Denied(reason)
-                    }
-                },
+                ChargeOutcome::Denied { reason } => {
+                    let (outcome, claim) = refused(reason, hold_until_ms);
+                    finish_tx(conn, id, outcome, now_ms)?;
+                    claim
+                }
             })
         })
         .await
