@@ -553,6 +553,19 @@ impl Config {
                 origin_of("wechat", "previous_encoding_aes_key")
             ));
         }
+        let d = &self.delivery;
+        if d.max_text_bytes + d.more_text.len() > MAX_TEXT_BYTES as usize {
+            e.push(format!(
+                "`delivery.max_text_bytes` ({}) plus `delivery.more_text` ({}, {} bytes) is {} \
+                 bytes, over WeChat's {MAX_TEXT_BYTES} for one text: the part that carries \
+                 more_text would be refused with 45002. Lower max_text_bytes to at most {}",
+                origin_of("delivery", "max_text_bytes"),
+                origin_of("delivery", "more_text"),
+                d.more_text.len(),
+                d.max_text_bytes + d.more_text.len(),
+                MAX_TEXT_BYTES as usize - d.more_text.len()
+            ));
+        }
         if !self.pay.v3_api_key.is_empty() && self.pay.v3_platform_public_key.is_none() {
             e.push(format!(
                 "`pay.v3_api_key` ({}) needs `pay.v3_platform_public_key`: the path of the WeChat Pay \
@@ -1255,6 +1268,7 @@ mod tests {
         assert_eq!(c.delivery.hold_for, Duration::from_secs(5400));
         for (bad, want) in [
             ("max_text_bytes = 4000", "45002"),
+            ("max_text_bytes = 2048", "at most 2018"),
             ("max_text_bytes = 10", "below the minimum 64"),
             ("customer_service = \"maybe\"", "\"auto\""),
             ("hold_for = \"0s\"", "longer than zero"),

@@ -74,8 +74,9 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     // this push opens can carry goes out, the rest is held for the next push (§7.4).
     let mut window = crate::ledger::Window::default();
     window.apply(intake.effect, now, &cfg.window);
-    let cs = cfg.delivery.customer_service != crate::config::CustomerServiceMode::Off;
-    let terms = crate::pipeline::terms(&intake, cfg.rules.passive_first, cs, &cfg.delivery);
+    let service = crate::delivery::CustomerService::new(cfg.delivery.customer_service);
+    let cs = service.allowed();
+    let terms = crate::pipeline::terms(&intake, cfg.rules.passive_first, &service, &cfg.delivery);
     let delivery = crate::delivery::assign(
         &[],
         plan.passive,

@@ -126,9 +126,14 @@ pub fn render_held(held: &[crate::store::HeldAnswer], now: i64) -> String {
     for (i, h) in held.iter().enumerate() {
         let what = match &h.action.action {
             OutboxAction::Send { message: OutMessage::Text { content } } => {
-                let short: String = content.chars().take(40).collect();
+                // Printed as written (emoji sequences intact), on one line.
+                let short: String = content
+                    .chars()
+                    .take(40)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
                 let more = if short.len() < content.len() { "…" } else { "" };
-                format!("text {short:?}{more}")
+                format!("text “{short}{more}”")
             }
             OutboxAction::Send { message } => message.msgtype().to_string(),
             OutboxAction::Typing => "typing".to_string(),

@@ -88,21 +88,18 @@ pub struct Terms {
     pub more_text: String,
     /// `delivery.hold_for` in ms.
     pub hold_for_ms: i64,
+    /// Recorded on a message this push's commit holds ([`HELD_FOR_QUOTA`], or why the
+    /// account may not call `custom/send`: [`CustomerService::off_reason`]).
+    pub hold_reason: String,
 }
+
+/// Why an answer was dropped instead of held: it could only go through `custom/send` (a menu,
+/// a mini program card, a message as a named kf account...), which the account may not call.
+pub const UNDELIVERABLE: &str = "needs_custom_send";
 
 /// Why the push commit held one of the push's own messages, when the account may call
 /// `custom/send`.
 pub const HELD_FOR_QUOTA: &str = "the window's quota cannot carry it now";
-/// ... and when it may not.
-pub const HELD_CUSTOMER_SERVICE_OFF: &str =
-    "customer-service messages are off for this account (delivery.customer_service)";
-
-impl Terms {
-    /// The reason recorded on a message this push's commit holds.
-    pub fn hold_reason(&self) -> &'static str {
-        if self.customer_service { HELD_FOR_QUOTA } else { HELD_CUSTOMER_SERVICE_OFF }
-    }
-}
 
 impl Default for Terms {
     fn default() -> Self {
@@ -111,6 +108,7 @@ impl Default for Terms {
             customer_service: true,
             more_text: String::new(),
             hold_for_ms: 48 * 3_600_000,
+            hold_reason: HELD_FOR_QUOTA.to_string(),
         }
     }
 }
@@ -126,6 +124,11 @@ pub struct Assignment {
     pub released: Vec<i64>,
     /// Held answers past `expires_at_ms`: dropped with reason `expired`.
     pub expired: Vec<i64>,
+    /// Held answers no passive reply can carry while the account may not call `custom/send`:
+    /// dropped with reason [`UNDELIVERABLE`].
+    pub undeliverable: Vec<i64>,
+    /// This push's own messages dropped for the same reason.
+    pub undeliverable_own: u64,
     /// The outbox entries to write, in sending order, renumbered `seq` 0, 1, ...
     pub outbox: Vec<NewOutboxEntry>,
     /// This push's own messages that the window cannot carry: to hold, in order, after the
@@ -168,44 +171,47 @@ pub fn assign(
         }
     }
 
-    // The passive slot: a transfer keeps it; else the oldest passive-capable held answer.
+    // Without custom/send only what a passive reply can carry will ever reach the follower:
+    // the rest is dropped now, not held forever at the head of the mailbox.
+    if !terms.customer_service {
+        live.retain(|h| {
+            let deliverable = passive_message(&h.action).is_some();
+            if !deliverable {
+                out.undeliverable.push(h.id);
+            }
+            deliverable
+        });
+    }
+
+    // The passive slot: a transfer keeps it; else the oldest held answer if a passive reply
+    // can carry it (if it cannot, nothing is passive this time, so nothing overtakes it).
     let mut own_front: Option<NewOutboxEntry> = None;
     match own_passive {
         Some(p @ OwnPassive { reply: PassiveReply::Transfer { .. }, .. }) => {
             out.passive = Some(p.reply);
         }
-        own_passive => {
-            let pick = if terms.passive_slot {
-                live.iter().position(|h| passive_message(&h.action).is_some())
-            } else {
-                None
-            };
-            match pick {
-                Some(i) => {
-                    let h = live.remove(i);
-                    let message = passive_message(&h.action).expect("picked as passive").clone();
-                    out.passive = Some(PassiveReply::Message { message });
-                    out.passive_from_held = Some(h.id);
-                    // The push's own passive answer follows through custom/send in its turn.
-                    if let Some(OwnPassive { rule, reply: PassiveReply::Message { message } }) =
-                        own_passive
-                    {
-                        own_front = Some(NewOutboxEntry {
-                            rule: rule.clone(),
-                            seq: 0,
-                            action: PlannedAction {
-                                rule,
-                                action: OutboxAction::Send { message },
-                                delay: std::time::Duration::ZERO,
-                                kf_account: None,
-                            },
-                            due_at_ms: received_at_ms,
-                        });
-                    }
-                }
-                None => out.passive = own_passive.map(|p| p.reply),
+        own_passive if terms.passive_slot && !live.is_empty() => {
+            if let Some(message) = passive_message(&live[0].action) {
+                out.passive = Some(PassiveReply::Message { message: message.clone() });
+                out.passive_from_held = Some(live.remove(0).id);
+            }
+            // The push's own passive answer follows through custom/send in its turn.
+            if let Some(OwnPassive { rule, reply: PassiveReply::Message { message } }) = own_passive
+            {
+                own_front = Some(NewOutboxEntry {
+                    rule: rule.clone(),
+                    seq: 0,
+                    action: PlannedAction {
+                        rule,
+                        action: OutboxAction::Send { message },
+                        delay: std::time::Duration::ZERO,
+                        kf_account: None,
+                    },
+                    due_at_ms: received_at_ms,
+                });
             }
         }
+        own_passive => out.passive = own_passive.map(|p| p.reply),
     }
 
     // Everything else in order: held answers first, then the push's own.
@@ -243,6 +249,10 @@ pub fn assign(
     }
     for e in own_front.into_iter().chain(own) {
         let is_message = matches!(e.action.action, OutboxAction::Send { .. });
+        if is_message && !terms.customer_service && passive_message(&e.action).is_none() {
+            out.undeliverable_own += 1; // could only ever go through custom/send
+            continue;
+        }
         if fits(is_message) {
             out.outbox.push(e);
         } else if is_message {
@@ -252,7 +262,10 @@ pub fn assign(
     for (seq, e) in out.outbox.iter_mut().enumerate() {
         e.seq = seq as u32;
     }
-    let still_held = held.len() - out.expired.len() - out.delivered_from_held() as usize;
+    let still_held = held.len()
+        - out.expired.len()
+        - out.undeliverable.len()
+        - out.delivered_from_held() as usize;
     if (still_held > 0 || !out.hold.is_empty()) && !terms.more_text.is_empty() {
         append_more_text(&mut out, &terms.more_text);
     }
@@ -328,6 +341,20 @@ impl CustomerService {
             CustomerServiceMode::On => true,
             CustomerServiceMode::Off => false,
             CustomerServiceMode::Auto => !self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Why nothing goes through `custom/send` for this account now (for held answers' reasons
+    /// and logs): the errcode WeChat answered under `"auto"`, or `"off"` in the config.
+    pub fn off_reason(&self) -> String {
+        match self.refused_with() {
+            Some(code) => format!(
+                "WeChat answered {code}: this account may not call custom/send (certify it; \
+                 delivery.customer_service = \"auto\")"
+            ),
+            None => "customer-service messages are off for this account \
+                     (delivery.customer_service = \"off\")"
+                .to_string(),
         }
     }
 

@@ -37,7 +37,7 @@ fn own(s: &str) -> Option<OwnPassive> {
 }
 
 fn terms(customer_service: bool) -> Terms {
-    Terms { passive_slot: true, customer_service, more_text: "+".into(), hold_for_ms: 1000 }
+    Terms { customer_service, more_text: "+".into(), hold_for_ms: 1000, ..Terms::default() }
 }
 
 fn texts(es: &[NewOutboxEntry]) -> Vec<String> {
@@ -135,4 +135,40 @@ fn refusals_that_hold() {
     assert_eq!(on.on_refusal(Some(48001)), OnRefusal::Fail);
     assert!(on.allowed(), "under \"on\" custom/send is still called after a 48001");
     assert!(!CustomerService::new(CustomerServiceMode::Off).allowed());
+}
+
+fn menu_entry() -> NewOutboxEntry {
+    let mut e = entry("");
+    e.action.action = OutboxAction::Send {
+        message: OutMessage::MsgMenu {
+            head_content: "h".into(),
+            list: vec![],
+            tail_content: "t".into(),
+        },
+    };
+    e
+}
+
+#[test]
+fn without_custom_send_what_no_passive_reply_carries_is_dropped_not_held() {
+    let a = assign(&[], own("a"), vec![menu_entry(), entry("b")], None, &terms(false), 1_000);
+    assert_eq!(a.undeliverable_own, 1, "a menu can never be a passive reply");
+    assert_eq!(texts(&a.hold), ["b"]);
+    let mut menu = held(1, "", 9_000);
+    menu.action = menu_entry().action;
+    let mailbox = [menu, held(2, "x", 9_000)];
+    let b = assign(&mailbox, own("own"), vec![], None, &terms(false), 2_000);
+    assert_eq!(b.undeliverable, [1]);
+    assert_eq!(passive_text(&b).as_deref(), Some("x+"), "own is held: more_text");
+}
+
+#[test]
+fn a_held_answer_no_passive_reply_carries_keeps_its_place_in_line() {
+    let mut menu = held(1, "", 9_000);
+    menu.action = menu_entry().action;
+    let mailbox = [menu, held(2, "x", 9_000)];
+    let a = assign(&mailbox, own("own"), vec![], Some(5), &terms(true), 2_000);
+    assert_eq!(a.passive, None, "nothing passive may overtake the menu");
+    assert_eq!(a.released, [1, 2]);
+    assert_eq!(texts(&a.outbox)[1..], ["x", "own"]);
 }

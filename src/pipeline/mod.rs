@@ -112,8 +112,7 @@ impl Pipeline {
             intake.transfer_allowed,
             self.delivery.max_text_bytes,
         );
-        let terms =
-            terms(&intake, self.passive_first, self.customer_service.allowed(), &self.delivery);
+        let terms = terms(&intake, self.passive_first, &self.customer_service, &self.delivery);
         let outbox = outbox_entries(planned, intake.received_at_ms);
         let n_planned = outbox.len();
         let outcome = self
@@ -147,6 +146,12 @@ impl Pipeline {
                 }
                 if delivery.expired > 0 {
                     self.metrics.drop_messages(crate::store::EXPIRED, delivery.expired);
+                }
+                if delivery.undeliverable > 0 {
+                    warn!(openid = %intake.openid, answers = delivery.undeliverable,
+                        "dropped: only custom/send could carry these answers (a menu, a mini program card, a message as a kf account), and this account may not call it");
+                    self.metrics
+                        .drop_messages(crate::delivery::UNDELIVERABLE, delivery.undeliverable);
                 }
                 if delivery.from_held > 0 {
                     self.metrics.held_delivered.inc_by(delivery.from_held);
@@ -195,15 +200,21 @@ pub fn outbox_entries(
 pub fn terms(
     intake: &Intake,
     passive_first: bool,
-    customer_service: bool,
+    cs: &CustomerService,
     delivery: &DeliveryConfig,
 ) -> Terms {
     let in_chat = matches!(intake.effect, WindowEffect::Open(_) | WindowEffect::Follow(_));
+    let customer_service = cs.allowed();
     Terms {
         passive_slot: intake.passive_allowed && in_chat && (passive_first || !customer_service),
         customer_service,
         more_text: delivery.more_text.clone(),
         hold_for_ms: i64::try_from(delivery.hold_for.as_millis()).unwrap_or(i64::MAX),
+        hold_reason: if customer_service {
+            crate::delivery::HELD_FOR_QUOTA.to_string()
+        } else {
+            cs.off_reason()
+        },
     }
 }
 

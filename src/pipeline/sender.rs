@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{ApiClient, SendBody};
-use crate::config::{CustomerServiceMode, DeliveryConfig};
+use crate::config::DeliveryConfig;
 use crate::delivery::{CustomerService, OnRefusal};
 use crate::media::MediaFiles;
 use crate::metrics::Metrics;
@@ -216,11 +216,17 @@ impl Sender {
             let outcome = match &entry.action.action {
                 // The account may not call custom/send: the message waits for the follower's
                 // next push (interface §7.4.3).
-                OutboxAction::Send { .. } if !self.customer_service.allowed() => {
-                    info!("held: customer-service messages are off for this account");
-                    Outcome::Held {
-                        reason: self.off_reason(),
-                        expires_at_ms: self.hold_until(),
+                OutboxAction::Send { message } if !self.customer_service.allowed() => {
+                    if message.passive_capable() && entry.action.kf_account.is_none() {
+                        info!("held: customer-service messages are off for this account");
+                        Outcome::Held {
+                            reason: self.customer_service.off_reason(),
+                            expires_at_ms: self.hold_until(),
+                        }
+                    } else {
+                        warn!(msgtype = message.msgtype(), "dropped: only custom/send can carry this message, and this account may not call it");
+                        self.metrics.drop_message(crate::delivery::UNDELIVERABLE);
+                        Outcome::Dropped { reason: format!("{}: {}", crate::delivery::UNDELIVERABLE, self.customer_service.off_reason()) }
                     }
                 }
                 // A message is claimed and charged in one step (one transaction where the store
@@ -251,7 +257,7 @@ impl Sender {
                     }
                 }
                 OutboxAction::Typing if !self.customer_service.allowed() => {
-                    Outcome::Dropped { reason: self.off_reason() }
+                    Outcome::Dropped { reason: self.customer_service.off_reason() }
                 }
                 OutboxAction::Typing if self.claim(entry.id).await => {
                     self.typing(&entry.openid).await
@@ -264,19 +270,6 @@ impl Sender {
         }
         .instrument(span)
         .await
-    }
-
-    /// Why nothing goes through custom/send for this account now.
-    fn off_reason(&self) -> String {
-        match (self.customer_service.mode(), self.customer_service.refused_with()) {
-            (CustomerServiceMode::Auto, Some(code)) => format!(
-                "WeChat answered {code}: this account may not call custom/send \
-                 (delivery.customer_service = \"auto\")"
-            ),
-            _ => "customer-service messages are off for this account \
-                  (delivery.customer_service = \"off\")"
-                .to_string(),
-        }
     }
 
     /// pending → in flight for an action that is not charged; false if it was not pending

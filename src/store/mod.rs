@@ -114,6 +114,9 @@ pub struct Delivered {
     pub expired: u64,
     /// This push's own messages that were held.
     pub held: u64,
+    /// Held answers and own messages dropped because only `custom/send` could carry them
+    /// and the account may not call it ([`crate::delivery::UNDELIVERABLE`]).
+    pub undeliverable: u64,
 }
 
 impl Delivered {
@@ -123,6 +126,7 @@ impl Delivered {
             from_held: a.delivered_from_held(),
             expired: a.expired.len() as u64,
             held: a.hold.len() as u64,
+            undeliverable: a.undeliverable.len() as u64 + a.undeliverable_own,
         }
     }
 }

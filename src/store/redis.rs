@@ -728,13 +728,14 @@ impl Store for RedisStore {
                 let gone: std::collections::HashSet<i64> = a
                     .expired
                     .iter()
+                    .chain(&a.undeliverable)
                     .chain(&a.released)
                     .chain(a.passive_from_held.as_ref())
                     .copied()
                     .collect();
                 let mut keep: Vec<HeldAnswer> =
                     held.into_iter().filter(|h| !gone.contains(&h.id)).collect();
-                let why = push.terms.hold_reason();
+                let why = push.terms.hold_reason.as_str();
                 keep.extend(a.hold.iter().map(|e| HeldAnswer {
                     id: held_id(),
                     openid: push.openid.clone(),

@@ -431,3 +431,39 @@ async fn an_unfollow_drops_the_held_answers() {
     assert_eq!(answer, "success");
     kefu.stop().await;
 }
+
+/// Under `customer_service = "off"` a menu can never reach the follower (only custom/send
+/// carries it): it is dropped with its reason instead of blocking the mailbox, and the answers
+/// after it keep coming, one per push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_custom_send_a_menu_is_dropped_not_held_in_front() {
+    let toml = r#"
+[[rule]]
+name = "welcome"
+[rule.when]
+text_contains = "你好"
+[[rule.reply]]
+text = "欢迎"
+[[rule.reply]]
+menu = { items = [{ id = "1", content = "查订单" }] }
+[[rule.reply]]
+text = "还有吗"
+"#;
+    let dir = rules(toml);
+    let mock = MockWechat::start();
+    let kefu =
+        start(&mock, dir.path(), |c| c.delivery.customer_service = CustomerServiceMode::Off).await;
+    let user = "oDeliveryMenuOff";
+    let (_, a) = kefu.push(&text_push(user, "你好", 1, kefu.now_secs())).await;
+    assert_eq!(content(&a), format!("欢迎{MORE}"));
+    assert_eq!(kefu.settle(user, 0).await["held"], json!(1));
+    let (_, b) = kefu.push(&text_push(user, "嗯", 2, kefu.now_secs())).await;
+    assert_eq!(content(&b), "还有吗");
+    let metrics = kefu.shared.metrics.render();
+    assert!(
+        metrics.contains("kefu_dropped_messages_total{reason=\"needs_custom_send\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(mock.count(SEND_PATH), 0);
+    kefu.stop().await;
+}

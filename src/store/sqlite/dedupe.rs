@@ -71,7 +71,7 @@ pub(super) fn commit_push_tx(
         outbox_ids.push(insert_outbox(conn, &push.openid, &push.dedupe_key, e, now_ms)?);
     }
     let hold_until = push.received_at_ms.saturating_add(push.terms.hold_for_ms);
-    let why = push.terms.hold_reason();
+    let why = push.terms.hold_reason.as_str();
     for e in &a.hold {
         hold_new_tx(conn, &push.openid, &push.dedupe_key, e, why, hold_until, now_ms)?;
     }

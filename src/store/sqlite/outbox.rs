@@ -6,7 +6,7 @@ use super::{
     EXPIRED, NewOutboxEntry, OutboxEntry, OutboxStatus, Outcome, StoreError, StoreResult,
     UNSUBSCRIBED,
 };
-use crate::delivery::{Assignment, HeldAnswer};
+use crate::delivery::{Assignment, HeldAnswer, UNDELIVERABLE};
 use crate::model::OpenId;
 
 use super::corrupt;
@@ -218,12 +218,13 @@ pub(super) fn settle_mailbox_tx(
             now_ms
         ])?;
     }
-    for id in &a.expired {
+    let dropped = a.expired.iter().map(|id| (id, EXPIRED));
+    for (id, why) in dropped.chain(a.undeliverable.iter().map(|id| (id, UNDELIVERABLE))) {
         conn.prepare_cached(
             "UPDATE outbox SET status = 'dropped', reason = ?2, updated_at_ms = ?3 \
              WHERE id = ?1 AND status = 'held'",
         )?
-        .execute(params![id, EXPIRED, now_ms])?;
+        .execute(params![id, why, now_ms])?;
     }
     Ok(())
 }
