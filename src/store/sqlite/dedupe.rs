@@ -48,7 +48,11 @@ pub(super) fn commit_push_tx(
     };
     // Delivery (interface §7.4): the mailbox and the window as this transaction sees them.
     let unsubscribe = effect == WindowEffect::CloseAll;
-    let held = if unsubscribe { Vec::new() } else { mailbox_tx(conn, &push.openid)? };
+    let held = if unsubscribe || !inner.may_hold(&push.openid) {
+        Vec::new()
+    } else {
+        mailbox_tx(conn, &push.openid)?
+    };
     let capacity = if held.is_empty() && push.outbox.is_empty() {
         None // nothing to fit: skip the count
     } else {
@@ -74,6 +78,9 @@ pub(super) fn commit_push_tx(
     let why = push.terms.hold_reason.as_str();
     for e in &a.hold {
         hold_new_tx(conn, &push.openid, &push.dedupe_key, e, why, hold_until, now_ms)?;
+    }
+    if !a.hold.is_empty() {
+        inner.note_held(push.openid.as_str());
     }
     let grant_expiry = window_after.next_expiry(now).map(|s| s.saturating_mul(1000));
     let dedupe_expiry = push.received_at_ms.saturating_add(inner.retention_ms);

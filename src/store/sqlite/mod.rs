@@ -113,6 +113,11 @@ struct Inner {
     index: LedgerIndex,
     /// Whether `index` holds the ledger (owner) or hot reads must go to the database.
     indexed: bool,
+    /// The owner's record of which followers may have held answers (everyone who ever had
+    /// one since the store opened, rebuilt from the table at open): a push of anyone else
+    /// skips the mailbox query. Only ever added to inside a write, so a rolled-back write
+    /// leaves a harmless extra entry, never a missing one. None for a client process.
+    held_followers: Option<dashmap::DashSet<String>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     /// The owner's lock on [`LOCK_FILE`]; released by [`SqliteStore::close`] or on drop.
     lock: Mutex<Option<std::fs::File>>,
@@ -222,9 +227,22 @@ impl SqliteStore {
         }
 
         let index = LedgerIndex::new();
-        if opts.owner {
+        let held_followers = if opts.owner {
             rebuild_index(&conn, &index, clock.now_secs()).map_err(|e| open_err(e.to_string()))?;
-        }
+            let set = dashmap::DashSet::new();
+            let mut stmt = conn
+                .prepare("SELECT DISTINCT openid FROM outbox WHERE status = 'held'")
+                .map_err(|e| open_err(e.to_string()))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| open_err(e.to_string()))?;
+            for r in rows {
+                set.insert(r.map_err(|e| open_err(e.to_string()))?);
+            }
+            Some(set)
+        } else {
+            None
+        };
 
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
@@ -236,6 +254,7 @@ impl SqliteStore {
             clock,
             index,
             indexed: opts.owner,
+            held_followers,
             jobs: Mutex::new(Some(tx)),
             lock: Mutex::new(lock),
             readers: Mutex::new(Vec::new()),
@@ -474,6 +493,22 @@ impl SqliteStore {
     }
 }
 
+impl Inner {
+    /// The follower may have held answers from now on.
+    fn note_held(&self, openid: &str) {
+        if let Some(set) = &self.held_followers
+            && !set.contains(openid)
+        {
+            set.insert(openid.to_string());
+        }
+    }
+
+    /// Whether a push of this follower must read the mailbox.
+    fn may_hold(&self, openid: &OpenId) -> bool {
+        self.held_followers.as_ref().is_none_or(|set| set.contains(openid.as_str()))
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Lets a sleeping purge task notice the store is gone.
@@ -668,6 +703,9 @@ impl Store for SqliteStore {
                 ChargeOutcome::Denied { reason } => {
                     let (outcome, claim) = refused(reason, hold_until_ms);
                     finish_tx(conn, id, outcome, now_ms)?;
+                    if matches!(claim, SendClaim::Held(_)) {
+                        inner.note_held(openid.as_str());
+                    }
                     claim
                 }
             })
@@ -676,7 +714,17 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, id: i64, outcome: Outcome) -> StoreResult<()> {
-        self.write(move |conn, inner, _| finish_tx(conn, id, outcome, inner.clock.now_ms())).await
+        self.write(move |conn, inner, _| {
+            let held = matches!(outcome, Outcome::Held { .. });
+            finish_tx(conn, id, outcome, inner.clock.now_ms())?;
+            if held {
+                let openid: String =
+                    conn.query_row("SELECT openid FROM outbox WHERE id = ?1", [id], |r| r.get(0))?;
+                inner.note_held(&openid);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn pending_count(&self, openid: &OpenId) -> StoreResult<u64> {
