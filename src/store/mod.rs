@@ -444,6 +444,39 @@ pub enum Role {
 /// `redis`), so a CLI command without `state.redis_url` does not read a stale SQLite ledger.
 pub const MODE_FILE: &str = "kefu.store";
 
+/// Clears the embedded store's access token and media ids when they were cached for another
+/// AppID than `wechat.app_id` (see [`APP_FILE`]), with one warning; then records this one.
+async fn forget_another_accounts_caches(cfg: &Config, sqlite: &SqliteStore) {
+    let app = &cfg.wechat.app_id;
+    if app.is_empty() {
+        return; // dry-run: nothing is fetched or uploaded
+    }
+    let file = cfg.state.dir.join(APP_FILE);
+    let before = std::fs::read_to_string(&file).ok().map(|s| s.trim().to_string());
+    if let Some(before) = before.as_deref().filter(|b| !b.is_empty() && *b != app) {
+        match sqlite.forget_account_caches().await {
+            Ok(()) => tracing::warn!(
+                state_dir = %cfg.state.dir.display(), previous = before, app_id = %app,
+                "this state.dir served another AppID: its cached access token and media ids \
+                 were dropped (they belong to that account); they are fetched and uploaded again"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot drop another account's cached token and media ids")
+            }
+        }
+    }
+    if before.as_deref() != Some(app.as_str())
+        && let Err(e) = std::fs::write(&file, format!("{app}\n"))
+    {
+        tracing::warn!(file = %file.display(), error = %e, "cannot record the AppID");
+    }
+}
+
+/// The file in `state.dir` where `serve` records the AppID whose access token and media ids the
+/// embedded store caches: a `state.dir` moved from one account to another (the sandbox test
+/// account to production, say) must not answer with the other account's token or media ids.
+pub const APP_FILE: &str = "kefu.app";
+
 /// Opens the configured store: SQLite under `state.dir`, and with `state.redis_url` the Redis
 /// store for ledger, dedupe and token with this instance's outbox in SQLite. A CLI process
 /// ([`Role::Cli`]) is refused when `serve` keeps this `state.dir`'s ledger in Redis and the
@@ -492,6 +525,7 @@ pub async fn open_store(
         if let Err(e) = std::fs::write(&mode_file, format!("{mode}\n")) {
             tracing::warn!(file = %mode_file.display(), error = %e, "cannot record the store mode");
         }
+        forget_another_accounts_caches(cfg, &sqlite).await;
     }
     if cfg.state.redis_url.is_empty() {
         return Ok((Arc::new(sqlite.clone()), sqlite));

@@ -450,3 +450,24 @@ async fn cached_ids_survive_a_restart() {
     assert_eq!(mock.uploads().len(), 1, "the id came from the store, not a new upload");
     kefu.stop().await;
 }
+
+/// A state.dir moved to another account (the sandbox test account to production): the other
+/// account's cached media ids are not used, the file is uploaded for this account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_app_id_on_the_same_state_dir_uploads_again() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir(dir.path(), IMAGE_RULE, &[("menu.png", png())]);
+    let state = dir.path().join("state");
+    let kefu = Kefu::start(&mock, &rules, &state, &app_id(), |_| {}).await;
+    wait_until("the upload", || mock.uploads().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kefu.stop().await;
+    let kefu = Kefu::start(&mock, &rules, &state, &app_id(), |_| {}).await;
+    wait_until("an upload for the new account", || mock.uploads().len() == 2).await;
+    let first = mock.uploads()[0].media_id.clone();
+    let answer = kefu.say("菜单", 7001).await;
+    assert!(!answer.contains(&first), "the other account's id is not used: {answer}");
+    assert!(answer.contains(&mock.uploads()[1].media_id), "{answer}");
+    kefu.stop().await;
+}

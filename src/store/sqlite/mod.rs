@@ -360,6 +360,16 @@ impl SqliteStore {
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 
+    /// Drops the cached access token and media ids (they belong to one AppID; see
+    /// [`super::APP_FILE`]).
+    pub async fn forget_account_caches(&self) -> StoreResult<()> {
+        self.write(|conn, _, _| {
+            conn.execute_batch("DELETE FROM token; DELETE FROM media;")?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Purges expired grants, dedupe records past retention and finished outbox entries
     /// older than [`FINISHED_RETENTION_MS`]. Returns (grants, dedupe records, entries) removed.
     pub async fn purge(&self, now_ms: i64) -> StoreResult<(usize, usize, usize)> {
