@@ -52,6 +52,8 @@ pub struct MockResponse {
     /// Wait this long before answering (longer than the client's timeout = a timeout after
     /// the request was sent).
     pub delay: Duration,
+    /// Extra response headers (`Retry-After`, say).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl MockResponse {
@@ -61,6 +63,7 @@ impl MockResponse {
             body: v.to_string().into_bytes(),
             content_type: "application/json; charset=utf-8",
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
     /// `{"errcode":0,"errmsg":"ok"}`.
@@ -78,10 +81,16 @@ impl MockResponse {
             body: format!("HTTP {status}").into_bytes(),
             content_type: "text/plain",
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
     pub fn delayed(mut self, d: Duration) -> Self {
         self.delay = d;
+        self
+    }
+    /// The same answer with one more header.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_string()));
         self
     }
 }
@@ -291,7 +300,12 @@ async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
     }
     let status = actix_web::http::StatusCode::from_u16(resp.status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).content_type(resp.content_type).body(resp.body)
+    let mut out = HttpResponse::build(status);
+    out.content_type(resp.content_type);
+    for (name, value) in &resp.headers {
+        out.insert_header((*name, value.as_str()));
+    }
+    out.body(resp.body)
 }
 
 fn json_response(v: Value) -> HttpResponse {
