@@ -199,6 +199,9 @@ pub fn kept(turns: &[Turn], keep: usize, ttl: Duration, now_ms: i64) -> Vec<Turn
     fresh[fresh.len().saturating_sub(keep)..].iter().map(|t| (*t).clone()).collect()
 }
 
+/// The longest `Retry-After` kefu honours; a server asking for more is retried after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// One OpenAI-compatible endpoint, as `[backends.NAME]` with `kind = "openai"` describes it.
 #[derive(Clone, Debug)]
 pub struct ChatClient {
@@ -277,6 +280,44 @@ impl ChatClient {
                 }
             })?;
         Ok(Completion { content, usage: parsed.usage.unwrap_or_default() })
+    }
+
+    /// The call with `retries` more attempts after a retriable failure (interface §7.3,
+    /// §11.5): a 429 waits the server's `Retry-After` (at most [`MAX_RETRY_AFTER`]), anything
+    /// else retriable waits `backoff(attempt)` (1 s, 2 s, 4 s … from the backends' schedule).
+    /// Every failed attempt is logged with its cause; the last error is returned.
+    pub async fn complete_with_retries(
+        &self,
+        request: &ChatRequest,
+        retries: u32,
+        backoff: impl Fn(u32) -> Duration,
+    ) -> Result<Completion, LlmError> {
+        let mut attempt = 0;
+        loop {
+            let err = match self.complete(request).await {
+                Ok(c) => return Ok(c),
+                Err(e) => e,
+            };
+            let more = err.is_retriable() && attempt < retries;
+            tracing::warn!(
+                backend = %self.backend,
+                attempt = attempt + 1,
+                outcome = err.outcome(),
+                retry = more,
+                "the model's server failed: {err}"
+            );
+            if !more {
+                return Err(err);
+            }
+            let wait = match &err {
+                LlmError::RateLimited { retry_after: Some(after), .. } => {
+                    (*after).min(MAX_RETRY_AFTER)
+                }
+                _ => backoff(attempt),
+            };
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
     }
 
     fn transport(&self, e: reqwest::Error) -> LlmError {
