@@ -292,9 +292,8 @@ async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
         return json_response(json!({"errcode": 40007, "errmsg": "invalid media_id hint: [mock]"}));
     }
     let scripted = state.scripts.lock().get_mut(&path).and_then(VecDeque::pop_front);
-    let resp = scripted
-        .or_else(|| state.defaults.lock().get(&path).cloned())
-        .unwrap_or_else(|| {
+    let resp =
+        scripted.or_else(|| state.defaults.lock().get(&path).cloned()).unwrap_or_else(|| {
             if path.ends_with(CHAT_COMPLETIONS_SUFFIX) {
                 chat_echo(&body)
             } else {
