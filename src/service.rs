@@ -92,7 +92,12 @@ impl Service {
         let keys = Keys::from_config(&cfg)?;
         let metrics = Arc::new(Metrics::new());
 
-        let loaded = RuleSet::load_dir(&cfg.rules.dir, &cfg.window).map_err(|diags| {
+        let loaded = RuleSet::load_dir_with(
+            &cfg.rules.dir,
+            &cfg.window,
+            &cfg.backends.keys().cloned().collect::<Vec<_>>(),
+        )
+        .map_err(|diags| {
             let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
             let n = list.len();
             anyhow::anyhow!(
