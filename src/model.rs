@@ -435,7 +435,8 @@ pub enum Action<T = String> {
     /// Send the push to backend `backend` (`forward = "NAME"`, interface §7.2): its answer
     /// becomes the rule's replies in this place, `fallback` (as text) when it fails for good.
     /// Never a passive reply nor an outbox entry: the pipeline takes it out before planning.
-    Forward { backend: String, fallback: Option<T> },
+    /// `captures` are the named groups of the rule's regex, filled in when the rule fires.
+    Forward { backend: String, fallback: Option<T>, captures: Vec<(String, String)> },
 }
 
 impl PassiveReply {
@@ -452,9 +453,10 @@ impl<T> Action<T> {
             Action::Send { message } => Action::Send { message: message.map(f) },
             Action::Typing => Action::Typing,
             Action::Transfer { kf_account } => Action::Transfer { kf_account: kf_account.clone() },
-            Action::Forward { backend, fallback } => Action::Forward {
+            Action::Forward { backend, fallback, captures } => Action::Forward {
                 backend: backend.clone(),
                 fallback: fallback.as_ref().map(&mut f),
+                captures: captures.clone(),
             },
         }
     }

@@ -73,7 +73,7 @@ pub struct ForwardRequest {
 }
 
 /// `push` of the request: every field present, `null` when the push has none (§11.1).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushFacts {
     /// `MsgType` as WeChat sent it (`text`, `voice`, `event`, …).
     pub msgtype: String,

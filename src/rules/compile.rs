@@ -543,6 +543,7 @@ fn compile_reply(
         kind = Some(Action::Forward {
             backend: name.clone(),
             fallback: r.fallback.as_ref().map(|s| tpl(s, ctx)),
+            captures: Vec::new(),
         });
         if r.delay.is_some() {
             ctx.err(
@@ -1058,7 +1059,11 @@ mod answer_tests {
         assert_eq!(ev.actions.len(), 2);
         assert_eq!(
             ev.actions[1].action,
-            Action::Forward { backend: "orders".into(), fallback: Some("抱歉".into()) }
+            Action::Forward {
+                backend: "orders".into(),
+                fallback: Some("抱歉".into()),
+                captures: Vec::new()
+            }
         );
         let bad = "[[rule]]\nname = \"a\"\n[[rule.reply]]\ntext = \"x\"\nfallback = \"y\"\n";
         let d = compile(
