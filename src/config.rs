@@ -12,6 +12,9 @@ use std::time::Duration;
 use crate::model::{Secret, Trigger};
 use crate::pay::v2::V2SignType;
 
+pub mod backends;
+pub use backends::{BackendConfig, BackendKind, HttpConfig, OpenAiConfig, RateLimit};
+
 /// Where a value came from; printed in every error about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -89,6 +92,9 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("more_text", Kind::Str),
             ("customer_service", Kind::Str),
             ("hold_for", Kind::Str),
+            ("passive_wait", Kind::Str),
+            ("pending_text", Kind::Str),
+            ("typing", Kind::Bool),
         ],
     ),
     (
@@ -119,6 +125,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub pay: PayConfig,
     pub media: MediaConfig,
+    /// `[backends.NAME]` by name (interface §7.1).
+    pub backends: BTreeMap<String, BackendConfig>,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
     /// Where each key set by the file or the environment came from, by `section.key`; a key
@@ -273,6 +281,15 @@ pub struct DeliveryConfig {
     /// How long a held answer waits for the follower's next push before it is dropped with
     /// reason `expired` (`hold_for`, default 48h).
     pub hold_for: Duration,
+    /// How long a push waits for a forwarded answer before it is answered without it
+    /// (`passive_wait`, default 4s; at most 4.5s, as WeChat waits 5 s).
+    pub passive_wait: Duration,
+    /// The passive answer while a forwarded answer is still being prepared (`pending_text`;
+    /// empty = `success`).
+    pub pending_text: String,
+    /// Send `custom/typing` while waiting for a backend, when `custom/send` is allowed
+    /// (`typing`, default true).
+    pub typing: bool,
 }
 
 /// `delivery.customer_service`: `"auto"` (the default) calls `custom/send` until WeChat answers
@@ -310,6 +327,9 @@ impl Default for DeliveryConfig {
             more_text: "（回复任意内容继续）".into(),
             customer_service: CustomerServiceMode::Auto,
             hold_for: Duration::from_secs(48 * 3600),
+            passive_wait: Duration::from_secs(4),
+            pending_text: String::new(),
+            typing: true,
         }
     }
 }
@@ -377,6 +397,7 @@ impl Default for Config {
                 v3_platform_public_key: None,
             },
             media: MediaConfig::default(),
+            backends: BTreeMap::new(),
             file: None,
             origins: BTreeMap::new(),
         }
@@ -427,6 +448,7 @@ impl Config {
         cwd: &Path,
     ) -> Result<Config, ConfigError> {
         let mut values: BTreeMap<(String, String), (toml::Value, Origin)> = BTreeMap::new();
+        let mut raw_backends: BTreeMap<String, backends::RawBackend> = BTreeMap::new();
         let mut errors = Vec::new();
 
         if let (Some(path), Some(text)) = (file, text) {
@@ -450,9 +472,13 @@ impl Config {
                 }
                 Ok(table) => {
                     for (section, v) in table {
+                        if section == "backends" {
+                            backend_tables(path, v, &origin, &mut raw_backends, &mut errors);
+                            continue;
+                        }
                         let Some(keys) = schema_section(&section) else {
                             errors.push(format!(
-                                "{}: unknown section [{section}]; known sections are {}",
+                                "{}: unknown section [{section}]; known sections are {}, backends",
                                 path.display(),
                                 SCHEMA.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
                             ));
@@ -482,6 +508,42 @@ impl Config {
         env.sort();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("KEFU_") else { continue };
+            if let Some(b) = rest.strip_prefix("BACKENDS_") {
+                let known: Vec<String> = raw_backends.keys().cloned().collect();
+                match backends::split_env(b, &known) {
+                    Some((backend, key)) => {
+                        let v = if key == "retries"
+                            || key == "history"
+                            || key == "max_tokens"
+                            || key == "max_concurrent"
+                        {
+                            env_value(Kind::Int, &raw)
+                        } else if key == "temperature" {
+                            raw.trim()
+                                .parse::<f64>()
+                                .map(toml::Value::Float)
+                                .map_err(|_| format!("{raw:?} is not a number"))
+                        } else {
+                            env_value(Kind::Str, &raw)
+                        };
+                        match v {
+                            Ok(v) => {
+                                raw_backends
+                                    .entry(backend)
+                                    .or_default()
+                                    .insert(key, (v, Origin::Env(name.clone())));
+                            }
+                            Err(why) => errors.push(format!("environment variable {name}: {why}")),
+                        }
+                    }
+                    None => errors.push(format!(
+                        "environment variable {name}: not KEFU_BACKENDS_<NAME>_<KEY>; a backend \
+                         takes {}",
+                        backends::all_keys().join(", ")
+                    )),
+                }
+                continue;
+            }
             let lower = rest.to_ascii_lowercase();
             let Some((section, keys)) = SCHEMA
                 .iter()
@@ -519,6 +581,17 @@ impl Config {
             if let Err(why) = apply(&mut cfg, section, key, value, origin, cwd, file_dir.as_deref())
             {
                 errors.push(format!("`{section}.{key}` from {origin}: {why}"));
+            }
+        }
+        for (name, raw) in &raw_backends {
+            for (key, (_, o)) in raw {
+                cfg.origins.insert(format!("backends.{name}.{key}"), o.clone());
+            }
+            match backends::build(name, raw, cwd, file_dir.as_deref()) {
+                Ok(b) => {
+                    cfg.backends.insert(name.clone(), b);
+                }
+                Err(e) => errors.extend(e),
             }
         }
         let origin_of = |s: &str, k: &str| cfg.origin(&format!("{s}.{k}"));
@@ -672,7 +745,7 @@ impl Config {
 
 /// The environment variable that sets `section.key`: `KEFU_SECTION_KEY`.
 pub fn env_var_of(key: &str) -> String {
-    format!("KEFU_{}", key.replace('.', "_").to_ascii_uppercase())
+    format!("KEFU_{}", key.replace(['.', '-'], "_").to_ascii_uppercase())
 }
 
 /// 1-based line and column (in characters) of byte offset `at` in `text`.
@@ -685,6 +758,37 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
 
 fn schema_section(name: &str) -> Option<&'static [(&'static str, Kind)]> {
     SCHEMA.iter().find(|(s, _)| *s == name).map(|(_, k)| *k)
+}
+
+/// Collects the `[backends.NAME]` tables of a file, key by key, for [`backends::build`].
+fn backend_tables(
+    path: &Path,
+    v: toml::Value,
+    origin: &Origin,
+    out: &mut BTreeMap<String, backends::RawBackend>,
+    errors: &mut Vec<String>,
+) {
+    let toml::Value::Table(t) = v else {
+        errors.push(format!(
+            "{}: `backends` must be a table of [backends.NAME] tables",
+            path.display()
+        ));
+        return;
+    };
+    for (name, v) in t {
+        let toml::Value::Table(keys) = v else {
+            errors.push(format!(
+                "{}: `backends.{name}` must be a table: [backends.{name}] with kind = \"http\" \
+                 or \"openai\"",
+                path.display()
+            ));
+            continue;
+        };
+        let entry = out.entry(name).or_default();
+        for (key, v) in keys {
+            entry.insert(key, (v, origin.clone()));
+        }
+    }
 }
 
 fn env_value(kind: Kind, raw: &str) -> Result<toml::Value, String> {
@@ -1055,6 +1159,19 @@ fn apply(
             }
             cfg.delivery.hold_for = d;
         }
+        ("delivery", "passive_wait") => {
+            let d = parse_duration(&want_str(v)?)?;
+            if d < Duration::from_millis(100) || d > Duration::from_millis(4500) {
+                return Err(format!(
+                    "{} is outside 100ms to 4.5s: WeChat gives up on an answer after 5 s, so the \
+                     push must be answered before; the default is 4s",
+                    humantime::format_duration(d)
+                ));
+            }
+            cfg.delivery.passive_wait = d;
+        }
+        ("delivery", "pending_text") => cfg.delivery.pending_text = want_str(v)?,
+        ("delivery", "typing") => cfg.delivery.typing = want_bool(v)?,
         ("pay", "v2_api_key") => cfg.pay.v2_api_key = Secret::new(want_str(v)?),
         ("pay", "v2_sign_type") => cfg.pay.v2_sign_type = V2SignType::parse(&want_str(v)?)?,
         ("pay", "v3_api_key") => {

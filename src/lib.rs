@@ -12,11 +12,14 @@
 //! - [`store`]: durable state: embedded SQLite, and Redis for several instances.
 //! - [`api`]: the outbound WeChat API: client, error table, token cache, sends, kf accounts.
 //! - [`pay`]: WeChat Pay v2/v3 notification verification.
+//! - [`backends`]: the services a `forward` reply sends a push to (http, openai): request,
+//!   answer, retries.
 //! - [`media`]: files named in replies: their checks, references and the media-id cache.
 //! - [`model`]: identifiers, secrets, triggers, outbound messages, the clock, shared seams.
 
 pub mod api;
 pub mod app;
+pub mod backends;
 pub mod cli;
 pub mod cmd;
 pub mod config;

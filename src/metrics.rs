@@ -56,6 +56,9 @@ pub struct OutcomeLabels {
 }
 
 /// Every metric kefu exports.
+/// Histograms by label set, each with the same buckets.
+pub type HistogramFamily = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     registry: Registry,
     pub pushes: Family<PushLabels, Counter>,
@@ -76,6 +79,12 @@ pub struct Metrics {
     /// `kefu_media_uploads_total{type,outcome}`: media uploads by type (image, voice, video,
     /// thumb) and outcome (ok, failed).
     pub media_uploads: Family<Vec<(String, String)>, Counter>,
+    /// `kefu_backend_requests_total{backend,outcome}` (interface §7.7): one per backend
+    /// attempt (`ok`, `timeout`, `connect`, `http_4xx`, `http_5xx`, `malformed`) and one per
+    /// forward not made (`rate_limited`).
+    pub backend_requests: Family<Vec<(String, String)>, Counter>,
+    /// `kefu_backend_seconds{backend}`: the time of each backend attempt.
+    pub backend_seconds: HistogramFamily,
     reload_sync: parking_lot::Mutex<()>,
 }
 
@@ -162,8 +171,32 @@ impl Metrics {
             "Media files uploaded as temporary media, by type and outcome",
             media_uploads.clone(),
         );
+        // ---- backends ----
+        let backend_requests = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "backend_requests",
+            "Backend calls (one per attempt) and forwards not made, by backend and outcome",
+            backend_requests.clone(),
+        );
+        // Buckets from 5 ms to ~82 s: an order service answers in milliseconds, an LLM in
+        // tens of seconds.
+        let backend_seconds =
+            Family::<Vec<(String, String)>, Histogram, fn() -> Histogram>::new_with_constructor(
+                || {
+                    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                        0.005, 2.0, 15,
+                    ))
+                },
+            );
+        registry.register(
+            "backend_seconds",
+            "Time of one backend attempt, by backend",
+            backend_seconds.clone(),
+        );
         Metrics {
             registry,
+            backend_requests,
+            backend_seconds,
             pushes,
             refusals,
             answer_seconds,
@@ -218,6 +251,20 @@ impl Metrics {
             ("outcome".to_string(), label_value(outcome)),
         ];
         self.media_uploads.get_or_create(&labels).inc();
+    }
+
+    /// Counts one backend attempt (or a forward not made) of `backend` with `outcome`, and
+    /// its time when it was an attempt.
+    pub fn backend_call(&self, backend: &str, outcome: &str, took: Option<std::time::Duration>) {
+        let labels = vec![
+            ("backend".to_string(), label_value(backend)),
+            ("outcome".to_string(), label_value(outcome)),
+        ];
+        self.backend_requests.get_or_create(&labels).inc();
+        if let Some(t) = took {
+            let labels = vec![("backend".to_string(), label_value(backend))];
+            self.backend_seconds.get_or_create(&labels).observe(t.as_secs_f64());
+        }
     }
 
     pub fn drop_message(&self, reason: &str) {

@@ -432,6 +432,11 @@ pub enum Action<T = String> {
     /// Hand the conversation to human customer service (a `transfer_customer_service` passive
     /// reply), optionally to one kf account.
     Transfer { kf_account: Option<String> },
+    /// Send the push to backend `backend` (`forward = "NAME"`, interface §7.2): its answer
+    /// becomes the rule's replies in this place, `fallback` (as text) when it fails for good.
+    /// Never a passive reply nor an outbox entry: the pipeline takes it out before planning.
+    /// `captures` are the named groups of the rule's regex, filled in when the rule fires.
+    Forward { backend: String, fallback: Option<T>, captures: Vec<(String, String)> },
 }
 
 impl PassiveReply {
@@ -443,11 +448,16 @@ impl PassiveReply {
 
 impl<T> Action<T> {
     /// The same action with every message field passed through `f`.
-    pub fn map<U>(&self, f: impl FnMut(&T) -> U) -> Action<U> {
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Action<U> {
         match self {
             Action::Send { message } => Action::Send { message: message.map(f) },
             Action::Typing => Action::Typing,
             Action::Transfer { kf_account } => Action::Transfer { kf_account: kf_account.clone() },
+            Action::Forward { backend, fallback, captures } => Action::Forward {
+                backend: backend.clone(),
+                fallback: fallback.as_ref().map(&mut f),
+                captures: captures.clone(),
+            },
         }
     }
 }
@@ -497,7 +507,7 @@ impl PlannedAction {
         let action = match action {
             Action::Send { message } => OutboxAction::Send { message },
             Action::Typing => OutboxAction::Typing,
-            Action::Transfer { .. } => return None,
+            Action::Transfer { .. } | Action::Forward { .. } => return None,
         };
         Some(PlannedAction { rule, action, delay, kf_account })
     }

@@ -92,7 +92,12 @@ impl Service {
         let keys = Keys::from_config(&cfg)?;
         let metrics = Arc::new(Metrics::new());
 
-        let loaded = RuleSet::load_dir(&cfg.rules.dir, &cfg.window).map_err(|diags| {
+        let loaded = RuleSet::load_dir_with(
+            &cfg.rules.dir,
+            &cfg.window,
+            &cfg.backends.keys().cloned().collect::<Vec<_>>(),
+        )
+        .map_err(|diags| {
             let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
             let n = list.len();
             anyhow::anyhow!(
@@ -153,18 +158,39 @@ impl Service {
         let wake = Arc::new(Notify::new());
         let customer_service =
             Arc::new(crate::delivery::CustomerService::new(cfg.delivery.customer_service));
-        let pipeline = Arc::new(
-            Pipeline::new(
+        let mut pipeline = Pipeline::new(
+            store.clone(),
+            rules.clone(),
+            cfg.rules.passive_first,
+            metrics.clone(),
+            wake.clone(),
+        )
+        .with_app_id(&cfg.wechat.app_id)
+        .with_delivery(&cfg.delivery, customer_service.clone())
+        .with_media(media.clone());
+        // ---- backends ---- forwards run beside the push path; unfinished ones are called again.
+        if !cfg.backends.is_empty() {
+            let deps = crate::backends::BackendDeps {
+                metrics: metrics.clone(),
+                store: Some(store.clone()),
+                clock: clock.clone(),
+                rules_dir: cfg.rules.dir.clone(),
+            };
+            let forwarder = crate::pipeline::forward::Forwarder::new(
                 store.clone(),
-                rules.clone(),
-                cfg.rules.passive_first,
+                crate::backends::Backends::from_config(&cfg, &deps)?,
                 metrics.clone(),
+                clock.clone(),
                 wake.clone(),
-            )
-            .with_app_id(&cfg.wechat.app_id)
-            .with_delivery(&cfg.delivery, customer_service.clone())
-            .with_media(media.clone()),
-        );
+                client.clone(),
+                &cfg.delivery,
+                customer_service.clone(),
+                cfg.rules.passive_first,
+            );
+            forwarder.recover().await;
+            pipeline = pipeline.with_forwarder(forwarder);
+        }
+        let pipeline = Arc::new(pipeline);
         let sender =
             Sender::new(store.clone(), client.clone(), metrics.clone(), clock.clone(), wake)
                 .with_delivery(&cfg.delivery, customer_service)

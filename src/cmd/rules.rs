@@ -45,7 +45,11 @@ pub fn run(cfg: &Config, cmd: &RulesCmd) -> CmdResult {
 /// `[[test]]` cases (one line each) and fails unless everything loads and passes.
 pub fn check(cfg: &Config, given: Option<&Path>, json: bool) -> CmdResult {
     let dir = given.unwrap_or(&cfg.rules.dir);
-    let loaded = match RuleSet::load_dir(dir, &cfg.window) {
+    let loaded = match RuleSet::load_dir_with(
+        dir,
+        &cfg.window,
+        &cfg.backends.keys().cloned().collect::<Vec<_>>(),
+    ) {
         Ok(l) => l,
         Err(diags) => {
             let errors = diags.iter().filter(|d| d.is_error()).count();

@@ -48,15 +48,17 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let input = &intake.input;
 
     let dir = args.rules.as_deref().unwrap_or(&cfg.rules.dir);
-    let loaded = RuleSet::load_dir(dir, &cfg.window).map_err(|diags| {
-        diags.iter().for_each(|d| crate::errln!("{d}"));
-        CmdError::failed(format!(
-            "the rules in {} do not load{}; `kefu rules check {}` lists every error",
-            dir.display(),
-            cfg.dir_hint("rules.dir", dir, args.rules.as_ref().map(|_| "with --rules")),
-            dir.display()
-        ))
-    })?;
+    let loaded =
+        RuleSet::load_dir_with(dir, &cfg.window, &cfg.backends.keys().cloned().collect::<Vec<_>>())
+            .map_err(|diags| {
+                diags.iter().for_each(|d| crate::errln!("{d}"));
+                CmdError::failed(format!(
+                    "the rules in {} do not load{}; `kefu rules check {}` lists every error",
+                    dir.display(),
+                    cfg.dir_hint("rules.dir", dir, args.rules.as_ref().map(|_| "with --rules")),
+                    dir.display()
+                ))
+            })?;
     loaded.warnings.iter().for_each(|w| crate::errln!("{w}"));
 
     let ev = loaded.set.evaluate(input);

@@ -5,6 +5,7 @@
 //! see, [`crate::rules::input`]). `kefu serve`, payments and `kefu simulate` all build their
 //! intake here, so `simulate` shows exactly what `serve` does.
 
+use crate::backends::PushFacts;
 use crate::model::{DedupeKey, OpenId, RuleInput, Trigger, WindowEffect};
 use crate::pay::Payment;
 use crate::rules;
@@ -25,6 +26,10 @@ pub struct Intake {
     pub transfer_allowed: bool,
     /// A label for logs and metrics: the MsgType or Event (`payment` for payments).
     pub kind: String,
+    /// The push's `ToUserName` (`gh_…`; empty for payments): a backend request's `account`.
+    pub account: String,
+    /// What a backend request carries of the push (interface §7.3 `push`, captures empty).
+    pub facts: PushFacts,
 }
 
 /// A push whose `FromUserName` is not an OpenID (a system sender): acknowledged, nothing
@@ -54,6 +59,8 @@ impl Intake {
             received_at_ms,
             passive_allowed: true,
             kind,
+            account: push.to.clone(),
+            facts: push_facts(push),
         })
     }
 
@@ -73,8 +80,55 @@ impl Intake {
             passive_allowed: false,
             transfer_allowed: false,
             kind: "payment".into(),
+            account: String::new(),
+            facts: PushFacts {
+                msgtype: "event".into(),
+                event: Some("payment".into()),
+                ..PushFacts::default()
+            },
         }
     }
+}
+
+/// The `push` of a backend request (interface §7.3, §11.1): every field WeChat sent that a
+/// backend may use, `None` where the push has none.
+pub fn push_facts(push: &Push) -> PushFacts {
+    let mut f = PushFacts {
+        msgtype: push.msg_type.clone(),
+        msg_id: push.msg_id().map(|id| id.to_string()),
+        event: push.event().map(str::to_string),
+        event_key: push.event_key(),
+        ..PushFacts::default()
+    };
+    let location = |lat: &Option<f64>, lon: &Option<f64>, scale: &Option<f64>, label: &str| {
+        serde_json::json!({
+            "latitude": lat, "longitude": lon, "scale": scale,
+            "label": Some(label).filter(|l| !l.is_empty()),
+        })
+    };
+    match &push.kind {
+        PushKind::Text { content, .. } => f.content = Some(content.clone()),
+        PushKind::Image { pic_url, media_id, .. } => {
+            f.pic_url = Some(pic_url.clone());
+            f.media_id = Some(media_id.clone());
+        }
+        PushKind::Voice { media_id, recognition, .. } => {
+            f.media_id = Some(media_id.clone());
+            f.recognition = recognition.clone();
+        }
+        PushKind::Video { media_id, .. } | PushKind::ShortVideo { media_id, .. } => {
+            f.media_id = Some(media_id.clone())
+        }
+        PushKind::Location { latitude, longitude, scale, label, .. } => {
+            f.location = Some(location(latitude, longitude, scale, label))
+        }
+        PushKind::Link { url, title, .. } => f.content = Some(format!("{title} {url}")),
+        PushKind::Event(Event::Location { latitude, longitude, .. }) => {
+            f.location = Some(location(latitude, longitude, &None, ""))
+        }
+        _ => {}
+    }
+    f
 }
 
 /// What a push does to the follower's window (protocol §4.1, interface §6.5): a message opens

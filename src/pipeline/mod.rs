@@ -2,6 +2,7 @@
 //! record, ledger grant, stored answer and planned outbox entries -> the answer. Nothing here
 //! talks to WeChat; the [`sender`] drains the outbox afterwards.
 
+pub mod forward;
 pub mod gate;
 pub mod intake;
 pub mod sender;
@@ -49,6 +50,8 @@ pub struct Pipeline {
     customer_service: Arc<CustomerService>,
     /// Media files named in replies: ready ids replace their references (memory only).
     media: Option<Arc<MediaFiles>>,
+    /// Backend calls of `forward` replies (interface §7); None: no backend configured.
+    forwarder: Option<Arc<forward::Forwarder>>,
 }
 
 impl Pipeline {
@@ -71,7 +74,14 @@ impl Pipeline {
             delivery,
             customer_service,
             media: None,
+            forwarder: None,
         }
+    }
+
+    /// Runs the `forward` replies of rules through `forwarder` (interface §7.4).
+    pub fn with_forwarder(mut self, forwarder: Arc<forward::Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
+        self
     }
 
     /// How answers are delivered (`[delivery]`), and the account's customer-service state
@@ -99,10 +109,46 @@ impl Pipeline {
 
     /// Runs rules and commits everything the push changes in one durable step.
     pub async fn process(&self, intake: Intake) -> anyhow::Result<Processed> {
+        // A redelivery of a push whose forward is in flight waits for the same answer.
+        if let Some(fw) = &self.forwarder
+            && let Some(flight) = fw.in_flight(intake.dedupe_key.as_str())
+        {
+            self.metrics.push(&intake.kind, "duplicate");
+            info!(openid = %intake.openid, kind = %intake.kind, "redelivered push: waiting for its forward's answer");
+            let passive = fw.wait(&flight, intake.received_at_ms).await;
+            return Ok(Processed { fresh: false, fired: Vec::new(), passive, planned: 0 });
+        }
         let rules = self.rules.current();
         let mut eval = rules.evaluate(&intake.input);
         if let Some(media) = &self.media {
             media.settle(&mut eval.actions);
+        }
+        let (mut call, mut shortcut) = (None, None);
+        if intake.effect != WindowEffect::CloseAll
+            && let Some(split) = forward::split_forward(&mut eval)
+        {
+            let answer = match &self.forwarder {
+                None => {
+                    warn!(backend = %split.backend, "a rule forwards, but no backend runs here; sending its fallback");
+                    crate::backends::fallback_answer(&split.rule, split.fallback.as_deref())
+                }
+                Some(fw) => match fw.prepare(&intake, &split).await {
+                    forward::Prepared::Call(p) => {
+                        call = Some(*p);
+                        crate::backends::Answer::default()
+                    }
+                    forward::Prepared::Shortcut(a, req) => {
+                        shortcut = Some((split.backend.clone(), req, a.clone()));
+                        a
+                    }
+                    forward::Prepared::RateLimited(a) | forward::Prepared::Unknown(a) => a,
+                },
+            };
+            // Without a call, the answer and the replies after the forward are this push's own.
+            if call.is_none() {
+                eval.actions.extend(answer.replies);
+                eval.actions.extend(split.tail);
+            }
         }
         let fired = eval.fired.clone();
         let Plan { passive, planned, dropped, splits } = plan(
@@ -115,20 +161,31 @@ impl Pipeline {
         let terms = terms(&intake, self.passive_first, &self.customer_service, &self.delivery);
         let outbox = outbox_entries(planned, intake.received_at_ms);
         let n_planned = outbox.len();
-        let outcome = self
-            .store
-            .commit_push(PushCommit {
-                dedupe_key: intake.dedupe_key.into(),
-                openid: intake.openid.clone(),
-                effect: intake.effect,
-                received_at_ms: intake.received_at_ms,
-                passive,
-                outbox,
-                terms,
-            })
-            .await?;
+        let commit = PushCommit {
+            dedupe_key: intake.dedupe_key.to_string(),
+            openid: intake.openid.clone(),
+            effect: intake.effect,
+            received_at_ms: intake.received_at_ms,
+            passive,
+            outbox,
+            terms,
+        };
+        let outcome = match &call {
+            Some(p) => self.store.commit_push_forward(commit, p.record.clone()).await?,
+            None => self.store.commit_push(commit).await?,
+        };
         match outcome {
-            CommitOutcome::Fresh { cancelled, delivery, outbox_ids, .. } => {
+            CommitOutcome::Fresh { cancelled, mut delivery, outbox_ids, window_after } => {
+                if let (Some(fw), Some((backend, req, answer))) = (&self.forwarder, &shortcut) {
+                    fw.answered(backend, req, answer).await;
+                }
+                if let (Some(fw), Some(p)) = (&self.forwarder, call) {
+                    let flight = fw.start(p, Some(window_after));
+                    if delivery.passive.is_none() {
+                        // Nothing answers the push yet: wait for the backend (passive_wait).
+                        delivery.passive = fw.wait(&flight, intake.received_at_ms).await;
+                    }
+                }
                 for r in &fired {
                     self.metrics.rule_hit(r);
                 }
@@ -204,9 +261,20 @@ pub fn terms(
     delivery: &DeliveryConfig,
 ) -> Terms {
     let in_chat = matches!(intake.effect, WindowEffect::Open(_) | WindowEffect::Follow(_));
+    let passive = intake.passive_allowed && in_chat && (passive_first || !cs.allowed());
+    delivery_terms(passive, cs, delivery)
+}
+
+/// [`Terms`] with the passive slot given or not: the account's `custom/send` state and the
+/// `[delivery]` settings (a push's commit, and a forwarded answer's, [`forward`]).
+pub fn delivery_terms(
+    passive_slot: bool,
+    cs: &CustomerService,
+    delivery: &DeliveryConfig,
+) -> Terms {
     let customer_service = cs.allowed();
     Terms {
-        passive_slot: intake.passive_allowed && in_chat && (passive_first || !customer_service),
+        passive_slot,
         customer_service,
         more_text: delivery.more_text.clone(),
         hold_for_ms: i64::try_from(delivery.hold_for.as_millis()).unwrap_or(i64::MAX),

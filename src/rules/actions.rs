@@ -191,9 +191,19 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub fn plan(&self, rule: &str, ctx: &RenderCtx<'_>) -> PlannedAction {
+        let mut action = self.kind.map(|t| t.render(ctx));
+        if let (Action::Forward { captures, .. }, Some(c)) = (&mut action, ctx.captures) {
+            // The named groups go to the backend (interface §11.1 `captures`).
+            *captures = c
+                .names
+                .iter()
+                .zip(&c.groups)
+                .filter_map(|(n, g)| Some((n.clone()?, g.clone()?)))
+                .collect();
+        }
         PlannedAction {
             rule: rule.to_string(),
-            action: self.kind.map(|t| t.render(ctx)),
+            action,
             delay: self.delay,
             kf_account: self.kf_account.clone(),
         }

@@ -32,7 +32,7 @@ fn known_events() -> impl Iterator<Item = &'static str> {
 }
 
 const REPLY_KINDS: &str = "text, image, voice, video, music, news, mpnews, mpnewsarticle, menu, \
-                           wxcard, miniprogram, typing or transfer";
+                           wxcard, miniprogram, typing, transfer or forward";
 
 /// A rule before ordering.
 struct Pre {
@@ -49,6 +49,11 @@ struct Ctx<'a> {
     diags: &'a mut Vec<Diagnostic>,
     /// Media files already checked in this compile, so a file named twice is read once.
     media: &'a mut MediaChecked,
+    /// The configured backends (`[backends.NAME]`) a `forward` may name.
+    backends: &'a [String],
+    /// Compiling a backend's answer: texts are literal (no placeholders) and a reply may not
+    /// forward again.
+    answer: bool,
 }
 
 /// A checked media file by (absolute path, type): its encoded reference and a warning, or the
@@ -74,6 +79,7 @@ pub(crate) fn compile(
     mut sources: Vec<(PathBuf, String)>,
     window: &WindowConfig,
     dir: &Path,
+    backends: &[String],
 ) -> Result<Loaded, Vec<Diagnostic>> {
     // Ties in priority go by file name: sort once, here.
     sources.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()).then(a.0.cmp(&b.0)));
@@ -87,8 +93,15 @@ pub(crate) fn compile(
     for (file, (path, text)) in sources.iter().enumerate() {
         let parsed = parse_file(path, text, &mut diags);
         let shared_path: Arc<Path> = Arc::from(path.as_path());
-        let mut ctx =
-            Ctx { path, text, lines: LineIndex::new(text), diags: &mut diags, media: &mut media };
+        let mut ctx = Ctx {
+            path,
+            text,
+            lines: LineIndex::new(text),
+            diags: &mut diags,
+            media: &mut media,
+            backends,
+            answer: false,
+        };
         for (order, Located { item, span }) in parsed.rules.into_iter().enumerate() {
             // Names are claimed before compiling, so a broken rule still claims its name.
             let (line, col) = ctx.pos(item.name.span().start);
@@ -147,6 +160,7 @@ pub(crate) fn compile(
             dir: dir.to_path_buf(),
             window: window.clone(),
             files: sources.len(),
+            backends: backends.to_vec(),
         },
         warnings: diags,
         tests,
@@ -511,6 +525,44 @@ fn compile_reply(
             );
         }
     }
+    if let Some(f) = &r.forward {
+        let at = f.span().start;
+        kinds.push(("forward", at));
+        let name = f.get_ref();
+        if ctx.answer {
+            ctx.err(at, "a backend's answer cannot forward again".into());
+        } else if !ctx.backends.iter().any(|b| b == name) {
+            let known = if ctx.backends.is_empty() {
+                "no backend is configured: add a [backends.NAME] table to kefu.toml (interface §7.1)"
+                    .to_string()
+            } else {
+                format!("the configured backends are {}", ctx.backends.join(", "))
+            };
+            ctx.err(at, format!("forward to unknown backend `{name}`: {known}"));
+        }
+        kind = Some(Action::Forward {
+            backend: name.clone(),
+            fallback: r.fallback.as_ref().map(|s| tpl(s, ctx)),
+            captures: Vec::new(),
+        });
+        if r.delay.is_some() {
+            ctx.err(
+                at,
+                "a forward cannot be delayed: the push is sent to the backend at once".into(),
+            );
+        }
+        if r.as_kf.is_some() {
+            ctx.err(
+                at,
+                "a forward takes no `as`: the backend's answer may name one per reply".into(),
+            );
+        }
+    } else if let Some(f) = &r.fallback {
+        ctx.err(
+            f.span().start,
+            "`fallback` belongs to a forward reply: add forward = \"NAME\" or remove it".into(),
+        );
+    }
     match kinds.len() {
         0 => {
             let at = r.delay.as_ref().map(|d| d.span().start);
@@ -574,6 +626,10 @@ fn compile_reply(
 
 /// Parses a reply string and checks that something provides each of its placeholders.
 fn template(s: &Spanned<String>, caps: &Caps, pays: bool, ctx: &mut Ctx<'_>) -> Template {
+    if ctx.answer {
+        // A backend's words are sent as written: `{…}` in them is text, not a placeholder.
+        return Template::literal(s.get_ref().clone());
+    }
     let t = Template::parse(s.get_ref());
     for (name, group) in t.needs() {
         let provided = caps.unknown
@@ -661,6 +717,84 @@ fn file_template(rel: &str, offset: usize, ty: MediaType, ctx: &mut Ctx<'_>) -> 
             Template::parse("")
         }
     }
+}
+
+/// A backend's answer (interface §7.3): each element of `replies` is a reply table as in rule
+/// files, compiled by [`compile_reply`] like a `[[rule.reply]]` (its texts literal, no
+/// `forward`), into the actions of rule `rule`. Media files are relative to `rules_dir`. Every
+/// problem is returned, each as `replies[i]: message`.
+pub fn compile_answer(
+    replies: &[serde_json::Value],
+    rule: &str,
+    rules_dir: &Path,
+) -> Result<Vec<crate::model::PlannedAction>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(replies.len());
+    let path = rules_dir.join("backend-answer");
+    let window = WindowConfig::default();
+    let mut media = MediaChecked::new();
+    let input = crate::model::RuleInput::default();
+    for (i, v) in replies.iter().enumerate() {
+        let table = match json_to_toml(v) {
+            Some(toml::Value::Table(t)) => t,
+            _ => {
+                errors.push(format!(
+                    "replies[{i}]: not a reply table (an object like {{\"text\": \"…\"}})"
+                ));
+                continue;
+            }
+        };
+        let text = match toml::to_string(&table) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("replies[{i}]: cannot read it as a reply table ({e})"));
+                continue;
+            }
+        };
+        let mut diags = Vec::new();
+        let raw = super::parse::parse_reply(&path, &text, &mut diags);
+        let mut ctx = Ctx {
+            path: &path,
+            text: &text,
+            lines: LineIndex::new(&text),
+            diags: &mut diags,
+            media: &mut media,
+            backends: &[],
+            answer: true,
+        };
+        let reply =
+            raw.and_then(|r| compile_reply(r, 0, &window, &Caps::default(), false, &mut ctx));
+        let failed: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("replies[{i}]: {}", d.message))
+            .collect();
+        if !failed.is_empty() {
+            errors.extend(failed);
+        } else if let Some(reply) = reply {
+            let ctx = super::actions::RenderCtx { input: &input, captures: None };
+            out.push(reply.plan(rule, &ctx));
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// JSON as TOML: `null` fields are left out (TOML has no null), numbers stay numbers.
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(a) => toml::Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        J::Object(o) => toml::Value::Table(
+            o.iter().filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?))).collect(),
+        ),
+    })
 }
 
 /// `48h`, `1m`, `90s`: the way durations are written in kefu.toml.
@@ -857,4 +991,88 @@ fn subsumes(a: &Cond, b: &Cond, keywords: &[String]) -> bool {
         (Some(_), None) => false,
     };
     ids_subset(&a.text_regex, &b.text_regex) && ids_subset(&a.event_key_regex, &b.event_key_regex)
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    fn answer(json: &str) -> Result<Vec<crate::model::PlannedAction>, Vec<String>> {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        compile_answer(v.as_array().unwrap(), "ask", Path::new("/nonexistent"))
+    }
+
+    #[test]
+    fn answers_compile_like_rule_replies() {
+        let a = answer(
+            r#"[{"text":"订单 {order} 已发货"},{"news":{"title":"t","url":"https://x"}},
+                {"text":"later","delay":"30s"},{"menu":{"items":[{"id":"1","content":"a"}]}}]"#,
+        )
+        .unwrap();
+        assert_eq!(a.len(), 4);
+        assert_eq!(
+            a[0].action,
+            Action::Send {
+                message: OutMessage::Text { content: "订单 {order} 已发货".into() }
+            },
+            "a backend's braces are text"
+        );
+        assert_eq!(a[2].delay, Duration::from_secs(30));
+        assert!(a.iter().all(|p| p.rule == "ask"));
+    }
+
+    #[test]
+    fn bad_answers_name_the_element() {
+        let e = answer(r#"[{"text":"ok"},{"sticker":"x"}]"#).unwrap_err();
+        assert!(
+            e.iter().all(|m| m.starts_with("replies[1]: ")) && e[0].contains("sticker"),
+            "{e:?}"
+        );
+        let e = answer(r#"[{"text":"a","image":"b"}]"#).unwrap_err();
+        assert!(e[0].contains("one kind"), "{e:?}");
+        let e = answer(r#"[{"forward":"x"}]"#).unwrap_err();
+        assert!(e[0].contains("cannot forward"), "{e:?}");
+        let e = answer(r#"["hello"]"#).unwrap_err();
+        assert!(e[0].contains("not a reply table"), "{e:?}");
+        let e = answer(r#"[{"text":"a","delay":"soon"}]"#).unwrap_err();
+        assert!(e[0].contains("bad duration"), "{e:?}");
+    }
+
+    #[test]
+    fn forwards_must_name_a_configured_backend() {
+        let rule = "[[rule]]\nname = \"ask\"\n[[rule.reply]]\ntext = \"稍等\"\n[[rule.reply]]\nforward = \"orders\"\nfallback = \"抱歉\"\n";
+        let sources = vec![(PathBuf::from("rules/a.toml"), rule.to_string())];
+        let d = compile(sources.clone(), &WindowConfig::default(), Path::new("rules"), &[])
+            .unwrap_err();
+        assert!(
+            d[0].to_string().starts_with("rules/a.toml:6:11: forward to unknown backend `orders`"),
+            "{}",
+            d[0]
+        );
+        let ok = compile(sources, &WindowConfig::default(), Path::new("rules"), &["orders".into()])
+            .unwrap();
+        let ev = ok.set.evaluate(&crate::model::RuleInput {
+            msg_type: "text".into(),
+            text: Some("x".into()),
+            ..Default::default()
+        });
+        assert_eq!(ev.actions.len(), 2);
+        assert_eq!(
+            ev.actions[1].action,
+            Action::Forward {
+                backend: "orders".into(),
+                fallback: Some("抱歉".into()),
+                captures: Vec::new()
+            }
+        );
+        let bad = "[[rule]]\nname = \"a\"\n[[rule.reply]]\ntext = \"x\"\nfallback = \"y\"\n";
+        let d = compile(
+            vec![(PathBuf::from("b.toml"), bad.into())],
+            &WindowConfig::default(),
+            Path::new(""),
+            &[],
+        )
+        .unwrap_err();
+        assert!(d[0].message.contains("belongs to a forward"), "{}", d[0]);
+    }
 }

@@ -97,6 +97,11 @@ pub struct RawReply {
     pub typing: Option<Spanned<bool>>,
     /// `true` or `"kf@account"`: hand the conversation to human customer service.
     pub transfer: Option<Spanned<RawTransfer>>,
+    /// `"NAME"`: send the push to `[backends.NAME]`; its answer becomes the replies here
+    /// (interface §7.2).
+    pub forward: Option<Spanned<String>>,
+    /// With `forward`: the text sent when the backend fails for good.
+    pub fallback: Option<Spanned<String>>,
     /// Send this much later (humantime: `30s`, `2m`, `1h30m`), if the window still allows.
     pub delay: Option<Spanned<String>>,
     /// Send as this kf account (`prefix@wechat_id`).

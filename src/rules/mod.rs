@@ -13,6 +13,8 @@ mod matcher;
 mod parse;
 mod watch;
 
+pub use compile::compile_answer;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -191,6 +193,8 @@ pub struct RuleSet {
     dir: PathBuf,
     window: WindowConfig,
     files: usize,
+    /// The backends a `forward` could name when it was compiled (reloads check against them).
+    backends: Vec<String>,
 }
 
 impl fmt::Debug for RuleSet {
@@ -225,20 +229,46 @@ impl Evaluation {
 impl RuleSet {
     /// Loads and compiles every `*.toml` file directly in `dir` (hidden files skipped).
     /// Every error of every file is returned at once, warnings included.
+    /// No backend is configured: a `forward` is an error (see [`RuleSet::load_dir_with`]).
     pub fn load_dir(dir: &Path, window: &WindowConfig) -> Result<Loaded, Vec<Diagnostic>> {
+        Self::load_dir_with(dir, window, &[])
+    }
+
+    /// The same where `backends` are the configured `[backends.NAME]` names: a `forward` to
+    /// any other is an error at its `path:line:col`.
+    pub fn load_dir_with(
+        dir: &Path,
+        window: &WindowConfig,
+        backends: &[String],
+    ) -> Result<Loaded, Vec<Diagnostic>> {
         let (sources, errors) = read_dir_sources(dir)?;
         if !errors.is_empty() {
             return Err(errors);
         }
-        compile::compile(sources, window, dir)
+        compile::compile(sources, window, dir, backends)
     }
 
-    /// Compiles rule files given as `(path, text)`, as if they were one directory's files.
+    /// Compiles rule files given as `(path, text)`, as if they were one directory's files,
+    /// with no backend configured.
     pub fn from_sources(
         sources: Vec<(PathBuf, String)>,
         window: &WindowConfig,
     ) -> Result<Loaded, Vec<Diagnostic>> {
-        compile::compile(sources, window, Path::new(""))
+        compile::compile(sources, window, Path::new(""), &[])
+    }
+
+    /// The same with the backends a `forward` may name.
+    pub fn from_sources_with(
+        sources: Vec<(PathBuf, String)>,
+        window: &WindowConfig,
+        backends: &[String],
+    ) -> Result<Loaded, Vec<Diagnostic>> {
+        compile::compile(sources, window, Path::new(""), backends)
+    }
+
+    /// The backends a `forward` could name when this set was compiled.
+    pub fn backends(&self) -> &[String] {
+        &self.backends
     }
 
     pub fn len(&self) -> usize {

@@ -12,7 +12,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, Item, Value};
 
 use super::Diagnostic;
-use super::file::{RawRule, RawTest};
+use super::file::{RawReply, RawRule, RawTest};
 
 /// A raw item with the span of its header, for errors about the item as a whole.
 pub(crate) struct Located<T> {
@@ -79,6 +79,25 @@ pub(crate) fn parse_file(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -
         }
     }
     out
+}
+
+/// One reply table written alone as TOML (`text = "…"` lines: a backend's answer element,
+/// `compile_answer`), checked like a `[[rule.reply]]`; every problem is a diagnostic.
+pub(crate) fn parse_reply(
+    path: &Path,
+    text: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<RawReply> {
+    let doc = match ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = format!("not a reply table: {}", one_line(e.message()));
+            diags.push(Diagnostic::error(path, text, 0, msg));
+            return None;
+        }
+    };
+    let value = Item::Table(doc.as_table().clone()).into_value().ok()?;
+    lenient::<RawReply>(value, 0..text.len(), "reply", path, text, diags)
 }
 
 /// toml_edit's messages span lines ("invalid table header\nexpected ..."); a diagnostic is one.

@@ -39,6 +39,8 @@ pub struct ReloadStatus {
 pub struct Rules {
     dir: PathBuf,
     window: WindowConfig,
+    /// The configured backends a `forward` may name.
+    backends: Vec<String>,
     current: ArcSwap<RuleSet>,
     status: Mutex<ReloadStatus>,
     /// Serializes reloads so a slow, stale load cannot overwrite a newer one.
@@ -75,6 +77,7 @@ impl Rules {
         Rules {
             dir: set.dir().to_path_buf(),
             window: set.window().clone(),
+            backends: set.backends().to_vec(),
             current: ArcSwap::from_pointee(set),
             status: Mutex::new(status),
             reload_lock: Mutex::new(()),
@@ -97,7 +100,7 @@ impl Rules {
     /// running, every error is logged, and the errors are returned.
     pub fn reload(&self) -> Result<usize, Vec<Diagnostic>> {
         let _one_at_a_time = self.reload_lock.lock();
-        match RuleSet::load_dir(&self.dir, &self.window) {
+        match RuleSet::load_dir_with(&self.dir, &self.window, &self.backends) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     tracing::warn!(target: "kefu::rules", "{w}");

@@ -387,6 +387,49 @@ pub trait Store: Send + Sync + 'static {
     /// data-subject request); returns how many.
     async fn clear_turns(&self, openid: &OpenId) -> StoreResult<u64>;
 
+    // ---- forwards (interface §7.4) -----------------------------------------------------------
+    // A push a rule forwards to a backend is recorded with the push, so a crash before the
+    // answer still ends in exactly one answer: the forward is called again after the start
+    // (same id) and its answer committed once ([`Store::settle_forward`]).
+
+    /// [`Store::commit_push`] and, for a fresh push, its forward record. The embedded store
+    /// writes both in one transaction; this default writes the record right after the push.
+    async fn commit_push_forward(
+        &self,
+        push: PushCommit,
+        forward: ForwardRecord,
+    ) -> StoreResult<CommitOutcome> {
+        let out = self.commit_push(push).await?;
+        if matches!(out, CommitOutcome::Fresh { .. }) {
+            self.record_forward(&forward).await?;
+        }
+        Ok(out)
+    }
+    /// Records a forward (idempotent per id).
+    async fn record_forward(&self, forward: &ForwardRecord) -> StoreResult<()>;
+    /// Forwards not yet settled, oldest first (called again after a start).
+    async fn unfinished_forwards(&self) -> StoreResult<Vec<ForwardRecord>>;
+    /// Commits a forward's answer — `answer` is a push commit of its own, keyed
+    /// [`answer_key`] so that committing it twice writes nothing the second time — and marks
+    /// the forward settled. The embedded store does both in one transaction.
+    async fn settle_forward(&self, id: &str, answer: PushCommit) -> StoreResult<CommitOutcome> {
+        let out = self.commit_push(answer).await?;
+        self.finish_forward(id).await?;
+        Ok(out)
+    }
+    /// Marks a forward settled.
+    async fn finish_forward(&self, id: &str) -> StoreResult<()>;
+    /// Counts one forward of `key` (backend and follower) at `now_ms` if fewer than `limit`
+    /// were counted within the last `window_ms`, and says whether it was (true: within the
+    /// limit). The embedded store counts in memory; Redis shares the count between instances.
+    async fn rate_hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<bool>;
+
     // ---- media -------------------------------------------------------------------------
     // The media-id cache of files named in replies (interface §9): one record per content hash
     // and upload type, shared by every process using this state (Redis when configured).
@@ -407,6 +450,36 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Releases the upload lock of `key` if `holder` still holds it.
     async fn media_unlock(&self, key: &MediaKey, holder: &str) -> StoreResult<()>;
+}
+
+/// A forward as the store keeps it (interface §7.4): what is needed to call the backend again
+/// after a restart and to deliver its answer in the forwarding rule's place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRecord {
+    /// The forward's stable id (`backends::forward_id`), also the request's `id`.
+    pub id: String,
+    /// The dedupe key of the push that forwards.
+    pub push_key: String,
+    pub openid: OpenId,
+    /// `backends.NAME`.
+    pub backend: String,
+    /// The forwarding rule.
+    pub rule: String,
+    /// The request body (JSON), sent again as it is.
+    pub request: String,
+    /// The rule's `fallback` text, rendered.
+    pub fallback: Option<String>,
+    /// The replies planned after the forward (JSON list of planned actions): they follow
+    /// its answer.
+    pub tail: String,
+    /// When the push arrived (Unix ms).
+    pub received_at_ms: i64,
+}
+
+/// The key of a forward's answer commit: the push's key and `#answer`, so the answer is a
+/// push commit of its own that a second settle finds already written.
+pub fn answer_key(push_key: &str) -> String {
+    format!("{push_key}#answer")
 }
 
 /// Gauges for `/metrics`.

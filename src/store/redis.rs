@@ -201,6 +201,20 @@ return 0
     )
 });
 
+/// The per-follower forward count (`rate_hit`): a sorted set of hit times, trimmed to the
+/// window; a hit is added only while fewer than the limit remain, so instances share it.
+static RATE_HIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+",
+    )
+});
+
 /// What a ledger change does to the stored window.
 enum Write {
     Keep,
@@ -1021,6 +1035,47 @@ impl Store for RedisStore {
         }
         // The outbox is part of this store too.
         self.inner.outbox.ping().await
+    }
+
+    // ---- forwards ----
+    // The forward records are per instance, like the outbox (in its SQLite); the rate count
+    // is shared: `{ns}:rl:{key}`, a sorted set of hit times.
+
+    async fn record_forward(&self, forward: &super::ForwardRecord) -> StoreResult<()> {
+        self.inner.outbox.record_forward(forward).await
+    }
+
+    async fn unfinished_forwards(&self) -> StoreResult<Vec<super::ForwardRecord>> {
+        self.inner.outbox.unfinished_forwards().await
+    }
+
+    async fn finish_forward(&self, id: &str) -> StoreResult<()> {
+        self.inner.outbox.finish_forward(id).await
+    }
+
+    async fn rate_hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let rkey = format!("{}:rl:{key}", self.inner.ns);
+        let member = format!("{now_ms}-{}", rand::thread_rng().r#gen::<u64>());
+        let mut con = self.con();
+        let ok: i64 = self
+            .io(
+                OP_TIMEOUT,
+                RATE_HIT
+                    .key(&rkey)
+                    .arg(now_ms)
+                    .arg(window_ms)
+                    .arg(limit)
+                    .arg(member)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok(ok == 1)
     }
 
     // ---- conversation memory ----

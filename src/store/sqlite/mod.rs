@@ -32,6 +32,7 @@
 
 mod dedupe;
 mod engine;
+mod forwards;
 mod grants;
 mod media;
 mod outbox;
@@ -130,6 +131,8 @@ struct Inner {
     /// Write transactions committed, and the jobs they carried (group-commit evidence).
     transactions: AtomicU64,
     jobs_committed: AtomicU64,
+    /// Per-follower forward counts of `rate_hit` (one instance: memory is enough).
+    rates: dashmap::DashMap<String, std::collections::VecDeque<i64>>,
 }
 
 /// The embedded store; a cheap handle (clone it freely).
@@ -203,6 +206,7 @@ impl SqliteStore {
             tx.execute_batch(SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(media::SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(turns::SCHEMA).map_err(|e| open_err(e.to_string()))?;
+            tx.execute_batch(forwards::SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
                 .map_err(|e| open_err(e.to_string()))?;
             if opts.owner {
@@ -263,6 +267,7 @@ impl SqliteStore {
             next_purge_ms: AtomicI64::new(i64::MAX),
             transactions: AtomicU64::new(0),
             jobs_committed: AtomicU64::new(0),
+            rates: dashmap::DashMap::new(),
         });
         let wal_path = inner.db_path.with_file_name(format!("{DB_FILE}-wal"));
         let dirty = if sync == SyncMode::Normal {
@@ -386,6 +391,8 @@ impl SqliteStore {
                 [now_ms.saturating_sub(FINISHED_RETENTION_MS)],
             )?;
             post.prune_index_at = Some(now);
+            forwards::purge_tx(conn, now_ms)?;
+            inner.rates.retain(|_, hits| hits.back().is_some_and(|t| *t > now_ms - 3_600_000));
             Ok((g, d, o))
         })
         .await
@@ -535,6 +542,36 @@ fn corrupt(what: impl Into<String>) -> StoreError {
 
 #[async_trait]
 impl Store for SqliteStore {
+    // ---- forwards ----
+    async fn commit_push_forward(
+        &self,
+        push: PushCommit,
+        forward: super::ForwardRecord,
+    ) -> StoreResult<CommitOutcome> {
+        self.commit_push_forward_sql(push, forward).await
+    }
+    async fn record_forward(&self, forward: &super::ForwardRecord) -> StoreResult<()> {
+        self.record_forward_sql(forward).await
+    }
+    async fn unfinished_forwards(&self) -> StoreResult<Vec<super::ForwardRecord>> {
+        self.unfinished_forwards_sql().await
+    }
+    async fn settle_forward(&self, id: &str, answer: PushCommit) -> StoreResult<CommitOutcome> {
+        self.settle_forward_sql(id, answer).await
+    }
+    async fn finish_forward(&self, id: &str) -> StoreResult<()> {
+        self.finish_forward_sql(id).await
+    }
+    async fn rate_hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        Ok(forwards::rate_hit_mem(&self.inner, key, limit, window_ms, now_ms))
+    }
+
     async fn commit_push(&self, push: PushCommit) -> StoreResult<CommitOutcome> {
         self.write(move |conn, inner, post| commit_push_tx(conn, inner, post, push)).await
     }
