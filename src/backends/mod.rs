@@ -252,16 +252,16 @@ pub fn parse_answer(
 /// waiting [`backoff`] between attempts (a 429's `Retry-After` when longer). Every attempt is
 /// counted in `kefu_backend_requests_total` / `kefu_backend_seconds`, and every failure is
 /// logged with its cause (never a secret: the errors carry none).
-pub async fn with_retries<F, Fut>(
+pub async fn with_retries<T, F, Fut>(
     backend: &str,
     request_id: &str,
     retries: u32,
     metrics: &Metrics,
     mut attempt: F,
-) -> Result<Answer, CallError>
+) -> Result<T, CallError>
 where
     F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = Result<Answer, CallError>>,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
 {
     let mut n = 0;
     loop {

@@ -8,6 +8,7 @@ mod fuzz;
 mod helpers;
 mod identity;
 mod intake;
+mod llm;
 mod media;
 #[path = "../support/mock_wechat.rs"]
 #[allow(dead_code)] // `set_recording` is for the load scenario's example

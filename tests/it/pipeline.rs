@@ -117,6 +117,11 @@ impl Kefu {
         Kefu { app, shared, clock, task, _state: state }
     }
 
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) fn address(&self) -> &str {
+        &self.app.address
+    }
+
     pub(crate) fn now_secs(&self) -> i64 {
         kefu::model::Clock::now_secs(&*self.clock)
     }
