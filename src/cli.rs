@@ -63,6 +63,9 @@ pub enum Command {
     /// Show or forget the conversation turns an openai backend keeps for a follower.
     #[command(subcommand)]
     History(crate::cmd::history::HistoryCmd),
+    /// Call the configured backends once with a test push (`kefu backends check [NAME]`).
+    #[command(subcommand)]
+    Backends(crate::cmd::backends::BackendsCmd),
     /// Upload media files and show the media ids kept for the files rules name.
     #[command(subcommand)]
     Media(crate::cmd::media::MediaCmd),
@@ -120,7 +123,8 @@ async fn dispatch(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Serve => cmd::serve::run(cfg).await,
         Command::Rules(a) => cmd::rules::run(&cfg, &a),
-        Command::Simulate(a) => cmd::simulate::run(&cfg, &a),
+        Command::Simulate(a) => cmd::simulate::run(&cfg, &a).await,
+        Command::Backends(a) => cmd::backends::run(&cfg, &a).await,
         Command::Push(a) => cmd::push::run(&cfg, &a).await,
         Command::Accounts(a) => cmd::accounts::run(&cfg, &a).await,
         Command::Send(a) => cmd::send::run(&cfg, &a).await,

@@ -4,6 +4,7 @@
 //! command line and calls one `run`; no command module looks back at it.
 
 pub mod accounts;
+pub mod backends;
 pub mod common;
 pub mod history;
 pub mod media;

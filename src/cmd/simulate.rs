@@ -30,9 +30,13 @@ pub struct SimulateArgs {
     /// Print one JSON object (fired rules, passive reply, messages) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Call the backend a `forward` reply names, for real, and show its answer in place
+    /// (without it a forward is shown as `forward → NAME`).
+    #[arg(long)]
+    pub call_backends: bool,
 }
 
-pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
+pub async fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let from = OpenId::parse(&args.from).map_err(|e| CmdError::Usage(format!("--from: {e}")))?;
     // The passive reply's FromUserName, and the simulated push's ToUserName, is the account's
     // original ID (gh_…), not its WeChat ID.
@@ -61,8 +65,22 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
             })?;
     loaded.warnings.iter().for_each(|w| crate::errln!("{w}"));
 
-    let ev = loaded.set.evaluate(input);
+    let mut ev = loaded.set.evaluate(input);
     let fired = ev.fired.clone();
+    // A forward: called for real with --call-backends (its answer and the replies after it
+    // take its place), else shown as `forward → NAME` after what comes before it.
+    let mut forward = None;
+    if intake.effect != crate::model::WindowEffect::CloseAll
+        && let Some(split) = crate::pipeline::forward::split_forward(&mut ev)
+    {
+        if args.call_backends {
+            let answer = call_backend(cfg, &intake, &split).await?;
+            ev.actions.extend(answer.replies);
+            ev.actions.extend(split.tail);
+        } else {
+            forward = Some(split);
+        }
+    }
     let plan = crate::pipeline::plan(
         ev,
         cfg.rules.passive_first && intake.passive_allowed,
@@ -94,6 +112,15 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let sends: Vec<Value> = planned.iter().map(|a| planned_json(&input.from, a)).collect();
     let held_json: Vec<Value> = held.iter().map(|a| planned_json(&input.from, a)).collect();
 
+    let forward_json = forward.as_ref().map(|f| {
+        let then: Vec<Value> = f
+            .tail
+            .iter()
+            .filter_map(|a| a.clone().into_outbox())
+            .map(|a| planned_json(&input.from, &a))
+            .collect();
+        json!({"backend": f.backend, "rule": f.rule, "fallback": f.fallback, "then": then})
+    });
     if args.json {
         let out = json!({
             "fired": fired,
@@ -101,6 +128,7 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
             "messages": sends,
             "held": held_json,
             "splits": splits,
+            "forward": forward_json,
         });
         crate::outln!("{out}")?;
         return Ok(());
@@ -138,6 +166,25 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
             s["body"]
         )?;
     }
+    if let (Some(f), Some(fj)) = (&forward, &forward_json) {
+        let fallback =
+            f.fallback.as_deref().map(|t| format!("; fallback {t:?}")).unwrap_or_default();
+        crate::outln!(
+            "forward → {} (rule {}): the push goes to the backend, its answer is sent here \
+             (not called: --call-backends calls it){fallback}",
+            f.backend,
+            f.rule
+        )?;
+        for (i, t) in fj["then"].as_array().into_iter().flatten().enumerate() {
+            crate::outln!(
+                "then {}. (rule {}): POST {}\n{}",
+                i + 1,
+                t["rule"].as_str().unwrap_or(""),
+                t["endpoint"].as_str().unwrap_or_default(),
+                t["body"]
+            )?;
+        }
+    }
     if !held.is_empty() {
         crate::outln!(
             "held for the follower's next push ({}): {} more",
@@ -158,6 +205,49 @@ pub fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
         }
     }
     Ok(())
+}
+
+/// `--call-backends`: calls the forward's backend once (with its retries) and returns its
+/// answer, or the rule's fallback with the failure on stderr.
+async fn call_backend(
+    cfg: &Config,
+    intake: &Intake,
+    split: &crate::pipeline::forward::Split,
+) -> Result<crate::backends::Answer, CmdError> {
+    let mut one = cfg.clone();
+    one.backends.retain(|n, _| *n == split.backend);
+    let deps = crate::backends::BackendDeps {
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+        store: None,
+        clock: std::sync::Arc::new(crate::model::SystemClock),
+        rules_dir: cfg.rules.dir.clone(),
+    };
+    let backends = crate::backends::Backends::from_config(&one, &deps).map_err(CmdError::Failed)?;
+    let Some(entry) = backends.get(&split.backend) else {
+        return Err(CmdError::Usage(format!("backend `{}` is not configured", split.backend)));
+    };
+    let mut req = crate::pipeline::forward::request_for(intake, split);
+    let mut window = crate::ledger::Window::default();
+    let now = intake.received_at_ms.div_euclid(1000);
+    window.apply(intake.effect, now, &cfg.window);
+    let cs = crate::delivery::CustomerService::new(cfg.delivery.customer_service).allowed();
+    req.window = crate::pipeline::forward::window_facts(Some(&window), now, cs);
+    let started = std::time::Instant::now();
+    match entry.backend.call(&req).await {
+        Ok(a) => {
+            crate::errln!(
+                "forward → {}: answered in {} ms with {} replies",
+                split.backend,
+                started.elapsed().as_millis(),
+                a.replies.len()
+            );
+            Ok(a)
+        }
+        Err(e) => {
+            crate::errln!("forward → {}: failed ({e}); the rule's fallback is sent", split.backend);
+            Ok(crate::backends::fallback_answer(&split.rule, split.fallback.as_deref()))
+        }
+    }
 }
 
 /// One planned action as the request kefu would make for it.

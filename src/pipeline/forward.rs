@@ -221,18 +221,7 @@ impl Forwarder {
     /// Decides a forward of `intake` before the push is committed: a shortcut answer, the
     /// rate limit, an unknown backend, or a call (with its record).
     pub async fn prepare(&self, intake: &Intake, split: &Split) -> Prepared {
-        let request = ForwardRequest {
-            id: forward_id(intake.dedupe_key.as_str()),
-            account: intake.account.clone(),
-            openid: intake.openid.as_str().to_string(),
-            received_at: intake.received_at_ms.div_euclid(1000),
-            rule: split.rule.clone(),
-            push: PushFacts {
-                captures: split.captures.iter().cloned().collect(),
-                ..intake.facts.clone()
-            },
-            window: WindowFacts::default(),
-        };
+        let request = request_for(intake, split);
         let Some(entry) = self.backends.get(&split.backend) else {
             warn!(backend = %split.backend, rule = %split.rule,
                 "the rule forwards to a backend that is not configured; sending its fallback");
@@ -587,6 +576,23 @@ impl Forwarder {
                 }
             }
         }
+    }
+}
+
+/// The request of a forward (interface §7.3), its `window` still empty (filled in when it
+/// is called, from the window after the push).
+pub fn request_for(intake: &Intake, split: &Split) -> ForwardRequest {
+    ForwardRequest {
+        id: forward_id(intake.dedupe_key.as_str()),
+        account: intake.account.clone(),
+        openid: intake.openid.as_str().to_string(),
+        received_at: intake.received_at_ms.div_euclid(1000),
+        rule: split.rule.clone(),
+        push: PushFacts {
+            captures: split.captures.iter().cloned().collect(),
+            ..intake.facts.clone()
+        },
+        window: WindowFacts::default(),
     }
 }
 
