@@ -315,3 +315,131 @@ async fn a_6000_byte_completion_is_split_to_wechats_limit() {
     assert_eq!(parts, [para('甲'), para('乙'), para('丙'), para('丁')]);
     kefu.stop().await;
 }
+
+// ---- through the binary: backends check, history, and the api_key kept secret -------------
+
+/// A config file with the backend (api_key left out: it comes from the environment, as the
+/// README advises) and the forward rule, in a fresh directory.
+fn binary_setup(mock: &MockWechat) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = forward_rules();
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir(&rules_dir).expect("rules dir");
+    for f in std::fs::read_dir(rules.path()).expect("rules") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, rules_dir.join(f.file_name().expect("name"))).expect("copy rule");
+    }
+    let toml = backend_toml(mock, "").replace("api_key = \"sk-test-key\"\n", "");
+    let file = dir.path().join("kefu.toml");
+    std::fs::write(&file, format!("[rules]\ndir = \"rules\"\n\n{toml}")).expect("config file");
+    (dir, file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_appears_in_no_log_line_and_no_command_output() {
+    const KEY: &str = "sk-CANARY-0123456789abcdef";
+    let mock = MockWechat::start();
+    // The second call is refused, so the failure paths log too.
+    mock.push(CHAT, MockResponse::json(chat_completion("答：你好", 10, 5)));
+    mock.push(CHAT, MockResponse::status(401));
+    let (dir, file) = binary_setup(&mock);
+    let state = dir.path().join("state");
+    let mut env = crate::crash::child_env(&mock, &state, true);
+    env.retain(|(k, _)| *k != "KEFU_RULES_DIR");
+    env.push(("KEFU_BACKENDS_ASSISTANT_API_KEY", KEY.to_string()));
+    env.push(("RUST_LOG", "trace".to_string()));
+    let config = file.display().to_string();
+    let child = crate::crash::Child::spawn(&["--config", &config], &env, dir.path());
+    let http = reqwest::Client::new();
+    let user = "oLlmSecretKey";
+    for (i, q) in ["你好", "再见"].iter().enumerate() {
+        let xml = text_push(
+            user,
+            q,
+            1 + i as u64,
+            kefu::model::Clock::now_secs(&kefu::model::SystemClock),
+        );
+        let (status, _) =
+            crate::crash::post_push(&http, &child.webhook(), crate::helpers::TOKEN, &xml)
+                .await
+                .expect("push answered");
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = child.log_text();
+    child.kill();
+    assert_eq!(
+        mock.requests_to(CHAT)[0].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert!(log.contains("check api_key"), "the 401 is logged with its cause");
+
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let runs = [
+        crate::helpers::kefu_in(dir.path(), &env, &["history", "show", user, "--config", &config]),
+        crate::helpers::kefu_in(dir.path(), &env, &["backends", "check", "--config", &config]),
+        crate::helpers::kefu_in(
+            dir.path(),
+            &env,
+            &["backends", "check", "--json", "--config", &config],
+        ),
+    ];
+    assert!(runs[0].stdout.contains("答：你好"), "the kept turn: {}", runs[0].stdout);
+    assert!(!runs[0].stdout.contains("再见"), "the failed call kept no turn: {}", runs[0].stdout);
+    for run in &runs {
+        for text in [&run.stdout, &run.stderr] {
+            assert!(!text.contains(KEY) && !text.contains("CANARY"), "{text}");
+        }
+    }
+    assert!(!log.contains("CANARY"), "a log line shows the api_key");
+}
+
+#[test]
+fn backends_check_on_a_401_exits_1_naming_api_key() {
+    let mock = MockWechat::start();
+    mock.set_default(CHAT, MockResponse::status(401));
+    let (dir, file) = binary_setup(&mock);
+    let config = file.display().to_string();
+    let run = crate::helpers::kefu_in(
+        dir.path(),
+        &[],
+        &["backends", "check", "assistant", "--config", &config],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("401") && said.contains("backends.assistant.api_key"), "{said}");
+    let body = mock.requests_to(CHAT)[0].json().unwrap();
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "user", "content": "你好"}),
+        "a one-word prompt"
+    );
+
+    // A wrong base_url: 404 names base_url and model.
+    mock.set_default(CHAT, MockResponse::status(404));
+    let run = crate::helpers::kefu_in(dir.path(), &[], &["backends", "check", "--config", &config]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 1);
+    assert!(said.contains("base_url") && said.contains("model"), "{said}");
+
+    // Nothing listening: the connection is refused, and the check says so.
+    drop(mock);
+    let run = crate::helpers::kefu_in(dir.path(), &[], &["backends", "check", "--config", &config]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 1);
+    assert!(said.contains("refused") || said.contains("cannot reach"), "{said}");
+    // And with a working model it prints the answer and the latency.
+    let mock = MockWechat::start();
+    let (dir, file) = binary_setup(&mock);
+    let run = crate::helpers::kefu_in(
+        dir.path(),
+        &[],
+        &["backends", "check", "--config", &file.display().to_string()],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("assistant (openai): ok in") && run.stdout.contains("答：你好"),
+        "{}",
+        run.stdout
+    );
+}
