@@ -76,6 +76,7 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("media list", "media::media_commands_upload_and_list"),
     ("history show", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
     ("history clear", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
+    ("backends check", "llm::backends_check_on_a_401_exits_1_naming_api_key"),
 ];
 
 /// The subcommands that call the WeChat API (and so get the mock and credentials).
