@@ -443,3 +443,88 @@ fn backends_check_on_a_401_exits_1_naming_api_key() {
         run.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_two_instances_share_the_turns_and_the_rate_limit() {
+    let Some(url) = crate::redis::test_redis_url() else { return };
+    let mock = MockWechat::start();
+    let extra = format!("rate_limit = \"3/1m\"\nrate_limited_text = \"{RATE_LIMITED}\"");
+    let cfg_dir = tempfile::tempdir().expect("tempdir");
+    let parsed = kefu::config::Config::from_parts(
+        Some(&cfg_dir.path().join("kefu.toml")),
+        Some(&backend_toml(&mock, &extra)),
+        [],
+        cfg_dir.path(),
+    )
+    .expect("backend config parses");
+    let rule = std::fs::read_to_string(forward_rules().path().join("90-assistant.toml")).unwrap();
+    let app_id = format!("wxllm{:08x}", rand::random::<u32>());
+    let edit = |c: &mut kefu::config::Config| {
+        c.wechat.app_id = app_id.clone();
+        c.backends = parsed.backends.clone();
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = crate::identity::Running::start_edited(&mock, da.path(), Some(&url), &rule, edit).await;
+    let b = crate::identity::Running::start_edited(&mock, db.path(), Some(&url), &rule, edit).await;
+    let user = "oLlmOnRedis";
+    let now = crate::helpers::now_secs();
+    let (_, on_a) = a.push_status(&text_push(user, "我叫小明", 1, now)).await;
+    assert_eq!(content(&on_a), "答：我叫小明");
+    let (_, on_b) = b.push_status(&text_push(user, "我叫什么", 2, now)).await;
+    assert_eq!(content(&on_b), "答：我叫什么");
+    assert_eq!(
+        conversations(&mock)[1],
+        [
+            pair("system", SYSTEM),
+            pair("user", "我叫小明"),
+            pair("assistant", "答：我叫小明"),
+            pair("user", "我叫什么")
+        ],
+        "instance b sends the turn instance a kept"
+    );
+    let (_, third) = a.push_status(&text_push(user, "第三条", 3, now)).await;
+    assert_eq!(content(&third), "答：第三条");
+    let (_, fourth) = b.push_status(&text_push(user, "第四条", 4, now)).await;
+    assert_eq!(content(&fourth), RATE_LIMITED, "3/1m counted across both instances");
+    assert_eq!(mock.count(CHAT), 3);
+    a.handle.stop(true).await;
+    b.handle.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_prompt_file_is_read_relative_to_the_config_file() {
+    let mock = MockWechat::start();
+    let rules = forward_rules();
+    let cfg_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(cfg_dir.path().join("prompts")).unwrap();
+    std::fs::write(cfg_dir.path().join("prompts/assistant.md"), "你是文件里的提示词。\n").unwrap();
+    let toml = backend_toml(&mock, "system_prompt_file = \"prompts/assistant.md\"")
+        .replace(&format!("system_prompt = \"{SYSTEM}\"\n"), "");
+    let parsed = kefu::config::Config::from_parts(
+        Some(&cfg_dir.path().join("kefu.toml")),
+        Some(&toml),
+        [],
+        rules.path(), // the working directory is elsewhere: the path is the config file's
+    )
+    .expect("backend config parses");
+    let dir = rules.path().to_path_buf();
+    let kefu = Kefu::start_with(&mock, true, move |c| {
+        c.rules.dir = dir;
+        c.backends = parsed.backends;
+    })
+    .await;
+    kefu.push(&text_push("oLlmPromptFile", "你好", 1, kefu.now_secs())).await;
+    assert_eq!(conversations(&mock)[0][0], pair("system", "你是文件里的提示词。\n"));
+    kefu.stop().await;
+
+    // Both set: an error naming both keys.
+    let both = backend_toml(&mock, "system_prompt_file = \"prompts/assistant.md\"");
+    let err = kefu::config::Config::from_parts(
+        Some(&cfg_dir.path().join("kefu.toml")),
+        Some(&both),
+        [],
+        cfg_dir.path(),
+    )
+    .expect_err("system_prompt and system_prompt_file together");
+    assert!(err.to_string().contains("system_prompt_file"), "{err}");
+}
