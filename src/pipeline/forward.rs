@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures::FutureExt;
@@ -70,6 +70,17 @@ pub struct Flight {
     phase: Mutex<Phase>,
     /// Bumped at every phase change.
     signal: watch::Sender<u64>,
+    /// Its call task was started (a flight is claimed before the push's commit, started
+    /// after it).
+    started: std::sync::atomic::AtomicBool,
+}
+
+/// Who handles a forwarded push: the first delivery owns its flight (commits the push, then
+/// starts the call); a delivery that finds the flight already there waits for it.
+#[derive(Debug)]
+pub enum Claim {
+    Owner(Arc<Flight>),
+    Waiter(Arc<Flight>),
 }
 
 impl Flight {
@@ -77,6 +88,7 @@ impl Flight {
         Arc::new(Flight {
             phase: Mutex::new(Phase::Calling { waiters: 0 }),
             signal: watch::channel(0).0,
+            started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -168,6 +180,9 @@ pub struct Forwarder {
     seq: AtomicU64,
     /// Per follower: when typing was last sent (Unix ms).
     typing_at: DashMap<String, i64>,
+    /// The runtime calls run on: the one the service was built on, never the HTTP workers'
+    /// (their threads answer WeChat; a backend's work must not delay an answer).
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -206,6 +221,7 @@ impl Forwarder {
             order: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             typing_at: DashMap::new(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -216,6 +232,40 @@ impl Forwarder {
     /// Forwards in flight (or finished within the last minute), by push.
     pub fn in_flight(&self, push_key: &str) -> Option<Arc<Flight>> {
         self.flights.get(push_key).map(|f| f.clone())
+    }
+
+    /// When a delivery arrived, as a monotonic instant: `now` less the time since
+    /// `received_at_ms` on the clock (the webhook's receipt time), so `passive_wait` counts
+    /// from the receipt even when the commit before the wait was slow.
+    pub fn arrival(&self, received_at_ms: i64, now: Instant) -> Instant {
+        let since = u64::try_from(self.clock.now_ms() - received_at_ms).unwrap_or(0).min(60_000);
+        now.checked_sub(Duration::from_millis(since)).unwrap_or(now)
+    }
+
+    /// Claims the flight of a push about to be committed with its forward: the first
+    /// delivery owns it, a concurrent redelivery (which may have passed [`Self::in_flight`]
+    /// before the flight existed) waits for it instead of committing.
+    pub fn claim(&self, push_key: &str) -> Claim {
+        match self.flights.entry(push_key.to_string()) {
+            dashmap::Entry::Occupied(o) => Claim::Waiter(o.get().clone()),
+            dashmap::Entry::Vacant(v) => Claim::Owner(v.insert(Flight::new()).clone()),
+        }
+    }
+
+    /// The owner's commit found the push recorded before (no call is made): deliveries
+    /// waiting on the flight get the stored answer.
+    pub fn abandon(
+        self: &Arc<Self>,
+        push_key: &str,
+        flight: &Flight,
+        answer: Option<PassiveReply>,
+    ) {
+        flight.set(Phase::Done { passive: answer });
+        let (this, key) = (self.clone(), push_key.to_string());
+        self.runtime.spawn(async move {
+            tokio::time::sleep(KEEP_DONE).await;
+            this.flights.remove(&key);
+        });
     }
 
     /// Decides a forward of `intake` before the push is committed: a shortcut answer, the
@@ -275,10 +325,10 @@ impl Forwarder {
     /// push (None: read it now). The flight is findable by the push's key at once.
     pub fn start(self: &Arc<Self>, pending: Pending, window: Option<Window>) -> Arc<Flight> {
         let key = pending.record.push_key.clone();
-        let flight = match self.flights.entry(key) {
-            dashmap::Entry::Occupied(o) => return o.get().clone(),
-            dashmap::Entry::Vacant(v) => v.insert(Flight::new()).clone(),
-        };
+        let flight = self.flights.entry(key).or_insert_with(Flight::new).clone();
+        if flight.started.swap(true, Ordering::SeqCst) {
+            return flight; // already running (a forward recovered twice)
+        }
         let (tx, rx) = oneshot::channel();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let prev = self
@@ -288,25 +338,23 @@ impl Forwarder {
             .map(|(_, r)| r);
         let this = self.clone();
         let f = flight.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             this.run(f, pending, window, prev, tx, seq).await;
         });
         flight
     }
 
-    /// Waits for `flight`'s answer as one delivery of the push, received at
-    /// `received_at_ms`: its passive reply when the answer is committed within `passive_wait`
-    /// of that, else `pending_text` (None = `success`).
-    pub async fn wait(&self, flight: &Flight, received_at_ms: i64) -> Option<PassiveReply> {
+    /// Waits for `flight`'s answer as one delivery of the push that arrived at `arrived`: its
+    /// passive reply when the answer is committed within `passive_wait` of that, else
+    /// `pending_text` (None = `success`).
+    pub async fn wait(&self, flight: &Flight, arrived: Instant) -> Option<PassiveReply> {
         let mut rx = flight.signal.subscribe();
         match &mut *flight.phase.lock() {
             Phase::Done { passive } => return passive.clone(),
             Phase::Calling { waiters } => *waiters += 1,
             Phase::Settling { .. } => {}
         }
-        let wait_ms = i64::try_from(self.delivery.passive_wait.as_millis()).unwrap_or(4000);
-        let left = wait_ms - (self.clock.now_ms() - received_at_ms);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(left.max(0) as u64);
+        let deadline = tokio::time::Instant::from_std(arrived + self.delivery.passive_wait);
         loop {
             tokio::select! {
                 changed = rx.changed() => {

@@ -109,14 +109,16 @@ impl Pipeline {
 
     /// Runs rules and commits everything the push changes in one durable step.
     pub async fn process(&self, intake: Intake) -> anyhow::Result<Processed> {
+        // `passive_wait` counts from here (less what the clock says passed since receipt).
+        let arrived = self
+            .forwarder
+            .as_ref()
+            .map(|fw| fw.arrival(intake.received_at_ms, std::time::Instant::now()));
         // A redelivery of a push whose forward is in flight waits for the same answer.
         if let Some(fw) = &self.forwarder
             && let Some(flight) = fw.in_flight(intake.dedupe_key.as_str())
         {
-            self.metrics.push(&intake.kind, "duplicate");
-            info!(openid = %intake.openid, kind = %intake.kind, "redelivered push: waiting for its forward's answer");
-            let passive = fw.wait(&flight, intake.received_at_ms).await;
-            return Ok(Processed { fresh: false, fired: Vec::new(), passive, planned: 0 });
+            return Ok(self.wait_redelivered(fw, &flight, &intake, arrived).await);
         }
         let rules = self.rules.current();
         let mut eval = rules.evaluate(&intake.input);
@@ -133,10 +135,16 @@ impl Pipeline {
                     crate::backends::fallback_answer(&split.rule, split.fallback.as_deref())
                 }
                 Some(fw) => match fw.prepare(&intake, &split).await {
-                    forward::Prepared::Call(p) => {
-                        call = Some(*p);
-                        crate::backends::Answer::default()
-                    }
+                    forward::Prepared::Call(p) => match fw.claim(intake.dedupe_key.as_str()) {
+                        forward::Claim::Owner(flight) => {
+                            call = Some((*p, flight));
+                            crate::backends::Answer::default()
+                        }
+                        // The same push, delivered again while this one was evaluated.
+                        forward::Claim::Waiter(flight) => {
+                            return Ok(self.wait_redelivered(fw, &flight, &intake, arrived).await);
+                        }
+                    },
                     forward::Prepared::Shortcut(a, req) => {
                         shortcut = Some((split.backend.clone(), req, a.clone()));
                         a
@@ -171,7 +179,18 @@ impl Pipeline {
             terms,
         };
         let outcome = match &call {
-            Some(p) => self.store.commit_push_forward(commit, p.record.clone()).await?,
+            Some((p, flight)) => {
+                match self.store.commit_push_forward(commit, p.record.clone()).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // Nothing recorded: deliveries waiting on the flight answer `success`.
+                        if let Some(fw) = &self.forwarder {
+                            fw.abandon(intake.dedupe_key.as_str(), flight, None);
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
             None => self.store.commit_push(commit).await?,
         };
         match outcome {
@@ -179,11 +198,11 @@ impl Pipeline {
                 if let (Some(fw), Some((backend, req, answer))) = (&self.forwarder, &shortcut) {
                     fw.answered(backend, req, answer).await;
                 }
-                if let (Some(fw), Some(p)) = (&self.forwarder, call) {
+                if let (Some(fw), Some((p, _)), Some(arrived)) = (&self.forwarder, call, arrived) {
                     let flight = fw.start(p, Some(window_after));
                     if delivery.passive.is_none() {
                         // Nothing answers the push yet: wait for the backend (passive_wait).
-                        delivery.passive = fw.wait(&flight, intake.received_at_ms).await;
+                        delivery.passive = fw.wait(&flight, arrived).await;
                     }
                 }
                 for r in &fired {
@@ -224,11 +243,32 @@ impl Pipeline {
                 Ok(Processed { fresh: true, fired, passive, planned })
             }
             CommitOutcome::Duplicate { answer: passive } => {
+                if let (Some(fw), Some((_, flight))) = (&self.forwarder, &call) {
+                    fw.abandon(intake.dedupe_key.as_str(), flight, passive.clone());
+                }
                 self.metrics.push(&intake.kind, "duplicate");
                 info!(openid = %intake.openid, kind = %intake.kind, "redelivered push: answered as the first time, nothing planned again");
                 Ok(Processed { fresh: false, fired: Vec::new(), passive, planned: 0 })
             }
         }
+    }
+}
+
+impl Pipeline {
+    /// A delivery of a push whose forward is in flight: it waits for the same answer
+    /// (interface §7.4.4).
+    async fn wait_redelivered(
+        &self,
+        fw: &forward::Forwarder,
+        flight: &forward::Flight,
+        intake: &Intake,
+        arrived: Option<std::time::Instant>,
+    ) -> Processed {
+        self.metrics.push(&intake.kind, "duplicate");
+        info!(openid = %intake.openid, kind = %intake.kind, "redelivered push: waiting for its forward's answer");
+        let arrived = arrived.unwrap_or_else(std::time::Instant::now);
+        let passive = fw.wait(flight, arrived).await;
+        Processed { fresh: false, fired: Vec::new(), passive, planned: 0 }
     }
 }
 

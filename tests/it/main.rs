@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per feature, shared helpers in `helpers`.
 
 mod api;
+mod backends;
 mod cli_api;
 mod crash;
 mod delivery;
