@@ -102,6 +102,9 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
     ),
     // ---- media ----
     ("media", &[("refresh_after", Kind::Str)]),
+    // ---- conversation log and console ----
+    ("log", &[("retention", Kind::Str)]),
+    ("console", &[("secure_cookie", Kind::Bool)]),
 ];
 
 /// The shortest `admin.token` that `kefu serve` accepts (a bearer token for `/admin/*`).
@@ -119,6 +122,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub pay: PayConfig,
     pub media: MediaConfig,
+    pub log: LogConfig,
+    pub console: ConsoleConfig,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
     /// Where each key set by the file or the environment came from, by `section.key`; a key
@@ -340,6 +345,29 @@ impl Default for MediaConfig {
     }
 }
 
+// ---- conversation log and console ----
+
+/// `[log]`: the conversation log (interface §8.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// How long records are kept (`log.retention`, humantime, default 30d); zero keeps none.
+    pub retention: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { retention: crate::convlog::DEFAULT_RETENTION }
+    }
+}
+
+/// `[console]`: the web console (interface §8.2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Mark the session cookie `Secure` (`console.secure_cookie`): set it when kefu is
+    /// reached over HTTPS (behind a TLS proxy), so the browser never sends the cookie in clear.
+    pub secure_cookie: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -377,6 +405,8 @@ impl Default for Config {
                 v3_platform_public_key: None,
             },
             media: MediaConfig::default(),
+            log: LogConfig::default(),
+            console: ConsoleConfig::default(),
             file: None,
             origins: BTreeMap::new(),
         }
@@ -1081,6 +1111,16 @@ fn apply(
             }
             cfg.media.refresh_after = d;
         }
+        // ---- conversation log and console ----
+        ("log", "retention") => {
+            let s = want_str(v)?;
+            cfg.log.retention = humantime::parse_duration(s.trim()).map_err(|_| {
+                format!(
+                    "{s:?} is not a duration: use humantime like 30d, 72h, or 0s to keep no log"
+                )
+            })?;
+        }
+        ("console", "secure_cookie") => cfg.console.secure_cookie = want_bool(v)?,
         _ => unreachable!("schema and apply disagree on {section}.{key}"),
     }
     Ok(())

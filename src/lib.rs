@@ -20,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod convlog;
 pub mod delivery;
 pub mod http;
 pub mod ledger;

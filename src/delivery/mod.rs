@@ -206,6 +206,7 @@ pub fn assign(
                         action: OutboxAction::Send { message },
                         delay: std::time::Duration::ZERO,
                         kf_account: None,
+                        source: Default::default(),
                     },
                     due_at_ms: received_at_ms,
                 });

@@ -14,6 +14,7 @@ fn entry(s: &str) -> NewOutboxEntry {
             action: OutboxAction::Send { message: text(s) },
             delay: Duration::ZERO,
             kf_account: None,
+            source: Default::default(),
         },
         due_at_ms: 1_000,
     }

@@ -25,6 +25,9 @@ pub struct Intake {
     pub transfer_allowed: bool,
     /// A label for logs and metrics: the MsgType or Event (`payment` for payments).
     pub kind: String,
+    /// What the conversation log records of it: its kind and its text or summary
+    /// ([`crate::convlog::summarize`]).
+    pub summary: (String, String),
 }
 
 /// A push whose `FromUserName` is not an OpenID (a system sender): acknowledged, nothing
@@ -54,6 +57,7 @@ impl Intake {
             received_at_ms,
             passive_allowed: true,
             kind,
+            summary: crate::convlog::summarize(push),
         })
     }
 
@@ -73,6 +77,10 @@ impl Intake {
             passive_allowed: false,
             transfer_allowed: false,
             kind: "payment".into(),
+            summary: crate::convlog::payment_summary(
+                &crate::pay::format_yuan(payment.amount_fen),
+                &payment.transaction_id,
+            ),
         }
     }
 }

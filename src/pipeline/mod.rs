@@ -115,6 +115,11 @@ impl Pipeline {
         let terms = terms(&intake, self.passive_first, &self.customer_service, &self.delivery);
         let outbox = outbox_entries(planned, intake.received_at_ms);
         let n_planned = outbox.len();
+        let log = crate::convlog::LogRecord::push(
+            &intake.openid,
+            intake.received_at_ms,
+            intake.summary.clone(),
+        );
         let outcome = self
             .store
             .commit_push(PushCommit {
@@ -125,6 +130,7 @@ impl Pipeline {
                 passive,
                 outbox,
                 terms,
+                log: Some(log),
             })
             .await?;
         match outcome {

@@ -196,6 +196,7 @@ impl Reply {
             action: self.kind.map(|t| t.render(ctx)),
             delay: self.delay,
             kf_account: self.kf_account.clone(),
+            source: Default::default(),
         }
     }
 }
@@ -289,6 +290,7 @@ mod tests {
             action: Action::Send { message: OutMessage::Text { content: text.into() } },
             delay: Duration::from_secs(delay),
             kf_account: kf.map(str::to_string),
+            source: Default::default(),
         }
     }
 

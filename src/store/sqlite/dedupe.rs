@@ -8,11 +8,13 @@ use crate::delivery::assign;
 use crate::model::WindowEffect;
 
 use super::Inner;
+use super::convlog::insert_tx;
 use super::engine::Post;
 use super::grants::update_window;
 use super::outbox::{
     cancel_pending_tx, count_pending, hold_new_tx, insert_outbox, mailbox_tx, settle_mailbox_tx,
 };
+use crate::convlog::{LogOutcome, LogRecord, Via};
 
 pub(super) fn commit_push_tx(
     conn: &Connection,
@@ -61,6 +63,7 @@ pub(super) fn commit_push_tx(
             .map(|q| q.saturating_sub(count_pending(conn, &push.openid).unwrap_or(0)))
     };
     let own_answer = push.passive.as_ref().map(|p| p.reply.clone());
+    let own_rule = push.passive.as_ref().map(|p| p.rule.clone());
     let a = assign(&held, push.passive, push.outbox, capacity, &push.terms, push.received_at_ms);
     if a.passive != own_answer {
         // A held answer took the passive slot (or more_text grew it): store the final answer.
@@ -82,9 +85,75 @@ pub(super) fn commit_push_tx(
     if !a.hold.is_empty() {
         inner.note_held(push.openid.as_str());
     }
+    if let Some(rec) = push.log {
+        log_push_tx(
+            conn,
+            inner,
+            post,
+            rec,
+            &a,
+            &held,
+            own_rule.as_deref(),
+            &push.terms.hold_reason,
+        )?;
+    }
     let grant_expiry = window_after.next_expiry(now).map(|s| s.saturating_mul(1000));
     let dedupe_expiry = push.received_at_ms.saturating_add(inner.retention_ms);
     post.expiry_ms = Some(grant_expiry.map_or(dedupe_expiry, |g| g.min(dedupe_expiry)));
     let delivery = Delivered::of(&a);
     Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled, delivery })
+}
+
+/// Logs the push and what its commit decided: the passive answer (the push's own, or a held
+/// one), the push's own messages held, and held answers dropped (expired, undeliverable).
+/// Released and planned messages are logged when the sender finishes them.
+#[allow(clippy::too_many_arguments)]
+fn log_push_tx(
+    conn: &Connection,
+    inner: &Inner,
+    post: &mut Post,
+    rec: LogRecord,
+    a: &crate::delivery::Assignment,
+    held: &[crate::delivery::HeldAnswer],
+    own_rule: Option<&str>,
+    hold_reason: &str,
+) -> StoreResult<()> {
+    let (openid, at) = (rec.openid.clone(), rec.at_ms);
+    insert_tx(conn, inner, post, rec)?;
+    if let Some(reply) = &a.passive {
+        let from_held = a.passive_from_held.and_then(|id| held.iter().find(|h| h.id == id));
+        let (rule, source) = match from_held {
+            Some(h) => (h.rule.as_str(), h.action.source),
+            None => (own_rule.unwrap_or(""), crate::model::Source::Rule),
+        };
+        insert_tx(conn, inner, post, LogRecord::passive(&openid, at, reply, rule, source))?;
+    }
+    for e in &a.hold {
+        let r = LogRecord::answer(
+            &openid,
+            at,
+            &e.action,
+            Via::CustomSend,
+            LogOutcome::Held,
+            Some(hold_reason.to_string()),
+        );
+        insert_tx(conn, inner, post, r)?;
+    }
+    let dropped = a.expired.iter().map(|id| (id, crate::store::EXPIRED));
+    for (id, why) in
+        dropped.chain(a.undeliverable.iter().map(|id| (id, crate::delivery::UNDELIVERABLE)))
+    {
+        if let Some(h) = held.iter().find(|h| h.id == *id) {
+            let r = LogRecord::answer(
+                &openid,
+                at,
+                &h.action,
+                Via::CustomSend,
+                LogOutcome::Dropped,
+                Some(why.to_string()),
+            );
+            insert_tx(conn, inner, post, r)?;
+        }
+    }
+    Ok(())
 }
