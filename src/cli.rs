@@ -63,6 +63,9 @@ pub enum Command {
     /// Show or forget the conversation turns an openai backend keeps for a follower.
     #[command(subcommand)]
     History(crate::cmd::history::HistoryCmd),
+    /// The conversation log: followers by last activity, one follower's messages, erasure.
+    #[command(subcommand)]
+    Conversations(crate::cmd::conversations::ConversationsCmd),
     /// Upload media files and show the media ids kept for the files rules name.
     #[command(subcommand)]
     Media(crate::cmd::media::MediaCmd),
@@ -130,6 +133,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Token(a) => cmd::token::run(&cfg, &a).await,
         Command::Media(a) => cmd::media::run(&cfg, &a).await,
         Command::History(a) => cmd::history::run(&cfg, &a).await,
+        Command::Conversations(a) => cmd::conversations::run(&cfg, &a).await,
         Command::Completions { shell } => completions(shell),
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod common;
+pub mod conversations;
 pub mod history;
 pub mod media;
 pub mod out;

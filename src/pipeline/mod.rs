@@ -2,6 +2,7 @@
 //! record, ledger grant, stored answer and planned outbox entries -> the answer. Nothing here
 //! talks to WeChat; the [`sender`] drains the outbox afterwards.
 
+pub mod conversations;
 pub mod gate;
 pub mod intake;
 pub mod sender;
