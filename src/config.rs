@@ -107,6 +107,10 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
     ("console", &[("secure_cookie", Kind::Bool)]),
 ];
 
+/// `KEFU_*` variables of the command line, not config keys, though one shares a section's
+/// prefix (`KEFU_LOG_FORMAT` and `[log]`).
+const CLI_VARIABLES: &[&str] = &["KEFU_LOG_FORMAT"];
+
 /// The shortest `admin.token` that `kefu serve` accepts (a bearer token for `/admin/*`).
 pub const ADMIN_TOKEN_MIN_CHARS: usize = 16;
 
@@ -512,6 +516,9 @@ impl Config {
         env.sort();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("KEFU_") else { continue };
+            if CLI_VARIABLES.contains(&name.as_str()) {
+                continue; // `[log]` is a section, but KEFU_LOG_FORMAT is the CLI's --log-format
+            }
             let lower = rest.to_ascii_lowercase();
             let Some((section, keys)) = SCHEMA
                 .iter()
@@ -1147,6 +1154,21 @@ mod tests {
         assert_eq!(c.server.path, "/wechat");
         assert_eq!(c.wechat.token_endpoint, TokenEndpoint::Stable);
         assert!(c.rules.passive_first);
+    }
+
+    #[test]
+    fn log_and_console_keys() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.log.retention, Duration::from_secs(30 * 86_400));
+        assert!(!c.console.secure_cookie);
+        let c = load("[log]\nretention = \"0s\"\n[console]\nsecure_cookie = true\n", &[]).unwrap();
+        assert!(c.log.retention.is_zero() && c.console.secure_cookie);
+        let c = load("", &[("KEFU_LOG_RETENTION", "72h"), ("KEFU_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(c.log.retention, Duration::from_secs(72 * 3600));
+        let e = load("[log]\nretention = \"soon\"\n", &[]).unwrap_err().0;
+        assert!(e.contains("log.retention") && e.contains("30d"), "{e}");
+        let e = load("[console]\nsecret = 1\n", &[]).unwrap_err().0;
+        assert!(e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl LogRecord {
 
 /// What to show of an answer: a text's content, else a short label of its kind and title.
 pub fn message_text(m: &OutMessage) -> String {
-    let v = serde_json::to_value(m).unwrap_or(Value::Null);
+    let v = m.custom_send_body("", None);
     let kind = m.msgtype();
     if let Some(t) = v.get("text").and_then(|t| t.get("content")).and_then(Value::as_str) {
         return t.to_string();

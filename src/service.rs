@@ -319,6 +319,7 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
         c.route("/admin/windows/{openid}", web::get().to(crate::http::admin::window))
             .route("/admin/rules/reload", web::post().to(crate::http::admin::reload));
         crate::http::admin::configure(c);
+        crate::http::conversations::configure(c);
         pay.register(c);
     }))
 }

@@ -2,6 +2,8 @@
 
 mod api;
 mod cli_api;
+
+mod conversations;
 mod crash;
 mod delivery;
 mod fuzz;
