@@ -20,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod console;
 pub mod convlog;
 pub mod delivery;
 pub mod http;

@@ -306,6 +306,13 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
     let rules = web::Data::new(shared.rules.clone());
     let metrics = web::Data::new(shared.metrics.clone());
     let rules_dir = web::Data::new(crate::http::ops::RulesDir(shared.cfg.rules.dir.clone()));
+    let console = web::Data::new(Arc::new(
+        crate::console::ConsoleState::new(
+            &shared.cfg.admin.token,
+            shared.cfg.console.secure_cookie,
+        )
+        .with_account_id(&shared.cfg.wechat.account_id),
+    ));
     Ok(Arc::new(move |c: &mut web::ServiceConfig| {
         c.app_data(store.clone())
             .app_data(clock.clone())
@@ -314,12 +321,14 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
             .app_data(rules.clone())
             .app_data(metrics.clone())
             .app_data(rules_dir.clone())
+            .app_data(console.clone())
             .app_data(client.clone());
         crate::http::ops::configure(c);
         c.route("/admin/windows/{openid}", web::get().to(crate::http::admin::window))
             .route("/admin/rules/reload", web::post().to(crate::http::admin::reload));
         crate::http::admin::configure(c);
         crate::http::conversations::configure(c);
+        crate::console::configure(c);
         pay.register(c);
     }))
 }

@@ -342,6 +342,9 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_count(&self, openid: &OpenId) -> StoreResult<u64>;
     async fn pending_for(&self, openid: &OpenId) -> StoreResult<Vec<OutboxEntry>>;
     async fn outbox_entry(&self, id: i64) -> StoreResult<Option<OutboxEntry>>;
+    /// The outbox as the console shows it: every entry pending, in flight or held, then the
+    /// `recent` latest dropped or failed ones (newest first).
+    async fn outbox_overview(&self, recent: usize) -> StoreResult<Vec<OutboxEntry>>;
 
     // ---- held answers (interface §7.4.3) ----------------------------------------------------
 

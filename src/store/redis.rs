@@ -1141,6 +1141,12 @@ impl Store for RedisStore {
         self.inner.outbox.outbox_entry(id).await
     }
 
+    /// This instance's outbox; answers held in the shared mailboxes are counted per follower
+    /// by `window` (`held`), not listed here.
+    async fn outbox_overview(&self, recent: usize) -> StoreResult<Vec<OutboxEntry>> {
+        self.inner.outbox.outbox_overview(recent).await
+    }
+
     fn token_cache(&self) -> Arc<dyn TokenCache> {
         Arc::new(self.clone())
     }

@@ -773,6 +773,24 @@ impl Store for SqliteStore {
         self.read(move |conn| Ok(query_outbox(conn, "id = ?1", [id])?.pop())).await
     }
 
+    async fn outbox_overview(&self, recent: usize) -> StoreResult<Vec<OutboxEntry>> {
+        let recent = i64::try_from(recent).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut out = query_outbox(
+                conn,
+                "status IN ('pending', 'in_flight', 'held') ORDER BY due_at_ms, id LIMIT 1000",
+                [],
+            )?;
+            out.extend(query_outbox(
+                conn,
+                "status IN ('dropped', 'failed') ORDER BY updated_at_ms DESC, id DESC LIMIT ?1",
+                [recent],
+            )?);
+            Ok(out)
+        })
+        .await
+    }
+
     async fn held_for(&self, openid: &OpenId, now_ms: i64) -> StoreResult<Vec<HeldAnswer>> {
         let openid = openid.clone();
         self.read(move |conn| {
