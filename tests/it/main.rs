@@ -3,6 +3,8 @@
 mod api;
 mod backends;
 mod cli_api;
+
+mod conversations;
 mod crash;
 mod delivery;
 mod fuzz;

@@ -126,6 +126,11 @@ impl Kefu {
         kefu::model::Clock::now_secs(&*self.clock)
     }
 
+    /// The running server's address and HTTP client.
+    pub(crate) fn app(&self) -> &TestApp {
+        &self.app
+    }
+
     /// A plaintext push signed now; (status, body).
     pub(crate) async fn push(&self, xml: &str) -> (u16, String) {
         let resp = self.app.push_plain(xml).await;
