@@ -528,3 +528,38 @@ async fn system_prompt_file_is_read_relative_to_the_config_file() {
     .expect_err("system_prompt and system_prompt_file together");
     assert!(err.to_string().contains("system_prompt_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversation_log_shows_the_models_answers_as_the_backends() {
+    let mock = MockWechat::start();
+    let para = |c: char| std::iter::repeat_n(c, 600).collect::<String>(); // 1800 bytes
+    mock.push(
+        CHAT,
+        MockResponse::json(chat_completion(&[para('甲'), para('乙')].join("\n\n"), 1, 1)),
+    );
+    let rules = forward_rules();
+    let kefu = start(&mock, rules.path(), "", |_| {}).await;
+    let user = "oLlmLogged";
+    kefu.push(&text_push(user, "写两段", 1, kefu.now_secs())).await;
+    kefu.settle(user, 0).await;
+    let openid = kefu::model::OpenId::parse(user).unwrap();
+    let log = kefu.shared.store.log_show(&openid, None).await.expect("log");
+    let rows: Vec<(String, String, Option<String>)> = log
+        .iter()
+        .map(|r| {
+            let source = serde_json::to_value(r.source).unwrap().as_str().unwrap().to_string();
+            let via = r.via.map(|v| serde_json::to_value(v).unwrap().as_str().unwrap().to_string());
+            (source, r.text.chars().take(1).collect(), via)
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("follower".to_string(), "写".to_string(), None),
+            ("backend".to_string(), "甲".to_string(), Some("passive".to_string())),
+            ("backend".to_string(), "乙".to_string(), Some("custom_send".to_string())),
+        ],
+        "{log:?}"
+    );
+    kefu.stop().await;
+}
