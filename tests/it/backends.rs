@@ -605,3 +605,71 @@ fn rules_check_and_simulate_show_forwards() {
         "{all}"
     );
 }
+
+// ---- the example backend -------------------------------------------------------------------
+
+/// An example program, built by `cargo test` into target/debug/examples beside this binary.
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path"); // target/debug/deps/it-…
+    let bin =
+        exe.parent().and_then(Path::parent).expect("target/debug").join("examples").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built: `cargo test` builds the examples (or run `cargo build --example {name}`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running example, killed on drop; its stdout drained by a thread.
+struct Example(std::process::Child);
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_backend_example_answers_signed_requests() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(example_binary("order_backend"))
+        .env("ORDER_BACKEND_LISTEN", "127.0.0.1:0")
+        .env("ORDER_BACKEND_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let stdout = child.stdout.take().expect("piped");
+    let _example = Example(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("the example prints its address");
+    let url = first.strip_prefix("order_backend listening on ").expect(&first).to_string();
+
+    // Unsigned: refused.
+    let http = reqwest::Client::new();
+    let r = http.post(&url).body("{}").send().await.expect("POST");
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Through kefu: the order's status is the passive answer, the second reply follows.
+    let mock = MockWechat::start();
+    let dir = rules_dir(RULES);
+    let kefu = Kefu::start_with(&mock, true, |c| {
+        c.rules.dir = dir.path().to_path_buf();
+        c.backends.insert("orders".into(), orders(url.clone()));
+    })
+    .await;
+    let (_, a) =
+        kefu.push(&text_push("oBackendExample", "订单 20240501", 1, kefu.now_secs())).await;
+    assert_eq!(content(&a), "订单 20240501：已发货。顺丰 SF1234567890，预计明天送达。");
+    until("the second reply", Duration::from_secs(10), || mock.count(SEND_PATH) == 1).await;
+    assert_eq!(sent_texts(&mock), ["还有其他问题吗？回复「人工」转人工客服。"]);
+    let (_, a) = kefu.push(&text_push("oBackendExample", "订单 99", 2, kefu.now_secs())).await;
+    assert_eq!(content(&a), "没有找到订单 99，请核对订单号。");
+    kefu.stop().await;
+}
