@@ -202,7 +202,9 @@ impl Pipeline {
                     let flight = fw.start(p, Some(window_after));
                     if delivery.passive.is_none() {
                         // Nothing answers the push yet: wait for the backend (passive_wait).
-                        delivery.passive = fw.wait(&flight, arrived).await;
+                        delivery.passive = fw.wait_as_owner(&flight, arrived).await;
+                    } else {
+                        fw.not_waiting(&flight);
                     }
                 }
                 for r in &fired {
