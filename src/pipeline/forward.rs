@@ -505,7 +505,6 @@ impl Forwarder {
             *phase = Phase::Settling { claimed };
             claimed
         };
-        self.metrics.backend_call(&record.backend, "answered", None);
         let (passive, committed) = self.settle(&record, &request, &answer, claimed).await;
         flight.set(Phase::Done { passive });
         let _ = done.send(());

@@ -591,6 +591,14 @@ fn rules_check_and_simulate_show_forwards() {
     assert!(run.stdout.contains("模拟的回答"), "{}", run.stdout);
     assert_eq!(backend.count(BACKEND_PATH), 1);
 
+    // A [[test]] case shows the forward, not calling it.
+    let with_case = format!("{RULES}\n[[test]]\ntext = \"订单 1\"\nexpect = [\"ask-orders\"]\n");
+    std::fs::write(dir.path().join("rules/10-orders.toml"), with_case).unwrap();
+    let run = crate::helpers::kefu_in(dir.path(), &[], &["rules", "check"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("-> [ask-orders] forward → orders"), "{}", run.stdout);
+    assert_eq!(backend.count(BACKEND_PATH), 1, "still one call (the --call-backends one)");
+
     // A forward to a backend that is not configured: path:line:col.
     std::fs::write(
         dir.path().join("rules/20-bad.toml"),
