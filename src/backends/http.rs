@@ -94,12 +94,7 @@ impl HttpBackend {
         }
         let resp = r.send().await.map_err(|e| self.transport(e))?;
         let code = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::api::error::retry_after(&resp);
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !(200..300).contains(&code) {
             let body: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::crash::{Child, child_env, post_push};
+use crate::delivery::{content, sent_texts};
 use crate::helpers::{ACCOUNT, TOKEN};
 use crate::mock_wechat::{MockResponse, MockWechat};
 use crate::pipeline::{Kefu, SEND_PATH, TYPING_PATH, sends, text_push};
@@ -79,18 +80,6 @@ async fn start(
         edit(c);
     })
     .await
-}
-
-/// `<Content>` of a passive reply, or "" for `success`.
-fn content(answer: &str) -> String {
-    let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
-    let rest = &answer[a + "<Content><![CDATA[".len()..];
-    rest[..rest.find("]]></Content>").expect("content end")].to_string()
-}
-
-/// The texts the mock received through custom/send, in order.
-fn sent_texts(mock: &MockWechat) -> Vec<String> {
-    sends(mock).iter().map(|b| b["text"]["content"].as_str().unwrap_or("").to_string()).collect()
 }
 
 /// Waits until `f` holds (panics after `limit`).
@@ -204,6 +193,35 @@ async fn a_slow_answer_goes_through_custom_send_after_the_push_is_answered_with_
     assert_eq!(typing.len(), 1, "typing once while the backend worked");
     assert_eq!(typing[0].json().unwrap(), json!({"touser": user, "command": "Typing"}));
     assert_eq!(backend.count(BACKEND_PATH), 1);
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_beside_a_forward_keep_their_order() {
+    let (mock, backend) = (MockWechat::start(), MockWechat::start());
+    backend.set_default(BACKEND_PATH, answer(&["答一", "答二"], Duration::from_millis(100)));
+    let dir = rules_dir(
+        r#"
+[[rule]]
+name = "ask-orders"
+[rule.when]
+text_contains = "订单"
+[[rule.reply]]
+text = "稍等，正在查询……"
+[[rule.reply]]
+forward = "orders"
+[[rule.reply]]
+text = "还需要别的帮助吗？"
+"#,
+    );
+    let kefu = start(&mock, &backend, dir.path(), |_| {}).await;
+    let started = Instant::now();
+    let (_, a) = kefu.push(&text_push("oBackendOrder", "订单", 1, kefu.now_secs())).await;
+    assert_eq!(content(&a), "稍等，正在查询……", "the text before the forward answers at once");
+    assert!(started.elapsed() < Duration::from_secs(1), "no wait: {:?}", started.elapsed());
+    until("three sends", Duration::from_secs(10), || mock.count(SEND_PATH) >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sent_texts(&mock), ["答一", "答二", "还需要别的帮助吗？"]);
     kefu.stop().await;
 }
 
