@@ -100,6 +100,7 @@ fn push(n: u64, now_ms: i64) -> PushCommit {
         received_at_ms: now_ms,
         passive: Some(OwnPassive::text("greeting", "success")),
         terms: Terms::default(),
+        log: None,
         outbox: vec![NewOutboxEntry {
             rule: "greeting".into(),
             seq: 0,
@@ -110,6 +111,7 @@ fn push(n: u64, now_ms: i64) -> PushCommit {
                 },
                 delay: Duration::ZERO,
                 kf_account: None,
+                source: Default::default(),
             },
             due_at_ms: now_ms,
         }],

@@ -29,6 +29,7 @@ fn push(key: String, openid: &OpenId, effect: WindowEffect, at_ms: i64, out: u32
         received_at_ms: at_ms,
         passive: None,
         terms: Terms::default(),
+        log: None,
         outbox: (0..out)
             .map(|seq| NewOutboxEntry {
                 rule: "r".into(),
@@ -40,6 +41,7 @@ fn push(key: String, openid: &OpenId, effect: WindowEffect, at_ms: i64, out: u32
                     },
                     delay: Duration::ZERO,
                     kf_account: None,
+                    source: Default::default(),
                 },
                 due_at_ms: at_ms,
             })

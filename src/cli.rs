@@ -66,6 +66,9 @@ pub enum Command {
     /// Call the configured backends once with a test push (`kefu backends check [NAME]`).
     #[command(subcommand)]
     Backends(crate::cmd::backends::BackendsCmd),
+    /// The conversation log: followers by last activity, one follower's messages, erasure.
+    #[command(subcommand)]
+    Conversations(crate::cmd::conversations::ConversationsCmd),
     /// Upload media files and show the media ids kept for the files rules name.
     #[command(subcommand)]
     Media(crate::cmd::media::MediaCmd),
@@ -134,6 +137,7 @@ async fn dispatch(cli: Cli) -> CmdResult {
         Command::Token(a) => cmd::token::run(&cfg, &a).await,
         Command::Media(a) => cmd::media::run(&cfg, &a).await,
         Command::History(a) => cmd::history::run(&cfg, &a).await,
+        Command::Conversations(a) => cmd::conversations::run(&cfg, &a).await,
         Command::Completions { shell } => completions(shell),
     }
 }

@@ -108,7 +108,14 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
     ),
     // ---- media ----
     ("media", &[("refresh_after", Kind::Str)]),
+    // ---- conversation log and console ----
+    ("log", &[("retention", Kind::Str)]),
+    ("console", &[("secure_cookie", Kind::Bool)]),
 ];
+
+/// `KEFU_*` variables of the command line, not config keys, though one shares a section's
+/// prefix (`KEFU_LOG_FORMAT` and `[log]`).
+const CLI_VARIABLES: &[&str] = &["KEFU_LOG_FORMAT"];
 
 /// The shortest `admin.token` that `kefu serve` accepts (a bearer token for `/admin/*`).
 pub const ADMIN_TOKEN_MIN_CHARS: usize = 16;
@@ -127,6 +134,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// `[backends.NAME]` by name (interface §7.1).
     pub backends: BTreeMap<String, BackendConfig>,
+    pub log: LogConfig,
+    pub console: ConsoleConfig,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
     /// Where each key set by the file or the environment came from, by `section.key`; a key
@@ -360,6 +369,29 @@ impl Default for MediaConfig {
     }
 }
 
+// ---- conversation log and console ----
+
+/// `[log]`: the conversation log (interface §8.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// How long records are kept (`log.retention`, humantime, default 30d); zero keeps none.
+    pub retention: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { retention: crate::convlog::DEFAULT_RETENTION }
+    }
+}
+
+/// `[console]`: the web console (interface §8.2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Mark the session cookie `Secure` (`console.secure_cookie`): set it when kefu is
+    /// reached over HTTPS (behind a TLS proxy), so the browser never sends the cookie in clear.
+    pub secure_cookie: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -398,6 +430,8 @@ impl Default for Config {
             },
             media: MediaConfig::default(),
             backends: BTreeMap::new(),
+            log: LogConfig::default(),
+            console: ConsoleConfig::default(),
             file: None,
             origins: BTreeMap::new(),
         }
@@ -543,6 +577,9 @@ impl Config {
                     )),
                 }
                 continue;
+            }
+            if CLI_VARIABLES.contains(&name.as_str()) {
+                continue; // `[log]` is a section, but KEFU_LOG_FORMAT is the CLI's --log-format
             }
             let lower = rest.to_ascii_lowercase();
             let Some((section, keys)) = SCHEMA
@@ -1198,6 +1235,16 @@ fn apply(
             }
             cfg.media.refresh_after = d;
         }
+        // ---- conversation log and console ----
+        ("log", "retention") => {
+            let s = want_str(v)?;
+            cfg.log.retention = humantime::parse_duration(s.trim()).map_err(|_| {
+                format!(
+                    "{s:?} is not a duration: use humantime like 30d, 72h, or 0s to keep no log"
+                )
+            })?;
+        }
+        ("console", "secure_cookie") => cfg.console.secure_cookie = want_bool(v)?,
         _ => unreachable!("schema and apply disagree on {section}.{key}"),
     }
     Ok(())
@@ -1224,6 +1271,21 @@ mod tests {
         assert_eq!(c.server.path, "/wechat");
         assert_eq!(c.wechat.token_endpoint, TokenEndpoint::Stable);
         assert!(c.rules.passive_first);
+    }
+
+    #[test]
+    fn log_and_console_keys() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.log.retention, Duration::from_secs(30 * 86_400));
+        assert!(!c.console.secure_cookie);
+        let c = load("[log]\nretention = \"0s\"\n[console]\nsecure_cookie = true\n", &[]).unwrap();
+        assert!(c.log.retention.is_zero() && c.console.secure_cookie);
+        let c = load("", &[("KEFU_LOG_RETENTION", "72h"), ("KEFU_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(c.log.retention, Duration::from_secs(72 * 3600));
+        let e = load("[log]\nretention = \"soon\"\n", &[]).unwrap_err().0;
+        assert!(e.contains("log.retention") && e.contains("30d"), "{e}");
+        let e = load("[console]\nsecret = 1\n", &[]).unwrap_err().0;
+        assert!(e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub mod backends;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod console;
+pub mod convlog;
 pub mod delivery;
 pub mod http;
 pub mod ledger;

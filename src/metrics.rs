@@ -85,6 +85,9 @@ pub struct Metrics {
     pub backend_requests: Family<Vec<(String, String)>, Counter>,
     /// `kefu_backend_seconds{backend}`: the time of each backend attempt.
     pub backend_seconds: HistogramFamily,
+    /// `kefu_llm_tokens_total{backend,kind}` (interface §7.7, §11.7): the `usage` an `openai`
+    /// backend's server reported, `kind` = `prompt` or `completion`.
+    pub llm_tokens: Family<Vec<(String, String)>, Counter>,
     reload_sync: parking_lot::Mutex<()>,
 }
 
@@ -193,8 +196,15 @@ impl Metrics {
             "Time of one backend attempt, by backend",
             backend_seconds.clone(),
         );
+        let llm_tokens = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "llm_tokens",
+            "Tokens an openai backend's server reported using, by backend and kind (prompt, completion)",
+            llm_tokens.clone(),
+        );
         Metrics {
             registry,
+            llm_tokens,
             backend_requests,
             backend_seconds,
             pushes,
@@ -264,6 +274,17 @@ impl Metrics {
         if let Some(t) = took {
             let labels = vec![("backend".to_string(), label_value(backend))];
             self.backend_seconds.get_or_create(&labels).observe(t.as_secs_f64());
+        }
+    }
+
+    /// Adds one completion's `usage` to `kefu_llm_tokens_total`.
+    pub fn llm_tokens(&self, backend: &str, prompt: u64, completion: u64) {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            let labels = vec![
+                ("backend".to_string(), label_value(backend)),
+                ("kind".to_string(), kind.to_string()),
+            ];
+            self.llm_tokens.get_or_create(&labels).inc_by(n);
         }
     }
 

@@ -497,19 +497,50 @@ pub struct PlannedAction<A = Action> {
     pub delay: Duration,
     /// Send as this kf account (`customservice.kf_account`).
     pub kf_account: Option<String>,
+    /// Who wrote it, for the conversation log (interface §8.1): a rule's own reply, or a
+    /// backend's answer to a forward. Absent in stored JSON means a rule.
+    #[serde(default, skip_serializing_if = "Source::is_rule")]
+    pub source: Source,
+}
+
+/// Who wrote a message in a conversation (interface §8.1, §8.2): the follower, a rule's reply,
+/// a backend's answer (`forward`), or a person in the console (or the admin API's reply).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Follower,
+    #[default]
+    Rule,
+    Backend,
+    Console,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Follower => "follower",
+            Source::Rule => "rule",
+            Source::Backend => "backend",
+            Source::Console => "console",
+        }
+    }
+    /// The default (serde skips it).
+    pub fn is_rule(&self) -> bool {
+        *self == Source::Rule
+    }
 }
 
 impl PlannedAction {
     /// The outbox form of this action, `None` for a transfer (it can only be the passive
     /// answer).
     pub fn into_outbox(self) -> Option<PlannedAction<OutboxAction>> {
-        let PlannedAction { rule, action, delay, kf_account } = self;
+        let PlannedAction { rule, action, delay, kf_account, source } = self;
         let action = match action {
             Action::Send { message } => OutboxAction::Send { message },
             Action::Typing => OutboxAction::Typing,
             Action::Transfer { .. } | Action::Forward { .. } => return None,
         };
-        Some(PlannedAction { rule, action, delay, kf_account })
+        Some(PlannedAction { rule, action, delay, kf_account, source })
     }
 }
 

@@ -77,6 +77,7 @@ pub struct Service {
     sender: SenderHandle,
     purge_stop: watch::Sender<bool>,
     purger: tokio::task::JoinHandle<()>,
+    log_purger: tokio::task::JoinHandle<()>,
     media_refresher: tokio::task::JoinHandle<()>,
     _watcher: Option<WatchGuard>,
 }
@@ -198,6 +199,8 @@ impl Service {
                 .spawn();
 
         let (purge_stop, purge_rx) = watch::channel(false);
+        let log_purger =
+            spawn_log_purger(store.clone(), clock.clone(), cfg.log.retention, purge_rx.clone());
         let purger = sqlite.spawn_purger(purge_rx);
 
         let shared = Arc::new(Shared {
@@ -229,7 +232,16 @@ impl Service {
             max_clock_skew_secs = %cfg.key("server.max_clock_skew_secs"),
             "push verification uses"
         );
-        Ok(Service { app, shared, sender, purge_stop, purger, media_refresher, _watcher: watcher })
+        Ok(Service {
+            app,
+            shared,
+            sender,
+            purge_stop,
+            purger,
+            log_purger,
+            media_refresher,
+            _watcher: watcher,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -247,9 +259,19 @@ impl Service {
     /// Serves until SIGTERM/SIGINT (or [`Self::handle`]'s stop), then stops the sender within
     /// its bound, leaving unsent messages in the outbox for the next start.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Service { app, shared, sender, purge_stop, purger, media_refresher, _watcher } = self;
+        let Service {
+            app,
+            shared,
+            sender,
+            purge_stop,
+            purger,
+            log_purger,
+            media_refresher,
+            _watcher,
+        } = self;
         let served = app.run_until_stopped().await;
         media_refresher.abort();
+        log_purger.abort();
         sender.shutdown(SENDER_STOP_BOUND).await;
         let _ = purge_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), purger).await;
@@ -262,6 +284,32 @@ impl Service {
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.app.handle()
     }
+}
+
+/// The conversation log's purge (interface §11.11: at least once a minute; more often under a
+/// short `log.retention`, so a record outlives it by at most half of it).
+fn spawn_log_purger(
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        loop {
+            match store.log_purge(clock.now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(records = n, "conversation log: purged past log.retention")
+                }
+                Err(e) => tracing::warn!(error = %e, "conversation log purge failed; will retry"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            }
+        }
+    })
 }
 
 /// The routes beside the webhook: readiness, metrics, admin, pay.
@@ -284,6 +332,13 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
     let rules = web::Data::new(shared.rules.clone());
     let metrics = web::Data::new(shared.metrics.clone());
     let rules_dir = web::Data::new(crate::http::ops::RulesDir(shared.cfg.rules.dir.clone()));
+    let console = web::Data::new(Arc::new(
+        crate::console::ConsoleState::new(
+            &shared.cfg.admin.token,
+            shared.cfg.console.secure_cookie,
+        )
+        .with_account_id(&shared.cfg.wechat.account_id),
+    ));
     Ok(Arc::new(move |c: &mut web::ServiceConfig| {
         c.app_data(store.clone())
             .app_data(clock.clone())
@@ -292,11 +347,14 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
             .app_data(rules.clone())
             .app_data(metrics.clone())
             .app_data(rules_dir.clone())
+            .app_data(console.clone())
             .app_data(client.clone());
         crate::http::ops::configure(c);
         c.route("/admin/windows/{openid}", web::get().to(crate::http::admin::window))
             .route("/admin/rules/reload", web::post().to(crate::http::admin::reload));
         crate::http::admin::configure(c);
+        crate::http::conversations::configure(c);
+        crate::console::configure(c);
         pay.register(c);
     }))
 }

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{BackendConfig, Config};
 use crate::metrics::Metrics;
-use crate::model::{Action, OutMessage, PlannedAction, SharedClock};
+use crate::model::{Action, OutMessage, PlannedAction, SharedClock, Source};
 use crate::store::Store;
 
 /// One backend kind's implementation. Object-safe: the pipeline holds `Arc<dyn Backend>`.
@@ -120,7 +120,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// One text reply.
+    /// One text reply written by the backend (the conversation log's source `backend`).
     pub fn text(rule: &str, text: impl Into<String>) -> Answer {
         Answer {
             replies: vec![PlannedAction {
@@ -128,6 +128,7 @@ impl Answer {
                 action: Action::Send { message: OutMessage::Text { content: text.into() } },
                 delay: Duration::ZERO,
                 kf_account: None,
+                source: Source::Backend,
             }],
         }
     }
@@ -152,10 +153,15 @@ impl Answer {
 /// The fallback of a forward that failed for good: the rule's `fallback` text as one text
 /// reply, or nothing.
 pub fn fallback_answer(rule: &str, fallback: Option<&str>) -> Answer {
-    match fallback.filter(|f| !f.is_empty()) {
+    let mut answer = match fallback.filter(|f| !f.is_empty()) {
         Some(f) => Answer::text(rule, f),
         None => Answer::default(),
+    };
+    // The fallback is the rule's own text, not the backend's.
+    for r in &mut answer.replies {
+        r.source = Source::Rule;
     }
+    answer
 }
 
 /// Why a call failed. Every variant names the cause an operator fixes.
@@ -243,8 +249,11 @@ pub fn parse_answer(
         .and_then(|o| o.get("replies"))
         .ok_or_else(|| malformed("no \"replies\" field".into()))?;
     let list = replies.as_array().ok_or_else(|| malformed("\"replies\" is not a list".into()))?;
-    let replies = crate::rules::compile_answer(list, rule, rules_dir)
+    let mut replies = crate::rules::compile_answer(list, rule, rules_dir)
         .map_err(|errors| malformed(errors.join("; ")))?;
+    for r in &mut replies {
+        r.source = Source::Backend;
+    }
     Ok(Answer { replies })
 }
 
@@ -252,16 +261,16 @@ pub fn parse_answer(
 /// waiting [`backoff`] between attempts (a 429's `Retry-After` when longer). Every attempt is
 /// counted in `kefu_backend_requests_total` / `kefu_backend_seconds`, and every failure is
 /// logged with its cause (never a secret: the errors carry none).
-pub async fn with_retries<F, Fut>(
+pub async fn with_retries<T, F, Fut>(
     backend: &str,
     request_id: &str,
     retries: u32,
     metrics: &Metrics,
     mut attempt: F,
-) -> Result<Answer, CallError>
+) -> Result<T, CallError>
 where
     F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = Result<Answer, CallError>>,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
 {
     let mut n = 0;
     loop {

@@ -61,7 +61,7 @@ pub async fn run(cfg: &Config, cmd: &BackendsCmd) -> CmdResult {
     let now = crate::model::Clock::now_secs(&crate::model::SystemClock);
     let mut failed = Vec::new();
     for (n, entry) in backends.iter() {
-        let req = test_request(cfg, n, now);
+        let req = test_request(cfg, n, entry.config.kind.as_str(), now);
         let started = Instant::now();
         let result = entry.backend.call(&req).await;
         let ms = started.elapsed().as_millis() as u64;
@@ -113,8 +113,9 @@ pub async fn run(cfg: &Config, cmd: &BackendsCmd) -> CmdResult {
     }
 }
 
-/// The test push: a text message from [`CHECK_OPENID`], as a forward of [`CHECK_RULE`].
-fn test_request(cfg: &Config, backend: &str, now: i64) -> ForwardRequest {
+/// The test push: a text message from [`CHECK_OPENID`], as a forward of [`CHECK_RULE`]; for a
+/// model (`openai`) a one-word prompt (interface §7.7), so the check costs a few tokens.
+fn test_request(cfg: &Config, backend: &str, kind: &str, now: i64) -> ForwardRequest {
     let account = if cfg.wechat.original_id.is_empty() {
         crate::rules::input::SIMULATED_ACCOUNT.to_string()
     } else {
@@ -128,7 +129,7 @@ fn test_request(cfg: &Config, backend: &str, now: i64) -> ForwardRequest {
         rule: CHECK_RULE.into(),
         push: PushFacts {
             msgtype: "text".into(),
-            content: Some("kefu backends check".into()),
+            content: Some(if kind == "openai" { "你好" } else { "kefu backends check" }.into()),
             ..PushFacts::default()
         },
         window: WindowFacts {

@@ -46,8 +46,9 @@ pub async fn run(cfg: &Config, cmd: &HistoryCmd) -> CmdResult {
                 crate::outln!("{openid}: no kept turns (a new conversation)")?;
             } else {
                 for (backend, t) in &turns {
-                    crate::outln!("[{backend}] {} 用户: {}", t.at_ms, t.user)?;
-                    crate::outln!("[{backend}] {} 助手: {}", t.at_ms, t.assistant)?;
+                    let at = super::common::fmt_time(t.at_ms.div_euclid(1000));
+                    crate::outln!("[{backend}] {at} 用户: {}", t.user)?;
+                    crate::outln!("[{backend}] {at} 助手: {}", t.assistant)?;
                 }
             }
         }

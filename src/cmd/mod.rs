@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod backends;
 pub mod common;
+pub mod conversations;
 pub mod history;
 pub mod media;
 pub mod out;

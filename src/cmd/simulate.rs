@@ -333,6 +333,7 @@ mod tests {
             action: OutboxAction::Typing,
             delay: Duration::from_secs(2),
             kf_account: None,
+            source: Default::default(),
         };
         let v = planned_json("oU", &a);
         assert_eq!(v["endpoint"], "/cgi-bin/message/custom/typing");

@@ -66,12 +66,18 @@ pub struct HeldAnswer {
 pub struct OwnPassive {
     pub rule: String,
     pub reply: PassiveReply,
+    /// Who wrote it (a rule's reply, or a backend's answer), for the conversation log.
+    pub source: crate::model::Source,
 }
 
 impl OwnPassive {
     /// A text answer planned by `rule`.
     pub fn text(rule: &str, content: impl Into<String>) -> Self {
-        OwnPassive { rule: rule.to_string(), reply: PassiveReply::text(content) }
+        OwnPassive {
+            rule: rule.to_string(),
+            reply: PassiveReply::text(content),
+            source: crate::model::Source::Rule,
+        }
     }
 }
 
@@ -92,6 +98,9 @@ pub struct Terms {
     /// account may not call `custom/send`: [`CustomerService::off_reason`]).
     pub hold_reason: String,
 }
+
+/// The reason recorded on a held answer dropped because `hold_for` passed.
+pub const EXPIRED: &str = "expired";
 
 /// Why an answer was dropped instead of held: it could only go through `custom/send` (a menu,
 /// a mini program card, a message as a named kf account...), which the account may not call.
@@ -196,7 +205,8 @@ pub fn assign(
                 out.passive_from_held = Some(live.remove(0).id);
             }
             // The push's own passive answer follows through custom/send in its turn.
-            if let Some(OwnPassive { rule, reply: PassiveReply::Message { message } }) = own_passive
+            if let Some(OwnPassive { rule, reply: PassiveReply::Message { message }, source }) =
+                own_passive
             {
                 own_front = Some(NewOutboxEntry {
                     rule: rule.clone(),
@@ -206,6 +216,7 @@ pub fn assign(
                         action: OutboxAction::Send { message },
                         delay: std::time::Duration::ZERO,
                         kf_account: None,
+                        source,
                     },
                     due_at_ms: received_at_ms,
                 });

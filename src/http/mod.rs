@@ -6,6 +6,7 @@ use actix_web::{HttpRequest, web};
 use futures::StreamExt;
 
 pub mod admin;
+pub mod conversations;
 pub mod ops;
 pub mod pay;
 pub mod webhook;

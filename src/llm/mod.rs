@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{RuleInput, Secret};
+use crate::model::Secret;
 
 /// One message of a chat-completions request (`role` is `system`, `user` or `assistant`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,29 +142,36 @@ impl LlmError {
     }
 }
 
-/// The follower's words for the model: the text, a voice message's recognition, or a short
-/// description of what was sent (`[图片]`, `[位置] …`); `None` for pushes with nothing to say
-/// (events).
-pub fn user_text(input: &RuleInput) -> Option<String> {
-    if let Some(t) = input.text.as_deref().filter(|t| !t.trim().is_empty()) {
-        return Some(t.to_string());
+/// A short description for the model of a push that has no words (interface §7.6): `[图片]`,
+/// `[语音]`, `[视频]`, `[位置] label`, `[链接]`, `[文件]`, `[事件] EVENT KEY`, else `[msgtype]`.
+pub fn describe(
+    msgtype: &str,
+    event: Option<&str>,
+    event_key: Option<&str>,
+    label: Option<&str>,
+) -> String {
+    match msgtype {
+        "image" => "[图片]".into(),
+        "voice" => "[语音]".into(),
+        "video" | "shortvideo" => "[视频]".into(),
+        "location" => match label.map(str::trim).filter(|l| !l.is_empty()) {
+            Some(l) => format!("[位置] {l}"),
+            None => "[位置]".into(),
+        },
+        "link" => "[链接]".into(),
+        "file" => "[文件]".into(),
+        "event" => {
+            let mut s = String::from("[事件]");
+            for part in
+                [event, event_key].into_iter().flatten().map(str::trim).filter(|p| !p.is_empty())
+            {
+                s.push(' ');
+                s.push_str(part);
+            }
+            s
+        }
+        other => format!("[{other}]"),
     }
-    let var = |k: &str| input.vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let described = match input.msg_type.as_str() {
-        "image" => "[图片]".to_string(),
-        "voice" => "[语音]".to_string(),
-        "video" | "shortvideo" => "[视频]".to_string(),
-        "location" => match var("label") {
-            Some(l) if !l.is_empty() => format!("[位置] {l}"),
-            _ => "[位置]".to_string(),
-        },
-        "link" => match var("title") {
-            Some(t) if !t.is_empty() => format!("[链接] {t}"),
-            _ => "[链接]".to_string(),
-        },
-        _ => return None,
-    };
-    Some(described)
 }
 
 /// Whether the follower asks to start over (interface §7.6: exactly `/reset` or `重新开始`).
@@ -198,6 +205,9 @@ pub fn kept(turns: &[Turn], keep: usize, ttl: Duration, now_ms: i64) -> Vec<Turn
     let fresh: Vec<&Turn> = turns.iter().filter(|t| t.at_ms > oldest).collect();
     fresh[fresh.len().saturating_sub(keep)..].iter().map(|t| (*t).clone()).collect()
 }
+
+/// The longest `Retry-After` kefu honours; a server asking for more is retried after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// One OpenAI-compatible endpoint, as `[backends.NAME]` with `kind = "openai"` describes it.
 #[derive(Clone, Debug)]
@@ -330,14 +340,10 @@ mod tests {
     #[test]
     fn resets_and_descriptions() {
         assert!(is_reset("/reset") && is_reset(" 重新开始 ") && !is_reset("请重新开始吧"));
-        let input = |msg_type: &str, text: Option<&str>| RuleInput {
-            msg_type: msg_type.into(),
-            text: text.map(str::to_string),
-            ..Default::default()
-        };
-        assert_eq!(user_text(&input("voice", Some("你好"))).as_deref(), Some("你好"));
-        assert_eq!(user_text(&input("image", None)).as_deref(), Some("[图片]"));
-        assert_eq!(user_text(&input("event", None)), None);
+        assert_eq!(describe("image", None, None, None), "[图片]");
+        assert_eq!(describe("location", None, None, Some("广州塔")), "[位置] 广州塔");
+        assert_eq!(describe("event", Some("CLICK"), Some("V1001"), None), "[事件] CLICK V1001");
+        assert_eq!(describe("miniprogrampage", None, None, None), "[miniprogrampage]");
     }
 
     #[test]

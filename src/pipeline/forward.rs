@@ -611,6 +611,8 @@ impl Forwarder {
             passive,
             outbox: super::outbox_entries(planned, now_ms),
             terms: super::delivery_terms(claimed, &self.customer_service, &self.delivery),
+            // No push record: the push was logged when it came; its answer's outcomes are.
+            log: None,
         };
         let mut attempt = 0;
         loop {

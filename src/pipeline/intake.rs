@@ -30,6 +30,9 @@ pub struct Intake {
     pub account: String,
     /// What a backend request carries of the push (interface §7.3 `push`, captures empty).
     pub facts: PushFacts,
+    /// What the conversation log records of it: its kind and its text or summary
+    /// ([`crate::convlog::summarize`]).
+    pub summary: (String, String),
 }
 
 /// A push whose `FromUserName` is not an OpenID (a system sender): acknowledged, nothing
@@ -61,6 +64,7 @@ impl Intake {
             kind,
             account: push.to.clone(),
             facts: push_facts(push),
+            summary: crate::convlog::summarize(push),
         })
     }
 
@@ -86,6 +90,10 @@ impl Intake {
                 event: Some("payment".into()),
                 ..PushFacts::default()
             },
+            summary: crate::convlog::payment_summary(
+                &crate::pay::format_yuan(payment.amount_fen),
+                &payment.transaction_id,
+            ),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! record, ledger grant, stored answer and planned outbox entries -> the answer. Nothing here
 //! talks to WeChat; the [`sender`] drains the outbox afterwards.
 
+pub mod conversations;
 pub mod forward;
 pub mod gate;
 pub mod intake;
@@ -177,6 +178,11 @@ impl Pipeline {
             passive,
             outbox,
             terms,
+            log: Some(crate::convlog::LogRecord::push(
+                &intake.openid,
+                intake.received_at_ms,
+                intake.summary.clone(),
+            )),
         };
         let outcome = match &call {
             Some((p, flight)) => {

@@ -206,6 +206,7 @@ impl Reply {
             action,
             delay: self.delay,
             kf_account: self.kf_account.clone(),
+            source: Default::default(),
         }
     }
 }
@@ -228,6 +229,7 @@ pub(crate) fn split_passive(
             passive = Some(OwnPassive {
                 rule: a.rule.clone(),
                 reply: PassiveReply::Transfer { kf_account: kf_account.clone() },
+                source: a.source,
             });
         }
     }
@@ -248,6 +250,7 @@ pub(crate) fn split_passive(
                 passive = Some(OwnPassive {
                     rule: a.rule.clone(),
                     reply: PassiveReply::Message { message: message.clone() },
+                    source: a.source,
                 });
             }
             _ => rest.extend(a.into_outbox()),
@@ -299,6 +302,7 @@ mod tests {
             action: Action::Send { message: OutMessage::Text { content: text.into() } },
             delay: Duration::from_secs(delay),
             kf_account: kf.map(str::to_string),
+            source: Default::default(),
         }
     }
 

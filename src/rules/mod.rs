@@ -327,6 +327,12 @@ impl RuleSet {
     pub fn window(&self) -> &WindowConfig {
         &self.window
     }
+    /// Every rule as (name, `path:line:col` of its definition, priority), in evaluation order
+    /// (the console's rules page).
+    pub fn outline(&self) -> Vec<(String, String, i64)> {
+        self.rules.iter().map(|r| (r.name.clone(), r.origin.to_string(), r.priority)).collect()
+    }
+
     /// Rule names in evaluation order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.name.as_str())

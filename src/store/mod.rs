@@ -91,6 +91,10 @@ pub struct PushCommit {
     /// How the push's answers may be delivered (passive slot, `custom/send`, `more_text`,
     /// `hold_for`).
     pub terms: Terms,
+    /// The push as the conversation log records it (interface §8.1), written in this commit
+    /// with the answers it decides (the passive reply, held and dropped answers); None writes
+    /// no log.
+    pub log: Option<crate::convlog::LogRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,8 +147,7 @@ pub fn decode_answer(s: Option<&str>) -> Option<PassiveReply> {
     s.and_then(|s| serde_json::from_str(s).ok())
 }
 
-/// The reason recorded on a held answer dropped because `hold_for` passed.
-pub const EXPIRED: &str = "expired";
+pub use crate::delivery::EXPIRED;
 
 /// Where an outbox entry is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -338,6 +341,9 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_count(&self, openid: &OpenId) -> StoreResult<u64>;
     async fn pending_for(&self, openid: &OpenId) -> StoreResult<Vec<OutboxEntry>>;
     async fn outbox_entry(&self, id: i64) -> StoreResult<Option<OutboxEntry>>;
+    /// The outbox as the console shows it: every entry pending, in flight or held, then the
+    /// `recent` latest dropped or failed ones (newest first).
+    async fn outbox_overview(&self, recent: usize) -> StoreResult<Vec<OutboxEntry>>;
 
     // ---- held answers (interface §7.4.3) ----------------------------------------------------
 
@@ -429,6 +435,33 @@ pub trait Store: Send + Sync + 'static {
         window_ms: i64,
         now_ms: i64,
     ) -> StoreResult<bool>;
+    // ---- conversation log (interface §8.1) -----------------------------------------------
+    // Pushes and answers are logged by `commit_push`, `claim_send`, `finish` and
+    // `expire_held` in their own writes; these read, erase and add the rest.
+
+    /// Appends records written outside a push or a send (a reply from the console).
+    async fn log_append(&self, records: Vec<crate::convlog::LogRecord>) -> StoreResult<()>;
+    /// Followers by last activity, newest first: at most `limit`, only those whose last
+    /// record is older than `before_ms` (paging).
+    async fn log_followers(
+        &self,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> StoreResult<Vec<crate::convlog::FollowerActivity>>;
+    /// The follower's records at or after `since_ms`, oldest first.
+    async fn log_show(
+        &self,
+        openid: &OpenId,
+        since_ms: Option<i64>,
+    ) -> StoreResult<Vec<crate::convlog::LogRecord>>;
+    /// Erases the follower's log; returns how many records it held.
+    async fn log_delete(&self, openid: &OpenId) -> StoreResult<u64>;
+    /// Deletes the records older than `log.retention` at `now_ms`; returns how many.
+    async fn log_purge(&self, now_ms: i64) -> StoreResult<u64>;
+    /// The live feed of records this process writes, published after their commit.
+    fn log_bus(&self) -> crate::convlog::LogBus;
+    /// `log.retention` in ms (0: no log is kept).
+    fn log_retention_ms(&self) -> i64;
 
     // ---- media -------------------------------------------------------------------------
     // The media-id cache of files named in replies (interface §9): one record per content hash
@@ -600,6 +633,8 @@ pub async fn open_store(
         }
         forget_another_accounts_caches(cfg, &sqlite).await;
     }
+    // With Redis the log is shared there; SQLite keeps it otherwise.
+    sqlite.configure_log(cfg.log.retention, cfg.state.redis_url.is_empty());
     if cfg.state.redis_url.is_empty() {
         return Ok((Arc::new(sqlite.clone()), sqlite));
     }

@@ -13,6 +13,10 @@
 //!   first, expiring with the last of them. The push commit compares-and-sets it in the same
 //!   script as the dedupe record and the window, so whichever instance receives the follower's
 //!   next push delivers each held answer, once.
+//! - `{ns}:log:{openid}` — a follower's conversation log (interface §8.1): a list of JSON
+//!   records oldest first, expiring `log.retention` after the last one and trimmed of older
+//!   records by the purge; `{ns}:log:index` — a sorted set of OpenIDs by last activity (ms).
+//!   A push's records are written by the push commit's script; an answer's after its outcome.
 //! - `{ns}:token`, `{ns}:token:lock` — the access token and its refresh lock.
 //! - `{ns}:media` (hash, field `{type}:{sha256}`), `{ns}:media:lock:{type}:{sha256}` — the
 //!   media ids of files named in replies and their upload locks (one upload for all instances).
@@ -87,6 +91,7 @@ use super::{
     StoreError, StoreResult, decode_answer, encode_answer,
 };
 use crate::config::WindowConfig;
+use crate::convlog::{FollowerActivity, LogRecord, Via};
 use crate::delivery::assign;
 use crate::ledger::{ChargeOutcome, LedgerIndex, Window, WindowView};
 use crate::model::{CachedToken, OpenId, SharedClock, TokenCache, Trigger, WindowEffect};
@@ -136,7 +141,9 @@ return {1, ''}
 /// returned); ARGV[7..10] the same for the mailbox, which is always compared (the answer
 /// depends on it). Returns {0, stored dedupe value} for a duplicate, {2, current encoding}
 /// when the window had changed, {3, current mailbox encoding} when the mailbox had, {1, window
-/// encoding before the push} when recorded.
+/// encoding before the push} when recorded. With ARGV[11] (`log.retention` in ms) above zero,
+/// ARGV[14..] are conversation-log records appended to KEYS[4] (its TTL set to the retention),
+/// and KEYS[5] (the log index) gets member ARGV[13] with score ARGV[12].
 static COMMIT_PUSH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -159,6 +166,11 @@ elseif ARGV[8] == 'del' then
   redis.call('DEL', KEYS[3])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(ARGV[11]) > 0 and #ARGV >= 14 then
+  for i = 14, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+  redis.call('PEXPIRE', KEYS[4], ARGV[11])
+  redis.call('ZADD', KEYS[5], ARGV[12], ARGV[13])
+end
 return {1, enc}
 ",
     )
@@ -638,6 +650,85 @@ impl RedisStore {
         .await
     }
 
+    /// The Redis key of a follower's conversation log.
+    fn log_key(&self, openid: &OpenId) -> String {
+        format!("{}:log:{}", self.inner.ns, openid.as_str())
+    }
+
+    /// The sorted set of followers by last activity.
+    fn log_index_key(&self) -> String {
+        format!("{}:log:index", self.inner.ns)
+    }
+
+    /// A commit's records ([`crate::convlog::commit_records`], as the SQLite commit writes
+    /// them), with ids from the push's time (ms × 1000 + position).
+    fn push_records(
+        &self,
+        a: &crate::delivery::Assignment,
+        held: &[HeldAnswer],
+        push: &PushCommit,
+    ) -> Vec<LogRecord> {
+        let at = push.received_at_ms;
+        let mut out = crate::convlog::commit_records(
+            push.log.as_ref(),
+            &push.openid,
+            at,
+            a,
+            held,
+            push.passive.as_ref(),
+            &push.terms.hold_reason,
+        );
+        for (i, r) in out.iter_mut().enumerate() {
+            r.id = at.saturating_mul(1000).saturating_add(i as i64);
+        }
+        out
+    }
+
+    /// Appends records to their followers' logs and the index, then publishes them.
+    async fn append_log(&self, mut records: Vec<LogRecord>) -> StoreResult<()> {
+        let retention = self.inner.outbox.log_retention_ms();
+        if retention <= 0 || records.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for r in &mut records {
+            if r.id == 0 {
+                r.id = r
+                    .at_ms
+                    .saturating_mul(1000)
+                    .saturating_add(rand::thread_rng().gen_range(0..1000));
+            }
+            let key = self.log_key(&r.openid);
+            pipe.cmd("RPUSH").arg(&key).arg(r.encode()).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(retention).ignore();
+            pipe.cmd("ZADD").arg(self.log_index_key()).arg(r.at_ms).arg(r.openid.as_str()).ignore();
+        }
+        let mut con = self.con();
+        let _: () = self.io(OP_TIMEOUT, pipe.query_async(&mut con)).await?;
+        self.inner.outbox.log_bus().publish(records);
+        Ok(())
+    }
+
+    /// Logs a send's outcome from its local outbox entry; a failure to log is a warning, not
+    /// a failed send.
+    async fn log_outcome(&self, id: i64, outcome: &Outcome) {
+        if self.inner.outbox.log_retention_ms() <= 0 {
+            return;
+        }
+        let Some((kind, reason)) = super::sqlite::outcome_parts(outcome) else { return };
+        let entry = match self.inner.outbox.outbox_entry(id).await {
+            Ok(Some(e)) => e,
+            _ => return,
+        };
+        let now = self.inner.clock.now_ms();
+        let rec =
+            LogRecord::answer(&entry.openid, now, &entry.action, Via::CustomSend, kind, reason);
+        if let Err(e) = self.append_log(vec![rec]).await {
+            tracing::warn!(error = %e, "cannot record a send's outcome in the conversation log");
+        }
+    }
+
     /// Removes every key under `namespace` (tests, and tearing an account down). Returns
     /// how many were deleted.
     pub async fn delete_namespace(&self) -> StoreResult<usize> {
@@ -704,6 +795,7 @@ impl Store for RedisStore {
         } else {
             self.inner.outbox.pending_count(&push.openid).await?
         };
+        let log_retention = self.inner.outbox.log_retention_ms();
         let turn = self.turn(&push.openid).await;
         let mut current = self.guess(&push.openid)?;
         // Most followers have no held answers: guess an empty mailbox, one round trip.
@@ -721,6 +813,7 @@ impl Store for RedisStore {
                 self.plan_write(&mut w, now)?
             };
             let mailbox_held = decode_mailbox(mailbox.as_deref())?;
+            let held_before = mailbox_held.clone();
             // An unfollow drops what was held for the follower, as it cancels what was pending.
             let (held, dropped_held) = if unsubscribe {
                 (Vec::new(), mailbox_held.len() as u64)
@@ -769,6 +862,11 @@ impl Store for RedisStore {
             let claim = encode_dedupe(nonce, encode_answer(a.passive.as_ref())?.as_deref());
             let (op, value, ttl) = write.args();
             let (box_op, box_value, box_ttl) = box_write.args();
+            let log = if log_retention > 0 {
+                self.push_records(&a, &held_before, &push)
+            } else {
+                Vec::new()
+            };
             let mut con = self.con();
             let (state, reply): (i64, String) = self
                 .io(
@@ -787,6 +885,12 @@ impl Store for RedisStore {
                         .arg(box_op)
                         .arg(box_value)
                         .arg(box_ttl)
+                        .key(self.log_key(&push.openid))
+                        .key(self.log_index_key())
+                        .arg(log_retention)
+                        .arg(push.received_at_ms)
+                        .arg(push.openid.as_str())
+                        .arg(log.iter().map(LogRecord::encode).collect::<Vec<_>>())
                         .invoke_async(&mut con),
                 )
                 .await?;
@@ -797,16 +901,19 @@ impl Store for RedisStore {
                         answer: decode_answer(answer.as_deref()),
                     });
                 }
-                1 => match write {
-                    Write::Keep => {
-                        break (
-                            decode_window(decode_encoding(&reply)?.as_deref())?,
-                            a,
-                            dropped_held,
-                        );
+                1 => {
+                    self.inner.outbox.log_bus().publish(log);
+                    match write {
+                        Write::Keep => {
+                            break (
+                                decode_window(decode_encoding(&reply)?.as_deref())?,
+                                a,
+                                dropped_held,
+                            );
+                        }
+                        _ => break (w, a, dropped_held),
                     }
-                    _ => break (w, a, dropped_held),
-                },
+                }
                 3 => {
                     mailbox = decode_encoding(&reply)?;
                     Self::backoff(attempt).await;
@@ -962,6 +1069,7 @@ impl Store for RedisStore {
     }
 
     async fn finish(&self, id: i64, outcome: Outcome) -> StoreResult<()> {
+        self.log_outcome(id, &outcome).await;
         let Outcome::Held { reason, expires_at_ms } = outcome else {
             return self.inner.outbox.finish(id, outcome).await;
         };
@@ -1018,6 +1126,12 @@ impl Store for RedisStore {
 
     async fn outbox_entry(&self, id: i64) -> StoreResult<Option<OutboxEntry>> {
         self.inner.outbox.outbox_entry(id).await
+    }
+
+    /// This instance's outbox; answers held in the shared mailboxes are counted per follower
+    /// by `window` (`held`), not listed here.
+    async fn outbox_overview(&self, recent: usize) -> StoreResult<Vec<OutboxEntry>> {
+        self.inner.outbox.outbox_overview(recent).await
     }
 
     fn token_cache(&self) -> Arc<dyn TokenCache> {
@@ -1167,6 +1281,173 @@ impl Store for RedisStore {
             n += len;
         }
         Ok(n)
+    }
+
+    // ---- conversation log ----
+    async fn log_append(&self, records: Vec<LogRecord>) -> StoreResult<()> {
+        self.append_log(records).await
+    }
+
+    async fn log_followers(
+        &self,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> StoreResult<Vec<FollowerActivity>> {
+        let max = match before_ms {
+            Some(b) => format!("({b}"),
+            None => "+inf".to_string(),
+        };
+        let mut con = self.con();
+        let members: Vec<(String, f64)> = self
+            .io(
+                OP_TIMEOUT,
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(self.log_index_key())
+                    .arg(max)
+                    .arg("-inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut con),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (openid, score) in members {
+            let Ok(openid) = OpenId::parse(&openid) else { continue };
+            let key = self.log_key(&openid);
+            let (n, last): (u64, Option<String>) = self
+                .io(
+                    OP_TIMEOUT,
+                    redis::pipe()
+                        .cmd("LLEN")
+                        .arg(&key)
+                        .cmd("LINDEX")
+                        .arg(&key)
+                        .arg(-1)
+                        .query_async(&mut con),
+                )
+                .await?;
+            if n == 0 {
+                continue; // expired with its TTL; the purge drops it from the index
+            }
+            let last = last.as_deref().and_then(LogRecord::decode);
+            out.push(FollowerActivity { openid, last_at_ms: score as i64, last, records: n });
+        }
+        Ok(out)
+    }
+
+    async fn log_show(
+        &self,
+        openid: &OpenId,
+        since_ms: Option<i64>,
+    ) -> StoreResult<Vec<LogRecord>> {
+        let mut con = self.con();
+        let raw: Vec<String> = self
+            .io(
+                OP_TIMEOUT,
+                redis::cmd("LRANGE").arg(self.log_key(openid)).arg(0).arg(-1).query_async(&mut con),
+            )
+            .await?;
+        let since = since_ms.unwrap_or(i64::MIN);
+        Ok(raw.iter().filter_map(|r| LogRecord::decode(r)).filter(|r| r.at_ms >= since).collect())
+    }
+
+    async fn log_delete(&self, openid: &OpenId) -> StoreResult<u64> {
+        let key = self.log_key(openid);
+        let mut con = self.con();
+        let (n, _, _): (u64, i64, i64) = self
+            .io(
+                OP_TIMEOUT,
+                redis::pipe()
+                    .atomic()
+                    .cmd("LLEN")
+                    .arg(&key)
+                    .cmd("DEL")
+                    .arg(&key)
+                    .cmd("ZREM")
+                    .arg(self.log_index_key())
+                    .arg(openid.as_str())
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(n)
+    }
+
+    /// Drops followers idle past the retention from the index (their lists expired with
+    /// their TTL) and trims the older records off the others' lists.
+    async fn log_purge(&self, now_ms: i64) -> StoreResult<u64> {
+        let cutoff = now_ms.saturating_sub(self.inner.outbox.log_retention_ms());
+        let index = self.log_index_key();
+        let mut con = self.con();
+        let gone: Vec<String> = self
+            .io(
+                OP_TIMEOUT,
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg("-inf")
+                    .arg(cutoff)
+                    .query_async(&mut con),
+            )
+            .await?;
+        let mut n = 0u64;
+        for openid in &gone {
+            let key = format!("{}:log:{openid}", self.inner.ns);
+            let (len, _, _): (u64, i64, i64) = self
+                .io(
+                    OP_TIMEOUT,
+                    redis::pipe()
+                        .atomic()
+                        .cmd("LLEN")
+                        .arg(&key)
+                        .cmd("DEL")
+                        .arg(&key)
+                        .cmd("ZREM")
+                        .arg(&index)
+                        .arg(openid)
+                        .query_async(&mut con),
+                )
+                .await?;
+            n += len;
+        }
+        let live: Vec<String> = self
+            .io(
+                OP_TIMEOUT,
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg(format!("({cutoff}"))
+                    .arg("+inf")
+                    .query_async(&mut con),
+            )
+            .await?;
+        for openid in live {
+            let key = format!("{}:log:{openid}", self.inner.ns);
+            let head: Vec<String> = self
+                .io(OP_TIMEOUT, redis::cmd("LRANGE").arg(&key).arg(0).arg(99).query_async(&mut con))
+                .await?;
+            let old = head
+                .iter()
+                .take_while(|r| LogRecord::decode(r).is_none_or(|r| r.at_ms <= cutoff))
+                .count();
+            if old > 0 {
+                let _: () = self
+                    .io(
+                        OP_TIMEOUT,
+                        redis::cmd("LTRIM").arg(&key).arg(old).arg(-1).query_async(&mut con),
+                    )
+                    .await?;
+                n += old as u64;
+            }
+        }
+        Ok(n)
+    }
+
+    fn log_bus(&self) -> crate::convlog::LogBus {
+        self.inner.outbox.log_bus()
+    }
+
+    fn log_retention_ms(&self) -> i64 {
+        self.inner.outbox.log_retention_ms()
     }
 
     // ---- media ----

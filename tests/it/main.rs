@@ -3,12 +3,15 @@
 mod api;
 mod backends;
 mod cli_api;
+
+mod conversations;
 mod crash;
 mod delivery;
 mod fuzz;
 mod helpers;
 mod identity;
 mod intake;
+mod llm;
 mod media;
 #[path = "../support/mock_wechat.rs"]
 #[allow(dead_code)] // `set_recording` is for the load scenario's example

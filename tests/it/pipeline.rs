@@ -117,8 +117,18 @@ impl Kefu {
         Kefu { app, shared, clock, task, _state: state }
     }
 
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) fn address(&self) -> &str {
+        &self.app.address
+    }
+
     pub(crate) fn now_secs(&self) -> i64 {
         kefu::model::Clock::now_secs(&*self.clock)
+    }
+
+    /// The running server's address and HTTP client.
+    pub(crate) fn app(&self) -> &TestApp {
+        &self.app
     }
 
     /// A plaintext push signed now; (status, body).

@@ -287,6 +287,7 @@ fn text(rule: &str, seq: u32, content: &str, due_at_ms: i64) -> NewOutboxEntry {
             action: OutboxAction::Send { message: OutMessage::Text { content: content.into() } },
             delay: Duration::ZERO,
             kf_account: None,
+            source: Default::default(),
         },
         due_at_ms,
     }
@@ -308,6 +309,7 @@ fn push(
         passive: answer.map(|a| OwnPassive::text("r", a)),
         outbox: (0..out).map(|i| text("r", i as u32, &format!("m{i}"), at_ms)).collect(),
         terms: Terms::default(),
+        log: None,
     }
 }
 

@@ -54,6 +54,7 @@ fn send(rule: &str, message: OutMessage) -> PlannedAction {
         action: Action::Send { message },
         delay: Duration::ZERO,
         kf_account: None,
+        source: Default::default(),
     }
 }
 
@@ -262,6 +263,7 @@ transfer = true
             action: Action::Typing,
             delay: Duration::from_secs(90),
             kf_account: None,
+            source: Default::default(),
         },
         PlannedAction {
             delay: Duration::from_secs(30),

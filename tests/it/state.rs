@@ -35,6 +35,7 @@ fn text(rule: &str, content: &str, delay_ms: u64) -> PlannedAction<OutboxAction>
         action: OutboxAction::Send { message: OutMessage::Text { content: content.into() } },
         delay: Duration::from_millis(delay_ms),
         kf_account: None,
+        source: Default::default(),
     }
 }
 
@@ -53,6 +54,7 @@ fn push(
         received_at_ms: at_ms,
         passive: Some(OwnPassive::text("r", format!("answer to {key}"))),
         terms: Terms::default(),
+        log: None,
         outbox: plan
             .iter()
             .enumerate()

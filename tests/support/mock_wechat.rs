@@ -292,9 +292,14 @@ async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
         return json_response(json!({"errcode": 40007, "errmsg": "invalid media_id hint: [mock]"}));
     }
     let scripted = state.scripts.lock().get_mut(&path).and_then(VecDeque::pop_front);
-    let resp = scripted
-        .or_else(|| state.defaults.lock().get(&path).cloned())
-        .unwrap_or_else(|| builtin(&state, &path));
+    let resp =
+        scripted.or_else(|| state.defaults.lock().get(&path).cloned()).unwrap_or_else(|| {
+            if path.ends_with(CHAT_COMPLETIONS_SUFFIX) {
+                chat_echo(&body)
+            } else {
+                builtin(&state, &path)
+            }
+        });
     if !resp.delay.is_zero() {
         actix_web::rt::time::sleep(resp.delay).await;
     }
@@ -306,6 +311,36 @@ async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
         out.insert_header((*name, value.as_str()));
     }
     out.body(resp.body)
+}
+
+/// An OpenAI-compatible server's path (`{base_url}/chat/completions`): the mock plays the model.
+pub const CHAT_COMPLETIONS_SUFFIX: &str = "/chat/completions";
+
+/// The mock model's answer when nothing is scripted: `答：<the last user message>`, with a
+/// `usage` of 10 prompt tokens per message and 5 completion tokens (so tests can check both the
+/// answer each follower gets and the token counter).
+fn chat_echo(body: &[u8]) -> MockResponse {
+    let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    MockResponse::json(chat_completion(&format!("答：{last_user}"), messages.len() as u64 * 10, 5))
+}
+
+/// A chat-completions answer body with `content` and the given `usage`.
+pub fn chat_completion(content: &str, prompt_tokens: u64, completion_tokens: u64) -> Value {
+    json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens}
+    })
 }
 
 fn json_response(v: Value) -> HttpResponse {

@@ -8,6 +8,7 @@ use crate::delivery::assign;
 use crate::model::WindowEffect;
 
 use super::Inner;
+use super::convlog::insert_tx;
 use super::engine::Post;
 use super::grants::update_window;
 use super::outbox::{
@@ -61,6 +62,7 @@ pub(super) fn commit_push_tx(
             .map(|q| q.saturating_sub(count_pending(conn, &push.openid).unwrap_or(0)))
     };
     let own_answer = push.passive.as_ref().map(|p| p.reply.clone());
+    let own = push.passive.clone();
     let a = assign(&held, push.passive, push.outbox, capacity, &push.terms, push.received_at_ms);
     if a.passive != own_answer {
         // A held answer took the passive slot (or more_text grew it): store the final answer.
@@ -81,6 +83,20 @@ pub(super) fn commit_push_tx(
     }
     if !a.hold.is_empty() {
         inner.note_held(push.openid.as_str());
+    }
+    if inner.logs() {
+        let records = crate::convlog::commit_records(
+            push.log.as_ref(),
+            &push.openid,
+            push.received_at_ms,
+            &a,
+            &held,
+            own.as_ref(),
+            &push.terms.hold_reason,
+        );
+        for r in records {
+            insert_tx(conn, inner, post, r)?;
+        }
     }
     let grant_expiry = window_after.next_expiry(now).map(|s| s.saturating_mul(1000));
     let dedupe_expiry = push.received_at_ms.saturating_add(inner.retention_ms);

@@ -24,6 +24,8 @@ pub(super) struct Post {
     /// Earliest expiry (Unix ms) this job created, to wake the purge task early.
     pub(super) expiry_ms: Option<i64>,
     pub(super) prune_index_at: Option<i64>,
+    /// Conversation-log records written, published once committed.
+    pub(super) log: Vec<crate::convlog::LogRecord>,
 }
 
 pub(super) type Finish = Box<dyn FnOnce(&Inner, Result<(), &StoreError>) + Send>;
@@ -86,6 +88,9 @@ pub(super) fn restrict_permissions(path: &Path) {
 }
 
 pub(super) fn apply_post(inner: &Inner, post: Post) {
+    if !post.log.is_empty() {
+        inner.log_bus.publish(post.log);
+    }
     if inner.indexed {
         for (openid, w) in post.windows {
             inner.index.put(openid, w);

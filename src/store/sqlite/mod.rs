@@ -30,6 +30,8 @@
 //! (dedupe records and the push commit that writes them with the rest), and `token` (the
 //! access token and the refresh lock).
 
+mod convlog;
+pub use self::convlog::outcome_parts;
 mod dedupe;
 mod engine;
 mod forwards;
@@ -133,6 +135,12 @@ struct Inner {
     jobs_committed: AtomicU64,
     /// Per-follower forward counts of `rate_hit` (one instance: memory is enough).
     rates: dashmap::DashMap<String, std::collections::VecDeque<i64>>,
+    /// `log.retention` in ms (0: no conversation log) and whether this store keeps the log
+    /// (not when it lives in Redis); set by [`SqliteStore::configure_log`].
+    log_retention_ms: AtomicI64,
+    log_local: AtomicBool,
+    /// Records are published here after their commit.
+    log_bus: crate::convlog::LogBus,
 }
 
 /// The embedded store; a cheap handle (clone it freely).
@@ -207,6 +215,7 @@ impl SqliteStore {
             tx.execute_batch(media::SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(turns::SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(forwards::SCHEMA).map_err(|e| open_err(e.to_string()))?;
+            tx.execute_batch(convlog::SCHEMA).map_err(|e| open_err(e.to_string()))?;
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
                 .map_err(|e| open_err(e.to_string()))?;
             if opts.owner {
@@ -268,6 +277,9 @@ impl SqliteStore {
             transactions: AtomicU64::new(0),
             jobs_committed: AtomicU64::new(0),
             rates: dashmap::DashMap::new(),
+            log_retention_ms: AtomicI64::new(0),
+            log_local: AtomicBool::new(true),
+            log_bus: crate::convlog::LogBus::default(),
         });
         let wal_path = inner.db_path.with_file_name(format!("{DB_FILE}-wal"));
         let dirty = if sync == SyncMode::Normal {
@@ -749,6 +761,7 @@ impl Store for SqliteStore {
                 // Held or dropped in the transaction that decides it cannot be sent now.
                 ChargeOutcome::Denied { reason } => {
                     let (outcome, claim) = refused(reason, hold_until_ms);
+                    convlog::outcome_tx(conn, inner, post, id, &outcome, now_ms)?;
                     finish_tx(conn, id, outcome, now_ms)?;
                     if matches!(claim, SendClaim::Held(_)) {
                         inner.note_held(openid.as_str());
@@ -761,9 +774,11 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, id: i64, outcome: Outcome) -> StoreResult<()> {
-        self.write(move |conn, inner, _| {
+        self.write(move |conn, inner, post| {
             let held = matches!(outcome, Outcome::Held { .. });
-            finish_tx(conn, id, outcome, inner.clock.now_ms())?;
+            let now_ms = inner.clock.now_ms();
+            convlog::outcome_tx(conn, inner, post, id, &outcome, now_ms)?;
+            finish_tx(conn, id, outcome, now_ms)?;
             if held {
                 let openid: String =
                     conn.query_row("SELECT openid FROM outbox WHERE id = ?1", [id], |r| r.get(0))?;
@@ -795,6 +810,24 @@ impl Store for SqliteStore {
         self.read(move |conn| Ok(query_outbox(conn, "id = ?1", [id])?.pop())).await
     }
 
+    async fn outbox_overview(&self, recent: usize) -> StoreResult<Vec<OutboxEntry>> {
+        let recent = i64::try_from(recent).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut out = query_outbox(
+                conn,
+                "status IN ('pending', 'in_flight', 'held') ORDER BY due_at_ms, id LIMIT 1000",
+                [],
+            )?;
+            out.extend(query_outbox(
+                conn,
+                "status IN ('dropped', 'failed') ORDER BY updated_at_ms DESC, id DESC LIMIT ?1",
+                [recent],
+            )?);
+            Ok(out)
+        })
+        .await
+    }
+
     async fn held_for(&self, openid: &OpenId, now_ms: i64) -> StoreResult<Vec<HeldAnswer>> {
         let openid = openid.clone();
         self.read(move |conn| {
@@ -806,7 +839,24 @@ impl Store for SqliteStore {
     }
 
     async fn expire_held(&self, now_ms: i64) -> StoreResult<u64> {
-        self.write(move |conn, _, _| expire_held_tx(conn, now_ms)).await
+        self.write(move |conn, inner, post| {
+            if inner.logs() {
+                let expired = EXPIRED.to_string();
+                for e in query_outbox(conn, "status = 'held' AND due_at_ms <= ?1", [now_ms])? {
+                    let rec = crate::convlog::LogRecord::answer(
+                        &e.openid,
+                        now_ms,
+                        &e.action,
+                        crate::convlog::Via::CustomSend,
+                        crate::convlog::LogOutcome::Dropped,
+                        Some(expired.clone()),
+                    );
+                    convlog::insert_tx(conn, inner, post, rec)?;
+                }
+            }
+            expire_held_tx(conn, now_ms)
+        })
+        .await
     }
 
     fn token_cache(&self) -> Arc<dyn TokenCache> {
@@ -851,6 +901,43 @@ impl Store for SqliteStore {
 
     async fn clear_turns(&self, openid: &OpenId) -> StoreResult<u64> {
         self.clear_turns_sql(openid).await
+    }
+
+    // ---- conversation log ----
+    async fn log_append(&self, records: Vec<crate::convlog::LogRecord>) -> StoreResult<()> {
+        self.log_append_sql(records).await
+    }
+
+    async fn log_followers(
+        &self,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> StoreResult<Vec<crate::convlog::FollowerActivity>> {
+        self.log_followers_sql(limit, before_ms).await
+    }
+
+    async fn log_show(
+        &self,
+        openid: &OpenId,
+        since_ms: Option<i64>,
+    ) -> StoreResult<Vec<crate::convlog::LogRecord>> {
+        self.log_show_sql(openid, since_ms).await
+    }
+
+    async fn log_delete(&self, openid: &OpenId) -> StoreResult<u64> {
+        self.log_delete_sql(openid).await
+    }
+
+    async fn log_purge(&self, now_ms: i64) -> StoreResult<u64> {
+        self.log_purge_sql(now_ms).await
+    }
+
+    fn log_bus(&self) -> crate::convlog::LogBus {
+        self.inner.log_bus.clone()
+    }
+
+    fn log_retention_ms(&self) -> i64 {
+        self.inner.log_retention_ms.load(Ordering::Relaxed)
     }
 
     // ---- media ----

@@ -1,0 +1,240 @@
+//! Conversations as operators see them (interface §8.1): followers by last activity with their
+//! window, one follower's log, erasing a follower (log and kept LLM turns), and a reply sent
+//! now through the window gate and logged as `console`. `kefu conversations`, the
+//! `/admin/conversations*` routes and the console all come here, so they agree.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::{ApiClient, SendBody};
+use crate::config::WindowConfig;
+use crate::convlog::{FollowerActivity, LogOutcome, LogRecord};
+use crate::ledger::{DenyReason, WindowView};
+use crate::model::{Action, OpenId, OutMessage, RuleInput};
+use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
+use crate::store::{Store, StoreResult};
+
+/// The most followers one page lists.
+pub const MAX_PAGE: usize = 500;
+
+/// A follower's window as the console shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WindowState {
+    #[serde(flatten)]
+    pub view: WindowView,
+    /// Messages the live grants still allow; null when one is unlimited.
+    pub quota_left: Option<u64>,
+    /// When the last live grant expires (Unix seconds); null with none.
+    pub expires_at: Option<i64>,
+    /// Why a message cannot be sent now (`closed`, `exhausted`, `unsubscribed`), null when it can.
+    pub blocked: Option<&'static str>,
+    /// The same as a sentence for people.
+    pub blocked_reason: Option<String>,
+}
+
+impl WindowState {
+    pub fn of(view: WindowView) -> WindowState {
+        let mut quota = Some(0u64);
+        for g in &view.grants {
+            quota = match (quota, g.limit) {
+                (Some(q), Some(l)) => Some(q + u64::from(l.saturating_sub(g.used))),
+                _ => None,
+            };
+        }
+        let expires_at = view.grants.iter().map(|g| g.expires_at).max();
+        let blocked = if view.open {
+            None
+        } else if view.subscribed == Some(false) {
+            Some(DenyReason::Unsubscribed)
+        } else if view.grants.is_empty() {
+            Some(DenyReason::Closed)
+        } else {
+            Some(DenyReason::Exhausted)
+        };
+        WindowState {
+            quota_left: quota,
+            expires_at,
+            blocked: blocked.map(|b| match b {
+                DenyReason::Closed => "closed",
+                DenyReason::Exhausted => "exhausted",
+                DenyReason::Unsubscribed => "unsubscribed",
+            }),
+            blocked_reason: blocked.map(|b| b.to_string()),
+            view,
+        }
+    }
+}
+
+/// One follower in the list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conversation {
+    #[serde(flatten)]
+    pub activity: FollowerActivity,
+    pub window: WindowState,
+}
+
+/// Followers by last activity (newest first), at most `limit` (capped at [`MAX_PAGE`]), those
+/// last active before `before_ms` (the previous page's last `last_at_ms`).
+pub async fn list(
+    store: &dyn Store,
+    limit: usize,
+    before_ms: Option<i64>,
+    now: i64,
+) -> StoreResult<Vec<Conversation>> {
+    let followers = store.log_followers(limit.clamp(1, MAX_PAGE), before_ms).await?;
+    let mut out = Vec::with_capacity(followers.len());
+    for activity in followers {
+        let view = store.window(&activity.openid, now).await?;
+        out.push(Conversation { activity, window: WindowState::of(view) });
+    }
+    Ok(out)
+}
+
+/// One follower: the window and the records at or after `since_ms`, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Thread {
+    pub openid: OpenId,
+    pub window: WindowState,
+    pub messages: Vec<LogRecord>,
+}
+
+pub async fn show(
+    store: &dyn Store,
+    openid: &OpenId,
+    since_ms: Option<i64>,
+    now: i64,
+) -> StoreResult<Thread> {
+    let messages = store.log_show(openid, since_ms).await?;
+    let window = WindowState::of(store.window(openid, now).await?);
+    Ok(Thread { openid: openid.clone(), window, messages })
+}
+
+/// What [`delete`] erased.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    pub records: u64,
+    pub turns: u64,
+}
+
+/// Erases the follower's log and every kept LLM turn (a data-subject request).
+pub async fn delete(store: &dyn Store, openid: &OpenId) -> StoreResult<Erased> {
+    let records = store.log_delete(openid).await?;
+    let turns = store.clear_turns(openid).await?;
+    Ok(Erased { records, turns })
+}
+
+/// Reads a reply: `{"text": "…"}`, or any reply table of a rule file (interface §4:
+/// `image`, `news`, `menu`, … with optional `as`), into the `custom/send` body for `openid`.
+/// `delay`, `transfer`, `typing` and `forward` are refused: a reply is one message, now.
+pub fn parse_reply(
+    openid: &OpenId,
+    body: &Value,
+    window: &WindowConfig,
+) -> Result<SendBody, String> {
+    let Some(table) = body.as_object() else {
+        return Err("the body must be a JSON object such as {\"text\": \"…\"}".into());
+    };
+    if table.is_empty() {
+        return Err("the body is empty: give {\"text\": \"…\"} or a reply table".into());
+    }
+    for refused in ["delay", "transfer", "typing", "forward"] {
+        if table.contains_key(refused) {
+            return Err(format!(
+                "\"{refused}\" has no meaning in a reply sent now from the console"
+            ));
+        }
+    }
+    if table.len() == 1
+        && let Some(text) = table.get("text")
+    {
+        let Some(text) = text.as_str().map(str::trim).filter(|t| !t.is_empty()) else {
+            return Err("\"text\" must be a non-empty string".into());
+        };
+        let msg = OutMessage::Text { content: text.to_string() };
+        return Ok(SendBody::of_message(openid, &msg, None));
+    }
+    // Any other table is compiled as one reply of a one-rule file, exactly as rule files are.
+    let toml_table = toml::Value::try_from(body)
+        .map_err(|e| format!("the reply is not a table a rule file could hold: {e}"))?;
+    let reply = toml::to_string(&toml_table).map_err(|e| e.to_string())?;
+    let file = format!("[[rule]]\nname = \"console\"\n[[rule.reply]]\n{reply}");
+    let loaded = crate::rules::RuleSet::from_sources(vec![("reply.toml".into(), file)], window)
+        .map_err(|diags| {
+            diags
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    let input = RuleInput {
+        from: openid.as_str().to_string(),
+        msg_type: "text".into(),
+        ..RuleInput::default()
+    };
+    let ev = loaded.set.evaluate(&input);
+    match ev.actions.into_iter().next() {
+        Some(p) => match p.action {
+            Action::Send { message } => {
+                Ok(SendBody::of_message(openid, &message, p.kf_account.as_deref()))
+            }
+            _ => Err("a reply from the console must be a message".into()),
+        },
+        None => Err("the reply table names no message kind".into()),
+    }
+}
+
+/// A reply sent now through the window gate (as `POST /admin/send`), recorded in the log as
+/// `console` when it was sent (or dry-run) or WeChat refused it; a refusal by the window sends
+/// and records nothing.
+pub async fn reply(
+    store: &dyn Store,
+    client: &ApiClient,
+    body: &SendBody,
+    now_ms: i64,
+) -> Result<Gated, GateError> {
+    let result = send_gated(store, client, body, GateMode::Enforce, now_ms.div_euclid(1000)).await;
+    let record = match &result {
+        Ok(Gated::Sent { .. } | Gated::DryRun { .. }) => {
+            Some(LogRecord::console(body, now_ms, LogOutcome::Sent, None))
+        }
+        Ok(Gated::Refused(_)) | Err(GateError::Store(_)) => None,
+        Err(GateError::Api(e)) => {
+            Some(LogRecord::console(body, now_ms, LogOutcome::Failed, Some(e.to_string())))
+        }
+    };
+    if let Some(r) = record
+        && let Err(e) = store.log_append(vec![r]).await
+    {
+        tracing::warn!(error = %e, "cannot record a console reply in the conversation log");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid() -> OpenId {
+        OpenId::parse("oUser1234567890").unwrap()
+    }
+
+    #[test]
+    fn replies_parse_as_rule_file_tables() {
+        let w = WindowConfig::default();
+        let t = parse_reply(&oid(), &serde_json::json!({"text": "您好 {x}"}), &w).unwrap();
+        assert_eq!(t.json()["text"]["content"], "您好 {x}");
+        let i = parse_reply(&oid(), &serde_json::json!({"image": "MEDIA1"}), &w).unwrap();
+        assert_eq!(i.json()["image"]["media_id"], "MEDIA1");
+        assert_eq!(i.json()["touser"], "oUser1234567890");
+        for bad in [
+            serde_json::json!({}),
+            serde_json::json!([1]),
+            serde_json::json!({"text": ""}),
+            serde_json::json!({"text": "x", "delay": "1m"}),
+            serde_json::json!({"nonsense": 1}),
+        ] {
+            assert!(parse_reply(&oid(), &bad, &w).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Issue 19, the conversation log (interface §8.1): every push and every answer with its
+//! outcome, `kefu conversations list|show|delete`, `/admin/conversations*`, the reply endpoint
+//! through the window gate, `/admin/events`, retention and erasure. The real kefu on
+//! 127.0.0.1:0 against `MockWechat`; tests assert what the mock received and what the log says.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::kefu_in;
+use crate::mock_wechat::MockWechat;
+use crate::pipeline::{ADMIN_TOKEN, Kefu, SEND_PATH, sends, text_body, text_push};
+
+/// `GET {path}` with the admin token: (status, JSON).
+async fn admin_get(kefu: &Kefu, path: &str) -> (u16, Value) {
+    let app = kefu.app();
+    let r = app
+        .client
+        .get(format!("{}{path}", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST {path}` with the admin token and a JSON body: (status, JSON).
+async fn admin_post(kefu: &Kefu, path: &str, body: &str) -> (u16, Value) {
+    let app = kefu.app();
+    let r = app
+        .client
+        .post(format!("{}{path}", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// The follower's log through the admin API, as (source, kind, text, via, outcome) tuples.
+async fn log_lines(kefu: &Kefu, openid: &str) -> Vec<(String, String, String, String, String)> {
+    let (status, v) = admin_get(kefu, &format!("/admin/conversations/{openid}")).await;
+    assert_eq!(status, 200, "{v}");
+    let s = |m: &Value, k: &str| m[k].as_str().unwrap_or("").to_string();
+    v["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| (s(m, "source"), s(m, "kind"), s(m, "text"), s(m, "via"), s(m, "outcome")))
+        .collect()
+}
+
+fn line(
+    source: &str,
+    kind: &str,
+    text: &str,
+    via: &str,
+    outcome: &str,
+) -> (String, String, String, String, String) {
+    (source.into(), kind.into(), text.into(), via.into(), outcome.into())
+}
+
+/// Waits until the follower's log has `n` records.
+async fn wait_for_records(
+    kefu: &Kefu,
+    openid: &str,
+    n: usize,
+) -> Vec<(String, String, String, String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = log_lines(kefu, openid).await;
+        if l.len() == n {
+            return l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{openid}: wanted {n} records, have {l:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_and_every_answer_are_logged_with_their_outcomes() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let user = "oConvHello";
+    let (status, _) = kefu.push(&text_push(user, "hello", 1, kefu.now_secs())).await;
+    assert_eq!(status, 200);
+    kefu.settle(user, 0).await;
+    let lines = wait_for_records(&kefu, user, 4).await;
+    assert_eq!(
+        lines,
+        [
+            line("follower", "text", "hello", "", ""),
+            line("rule", "text", &format!("hi {user}, you said hello"), "passive", "sent"),
+            line("rule", "image", "[图片]", "custom_send", "sent"),
+            line("rule", "text", "还有别的吗？", "custom_send", "sent"),
+        ]
+    );
+    // The logged body is exactly what the mock received.
+    let (_, v) = admin_get(&kefu, &format!("/admin/conversations/{user}")).await;
+    assert_eq!(v["messages"][2]["body"], sends(&mock)[0]);
+    assert_eq!(v["messages"][2]["rule"], "hello");
+    assert_eq!(v["window"]["open"], json!(true));
+
+    // The list: followers by last activity, with their window.
+    let other = "oConvOther";
+    kefu.clock.advance(Duration::from_secs(1));
+    kefu.push(&text_push(other, "nothing fires", 2, kefu.now_secs() + 1)).await;
+    let (status, list) = admin_get(&kefu, "/admin/conversations?limit=10").await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["openid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [other, user], "newest first");
+    assert_eq!(list["conversations"][1]["window"]["quota_left"], json!(3), "{list}");
+    assert_eq!(list["conversations"][1]["records"], json!(4));
+    // Paging: before the first one's last activity gives the second.
+    let before = list["conversations"][0]["last_at_ms"].as_i64().unwrap();
+    let (_, page) =
+        admin_get(&kefu, &format!("/admin/conversations?limit=10&before={before}")).await;
+    assert_eq!(page["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(page["conversations"][0]["openid"], user);
+
+    // Without the token: 401; a bad OpenID: 400.
+    let app = kefu.app();
+    let r = app.client.get(format!("{}/admin/conversations", app.address)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(admin_get(&kefu, "/admin/conversations/bad%20id").await.0, 400);
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_goes_through_the_window_gate_and_is_logged_as_console() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let user = "oConvReply";
+    kefu.push(&text_push(user, "nothing fires", 1, kefu.now_secs())).await;
+
+    let path = format!("/admin/conversations/{user}/reply");
+    let (status, v) = admin_post(&kefu, &path, r#"{"text": "人工回复 <b>"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(sends(&mock), [text_body(user, "人工回复 <b>")], "exactly that custom/send body");
+    let (status, v) = admin_post(&kefu, &path, r#"{"image": "MEDIA_X"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        sends(&mock)[1],
+        json!({"touser": user, "msgtype": "image", "image": {"media_id": "MEDIA_X"}})
+    );
+    let lines = wait_for_records(&kefu, user, 3).await;
+    assert_eq!(lines[1], line("console", "text", "人工回复 <b>", "custom_send", "sent"));
+    assert_eq!(lines[2], line("console", "image", "[image]", "custom_send", "sent"));
+    let (_, w) = admin_get(&kefu, &format!("/admin/windows/{user}")).await;
+    assert_eq!(w["grants"][0]["used"], json!(2), "charged to the window: {w}");
+
+    // A follower whose window is closed: 409 with the reason, nothing sent, nothing logged.
+    let (status, v) =
+        admin_post(&kefu, "/admin/conversations/oConvNeverSeen/reply", r#"{"text":"hi"}"#).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("window"), "{v}");
+    assert_eq!(mock.count(SEND_PATH), 2);
+    // Bad bodies: 400, nothing sent.
+    for bad in
+        ["not json", "{}", r#"{"text": ""}"#, r#"{"text": "x", "delay": "1m"}"#, r#"{"bogus": 1}"#]
+    {
+        assert_eq!(admin_post(&kefu, &path, bad).await.0, 400, "{bad}");
+    }
+    assert_eq!(mock.count(SEND_PATH), 2);
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_events_stream_one_message_event_per_record() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let app = kefu.app();
+    let resp = app
+        .client
+        .get(format!("{}/admin/events", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET /admin/events");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut resp = resp;
+    let user = "oConvEvents";
+    kefu.push(&text_push(user, "实时消息", 1, kefu.now_secs())).await;
+    let mut got = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !got.contains("实时消息") {
+        let chunk =
+            tokio::time::timeout_at(deadline, resp.chunk()).await.expect("an event in time");
+        got.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").expect("stream open")));
+    }
+    let event = got.split("\n\n").find(|e| e.contains("实时消息")).unwrap();
+    assert!(event.starts_with("event: message\nid: "), "{event}");
+    let data: Value = serde_json::from_str(event.split("data: ").nth(1).unwrap()).unwrap();
+    assert_eq!((data["openid"].as_str(), data["source"].as_str()), (Some(user), Some("follower")));
+    // Without the token: 401.
+    let r = app.client.get(format!("{}/admin/events", app.address)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    drop(resp);
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_log_retention_are_purged() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start_with(&mock, true, |c| c.log.retention = Duration::from_secs(2)).await;
+    let user = "oConvRetention";
+    kefu.push(&text_push(user, "hello", 1, kefu.now_secs())).await;
+    kefu.settle(user, 0).await;
+    wait_for_records(&kefu, user, 4).await;
+    kefu.clock.advance(Duration::from_secs(3));
+    wait_for_records(&kefu, user, 0).await;
+    let (_, list) = admin_get(&kefu, "/admin/conversations").await;
+    assert_eq!(list["conversations"], json!([]), "{list}");
+    kefu.stop().await;
+
+    // "0s" keeps no log at all.
+    let kefu = Kefu::start_with(&mock, true, |c| c.log.retention = Duration::ZERO).await;
+    kefu.push(&text_push(user, "hello", 2, kefu.now_secs())).await;
+    kefu.settle(user, 0).await;
+    assert_eq!(log_lines(&kefu, user).await, []);
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_deletes_log_and_llm_turns() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let user = "oConvCli";
+    kefu.push(&text_push(user, "hello", 1, kefu.now_secs())).await;
+    kefu.settle(user, 0).await;
+    wait_for_records(&kefu, user, 4).await;
+    let openid = kefu::model::OpenId::parse(user).unwrap();
+    let turn = kefu::llm::Turn { at_ms: 1, user: "问".into(), assistant: "答".into() };
+    kefu.shared.store.add_turn("assistant", &openid, turn, 10, 0).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = kefu.shared.cfg.state.dir.display().to_string();
+    let env = [("KEFU_STATE_DIR", state.as_str())];
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(list[0]["openid"], user);
+    assert_eq!(list[0]["window"]["open"], json!(true));
+    let run = kefu_in(dir.path(), &env, &["conversations", "list"]);
+    assert!(run.stdout.contains(user) && run.stdout.contains("open, 3 left"), "{}", run.stdout);
+
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", user, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(t["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(t["messages"][0]["text"], "hello");
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", user]);
+    assert!(run.stdout.lines().next().unwrap().contains("follower text   hello"), "{}", run.stdout);
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", user, "--since", "2999-01-01"]);
+    assert!(run.stdout.contains("no messages logged"), "{}", run.stdout);
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", user, "--since", "yesterday"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(kefu_in(dir.path(), &env, &["conversations", "show", "bad id"]).code, 2);
+
+    let run = kefu_in(dir.path(), &env, &["conversations", "delete", user]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), format!("{user}: erased 4 logged messages and 1 kept LLM turns"));
+    assert_eq!(log_lines(&kefu, user).await, []);
+    assert!(kefu.shared.store.turns(None, &openid).await.unwrap().is_empty());
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_log_is_shared_and_erasable() {
+    let Some(url) = crate::redis::test_redis_url() else { return };
+    let mock = MockWechat::start();
+    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
+    let kefu = Kefu::start_with(&mock, true, |c| {
+        c.state.redis_url = kefu::model::Secret::new(url.clone());
+        c.wechat.app_id = app_id.clone();
+    })
+    .await;
+    let user = "oConvRedis";
+    kefu.push(&text_push(user, "hello", 1, kefu.now_secs())).await;
+    kefu.settle(user, 0).await;
+    let lines = wait_for_records(&kefu, user, 4).await;
+    assert_eq!(lines[0], line("follower", "text", "hello", "", ""));
+    assert_eq!(lines[1].3, "passive");
+    assert_eq!(lines[3], line("rule", "text", "还有别的吗？", "custom_send", "sent"));
+    let (_, list) = admin_get(&kefu, "/admin/conversations").await;
+    assert_eq!(list["conversations"][0]["openid"], user, "{list}");
+    // The reply is logged in Redis too; delete erases it.
+    let path = format!("/admin/conversations/{user}/reply");
+    assert_eq!(admin_post(&kefu, &path, r#"{"text":"好"}"#).await.0, 200);
+    wait_for_records(&kefu, user, 5).await;
+    let openid = kefu::model::OpenId::parse(user).unwrap();
+    let erased =
+        kefu::pipeline::conversations::delete(kefu.shared.store.as_ref(), &openid).await.unwrap();
+    assert_eq!(erased.records, 5);
+    assert_eq!(log_lines(&kefu, user).await, []);
+    kefu.stop().await;
+}
