@@ -587,7 +587,9 @@ impl Forwarder {
         let transfer_allowed = request.push.msgtype != "event";
         let super::Plan { mut passive, planned, dropped, splits } = super::plan(
             Evaluation { fired: Vec::new(), actions },
-            self.passive_first && claimed,
+            // As for a push's own replies (`pipeline::terms`): passive with passive_first, or
+            // when custom/send is not allowed (the passive reply is then the only way).
+            claimed && (self.passive_first || !self.customer_service.allowed()),
             WindowEffect::None,
             transfer_allowed,
             self.delivery.max_text_bytes,
