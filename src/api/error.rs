@@ -338,6 +338,16 @@ pub(crate) fn transport(path: &str, e: reqwest::Error) -> ApiError {
     }
 }
 
+/// A response's `Retry-After` in seconds (the HTTP-date form is not used by the APIs kefu
+/// calls), for the retry policy of backends and LLM servers (interface §11.5).
+pub fn retry_after(resp: &reqwest::Response) -> Option<std::time::Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs)
+}
+
 /// What went wrong on the wire, in an operator's words and naming the server (scheme, host and
 /// port only: the path and query are left out, the query may carry the access token or the
 /// app secret): `connection refused by http://127.0.0.1:9`, `timed out waiting for

@@ -33,10 +33,27 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// `url` as messages show it: no user info, no query (either may hold a credential).
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "the backend's url".to_string(),
+    }
+}
+
 /// `kind = "http"`.
 pub struct HttpBackend {
     name: String,
     url: String,
+    /// `url` without user info and query (which may carry credentials): what errors and logs
+    /// name.
+    shown_url: String,
     secret: Secret,
     timeout: Duration,
     retries: u32,
@@ -50,7 +67,7 @@ impl std::fmt::Debug for HttpBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpBackend")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &self.shown_url)
             .field("secret", &self.secret)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
@@ -69,6 +86,7 @@ impl HttpBackend {
         Ok(HttpBackend {
             name: cfg.name.clone(),
             url: http.url.clone(),
+            shown_url: shown_url(&http.url),
             secret: http.secret.clone(),
             timeout: cfg.timeout,
             retries: cfg.retries,
@@ -94,23 +112,18 @@ impl HttpBackend {
         }
         let resp = r.send().await.map_err(|e| self.transport(e))?;
         let code = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::api::error::retry_after(&resp);
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !(200..300).contains(&code) {
             let body: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-            return Err(CallError::Status { url: self.url.clone(), code, body, retry_after });
+            return Err(CallError::Status { url: self.shown_url.clone(), code, body, retry_after });
         }
-        parse_answer(&bytes, &req.rule, &self.rules_dir, &self.url)
+        parse_answer(&bytes, &req.rule, &self.rules_dir, &self.shown_url)
     }
 
     fn transport(&self, e: reqwest::Error) -> CallError {
         if e.is_timeout() {
-            CallError::Timeout { url: self.url.clone(), after: self.timeout }
+            CallError::Timeout { url: self.shown_url.clone(), after: self.timeout }
         } else {
             CallError::Connect { cause: crate::api::error::transport_cause(&e) }
         }
@@ -135,6 +148,15 @@ impl Backend for HttpBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_urls_hide_credentials() {
+        assert_eq!(
+            shown_url("https://user:pw@orders.example.com:8443/kefu?token=s3cret#x"),
+            "https://orders.example.com:8443/kefu"
+        );
+        assert_eq!(shown_url("http://127.0.0.1:9000/kefu"), "http://127.0.0.1:9000/kefu");
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {

@@ -82,7 +82,7 @@ pub fn check(cfg: &Config, given: Option<&Path>, json: bool) -> CmdResult {
                 json!({
                     "path": o.case.path, "line": o.case.line, "col": o.case.col,
                     "input": o.case.describe(), "expect": o.case.expect,
-                    "fired": o.fired, "passed": o.passed,
+                    "fired": o.fired, "passed": o.passed, "forwards": o.forwards,
                 })
             })
             .collect();

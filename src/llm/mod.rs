@@ -257,12 +257,7 @@ impl ChatClient {
         }
         let resp = req.send().await.map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::api::error::retry_after(&resp);
         let body = resp.text().await.map_err(|e| self.transport(e))?;
         let url = self.url.clone();
         let backend = self.backend.clone();

@@ -248,7 +248,13 @@ impl Forwarder {
     pub fn claim(&self, push_key: &str) -> Claim {
         match self.flights.entry(push_key.to_string()) {
             dashmap::Entry::Occupied(o) => Claim::Waiter(o.get().clone()),
-            dashmap::Entry::Vacant(v) => Claim::Owner(v.insert(Flight::new()).clone()),
+            // The owner counts as waiting from the start: a backend answering before the
+            // owner's commit returns must still find someone to give the passive slot to.
+            dashmap::Entry::Vacant(v) => {
+                let flight = Flight::new();
+                *flight.phase.lock() = Phase::Calling { waiters: 1 };
+                Claim::Owner(v.insert(flight).clone())
+            }
         }
     }
 
@@ -348,11 +354,32 @@ impl Forwarder {
     /// passive reply when the answer is committed within `passive_wait` of that, else
     /// `pending_text` (None = `success`).
     pub async fn wait(&self, flight: &Flight, arrived: Instant) -> Option<PassiveReply> {
+        self.wait_counted(flight, arrived, false).await
+    }
+
+    /// [`Self::wait`] for the owner of a claimed flight, already counted as waiting.
+    pub async fn wait_as_owner(&self, flight: &Flight, arrived: Instant) -> Option<PassiveReply> {
+        self.wait_counted(flight, arrived, true).await
+    }
+
+    /// The owner of a claimed flight does not wait (its push has an answer already).
+    pub fn not_waiting(&self, flight: &Flight) {
+        if let Phase::Calling { waiters } = &mut *flight.phase.lock() {
+            *waiters = waiters.saturating_sub(1);
+        }
+    }
+
+    async fn wait_counted(
+        &self,
+        flight: &Flight,
+        arrived: Instant,
+        counted: bool,
+    ) -> Option<PassiveReply> {
         let mut rx = flight.signal.subscribe();
         match &mut *flight.phase.lock() {
             Phase::Done { passive } => return passive.clone(),
-            Phase::Calling { waiters } => *waiters += 1,
-            Phase::Settling { .. } => {}
+            Phase::Calling { waiters } if !counted => *waiters += 1,
+            Phase::Calling { .. } | Phase::Settling { .. } => {}
         }
         let deadline = tokio::time::Instant::from_std(arrived + self.delivery.passive_wait);
         loop {
@@ -478,7 +505,6 @@ impl Forwarder {
             *phase = Phase::Settling { claimed };
             claimed
         };
-        self.metrics.backend_call(&record.backend, "answered", None);
         let (passive, committed) = self.settle(&record, &request, &answer, claimed).await;
         flight.set(Phase::Done { passive });
         let _ = done.send(());
@@ -561,7 +587,9 @@ impl Forwarder {
         let transfer_allowed = request.push.msgtype != "event";
         let super::Plan { mut passive, planned, dropped, splits } = super::plan(
             Evaluation { fired: Vec::new(), actions },
-            self.passive_first && claimed,
+            // As for a push's own replies (`pipeline::terms`): passive with passive_first, or
+            // when custom/send is not allowed (the passive reply is then the only way).
+            claimed && (self.passive_first || !self.customer_service.allowed()),
             WindowEffect::None,
             transfer_allowed,
             self.delivery.max_text_bytes,

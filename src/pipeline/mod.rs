@@ -206,9 +206,12 @@ impl Pipeline {
                 }
                 if let (Some(fw), Some((p, _)), Some(arrived)) = (&self.forwarder, call, arrived) {
                     let flight = fw.start(p, Some(window_after));
-                    if delivery.passive.is_none() {
+                    if delivery.passive.is_none() && intake.passive_allowed {
                         // Nothing answers the push yet: wait for the backend (passive_wait).
-                        delivery.passive = fw.wait(&flight, arrived).await;
+                        // (A payment notification has no passive reply: it never waits.)
+                        delivery.passive = fw.wait_as_owner(&flight, arrived).await;
+                    } else {
+                        fw.not_waiting(&flight);
                     }
                 }
                 for r in &fired {

@@ -51,7 +51,20 @@ impl TestCase {
     /// so a run is repeatable anyway.
     pub fn run(&self, set: &RuleSet) -> TestOutcome {
         let ev = set.evaluate_with(&self.input, &mut StdRng::seed_from_u64(0));
-        TestOutcome { case: self.clone(), passed: ev.fired == self.expect, fired: ev.fired }
+        let forwards = ev
+            .actions
+            .iter()
+            .filter_map(|a| match &a.action {
+                crate::model::Action::Forward { backend, .. } => Some(backend.clone()),
+                _ => None,
+            })
+            .collect();
+        TestOutcome {
+            case: self.clone(),
+            passed: ev.fired == self.expect,
+            fired: ev.fired,
+            forwards,
+        }
     }
 }
 
@@ -61,6 +74,8 @@ pub struct TestOutcome {
     pub case: TestCase,
     pub fired: Vec<String>,
     pub passed: bool,
+    /// The backends the fired rules forward to (shown as `forward → NAME`, not called).
+    pub forwards: Vec<String>,
 }
 
 impl fmt::Display for TestOutcome {
@@ -69,7 +84,11 @@ impl fmt::Display for TestOutcome {
         let c = &self.case;
         let at = format!("{}:{}:{}", c.path.display(), c.line, c.col);
         if self.passed {
-            write!(f, "ok   {at} {} -> [{}]", c.describe(), self.fired.join(", "))
+            write!(f, "ok   {at} {} -> [{}]", c.describe(), self.fired.join(", "))?;
+            for b in &self.forwards {
+                write!(f, " forward → {b}")?;
+            }
+            Ok(())
         } else {
             write!(
                 f,

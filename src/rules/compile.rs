@@ -720,7 +720,7 @@ fn file_template(rel: &str, offset: usize, ty: MediaType, ctx: &mut Ctx<'_>) -> 
 }
 
 /// A backend's answer (interface §7.3): each element of `replies` is a reply table as in rule
-/// files, compiled by [`compile_reply`] like a `[[rule.reply]]` (its texts literal, no
+/// files, compiled by `compile_reply` like a `[[rule.reply]]` (its texts literal, no
 /// `forward`), into the actions of rule `rule`. Media files are relative to `rules_dir`. Every
 /// problem is returned, each as `replies[i]: message`.
 pub fn compile_answer(

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::crash::{Child, child_env, post_push};
+use crate::delivery::{content, sent_texts};
 use crate::helpers::{ACCOUNT, TOKEN};
 use crate::mock_wechat::{MockResponse, MockWechat};
 use crate::pipeline::{Kefu, SEND_PATH, TYPING_PATH, sends, text_push};
@@ -79,18 +80,6 @@ async fn start(
         edit(c);
     })
     .await
-}
-
-/// `<Content>` of a passive reply, or "" for `success`.
-fn content(answer: &str) -> String {
-    let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
-    let rest = &answer[a + "<Content><![CDATA[".len()..];
-    rest[..rest.find("]]></Content>").expect("content end")].to_string()
-}
-
-/// The texts the mock received through custom/send, in order.
-fn sent_texts(mock: &MockWechat) -> Vec<String> {
-    sends(mock).iter().map(|b| b["text"]["content"].as_str().unwrap_or("").to_string()).collect()
 }
 
 /// Waits until `f` holds (panics after `limit`).
@@ -204,6 +193,35 @@ async fn a_slow_answer_goes_through_custom_send_after_the_push_is_answered_with_
     assert_eq!(typing.len(), 1, "typing once while the backend worked");
     assert_eq!(typing[0].json().unwrap(), json!({"touser": user, "command": "Typing"}));
     assert_eq!(backend.count(BACKEND_PATH), 1);
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_beside_a_forward_keep_their_order() {
+    let (mock, backend) = (MockWechat::start(), MockWechat::start());
+    backend.set_default(BACKEND_PATH, answer(&["答一", "答二"], Duration::from_millis(100)));
+    let dir = rules_dir(
+        r#"
+[[rule]]
+name = "ask-orders"
+[rule.when]
+text_contains = "订单"
+[[rule.reply]]
+text = "稍等，正在查询……"
+[[rule.reply]]
+forward = "orders"
+[[rule.reply]]
+text = "还需要别的帮助吗？"
+"#,
+    );
+    let kefu = start(&mock, &backend, dir.path(), |_| {}).await;
+    let started = Instant::now();
+    let (_, a) = kefu.push(&text_push("oBackendOrder", "订单", 1, kefu.now_secs())).await;
+    assert_eq!(content(&a), "稍等，正在查询……", "the text before the forward answers at once");
+    assert!(started.elapsed() < Duration::from_secs(1), "no wait: {:?}", started.elapsed());
+    until("three sends", Duration::from_secs(10), || mock.count(SEND_PATH) >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sent_texts(&mock), ["答一", "答二", "还需要别的帮助吗？"]);
     kefu.stop().await;
 }
 
@@ -591,6 +609,14 @@ fn rules_check_and_simulate_show_forwards() {
     assert!(run.stdout.contains("模拟的回答"), "{}", run.stdout);
     assert_eq!(backend.count(BACKEND_PATH), 1);
 
+    // A [[test]] case shows the forward, not calling it.
+    let with_case = format!("{RULES}\n[[test]]\ntext = \"订单 1\"\nexpect = [\"ask-orders\"]\n");
+    std::fs::write(dir.path().join("rules/10-orders.toml"), with_case).unwrap();
+    let run = crate::helpers::kefu_in(dir.path(), &[], &["rules", "check"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("-> [ask-orders] forward → orders"), "{}", run.stdout);
+    assert_eq!(backend.count(BACKEND_PATH), 1, "still one call (the --call-backends one)");
+
     // A forward to a backend that is not configured: path:line:col.
     std::fs::write(
         dir.path().join("rules/20-bad.toml"),
@@ -604,4 +630,72 @@ fn rules_check_and_simulate_show_forwards() {
         all.contains("20-bad.toml:4:11: forward to unknown backend `tickets`: the configured backends are orders"),
         "{all}"
     );
+}
+
+// ---- the example backend -------------------------------------------------------------------
+
+/// An example program, built by `cargo test` into target/debug/examples beside this binary.
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path"); // target/debug/deps/it-…
+    let bin =
+        exe.parent().and_then(Path::parent).expect("target/debug").join("examples").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built: `cargo test` builds the examples (or run `cargo build --example {name}`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running example, killed on drop; its stdout drained by a thread.
+struct Example(std::process::Child);
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_backend_example_answers_signed_requests() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(example_binary("order_backend"))
+        .env("ORDER_BACKEND_LISTEN", "127.0.0.1:0")
+        .env("ORDER_BACKEND_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let stdout = child.stdout.take().expect("piped");
+    let _example = Example(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("the example prints its address");
+    let url = first.strip_prefix("order_backend listening on ").expect(&first).to_string();
+
+    // Unsigned: refused.
+    let http = reqwest::Client::new();
+    let r = http.post(&url).body("{}").send().await.expect("POST");
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Through kefu: the order's status is the passive answer, the second reply follows.
+    let mock = MockWechat::start();
+    let dir = rules_dir(RULES);
+    let kefu = Kefu::start_with(&mock, true, |c| {
+        c.rules.dir = dir.path().to_path_buf();
+        c.backends.insert("orders".into(), orders(url.clone()));
+    })
+    .await;
+    let (_, a) =
+        kefu.push(&text_push("oBackendExample", "订单 20240501", 1, kefu.now_secs())).await;
+    assert_eq!(content(&a), "订单 20240501：已发货。顺丰 SF1234567890，预计明天送达。");
+    until("the second reply", Duration::from_secs(10), || mock.count(SEND_PATH) == 1).await;
+    assert_eq!(sent_texts(&mock), ["还有其他问题吗？回复「人工」转人工客服。"]);
+    let (_, a) = kefu.push(&text_push("oBackendExample", "订单 99", 2, kefu.now_secs())).await;
+    assert_eq!(content(&a), "没有找到订单 99，请核对订单号。");
+    kefu.stop().await;
 }

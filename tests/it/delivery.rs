@@ -32,14 +32,14 @@ fn rule(name: &str, keyword: &str, texts: &[String]) -> String {
 }
 
 /// `<Content>` of a passive reply, or "" for `success`.
-fn content(answer: &str) -> String {
+pub(crate) fn content(answer: &str) -> String {
     let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
     let rest = &answer[a + "<Content><![CDATA[".len()..];
     rest[..rest.find("]]></Content>").expect("content end")].to_string()
 }
 
 /// The texts the mock received through custom/send, in order.
-fn sent_texts(mock: &MockWechat) -> Vec<String> {
+pub(crate) fn sent_texts(mock: &MockWechat) -> Vec<String> {
     sends(mock).iter().map(|b| b["text"]["content"].as_str().unwrap_or("").to_string()).collect()
 }
 

@@ -346,7 +346,7 @@ fn broken_reload_errors(ops: &str, more: &str) -> Vec<String> {
         format!(
             "{more}:6:1: unknown reply kind `txt` in [[rule.reply]], expected one of `text`, \
              `image`, `voice`, `video`, `music`, `news`, `mpnews`, `mpnewsarticle`, `menu`, \
-             `wxcard`, `miniprogram`, `typing`, `transfer`, `delay`, `as`"
+             `wxcard`, `miniprogram`, `typing`, `transfer`, `forward`, `fallback`, `delay`, `as`"
         ),
     ]
 }

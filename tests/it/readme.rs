@@ -76,8 +76,13 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("media list", "media::media_commands_upload_and_list"),
     ("history show", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
     ("history clear", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
-    ("backends check", "llm::backends_check_on_a_401_exits_1_naming_api_key"),
+    ("backends check", "backends::backends_check_prints_the_answer_or_names_the_cause"),
 ];
+
+/// The examples README runs with `cargo run --example NAME` (long-running servers, so not run
+/// in the README session), and the test that runs each: its source must name the example.
+const EXAMPLES_RUN_BY: &[(&str, &str)] =
+    &[("order_backend", "backends::the_order_backend_example_answers_signed_requests")];
 
 /// The subcommands that call the WeChat API (and so get the mock and credentials).
 const API_COMMANDS: &[&str] = &["accounts", "send", "sessions", "records", "token"];
@@ -105,6 +110,8 @@ enum Plan {
     CiOwn(String),
     /// A synopsis or a name: these subcommand paths must exist (and be covered).
     Names(Vec<String>),
+    /// `cargo run --example NAME`: run by the test [`EXAMPLES_RUN_BY`] names.
+    Example(String),
 }
 
 const SHELL_TAGS: &[&str] = &["sh", "bash", "shell", "console"];
@@ -254,6 +261,10 @@ fn classify(shown: &Shown) -> Result<Vec<Plan>, String> {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let words: Vec<&str> = part[assignments..].iter().map(String::as_str).collect();
+        if let Some(name) = example_of_words(&words) {
+            plans.push(Plan::Example(name));
+            continue;
+        }
         plans.push(Plan::Run { env, args: kefu_args_of_words(&words)? });
     }
     if plans.is_empty() {
@@ -269,6 +280,16 @@ fn is_assignment(token: &str) -> bool {
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     })
+}
+
+/// `cargo run [FLAGS] --example NAME` (no `-- ARGS`) → NAME.
+fn example_of_words(words: &[&str]) -> Option<String> {
+    let ["cargo", "run", rest @ ..] = words else { return None };
+    if rest.contains(&"--") {
+        return None;
+    }
+    let at = rest.iter().position(|w| *w == "--example")?;
+    rest.get(at + 1).map(|n| n.to_string())
 }
 
 /// `kefu ARGS` → ARGS; `cargo run [FLAGS] -- ARGS` → ARGS.
@@ -805,6 +826,28 @@ fn every_subcommand_is_run_by_a_check() {
                     }
                 }
                 Plan::CiOwn(_) => {}
+                Plan::Example(name) => {
+                    let file = repo().join("examples").join(format!("{name}.rs"));
+                    let test = EXAMPLES_RUN_BY.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
+                    let runs = test.map(|t| function_source(t));
+                    match runs {
+                        _ if !file.is_file() => problems.push(format!(
+                            "README.md:{}: `{}` runs examples/{name}.rs, which does not exist",
+                            shown.line, shown.text
+                        )),
+                        Some(Ok(src)) if src.contains(&format!("\"{name}\"")) => {}
+                        Some(Ok(_)) => problems.push(format!(
+                            "EXAMPLES_RUN_BY: {} does not run the example `{name}`",
+                            test.unwrap_or(&"?")
+                        )),
+                        Some(Err(e)) => problems.push(format!("EXAMPLES_RUN_BY: {e}")),
+                        None => problems.push(format!(
+                            "README.md:{}: `{}` runs the example `{name}`, which no test runs: \
+                             name the test in EXAMPLES_RUN_BY (tests/it/readme.rs)",
+                            shown.line, shown.text
+                        )),
+                    }
+                }
             }
         }
     }

@@ -496,7 +496,7 @@ fn every_error_is_reported_at_once_with_its_position() {
         format!(
             "{a}:13:1: unknown reply kind `txt` in [[rule.reply]], expected one of `text`, \
              `image`, `voice`, `video`, `music`, `news`, `mpnews`, `mpnewsarticle`, `menu`, \
-             `wxcard`, `miniprogram`, `typing`, `transfer`, `delay`, `as`"
+             `wxcard`, `miniprogram`, `typing`, `transfer`, `forward`, `fallback`, `delay`, `as`"
         ),
         format!("{a}:16:9: bad duration `soon` in delay: use humantime like 30s, 2m, 1h30m"),
         format!(
@@ -540,7 +540,7 @@ fn more_error_messages() {
         (
             "[[rule]]\nname = \"r\"\n[[rule.reply]]\ndelay = \"1s\"\n",
             "t.toml:4:9: a reply needs one kind: text, image, voice, video, music, news, mpnews, \
-             mpnewsarticle, menu, wxcard, miniprogram, typing or transfer",
+             mpnewsarticle, menu, wxcard, miniprogram, typing, transfer or forward",
         ),
         (
             "[[rule]]\nname = \"r\"\n[rule.when]\ntext_contains = [\"\"]\n",

@@ -118,29 +118,42 @@ fn belongs(family: &str, suffixes: &[&str], sample: &str) -> bool {
     suffixes.iter().any(|s| sample == format!("{family}{s}"))
 }
 
-/// Checks a histogram family: `le` on every bucket, cumulative counts, a `+Inf` bucket equal to
-/// `_count`.
+/// Checks a histogram family, series by series (its labels but `le`): `le` on every bucket,
+/// cumulative counts, a `+Inf` bucket equal to `_count`. A family with no series yet (a
+/// labeled histogram nothing was observed in) has only its HELP and TYPE lines, which is valid.
 fn check_histogram(name: &str, samples: &[Sample]) -> Result<(), String> {
-    let buckets: Vec<&Sample> =
-        samples.iter().filter(|s| s.name == format!("{name}_bucket")).collect();
-    let mut last = 0.0;
-    for b in &buckets {
-        b.labels.get("le").ok_or(format!("{name}: a bucket without le"))?;
-        if b.value < last {
-            return Err(format!("{name}: buckets are not cumulative"));
+    let series = |s: &Sample| {
+        let mut l = s.labels.clone();
+        l.remove("le");
+        l
+    };
+    let mut keys: Vec<BTreeMap<String, String>> = samples.iter().map(series).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let of = |suffix: &str| {
+            samples
+                .iter()
+                .filter(|s| s.name == format!("{name}{suffix}") && series(s) == key)
+                .collect::<Vec<_>>()
+        };
+        let buckets = of("_bucket");
+        let mut last = 0.0;
+        for b in &buckets {
+            b.labels.get("le").ok_or(format!("{name}: a bucket without le"))?;
+            if b.value < last {
+                return Err(format!("{name}: buckets are not cumulative"));
+            }
+            last = b.value;
         }
-        last = b.value;
-    }
-    let inf = buckets
-        .iter()
-        .find(|b| b.labels["le"] == "+Inf")
-        .ok_or(format!("{name}: no +Inf bucket"))?;
-    let count = samples
-        .iter()
-        .find(|s| s.name == format!("{name}_count"))
-        .ok_or(format!("{name}: no _count"))?;
-    if inf.value != count.value {
-        return Err(format!("{name}: +Inf bucket {} != _count {}", inf.value, count.value));
+        let inf = buckets
+            .iter()
+            .find(|b| b.labels["le"] == "+Inf")
+            .ok_or(format!("{name}{key:?}: no +Inf bucket"))?;
+        let count = of("_count").first().copied().ok_or(format!("{name}{key:?}: no _count"))?;
+        if inf.value != count.value {
+            return Err(format!("{name}: +Inf bucket {} != _count {}", inf.value, count.value));
+        }
     }
     Ok(())
 }
