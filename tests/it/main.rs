@@ -3,6 +3,7 @@
 mod api;
 mod cli_api;
 
+mod console;
 mod conversations;
 mod crash;
 mod delivery;
