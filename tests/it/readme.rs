@@ -76,6 +76,9 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("media list", "media::media_commands_upload_and_list"),
     ("history show", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
     ("history clear", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
+    ("conversations list", "conversations::the_cli_lists_shows_and_deletes_log_and_llm_turns"),
+    ("conversations show", "conversations::the_cli_lists_shows_and_deletes_log_and_llm_turns"),
+    ("conversations delete", "conversations::the_cli_lists_shows_and_deletes_log_and_llm_turns"),
 ];
 
 /// The subcommands that call the WeChat API (and so get the mock and credentials).
