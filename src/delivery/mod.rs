@@ -66,12 +66,19 @@ pub struct HeldAnswer {
 pub struct OwnPassive {
     pub rule: String,
     pub reply: PassiveReply,
+    /// Who wrote it (a rule, or a backend's answer in time for the HTTP answer), for the
+    /// conversation log.
+    pub source: crate::model::Source,
 }
 
 impl OwnPassive {
     /// A text answer planned by `rule`.
     pub fn text(rule: &str, content: impl Into<String>) -> Self {
-        OwnPassive { rule: rule.to_string(), reply: PassiveReply::text(content) }
+        OwnPassive {
+            rule: rule.to_string(),
+            reply: PassiveReply::text(content),
+            source: crate::model::Source::Rule,
+        }
     }
 }
 
@@ -196,7 +203,8 @@ pub fn assign(
                 out.passive_from_held = Some(live.remove(0).id);
             }
             // The push's own passive answer follows through custom/send in its turn.
-            if let Some(OwnPassive { rule, reply: PassiveReply::Message { message } }) = own_passive
+            if let Some(OwnPassive { rule, reply: PassiveReply::Message { message }, source }) =
+                own_passive
             {
                 own_front = Some(NewOutboxEntry {
                     rule: rule.clone(),
@@ -206,7 +214,7 @@ pub fn assign(
                         action: OutboxAction::Send { message },
                         delay: std::time::Duration::ZERO,
                         kf_account: None,
-                        source: Default::default(),
+                        source,
                     },
                     due_at_ms: received_at_ms,
                 });

@@ -34,7 +34,11 @@ fn held(id: i64, s: &str, expires_at_ms: i64) -> HeldAnswer {
 }
 
 fn own(s: &str) -> Option<OwnPassive> {
-    Some(OwnPassive { rule: "r".into(), reply: PassiveReply::Message { message: text(s) } })
+    Some(OwnPassive {
+        rule: "r".into(),
+        reply: PassiveReply::Message { message: text(s) },
+        source: Default::default(),
+    })
 }
 
 fn terms(customer_service: bool) -> Terms {
@@ -107,6 +111,7 @@ fn a_transfer_keeps_the_passive_slot() {
     let transfer = Some(OwnPassive {
         rule: "human".into(),
         reply: PassiveReply::Transfer { kf_account: None },
+        source: Default::default(),
     });
     let a = assign(&[held(1, "h", 9_000)], transfer, vec![], Some(5), &terms(true), 1_000);
     assert!(matches!(a.passive, Some(PassiveReply::Transfer { .. })));

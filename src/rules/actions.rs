@@ -219,6 +219,7 @@ pub(crate) fn split_passive(
             passive = Some(OwnPassive {
                 rule: a.rule.clone(),
                 reply: PassiveReply::Transfer { kf_account: kf_account.clone() },
+                source: a.source,
             });
         }
     }
@@ -239,6 +240,7 @@ pub(crate) fn split_passive(
                 passive = Some(OwnPassive {
                     rule: a.rule.clone(),
                     reply: PassiveReply::Message { message: message.clone() },
+                    source: a.source,
                 });
             }
             _ => rest.extend(a.into_outbox()),

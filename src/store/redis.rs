@@ -661,7 +661,7 @@ impl RedisStore {
             let from_held = a.passive_from_held.and_then(|id| held.iter().find(|h| h.id == id));
             let (rule, source) = match (from_held, &push.passive) {
                 (Some(h), _) => (h.rule.as_str(), h.action.source),
-                (None, Some(p)) => (p.rule.as_str(), crate::model::Source::Rule),
+                (None, Some(p)) => (p.rule.as_str(), p.source),
                 (None, None) => ("", crate::model::Source::Rule),
             };
             out.push(LogRecord::passive(openid, at, reply, rule, source));

@@ -63,7 +63,7 @@ pub(super) fn commit_push_tx(
             .map(|q| q.saturating_sub(count_pending(conn, &push.openid).unwrap_or(0)))
     };
     let own_answer = push.passive.as_ref().map(|p| p.reply.clone());
-    let own_rule = push.passive.as_ref().map(|p| p.rule.clone());
+    let own_rule = push.passive.as_ref().map(|p| (p.rule.clone(), p.source));
     let a = assign(&held, push.passive, push.outbox, capacity, &push.terms, push.received_at_ms);
     if a.passive != own_answer {
         // A held answer took the passive slot (or more_text grew it): store the final answer.
@@ -86,16 +86,7 @@ pub(super) fn commit_push_tx(
         inner.note_held(push.openid.as_str());
     }
     if let Some(rec) = push.log {
-        log_push_tx(
-            conn,
-            inner,
-            post,
-            rec,
-            &a,
-            &held,
-            own_rule.as_deref(),
-            &push.terms.hold_reason,
-        )?;
+        log_push_tx(conn, inner, post, rec, &a, &held, own_rule, &push.terms.hold_reason)?;
     }
     let grant_expiry = window_after.next_expiry(now).map(|s| s.saturating_mul(1000));
     let dedupe_expiry = push.received_at_ms.saturating_add(inner.retention_ms);
@@ -115,18 +106,19 @@ fn log_push_tx(
     rec: LogRecord,
     a: &crate::delivery::Assignment,
     held: &[crate::delivery::HeldAnswer],
-    own_rule: Option<&str>,
+    own: Option<(String, crate::model::Source)>,
     hold_reason: &str,
 ) -> StoreResult<()> {
     let (openid, at) = (rec.openid.clone(), rec.at_ms);
     insert_tx(conn, inner, post, rec)?;
     if let Some(reply) = &a.passive {
         let from_held = a.passive_from_held.and_then(|id| held.iter().find(|h| h.id == id));
-        let (rule, source) = match from_held {
-            Some(h) => (h.rule.as_str(), h.action.source),
-            None => (own_rule.unwrap_or(""), crate::model::Source::Rule),
+        let (rule, source) = match (from_held, own) {
+            (Some(h), _) => (h.rule.clone(), h.action.source),
+            (None, Some(own)) => own,
+            (None, None) => (String::new(), crate::model::Source::Rule),
         };
-        insert_tx(conn, inner, post, LogRecord::passive(&openid, at, reply, rule, source))?;
+        insert_tx(conn, inner, post, LogRecord::passive(&openid, at, reply, &rule, source))?;
     }
     for e in &a.hold {
         let r = LogRecord::answer(
