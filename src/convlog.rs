@@ -218,6 +218,56 @@ impl LogRecord {
     }
 }
 
+/// The records a push's commit writes (both stores): the push; the passive answer it gives
+/// (a held answer's, or the push's own by `own`'s rule and source); the push's own messages
+/// the window cannot carry (held, with `hold_reason`); held answers it drops (expired, or
+/// undeliverable without `custom/send`). Messages it plans are logged when the sender finishes
+/// them.
+pub fn commit_records(
+    push: LogRecord,
+    a: &crate::delivery::Assignment,
+    held: &[crate::delivery::HeldAnswer],
+    own: Option<(&str, Source)>,
+    hold_reason: &str,
+) -> Vec<LogRecord> {
+    let (openid, at) = (push.openid.clone(), push.at_ms);
+    let mut out = vec![push];
+    let find = |id: &i64| held.iter().find(|h| h.id == *id);
+    if let Some(reply) = &a.passive {
+        let (rule, source) = match (a.passive_from_held.as_ref().and_then(find), own) {
+            (Some(h), _) => (h.rule.as_str(), h.action.source),
+            (None, Some(own)) => own,
+            (None, None) => ("", Source::Rule),
+        };
+        out.push(LogRecord::passive(&openid, at, reply, rule, source));
+    }
+    let why = Some(hold_reason.to_string());
+    for e in &a.hold {
+        out.push(LogRecord::answer(
+            &openid,
+            at,
+            &e.action,
+            Via::CustomSend,
+            LogOutcome::Held,
+            why.clone(),
+        ));
+    }
+    let expired = a.expired.iter().map(|id| (id, crate::store::EXPIRED));
+    let undeliverable = a.undeliverable.iter().map(|id| (id, crate::delivery::UNDELIVERABLE));
+    for (h, why) in expired.chain(undeliverable).filter_map(|(id, why)| Some((find(id)?, why))) {
+        let reason = Some(why.to_string());
+        out.push(LogRecord::answer(
+            &openid,
+            at,
+            &h.action,
+            Via::CustomSend,
+            LogOutcome::Dropped,
+            reason,
+        ));
+    }
+    out
+}
+
 /// What to show of an answer: a text's content, else a short label of its kind and title.
 pub fn message_text(m: &OutMessage) -> String {
     let v = m.custom_send_body("", None);

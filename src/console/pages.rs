@@ -447,30 +447,7 @@ pub(super) async fn thread(
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    let s = match page_session(&state, &req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let Ok(openid) = OpenId::parse(&path) else { return not_found() };
-    let chrome = Chrome::new(&s, "conversations", &req);
-    match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
-        Ok((window, messages)) => html(&ThreadPage {
-            chrome,
-            openid: openid.to_string(),
-            window,
-            messages,
-            error: String::new(),
-        }),
-        Err(error) => html(&ThreadPage {
-            chrome,
-            openid: openid.to_string(),
-            window: WindowRow::of(&WindowState::of(
-                crate::ledger::Window::default().view(openid, 0, 0),
-            )),
-            messages: Vec::new(),
-            error,
-        }),
-    }
+    thread_view(req, path, state, store, clock, true).await
 }
 
 /// The window panel, messages and reply box of one conversation, for the live update.
@@ -481,19 +458,38 @@ pub(super) async fn thread_fragment(
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
+    thread_view(req, path, state, store, clock, false).await
+}
+
+/// One conversation: the whole page, or (`whole` false) the live part alone.
+async fn thread_view(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<Arc<ConsoleState>>,
+    store: web::Data<Arc<dyn Store>>,
+    clock: web::Data<SharedClock>,
+    whole: bool,
+) -> HttpResponse {
     let s = match page_session(&state, &req) {
         Ok(s) => s,
         Err(r) => return r,
     };
     let Ok(openid) = OpenId::parse(&path) else { return not_found() };
-    match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
-        Ok((window, messages)) => html(&ThreadLive {
-            chrome: Chrome::new(&s, "conversations", &req),
-            openid: openid.to_string(),
-            window,
-            messages,
-        }),
-        Err(e) => HttpResponse::ServiceUnavailable().body(e),
+    let chrome = Chrome::new(&s, "conversations", &req);
+    let (window, messages, error) =
+        match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
+            Ok((window, messages)) => (window, messages, String::new()),
+            Err(e) if !whole => return HttpResponse::ServiceUnavailable().body(e),
+            Err(e) => {
+                let unknown = crate::ledger::Window::default().view(openid.clone(), 0, 0);
+                (WindowRow::of(&WindowState::of(unknown)), Vec::new(), e)
+            }
+        };
+    let openid = openid.to_string();
+    if whole {
+        html(&ThreadPage { chrome, openid, window, messages, error })
+    } else {
+        html(&ThreadLive { chrome, openid, window, messages })
     }
 }
 

@@ -91,7 +91,7 @@ use super::{
     StoreError, StoreResult, decode_answer, encode_answer,
 };
 use crate::config::WindowConfig;
-use crate::convlog::{FollowerActivity, LogOutcome, LogRecord, Via};
+use crate::convlog::{FollowerActivity, LogRecord, Via};
 use crate::delivery::assign;
 use crate::ledger::{ChargeOutcome, LedgerIndex, Window, WindowView};
 use crate::model::{CachedToken, OpenId, SharedClock, TokenCache, Trigger, WindowEffect};
@@ -641,13 +641,36 @@ impl RedisStore {
         format!("{}:log:{}", self.inner.ns, openid.as_str())
     }
 
+    /// Deletes a follower's log and its index entry (by the OpenID as the index holds it);
+    /// returns how many records it held.
+    async fn erase_log(&self, openid: &str) -> StoreResult<u64> {
+        let key = format!("{}:log:{openid}", self.inner.ns);
+        let mut con = self.con();
+        let (n, _, _): (u64, i64, i64) = self
+            .io(
+                OP_TIMEOUT,
+                redis::pipe()
+                    .atomic()
+                    .cmd("LLEN")
+                    .arg(&key)
+                    .cmd("DEL")
+                    .arg(&key)
+                    .cmd("ZREM")
+                    .arg(self.log_index_key())
+                    .arg(openid)
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(n)
+    }
+
     /// The sorted set of followers by last activity.
     fn log_index_key(&self) -> String {
         format!("{}:log:index", self.inner.ns)
     }
 
-    /// A push's records, as the SQLite commit writes them (see `sqlite/dedupe.rs`), with ids
-    /// from the push's time (ms × 1000 + position).
+    /// A push's records ([`crate::convlog::commit_records`]), with ids from the push's time
+    /// (ms × 1000 + position).
     fn push_records(
         &self,
         rec: &LogRecord,
@@ -655,45 +678,11 @@ impl RedisStore {
         held: &[HeldAnswer],
         push: &PushCommit,
     ) -> Vec<LogRecord> {
-        let (openid, at) = (&rec.openid, rec.at_ms);
-        let mut out = vec![rec.clone()];
-        if let Some(reply) = &a.passive {
-            let from_held = a.passive_from_held.and_then(|id| held.iter().find(|h| h.id == id));
-            let (rule, source) = match (from_held, &push.passive) {
-                (Some(h), _) => (h.rule.as_str(), h.action.source),
-                (None, Some(p)) => (p.rule.as_str(), p.source),
-                (None, None) => ("", crate::model::Source::Rule),
-            };
-            out.push(LogRecord::passive(openid, at, reply, rule, source));
-        }
-        let why = Some(push.terms.hold_reason.clone());
-        for e in &a.hold {
-            out.push(LogRecord::answer(
-                openid,
-                at,
-                &e.action,
-                Via::CustomSend,
-                LogOutcome::Held,
-                why.clone(),
-            ));
-        }
-        let dropped = a.expired.iter().map(|id| (id, super::EXPIRED));
-        for (id, why) in
-            dropped.chain(a.undeliverable.iter().map(|id| (id, crate::delivery::UNDELIVERABLE)))
-        {
-            if let Some(h) = held.iter().find(|h| h.id == *id) {
-                out.push(LogRecord::answer(
-                    openid,
-                    at,
-                    &h.action,
-                    Via::CustomSend,
-                    LogOutcome::Dropped,
-                    Some(why.to_string()),
-                ));
-            }
-        }
+        let own = push.passive.as_ref().map(|p| (p.rule.as_str(), p.source));
+        let mut out =
+            crate::convlog::commit_records(rec.clone(), a, held, own, &push.terms.hold_reason);
         for (i, r) in out.iter_mut().enumerate() {
-            r.id = at.saturating_mul(1000).saturating_add(i as i64);
+            r.id = rec.at_ms.saturating_mul(1000).saturating_add(i as i64);
         }
         out
     }
@@ -1326,24 +1315,7 @@ impl Store for RedisStore {
     }
 
     async fn log_delete(&self, openid: &OpenId) -> StoreResult<u64> {
-        let key = self.log_key(openid);
-        let mut con = self.con();
-        let (n, _, _): (u64, i64, i64) = self
-            .io(
-                OP_TIMEOUT,
-                redis::pipe()
-                    .atomic()
-                    .cmd("LLEN")
-                    .arg(&key)
-                    .cmd("DEL")
-                    .arg(&key)
-                    .cmd("ZREM")
-                    .arg(self.log_index_key())
-                    .arg(openid.as_str())
-                    .query_async(&mut con),
-            )
-            .await?;
-        Ok(n)
+        self.erase_log(openid.as_str()).await
     }
 
     /// Drops followers idle past the retention from the index (their lists expired with
@@ -1364,23 +1336,7 @@ impl Store for RedisStore {
             .await?;
         let mut n = 0u64;
         for openid in &gone {
-            let key = format!("{}:log:{openid}", self.inner.ns);
-            let (len, _, _): (u64, i64, i64) = self
-                .io(
-                    OP_TIMEOUT,
-                    redis::pipe()
-                        .atomic()
-                        .cmd("LLEN")
-                        .arg(&key)
-                        .cmd("DEL")
-                        .arg(&key)
-                        .cmd("ZREM")
-                        .arg(&index)
-                        .arg(openid)
-                        .query_async(&mut con),
-                )
-                .await?;
-            n += len;
+            n += self.erase_log(openid).await?;
         }
         let live: Vec<String> = self
             .io(

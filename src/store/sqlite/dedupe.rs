@@ -14,7 +14,7 @@ use super::grants::update_window;
 use super::outbox::{
     cancel_pending_tx, count_pending, hold_new_tx, insert_outbox, mailbox_tx, settle_mailbox_tx,
 };
-use crate::convlog::{LogOutcome, LogRecord, Via};
+use crate::convlog::LogRecord;
 
 pub(super) fn commit_push_tx(
     conn: &Connection,
@@ -95,9 +95,7 @@ pub(super) fn commit_push_tx(
     Ok(CommitOutcome::Fresh { window_after, outbox_ids, cancelled, delivery })
 }
 
-/// Logs the push and what its commit decided: the passive answer (the push's own, or a held
-/// one), the push's own messages held, and held answers dropped (expired, undeliverable).
-/// Released and planned messages are logged when the sender finishes them.
+/// Logs the push and what its commit decided ([`crate::convlog::commit_records`]).
 #[allow(clippy::too_many_arguments)]
 fn log_push_tx(
     conn: &Connection,
@@ -109,43 +107,9 @@ fn log_push_tx(
     own: Option<(String, crate::model::Source)>,
     hold_reason: &str,
 ) -> StoreResult<()> {
-    let (openid, at) = (rec.openid.clone(), rec.at_ms);
-    insert_tx(conn, inner, post, rec)?;
-    if let Some(reply) = &a.passive {
-        let from_held = a.passive_from_held.and_then(|id| held.iter().find(|h| h.id == id));
-        let (rule, source) = match (from_held, own) {
-            (Some(h), _) => (h.rule.clone(), h.action.source),
-            (None, Some(own)) => own,
-            (None, None) => (String::new(), crate::model::Source::Rule),
-        };
-        insert_tx(conn, inner, post, LogRecord::passive(&openid, at, reply, &rule, source))?;
-    }
-    for e in &a.hold {
-        let r = LogRecord::answer(
-            &openid,
-            at,
-            &e.action,
-            Via::CustomSend,
-            LogOutcome::Held,
-            Some(hold_reason.to_string()),
-        );
+    let own = own.as_ref().map(|(rule, source)| (rule.as_str(), *source));
+    for r in crate::convlog::commit_records(rec, a, held, own, hold_reason) {
         insert_tx(conn, inner, post, r)?;
-    }
-    let dropped = a.expired.iter().map(|id| (id, crate::store::EXPIRED));
-    for (id, why) in
-        dropped.chain(a.undeliverable.iter().map(|id| (id, crate::delivery::UNDELIVERABLE)))
-    {
-        if let Some(h) = held.iter().find(|h| h.id == *id) {
-            let r = LogRecord::answer(
-                &openid,
-                at,
-                &h.action,
-                Via::CustomSend,
-                LogOutcome::Dropped,
-                Some(why.to_string()),
-            );
-            insert_tx(conn, inner, post, r)?;
-        }
     }
     Ok(())
 }
