@@ -448,6 +448,9 @@ async fn thread_parts(
     }
 }
 
+/// One conversation: the whole page at `/console/conversations/{openid}`, or its live part
+/// alone (window panel, messages, reply box) at `/console/fragments/thread/{openid}`, which
+/// the page's script fetches when an event for this follower arrives.
 pub(super) async fn thread(
     req: HttpRequest,
     path: web::Path<String>,
@@ -455,29 +458,7 @@ pub(super) async fn thread(
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    thread_view(req, path, SignedIn(s), store, clock, true).await
-}
-
-/// The window panel, messages and reply box of one conversation, for the live update.
-pub(super) async fn thread_fragment(
-    req: HttpRequest,
-    path: web::Path<String>,
-    SignedIn(s): SignedIn,
-    store: web::Data<Arc<dyn Store>>,
-    clock: web::Data<SharedClock>,
-) -> HttpResponse {
-    thread_view(req, path, SignedIn(s), store, clock, false).await
-}
-
-/// One conversation: the whole page, or (`whole` false) the live part alone.
-async fn thread_view(
-    req: HttpRequest,
-    path: web::Path<String>,
-    SignedIn(s): SignedIn,
-    store: web::Data<Arc<dyn Store>>,
-    clock: web::Data<SharedClock>,
-    whole: bool,
-) -> HttpResponse {
+    let whole = !req.path().starts_with("/console/fragments/");
     let Ok(openid) = OpenId::parse(&path) else { return not_found() };
     let chrome = Chrome::new(&s, "conversations", &req);
     let (window, messages, error) =

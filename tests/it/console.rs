@@ -112,6 +112,13 @@ impl Browser {
         self.wait_for(css).await.text().await.expect("element text")
     }
 
+    /// The element's text read in one script step, immune to a live update replacing it.
+    async fn text_now(&self, css: &str) -> String {
+        let script = "var e = document.querySelector(arguments[0]); return e ? e.innerText : '';";
+        let v = self.client.execute(script, vec![json!(css)]).await.expect("script");
+        v.as_str().unwrap_or("").to_string()
+    }
+
     async fn fill(&self, css: &str, value: &str) {
         let el = self.wait_for(css).await;
         el.clear().await.expect("clear");
@@ -199,8 +206,9 @@ async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
     browser.js("window.__notReloaded = true; return null;").await;
     let live = "oConsoleLive";
     kefu.push(&text_push(live, "实时到达的消息", 2, kefu.now_secs())).await;
-    let row = browser.wait_for(&format!("tr[data-openid='{live}']")).await;
-    assert!(row.text().await.unwrap().contains("实时到达的消息"));
+    let row = format!("tr[data-openid='{live}']");
+    browser.wait_for(&row).await;
+    assert!(browser.text_now(&row).await.contains("实时到达的消息"));
     assert_eq!(browser.js("return window.__notReloaded === true;").await, json!(true), "no reload");
     browser.screenshot("conversations").await;
 
@@ -215,12 +223,22 @@ async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
         json!(format!("会话 {user} · kefu 控制台"))
     );
 
+    // On the conversation's page too, the follower's next message appears without a reload.
+    browser.js("window.__notReloaded = true; return null;").await;
+    kefu.push(&text_push(user, "第二条消息", 3, kefu.now_secs())).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !browser.text_now("#messages").await.contains("第二条消息") {
+        assert!(tokio::time::Instant::now() < deadline, "the new message did not appear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(browser.js("return window.__notReloaded === true;").await, json!(true), "no reload");
+
     // A reply goes out through custom/send with exactly that body.
     browser.fill("#reply-text", "您好，这里是人工客服。").await;
     browser.click("#reply-send").await;
     assert!(browser.text("#flash-ok").await.contains("已发送"));
     assert_eq!(sends_to(&mock, user), [text_body(user, "您好，这里是人工客服。")]);
-    let out = browser.text("#messages .msg.out .text").await;
+    let out = browser.text("#messages .msg.out:last-child .text").await;
     assert_eq!(out, "您好，这里是人工客服。");
     browser.screenshot("conversation").await;
 
