@@ -721,7 +721,7 @@ impl RedisStore {
         }
         let Some((kind, reason)) = super::sqlite::outcome_parts(outcome) else { return };
         let entry = match self.inner.outbox.outbox_entry(id).await {
-            Ok(Some(e)) => e,
+            Ok(Some(e)) if crate::convlog::is_message(&e.action) => e,
             _ => return,
         };
         let now = self.inner.clock.now_ms();
