@@ -20,6 +20,9 @@ use crate::pipeline::{Kefu, SEND_PATH, sends, text_body, text_push};
 use crate::redis::report_skipped;
 
 const ADD_PATH: &str = "/customservice/kfaccount/add";
+const UPDATE_PATH: &str = "/customservice/kfaccount/update";
+const INVITE_PATH: &str = "/customservice/kfaccount/inviteworker";
+const DELETE_PATH: &str = "/customservice/kfaccount/del";
 const LIST_PATH: &str = "/cgi-bin/customservice/getkflist";
 const ONLINE_PATH: &str = "/cgi-bin/customservice/getonlinekflist";
 /// How long a test waits for the page to show something.
@@ -289,7 +292,42 @@ async fn console_accounts_rules_and_outbox_pages() {
     browser.click("#add-submit").await;
     let err = browser.text("#flash-err").await;
     assert!(err.contains("65406") && err.contains("已经存在"), "{err}");
+
+    // The list shows each account with its online status; update, invite and delete reach
+    // WeChat with what was typed (delete after the page's confirmation).
+    let kf = "kf02@gh_console";
+    mock.set_default(
+        LIST_PATH,
+        crate::mock_wechat::MockResponse::json(json!({"kf_list": [
+        {"kf_account": kf, "kf_nick": "老李", "kf_id": "1002", "kf_headimgurl": ""}]})),
+    );
+    mock.set_default(
+        ONLINE_PATH,
+        crate::mock_wechat::MockResponse::json(json!({"kf_online_list": [
+        {"kf_account": kf, "status": 1, "kf_id": "1002", "accepted_case": 2}]})),
+    );
+    browser.goto(&format!("{base}/console/accounts")).await;
+    let row = browser.text_now("#accounts tbody tr").await;
+    assert!(row.contains(kf) && row.contains("老李") && row.contains("在线"), "{row}");
     browser.screenshot("accounts").await;
+    browser.fill("form[action='/console/accounts/update'] input[name=nickname]", "李师傅").await;
+    browser.click("form[action='/console/accounts/update'] button").await;
+    assert!(browser.text("#flash-ok").await.contains("昵称已修改"));
+    assert_eq!(
+        mock.requests_to(UPDATE_PATH)[0].json().unwrap(),
+        json!({"kf_account": kf, "nickname": "李师傅"})
+    );
+    browser.fill("form[action='/console/accounts/invite'] input[name=invite_wx]", "li_wx").await;
+    browser.click("form[action='/console/accounts/invite'] button").await;
+    assert!(browser.text("#flash-ok").await.contains("已发出绑定邀请"));
+    assert_eq!(
+        mock.requests_to(INVITE_PATH)[0].json().unwrap(),
+        json!({"kf_account": kf, "invite_wx": "li_wx"})
+    );
+    browser.click("form[action='/console/accounts/delete'] button").await;
+    browser.client.accept_alert().await.expect("the confirmation");
+    assert!(browser.text("#flash-ok").await.contains("已删除"));
+    assert_eq!(mock.requests_to(DELETE_PATH)[0].json().unwrap(), json!({"kf_account": kf}));
 
     browser.goto(&format!("{base}/console/rules")).await;
     let rules = browser.text("#rules").await;
