@@ -649,10 +649,13 @@ pub(super) async fn rules(
     metrics: web::Data<Arc<Metrics>>,
 ) -> HttpResponse {
     let set = rules.current();
+    let dir = format!("{}/", set.dir().display());
     let rows = set
         .outline()
         .into_iter()
         .map(|(name, origin, priority)| {
+            // Files named as in the rules directory, like `kefu rules check` names them.
+            let origin = origin.strip_prefix(dir.as_str()).map_or(origin.clone(), str::to_string);
             let hits =
                 metrics.rule_hits.get_or_create(&RuleLabels { rule: label_value(&name) }).get();
             RuleRow { name, origin, priority, hits }

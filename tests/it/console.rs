@@ -214,6 +214,10 @@ async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
     assert!(browser.text_now(&row).await.contains("实时到达的消息"));
     assert_eq!(browser.js("return window.__notReloaded === true;").await, json!(true), "no reload");
     browser.screenshot("conversations").await;
+    // The phone layout of the same list.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.screenshot("conversations-phone").await;
+    browser.client.set_window_size(1280, 900).await.unwrap();
 
     // The follower's text is shown literally; nothing in it runs.
     browser.goto(&format!("{base}/console/conversations/{user}")).await;
@@ -255,11 +259,6 @@ async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
     browser.screenshot("conversation-closed").await;
     assert_eq!(sends_to(&mock, user).len(), 1, "nothing more sent");
 
-    // The phone layout.
-    browser.client.set_window_size(390, 844).await.unwrap();
-    browser.goto(&format!("{base}/console/conversations")).await;
-    browser.wait_for("#conversations").await;
-    browser.screenshot("conversations-phone").await;
     browser.stop().await;
     kefu.stop().await;
 }
