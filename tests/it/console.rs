@@ -169,16 +169,19 @@ impl Browser {
     }
 }
 
-/// The kefu the browser tests run against, with an empty kf account list.
-async fn kefu(mock: &MockWechat) -> (Kefu, String) {
-    mock.set_default(LIST_PATH, crate::mock_wechat::MockResponse::json(json!({"kf_list": []})));
-    mock.set_default(
-        ONLINE_PATH,
-        crate::mock_wechat::MockResponse::json(json!({"kf_online_list": []})),
-    );
-    let kefu = Kefu::start(mock, true).await;
+/// The kefu the browser tests run against, with an empty kf account list and a copy of the
+/// pipeline fixture rules in a directory of its own (a test may break them).
+async fn kefu(mock: &MockWechat) -> (Kefu, String, tempfile::TempDir) {
+    let ok = |v| crate::mock_wechat::MockResponse::json(v);
+    mock.set_default(LIST_PATH, ok(json!({"kf_list": []})));
+    mock.set_default(ONLINE_PATH, ok(json!({"kf_online_list": []})));
+    let rules = tempfile::tempdir().expect("rules dir");
+    let fixture = crate::pipeline::rules_dir().join("pipeline.toml");
+    std::fs::copy(fixture, rules.path().join("pipeline.toml")).expect("copy the rules");
+    let dir = rules.path().to_path_buf();
+    let kefu = Kefu::start_with(mock, true, move |c| c.rules.dir = dir).await;
     let base = kefu.app().address.clone();
-    (kefu, base)
+    (kefu, base, rules)
 }
 
 /// Sends to `openid` the mock received.
@@ -190,7 +193,7 @@ fn sends_to(mock: &MockWechat, openid: &str) -> Vec<Value> {
 async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
     let Some(browser) = Browser::start().await else { return };
     let mock = MockWechat::start();
-    let (kefu, base) = kefu(&mock).await;
+    let (kefu, base, _rules) = kefu(&mock).await;
     let user = "oConsoleReply";
     let xss = "<img src=x onerror=alert(1)><script>document.title='pwned'</script>";
     kefu.push(&text_push(user, xss, 1, kefu.now_secs())).await;
@@ -267,7 +270,7 @@ async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
 async fn console_accounts_rules_and_outbox_pages() {
     let Some(browser) = Browser::start().await else { return };
     let mock = MockWechat::start();
-    let (kefu, base) = kefu(&mock).await;
+    let (kefu, base, rule_dir) = kefu(&mock).await;
     kefu.push(&text_push("oConsoleSix", "six", 1, kefu.now_secs())).await;
     browser.sign_in(&base, crate::pipeline::ADMIN_TOKEN).await;
     browser.wait_for("#conversations").await;
@@ -333,6 +336,17 @@ async fn console_accounts_rules_and_outbox_pages() {
     assert!(rules.contains("six") && rules.contains("pipeline.toml:"), "{rules}");
     browser.click("#reload").await;
     assert!(browser.text("#flash-ok").await.contains("已重新加载"));
+    // A broken file: the reload fails, the old rules stay, the errors show as path:line:col.
+    std::fs::write(
+        rule_dir.path().join("bad.toml"),
+        "[[rule]]\nname = \"bad\"\npriority = \"high\"\n",
+    )
+    .unwrap();
+    browser.click("#reload").await;
+    assert!(browser.text("#flash-err").await.contains("旧规则继续生效"));
+    let errors = browser.text("#rule-errors").await;
+    assert!(errors.contains("bad.toml:3:"), "{errors}");
+    assert!(browser.text("#rules").await.contains("six"), "the old rules stay");
     browser.screenshot("rules").await;
 
     browser.goto(&format!("{base}/console/outbox")).await;
@@ -365,7 +379,7 @@ async fn foreign_site(html: String) -> u16 {
 async fn console_refuses_cross_site_posts_and_sign_out_ends_the_session() {
     let Some(browser) = Browser::start().await else { return };
     let mock = MockWechat::start();
-    let (kefu, base) = kefu(&mock).await;
+    let (kefu, base, _rules) = kefu(&mock).await;
     let user = "oConsoleCsrf";
     kefu.push(&text_push(user, "hi", 1, kefu.now_secs())).await;
     browser.sign_in(&base, crate::pipeline::ADMIN_TOKEN).await;
