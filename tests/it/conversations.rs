@@ -421,3 +421,42 @@ async fn an_answer_the_window_cannot_carry_is_logged_as_held() {
     assert_eq!(v["window"]["held"], json!(1));
     kefu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_purge_trims_what_is_past_retention() {
+    let Some(url) = crate::redis::test_redis_url() else { return };
+    let mock = MockWechat::start();
+    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
+    let kefu = Kefu::start_with(&mock, true, |c| {
+        c.state.redis_url = kefu::model::Secret::new(url.clone());
+        c.wechat.app_id = app_id.clone();
+        c.log.retention = Duration::from_secs(200);
+    })
+    .await;
+    let (user, idle) = ("oConvTrim", "oConvIdle");
+    kefu.push(&text_push(idle, "很久以前", 1, kefu.now_secs())).await;
+    kefu.push(&text_push(user, "旧消息", 2, kefu.now_secs())).await;
+    // (Within server.max_clock_skew_secs of the real clock, or the push would be refused.)
+    kefu.clock.advance(Duration::from_secs(150));
+    kefu.push(&text_push(user, "新消息", 3, kefu.now_secs())).await;
+    kefu.clock.advance(Duration::from_secs(100));
+    let store = kefu.shared.store.clone();
+    let purged = store.log_purge(kefu::model::Clock::now_ms(&*kefu.clock)).await.unwrap();
+    assert_eq!(purged, 2, "the idle follower's record and the old one");
+    let texts: Vec<String> = log_lines(&kefu, user).await.into_iter().map(|l| l.2).collect();
+    assert_eq!(texts, ["新消息"]);
+    assert_eq!(log_lines(&kefu, idle).await, []);
+    let (_, list) = admin_get(&kefu, "/admin/conversations").await;
+    let ids: Vec<&str> = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["openid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [user]);
+    // A second pass finds nothing more to do.
+    assert_eq!(store.log_purge(kefu::model::Clock::now_ms(&*kefu.clock)).await.unwrap(), 0);
+    let openid = kefu::model::OpenId::parse(user).unwrap();
+    kefu::pipeline::conversations::delete(store.as_ref(), &openid).await.unwrap();
+    kefu.stop().await;
+}
