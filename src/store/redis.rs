@@ -15,7 +15,9 @@
 //!   next push delivers each held answer, once.
 //! - `{ns}:log:{openid}` — a follower's conversation log (interface §8.1): a list of JSON
 //!   records oldest first, expiring `log.retention` after the last one and trimmed of older
-//!   records by the purge; `{ns}:log:index` — a sorted set of OpenIDs by last activity (ms).
+//!   records by the purge; `{ns}:log:index` — a sorted set of OpenIDs by last activity (ms);
+//!   `{ns}:log:oldest` — the same OpenIDs by their oldest kept record, so the purge reads only
+//!   the lists that hold something past the retention.
 //!   A push's records are written by the push commit's script; an answer's after its outcome.
 //! - `{ns}:token`, `{ns}:token:lock` — the access token and its refresh lock.
 //! - `{ns}:media` (hash, field `{type}:{sha256}`), `{ns}:media:lock:{type}:{sha256}` — the
