@@ -5,6 +5,9 @@
 //!   every commit fsynced) and off, at 1, 64 and 256 concurrent pushes, in one run, so the cost of
 //!   durability and what group commit wins back are read side by side.
 //!
+//! - the same push commit with the conversation log on and off (`push_commit_log`): the log's
+//!   rows ride in the push's own transaction, so they should cost no extra fsync.
+//!
 //! Run: `cargo bench --bench ledger -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
@@ -17,7 +20,7 @@ use futures::StreamExt;
 use kefu::config::{SyncMode, WindowConfig};
 use kefu::ledger::{LedgerIndex, Window};
 use kefu::model::{
-    OpenId, OutMessage, OutboxAction, PlannedAction, SharedClock, SystemClock, Trigger,
+    Clock, OpenId, OutMessage, OutboxAction, PlannedAction, SharedClock, SystemClock, Trigger,
     WindowEffect,
 };
 use kefu::store::{NewOutboxEntry, OwnPassive, PushCommit, SqliteStore, Store, Terms};
@@ -118,6 +121,69 @@ fn push(n: u64, now_ms: i64) -> PushCommit {
     }
 }
 
+/// `push` with its conversation-log record (what the pipeline commits).
+fn push_logged(n: u64, now_ms: i64) -> PushCommit {
+    let p = push(n, now_ms);
+    let summary = ("text".to_string(), "我想问一下订单什么时候发货".to_string());
+    PushCommit { log: Some(kefu::convlog::LogRecord::push(&p.openid, now_ms, summary)), ..p }
+}
+
+/// Commits pushes `conc` at a time, `iters` in all; the time it took.
+fn run_commits(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn Store>,
+    counter: &Arc<AtomicU64>,
+    iters: u64,
+    conc: usize,
+    make: fn(u64, i64) -> PushCommit,
+) -> Duration {
+    let (store, counter) = (store.clone(), counter.clone());
+    rt.block_on(async move {
+        let start = Instant::now();
+        futures::stream::iter(0..iters)
+            .map(|_| {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let store = store.clone();
+                let now = SystemClock.now_ms();
+                async move { store.commit_push(make(n, now)).await.expect("commit") }
+            })
+            .buffer_unordered(conc)
+            .for_each(|_| async {})
+            .await;
+        start.elapsed()
+    })
+}
+
+fn commit_log(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let clock: SharedClock = Arc::new(SystemClock);
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut g = c.benchmark_group("push_commit_log");
+    g.throughput(Throughput::Elements(1));
+    for (sync, label) in [(SyncMode::Full, "sync_full"), (SyncMode::Normal, "sync_normal")] {
+        for logged in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store =
+                SqliteStore::open(dir.path(), &WindowConfig::default(), 660, sync, clock.clone())
+                    .expect("store");
+            store.configure_log(Duration::from_secs(30 * 86_400), true);
+            let store: Arc<dyn Store> = Arc::new(store);
+            let make = if logged { push_logged } else { push };
+            let name = format!("{label}_{}", if logged { "log_on" } else { "log_off" });
+            for conc in [1usize, 64] {
+                g.bench_with_input(BenchmarkId::new(&name, conc), &conc, |b, &conc| {
+                    b.iter_custom(|iters| run_commits(&rt, &store, &counter, iters, conc, make))
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
 fn commit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -141,30 +207,12 @@ fn commit(c: &mut Criterion) {
         let store: Arc<dyn Store> = Arc::new(store);
         for concurrency in [1usize, 64, 256] {
             g.bench_with_input(BenchmarkId::new(label, concurrency), &concurrency, |b, &conc| {
-                b.iter_custom(|iters| {
-                    let store = store.clone();
-                    let counter = counter.clone();
-                    let clock = clock.clone();
-                    rt.block_on(async move {
-                        let start = Instant::now();
-                        futures::stream::iter(0..iters)
-                            .map(|_| {
-                                let n = counter.fetch_add(1, Ordering::Relaxed);
-                                let store = store.clone();
-                                let now = clock.now_ms();
-                                async move { store.commit_push(push(n, now)).await.expect("commit") }
-                            })
-                            .buffer_unordered(conc)
-                            .for_each(|_| async {})
-                            .await;
-                        start.elapsed()
-                    })
-                })
+                b.iter_custom(|iters| run_commits(&rt, &store, &counter, iters, conc, push))
             });
         }
     }
     g.finish();
 }
 
-criterion_group!(benches, index, commit);
+criterion_group!(benches, index, commit, commit_log);
 criterion_main!(benches);

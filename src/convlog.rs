@@ -271,6 +271,11 @@ pub fn commit_records(
     out
 }
 
+/// Whether an outbox action is a message the log records (a typing indicator is not).
+pub fn is_message(action: &PlannedAction<OutboxAction>) -> bool {
+    matches!(action.action, OutboxAction::Send { .. })
+}
+
 /// What to show of an answer: a text's content, else a short label of its kind and title.
 pub fn message_text(m: &OutMessage) -> String {
     let v = m.custom_send_body("", None);

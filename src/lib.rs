@@ -4,6 +4,8 @@
 //! - [`cli`], [`cmd`]: the `kefu` command line, one module per command.
 //! - [`config`]: `kefu.toml` + `KEFU_*` overrides, validated key by key.
 //! - [`app`], [`http`]: the actix-web server: webhook, admin, pay, health, metrics routes.
+//! - [`console`]: the web console at `/console` (server-rendered pages, sessions, CSRF).
+//! - [`convlog`]: the conversation log's records and its live feed.
 //! - [`wechat`]: the push protocol, no I/O: signatures, safe-mode crypto, two-pass XML decoding,
 //!   passive reply XML.
 //! - [`pipeline`]: push -> dedupe -> ledger -> rules -> durable outbox -> ordered, gated sender.

@@ -77,8 +77,8 @@ pub struct Service {
     sender: SenderHandle,
     purge_stop: watch::Sender<bool>,
     purger: tokio::task::JoinHandle<()>,
-    log_purger: tokio::task::JoinHandle<()>,
-    media_refresher: tokio::task::JoinHandle<()>,
+    /// Tasks that hold nothing to flush (the media refresher, the log purge): aborted at stop.
+    background: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<WatchGuard>,
 }
 
@@ -232,16 +232,8 @@ impl Service {
             max_clock_skew_secs = %cfg.key("server.max_clock_skew_secs"),
             "push verification uses"
         );
-        Ok(Service {
-            app,
-            shared,
-            sender,
-            purge_stop,
-            purger,
-            log_purger,
-            media_refresher,
-            _watcher: watcher,
-        })
+        let background = vec![media_refresher, log_purger];
+        Ok(Service { app, shared, sender, purge_stop, purger, background, _watcher: watcher })
     }
 
     pub fn port(&self) -> u16 {
@@ -259,19 +251,11 @@ impl Service {
     /// Serves until SIGTERM/SIGINT (or [`Self::handle`]'s stop), then stops the sender within
     /// its bound, leaving unsent messages in the outbox for the next start.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Service {
-            app,
-            shared,
-            sender,
-            purge_stop,
-            purger,
-            log_purger,
-            media_refresher,
-            _watcher,
-        } = self;
+        let Service { app, shared, sender, purge_stop, purger, background, _watcher } = self;
         let served = app.run_until_stopped().await;
-        media_refresher.abort();
-        log_purger.abort();
+        for task in background {
+            task.abort();
+        }
         sender.shutdown(SENDER_STOP_BOUND).await;
         let _ = purge_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), purger).await;

@@ -36,7 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/console/conversations/{openid}", web::get().to(pages::thread))
         .route("/console/conversations/{openid}/reply", web::post().to(pages::reply))
         .route("/console/fragments/conversations", web::get().to(pages::conversation_rows))
-        .route("/console/fragments/thread/{openid}", web::get().to(pages::thread_fragment))
+        .route("/console/fragments/thread/{openid}", web::get().to(pages::thread))
         .route("/console/accounts", web::get().to(pages::accounts))
         .route("/console/accounts/{action}", web::post().to(pages::account_action))
         .route("/console/rules", web::get().to(pages::rules))

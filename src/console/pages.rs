@@ -62,6 +62,25 @@ fn page_session(state: &ConsoleState, req: &HttpRequest) -> Result<Session, Http
     state.session(req).ok_or_else(|| see_other("/console/login"))
 }
 
+/// A page request's live session, as a handler argument: without one the request is answered
+/// with the sign-in page (or 404 while the console is off) before the handler runs.
+pub(super) struct SignedIn(Session);
+
+impl actix_web::FromRequest for SignedIn {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let answer = match req.app_data::<web::Data<Arc<ConsoleState>>>() {
+            Some(state) => page_session(state, req),
+            None => Err(not_found()),
+        };
+        std::future::ready(answer.map(SignedIn).map_err(|r| {
+            actix_web::error::InternalError::from_response("console sign-in", r).into()
+        }))
+    }
+}
+
 /// The session of a form post, or the refusal: 403 for a cross-site request.
 fn post_session(
     state: &ConsoleState,
@@ -290,11 +309,8 @@ pub(super) async fn logout(
         .finish()
 }
 
-pub(super) async fn home(req: HttpRequest, state: web::Data<Arc<ConsoleState>>) -> HttpResponse {
-    match page_session(&state, &req) {
-        Ok(_) => see_other("/console/conversations"),
-        Err(r) => r,
-    }
+pub(super) async fn home(_: SignedIn) -> HttpResponse {
+    see_other("/console/conversations")
 }
 
 // ---- conversations ------------------------------------------------------------------------
@@ -348,28 +364,20 @@ async fn conversation_list(store: &dyn Store, clock: &SharedClock) -> (Vec<ConvR
 
 pub(super) async fn conversations(
     req: HttpRequest,
-    state: web::Data<Arc<ConsoleState>>,
+    SignedIn(s): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    let s = match page_session(&state, &req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let (rows, error) = conversation_list(store.as_ref().as_ref(), &clock).await;
     html(&ConversationsPage { chrome: Chrome::new(&s, "conversations", &req), rows, error })
 }
 
 /// The list's rows alone, for the live update.
 pub(super) async fn conversation_rows(
-    req: HttpRequest,
-    state: web::Data<Arc<ConsoleState>>,
+    _: SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    if let Err(r) = page_session(&state, &req) {
-        return r;
-    }
     let (rows, _) = conversation_list(store.as_ref().as_ref(), &clock).await;
     html(&ConversationRows { rows })
 }
@@ -440,60 +448,33 @@ async fn thread_parts(
     }
 }
 
+/// One conversation: the whole page at `/console/conversations/{openid}`, or its live part
+/// alone (window panel, messages, reply box) at `/console/fragments/thread/{openid}`, which
+/// the page's script fetches when an event for this follower arrives.
 pub(super) async fn thread(
     req: HttpRequest,
     path: web::Path<String>,
-    state: web::Data<Arc<ConsoleState>>,
+    SignedIn(s): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    let s = match page_session(&state, &req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let whole = !req.path().starts_with("/console/fragments/");
     let Ok(openid) = OpenId::parse(&path) else { return not_found() };
     let chrome = Chrome::new(&s, "conversations", &req);
-    match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
-        Ok((window, messages)) => html(&ThreadPage {
-            chrome,
-            openid: openid.to_string(),
-            window,
-            messages,
-            error: String::new(),
-        }),
-        Err(error) => html(&ThreadPage {
-            chrome,
-            openid: openid.to_string(),
-            window: WindowRow::of(&WindowState::of(
-                crate::ledger::Window::default().view(openid, 0, 0),
-            )),
-            messages: Vec::new(),
-            error,
-        }),
-    }
-}
-
-/// The window panel, messages and reply box of one conversation, for the live update.
-pub(super) async fn thread_fragment(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<Arc<ConsoleState>>,
-    store: web::Data<Arc<dyn Store>>,
-    clock: web::Data<SharedClock>,
-) -> HttpResponse {
-    let s = match page_session(&state, &req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let Ok(openid) = OpenId::parse(&path) else { return not_found() };
-    match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
-        Ok((window, messages)) => html(&ThreadLive {
-            chrome: Chrome::new(&s, "conversations", &req),
-            openid: openid.to_string(),
-            window,
-            messages,
-        }),
-        Err(e) => HttpResponse::ServiceUnavailable().body(e),
+    let (window, messages, error) =
+        match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
+            Ok((window, messages)) => (window, messages, String::new()),
+            Err(e) if !whole => return HttpResponse::ServiceUnavailable().body(e),
+            Err(e) => {
+                let unknown = crate::ledger::Window::default().view(openid.clone(), 0, 0);
+                (WindowRow::of(&WindowState::of(unknown)), Vec::new(), e)
+            }
+        };
+    let openid = openid.to_string();
+    if whole {
+        html(&ThreadPage { chrome, openid, window, messages, error })
+    } else {
+        html(&ThreadLive { chrome, openid, window, messages })
     }
 }
 
@@ -576,13 +557,9 @@ struct AccountsPage {
 
 pub(super) async fn accounts(
     req: HttpRequest,
-    state: web::Data<Arc<ConsoleState>>,
+    SignedIn(s): SignedIn,
     api: web::Data<ApiClient>,
 ) -> HttpResponse {
-    let s = match page_session(&state, &req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let chrome = Chrome::new(&s, "accounts", &req);
     let (accounts, error) = match api.list_accounts().await {
         Ok(list) => {
@@ -667,19 +644,18 @@ struct RulesPage {
 
 pub(super) async fn rules(
     req: HttpRequest,
-    state: web::Data<Arc<ConsoleState>>,
+    SignedIn(s): SignedIn,
     rules: web::Data<Arc<Rules>>,
     metrics: web::Data<Arc<Metrics>>,
 ) -> HttpResponse {
-    let s = match page_session(&state, &req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let set = rules.current();
+    let dir = format!("{}/", set.dir().display());
     let rows = set
         .outline()
         .into_iter()
         .map(|(name, origin, priority)| {
+            // Files named as in the rules directory, like `kefu rules check` names them.
+            let origin = origin.strip_prefix(dir.as_str()).map_or(origin.clone(), str::to_string);
             let hits =
                 metrics.rule_hits.get_or_create(&RuleLabels { rule: label_value(&name) }).get();
             RuleRow { name, origin, priority, hits }
@@ -759,14 +735,10 @@ fn out_row(e: &OutboxEntry) -> OutRow {
 
 pub(super) async fn outbox(
     req: HttpRequest,
-    state: web::Data<Arc<ConsoleState>>,
+    SignedIn(s): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    let s = match page_session(&state, &req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let now = clock.now_ms();
     let mut page = OutboxPage {
         chrome: Chrome::new(&s, "outbox", &req),
@@ -796,13 +768,6 @@ pub(super) async fn outbox(
 
 // ---- live events ---------------------------------------------------------------------------
 
-pub(super) async fn events(
-    req: HttpRequest,
-    state: web::Data<Arc<ConsoleState>>,
-    store: web::Data<Arc<dyn Store>>,
-) -> HttpResponse {
-    if let Err(r) = page_session(&state, &req) {
-        return r;
-    }
+pub(super) async fn events(_: SignedIn, store: web::Data<Arc<dyn Store>>) -> HttpResponse {
     crate::http::conversations::event_stream(store.log_bus())
 }

@@ -66,7 +66,8 @@ pub struct HeldAnswer {
 pub struct OwnPassive {
     pub rule: String,
     pub reply: PassiveReply,
-    /// Who wrote it (a rule's reply, or a backend's answer), for the conversation log.
+    /// Who wrote it (a rule, or a backend's answer in time for the HTTP answer), for the
+    /// conversation log.
     pub source: crate::model::Source,
 }
 

@@ -151,7 +151,7 @@ async fn events(
 }
 
 /// A Server-Sent Events response: one `message` event per record (`data` is the record's
-/// JSON, `id` its id), a comment every [`KEEPALIVE`], and a `lagged` event when a slow reader
+/// JSON, `id` its id), a comment every 15 s, and a `lagged` event when a slow reader
 /// missed records (reload to catch up).
 pub fn event_stream(bus: LogBus) -> HttpResponse {
     use tokio::sync::broadcast::error::RecvError;

@@ -15,7 +15,9 @@
 //!   next push delivers each held answer, once.
 //! - `{ns}:log:{openid}` — a follower's conversation log (interface §8.1): a list of JSON
 //!   records oldest first, expiring `log.retention` after the last one and trimmed of older
-//!   records by the purge; `{ns}:log:index` — a sorted set of OpenIDs by last activity (ms).
+//!   records by the purge; `{ns}:log:index` — a sorted set of OpenIDs by last activity (ms);
+//!   `{ns}:log:oldest` — the same OpenIDs by their oldest kept record, so the purge reads only
+//!   the lists that hold something past the retention.
 //!   A push's records are written by the push commit's script; an answer's after its outcome.
 //! - `{ns}:token`, `{ns}:token:lock` — the access token and its refresh lock.
 //! - `{ns}:media` (hash, field `{type}:{sha256}`), `{ns}:media:lock:{type}:{sha256}` — the
@@ -111,6 +113,10 @@ pub const FOLLOW_STATE_TTL_SECS: i64 = 7 * 86_400;
 const MAX_CAS_ATTEMPTS: u32 = 200;
 /// How often the local index (a cache of this instance's windows) drops expired grants.
 const INDEX_PRUNE_EVERY_SECS: i64 = 60;
+/// Followers whose log the purge trims per page, and pages per pass (the rest waits for the
+/// next pass, a minute later at most).
+const PURGE_PAGE: usize = 500;
+const PURGE_ROUNDS: usize = 20;
 /// Stripes of the in-process lock that makes one instance's changes of a follower take turns.
 const LOCK_STRIPES: usize = 256;
 
@@ -143,7 +149,8 @@ return {1, ''}
 /// when the window had changed, {3, current mailbox encoding} when the mailbox had, {1, window
 /// encoding before the push} when recorded. With ARGV[11] (`log.retention` in ms) above zero,
 /// ARGV[14..] are conversation-log records appended to KEYS[4] (its TTL set to the retention),
-/// and KEYS[5] (the log index) gets member ARGV[13] with score ARGV[12].
+/// KEYS[5] (the log index) gets member ARGV[13] with score ARGV[12], and KEYS[6] (the oldest
+/// records) that member unless it has one.
 static COMMIT_PUSH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -170,6 +177,7 @@ if tonumber(ARGV[11]) > 0 and #ARGV >= 14 then
   for i = 14, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
   redis.call('PEXPIRE', KEYS[4], ARGV[11])
   redis.call('ZADD', KEYS[5], ARGV[12], ARGV[13])
+  redis.call('ZADD', KEYS[6], 'NX', ARGV[12], ARGV[13])
 end
 return {1, enc}
 ",
@@ -655,9 +663,86 @@ impl RedisStore {
         format!("{}:log:{}", self.inner.ns, openid.as_str())
     }
 
+    /// Trims a follower's records at or before `cutoff` (ms) off the head of the list (an
+    /// unreadable one counts as old) and records the new oldest time; returns how many went.
+    async fn trim_log(&self, openid: &str, cutoff: i64) -> StoreResult<u64> {
+        let key = format!("{}:log:{openid}", self.inner.ns);
+        let mut con = self.con();
+        let head: Vec<String> = self
+            .io(OP_TIMEOUT, redis::cmd("LRANGE").arg(&key).arg(0).arg(99).query_async(&mut con))
+            .await?;
+        let old = head
+            .iter()
+            .take_while(|r| LogRecord::decode(r).is_none_or(|r| r.at_ms <= cutoff))
+            .count();
+        if old > 0 {
+            let _: () = self
+                .io(
+                    OP_TIMEOUT,
+                    redis::cmd("LTRIM").arg(&key).arg(old).arg(-1).query_async(&mut con),
+                )
+                .await?;
+        }
+        let first: Option<String> = self
+            .io(OP_TIMEOUT, redis::cmd("LINDEX").arg(&key).arg(0).query_async(&mut con))
+            .await?;
+        match first.as_deref().map(LogRecord::decode) {
+            None => {
+                self.erase_log(openid).await?;
+            }
+            Some(r) => {
+                // An unreadable head is trimmed on the next pass (it sorts as old).
+                let at = r.map_or(i64::MIN, |r| r.at_ms);
+                let _: i64 = self
+                    .io(
+                        OP_TIMEOUT,
+                        redis::cmd("ZADD")
+                            .arg(self.log_oldest_key())
+                            .arg(at)
+                            .arg(openid)
+                            .query_async(&mut con),
+                    )
+                    .await?;
+            }
+        }
+        Ok(old as u64)
+    }
+
+    /// Deletes a follower's log and its index entry (by the OpenID as the index holds it);
+    /// returns how many records it held.
+    async fn erase_log(&self, openid: &str) -> StoreResult<u64> {
+        let key = format!("{}:log:{openid}", self.inner.ns);
+        let mut con = self.con();
+        let (n, _, _, _): (u64, i64, i64, i64) = self
+            .io(
+                OP_TIMEOUT,
+                redis::pipe()
+                    .atomic()
+                    .cmd("LLEN")
+                    .arg(&key)
+                    .cmd("DEL")
+                    .arg(&key)
+                    .cmd("ZREM")
+                    .arg(self.log_index_key())
+                    .arg(openid)
+                    .cmd("ZREM")
+                    .arg(self.log_oldest_key())
+                    .arg(openid)
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(n)
+    }
+
     /// The sorted set of followers by last activity.
     fn log_index_key(&self) -> String {
         format!("{}:log:index", self.inner.ns)
+    }
+
+    /// The sorted set of followers by the time of their oldest kept record: the purge trims
+    /// only the lists that hold something past the retention.
+    fn log_oldest_key(&self) -> String {
+        format!("{}:log:oldest", self.inner.ns)
     }
 
     /// A commit's records ([`crate::convlog::commit_records`], as the SQLite commit writes
@@ -703,6 +788,12 @@ impl RedisStore {
             pipe.cmd("RPUSH").arg(&key).arg(r.encode()).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(retention).ignore();
             pipe.cmd("ZADD").arg(self.log_index_key()).arg(r.at_ms).arg(r.openid.as_str()).ignore();
+            pipe.cmd("ZADD")
+                .arg(self.log_oldest_key())
+                .arg("NX")
+                .arg(r.at_ms)
+                .arg(r.openid.as_str())
+                .ignore();
         }
         let mut con = self.con();
         let _: () = self.io(OP_TIMEOUT, pipe.query_async(&mut con)).await?;
@@ -718,7 +809,7 @@ impl RedisStore {
         }
         let Some((kind, reason)) = super::sqlite::outcome_parts(outcome) else { return };
         let entry = match self.inner.outbox.outbox_entry(id).await {
-            Ok(Some(e)) => e,
+            Ok(Some(e)) if crate::convlog::is_message(&e.action) => e,
             _ => return,
         };
         let now = self.inner.clock.now_ms();
@@ -887,6 +978,7 @@ impl Store for RedisStore {
                         .arg(box_ttl)
                         .key(self.log_key(&push.openid))
                         .key(self.log_index_key())
+                        .key(self.log_oldest_key())
                         .arg(log_retention)
                         .arg(push.received_at_ms)
                         .arg(push.openid.as_str())
@@ -1354,24 +1446,7 @@ impl Store for RedisStore {
     }
 
     async fn log_delete(&self, openid: &OpenId) -> StoreResult<u64> {
-        let key = self.log_key(openid);
-        let mut con = self.con();
-        let (n, _, _): (u64, i64, i64) = self
-            .io(
-                OP_TIMEOUT,
-                redis::pipe()
-                    .atomic()
-                    .cmd("LLEN")
-                    .arg(&key)
-                    .cmd("DEL")
-                    .arg(&key)
-                    .cmd("ZREM")
-                    .arg(self.log_index_key())
-                    .arg(openid.as_str())
-                    .query_async(&mut con),
-            )
-            .await?;
-        Ok(n)
+        self.erase_log(openid.as_str()).await
     }
 
     /// Drops followers idle past the retention from the index (their lists expired with
@@ -1392,51 +1467,29 @@ impl Store for RedisStore {
             .await?;
         let mut n = 0u64;
         for openid in &gone {
-            let key = format!("{}:log:{openid}", self.inner.ns);
-            let (len, _, _): (u64, i64, i64) = self
+            n += self.erase_log(openid).await?;
+        }
+        // Only followers whose oldest record is past the cutoff are read, a page at a time.
+        let oldest = self.log_oldest_key();
+        for _ in 0..PURGE_ROUNDS {
+            let due: Vec<String> = self
                 .io(
                     OP_TIMEOUT,
-                    redis::pipe()
-                        .atomic()
-                        .cmd("LLEN")
-                        .arg(&key)
-                        .cmd("DEL")
-                        .arg(&key)
-                        .cmd("ZREM")
-                        .arg(&index)
-                        .arg(openid)
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&oldest)
+                        .arg("-inf")
+                        .arg(cutoff)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(PURGE_PAGE)
                         .query_async(&mut con),
                 )
                 .await?;
-            n += len;
-        }
-        let live: Vec<String> = self
-            .io(
-                OP_TIMEOUT,
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&index)
-                    .arg(format!("({cutoff}"))
-                    .arg("+inf")
-                    .query_async(&mut con),
-            )
-            .await?;
-        for openid in live {
-            let key = format!("{}:log:{openid}", self.inner.ns);
-            let head: Vec<String> = self
-                .io(OP_TIMEOUT, redis::cmd("LRANGE").arg(&key).arg(0).arg(99).query_async(&mut con))
-                .await?;
-            let old = head
-                .iter()
-                .take_while(|r| LogRecord::decode(r).is_none_or(|r| r.at_ms <= cutoff))
-                .count();
-            if old > 0 {
-                let _: () = self
-                    .io(
-                        OP_TIMEOUT,
-                        redis::cmd("LTRIM").arg(&key).arg(old).arg(-1).query_async(&mut con),
-                    )
-                    .await?;
-                n += old as u64;
+            for openid in &due {
+                n += self.trim_log(openid, cutoff).await?;
+            }
+            if due.len() < PURGE_PAGE {
+                break;
             }
         }
         Ok(n)

@@ -303,3 +303,160 @@ async fn on_redis_the_log_is_shared_and_erasable() {
     assert_eq!(log_lines(&kefu, user).await, []);
     kefu.stop().await;
 }
+
+/// The store writes what the sender and the push commit decide, with the source each answer
+/// carries: a backend's answer (passive in time, or sent later) is logged as `backend`, a held
+/// answer as `held`, a refused one as `dropped` with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_logs_each_answer_with_its_source_and_outcome() {
+    use kefu::convlog::{LogOutcome, LogRecord, Via};
+    use kefu::delivery::{OwnPassive, Terms};
+    use kefu::model::{
+        OutMessage, OutboxAction, PassiveReply, PlannedAction, Source, Trigger, WindowEffect,
+    };
+    use kefu::store::{NewOutboxEntry, Outcome, PushCommit, SqliteStore, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock: kefu::model::SharedClock = std::sync::Arc::new(kefu::model::SystemClock);
+    let now = kefu::model::Clock::now_ms(&*clock);
+    let store =
+        SqliteStore::open(dir.path(), &Default::default(), 660, Default::default(), clock).unwrap();
+    store.configure_log(Duration::from_secs(3600), true);
+    let mut live = store.log_bus().subscribe();
+    let who = kefu::model::OpenId::parse("oConvStore").unwrap();
+    let answer = |rule: &str, text: &str| PlannedAction {
+        rule: rule.into(),
+        action: OutboxAction::Send { message: OutMessage::Text { content: text.into() } },
+        delay: Duration::ZERO,
+        kf_account: None,
+        source: Source::Backend,
+    };
+    let entry = |seq: u32, text: &str| NewOutboxEntry {
+        rule: "ask".into(),
+        seq,
+        action: answer("ask", text),
+        due_at_ms: now,
+    };
+    let commit = PushCommit {
+        dedupe_key: "m:store:1".into(),
+        openid: who.clone(),
+        effect: WindowEffect::Open(Trigger::Message),
+        received_at_ms: now,
+        passive: Some(OwnPassive {
+            rule: "ask".into(),
+            reply: PassiveReply::text("第一段"),
+            source: Source::Backend,
+        }),
+        outbox: vec![entry(0, "第二段"), entry(1, "第三段")],
+        terms: Terms { passive_slot: true, customer_service: true, ..Terms::default() },
+        log: Some(LogRecord::push(&who, now, ("text".into(), "问题".into()))),
+    };
+    let kefu::store::CommitOutcome::Fresh { outbox_ids, .. } =
+        store.commit_push(commit).await.unwrap()
+    else {
+        panic!("a fresh push")
+    };
+    assert_eq!(outbox_ids.len(), 2);
+    store.finish(outbox_ids[0], Outcome::Sent).await.unwrap();
+    store
+        .finish(
+            outbox_ids[1],
+            Outcome::Failed { reason: "WeChat API errcode 45047 (quota)".into() },
+        )
+        .await
+        .unwrap();
+    let log = store.log_show(&who, None).await.unwrap();
+    let got: Vec<_> =
+        log.iter().map(|r| (r.source, r.via, r.outcome, r.text.as_str(), r.errcode)).collect();
+    assert_eq!(
+        got,
+        [
+            (Source::Follower, None, None, "问题", None),
+            (Source::Backend, Some(Via::Passive), Some(LogOutcome::Sent), "第一段", None),
+            (Source::Backend, Some(Via::CustomSend), Some(LogOutcome::Sent), "第二段", None),
+            (
+                Source::Backend,
+                Some(Via::CustomSend),
+                Some(LogOutcome::Failed),
+                "第三段",
+                Some(45047)
+            ),
+        ]
+    );
+    // Each record was published once committed, in order.
+    for want in &log {
+        let r = tokio::time::timeout(Duration::from_secs(5), live.recv()).await.unwrap().unwrap();
+        assert_eq!(&r, want);
+    }
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_window_cannot_carry_is_logged_as_held() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, false).await;
+    let user = "oConvHeld";
+    kefu.push(&text_push(user, "six", 1, kefu.now_secs())).await;
+    kefu.settle(user, 0).await;
+    let lines = wait_for_records(&kefu, user, 7).await;
+    assert_eq!(lines[0], line("follower", "text", "six", "", ""));
+    let outcomes: Vec<(&str, &str)> =
+        lines[1..].iter().map(|l| (l.2.as_str(), l.4.as_str())).collect();
+    // m6 is held in the push's commit (the quota of 5 is spoken for); m1–m5 are sent, the
+    // last with more_text.
+    let m5 = format!("m5{}", crate::pipeline::MORE);
+    assert_eq!(
+        outcomes,
+        [
+            ("m6", "held"),
+            ("m1", "sent"),
+            ("m2", "sent"),
+            ("m3", "sent"),
+            ("m4", "sent"),
+            (m5.as_str(), "sent")
+        ]
+    );
+    let (_, v) = admin_get(&kefu, &format!("/admin/conversations/{user}")).await;
+    assert_eq!(v["messages"][1]["reason"], kefu::delivery::HELD_FOR_QUOTA);
+    assert_eq!(v["window"]["held"], json!(1));
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_purge_trims_what_is_past_retention() {
+    let Some(url) = crate::redis::test_redis_url() else { return };
+    let mock = MockWechat::start();
+    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
+    let kefu = Kefu::start_with(&mock, true, |c| {
+        c.state.redis_url = kefu::model::Secret::new(url.clone());
+        c.wechat.app_id = app_id.clone();
+        c.log.retention = Duration::from_secs(200);
+    })
+    .await;
+    let (user, idle) = ("oConvTrim", "oConvIdle");
+    kefu.push(&text_push(idle, "很久以前", 1, kefu.now_secs())).await;
+    kefu.push(&text_push(user, "旧消息", 2, kefu.now_secs())).await;
+    // (Within server.max_clock_skew_secs of the real clock, or the push would be refused.)
+    kefu.clock.advance(Duration::from_secs(150));
+    kefu.push(&text_push(user, "新消息", 3, kefu.now_secs())).await;
+    kefu.clock.advance(Duration::from_secs(100));
+    let store = kefu.shared.store.clone();
+    let purged = store.log_purge(kefu::model::Clock::now_ms(&*kefu.clock)).await.unwrap();
+    assert_eq!(purged, 2, "the idle follower's record and the old one");
+    let texts: Vec<String> = log_lines(&kefu, user).await.into_iter().map(|l| l.2).collect();
+    assert_eq!(texts, ["新消息"]);
+    assert_eq!(log_lines(&kefu, idle).await, []);
+    let (_, list) = admin_get(&kefu, "/admin/conversations").await;
+    let ids: Vec<&str> = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["openid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [user]);
+    // A second pass finds nothing more to do.
+    assert_eq!(store.log_purge(kefu::model::Clock::now_ms(&*kefu.clock)).await.unwrap(), 0);
+    let openid = kefu::model::OpenId::parse(user).unwrap();
+    kefu::pipeline::conversations::delete(store.as_ref(), &openid).await.unwrap();
+    kefu.stop().await;
+}

@@ -4,6 +4,7 @@ mod api;
 mod backends;
 mod cli_api;
 
+mod console;
 mod conversations;
 mod crash;
 mod delivery;

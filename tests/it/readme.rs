@@ -77,6 +77,9 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("history show", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
     ("history clear", "state::kept_turns_are_per_follower_trimmed_and_shown_by_kefu_history"),
     ("backends check", "backends::backends_check_prints_the_answer_or_names_the_cause"),
+    ("conversations list", "conversations::the_cli_lists_shows_and_deletes_log_and_llm_turns"),
+    ("conversations show", "conversations::the_cli_lists_shows_and_deletes_log_and_llm_turns"),
+    ("conversations delete", "conversations::the_cli_lists_shows_and_deletes_log_and_llm_turns"),
 ];
 
 /// The examples README runs with `cargo run --example NAME` (long-running servers, so not run

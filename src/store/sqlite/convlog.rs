@@ -71,6 +71,9 @@ pub(super) fn outcome_tx(
     let Some(entry) = super::outbox::query_outbox(conn, "id = ?1", [id])?.pop() else {
         return Ok(());
     };
+    if !crate::convlog::is_message(&entry.action) {
+        return Ok(());
+    }
     let rec =
         LogRecord::answer(&entry.openid, now_ms, &entry.action, Via::CustomSend, kind, reason);
     insert_tx(conn, inner, post, rec)

@@ -1,0 +1,472 @@
+//! Issue 19, the console (interface §8.2) in a real browser: headless Chromium driven through
+//! chromedriver (WebDriver, with fantoccini) against the real kefu on 127.0.0.1:0 and
+//! `MockWechat`. Each test asserts what the page shows and what the mock received; every page
+//! is screenshotted under `target/console-screenshots/`.
+//!
+//! Chromium and chromedriver: `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's
+//! `chromium` and `chromium-driver`), or `KEFU_TEST_CHROMIUM` / `KEFU_TEST_CHROMEDRIVER`.
+//! Without them a test says it skipped; under CI (`CI` set) it fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::mock_wechat::MockWechat;
+use crate::pipeline::{Kefu, SEND_PATH, sends, text_body, text_push};
+use crate::redis::report_skipped;
+
+const ADD_PATH: &str = "/customservice/kfaccount/add";
+const UPDATE_PATH: &str = "/customservice/kfaccount/update";
+const INVITE_PATH: &str = "/customservice/kfaccount/inviteworker";
+const DELETE_PATH: &str = "/customservice/kfaccount/del";
+const LIST_PATH: &str = "/cgi-bin/customservice/getkflist";
+const ONLINE_PATH: &str = "/cgi-bin/customservice/getonlinekflist";
+/// How long a test waits for the page to show something.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The binary named by `var`, else `default` when it exists.
+fn binary(var: &str, default: &str) -> Option<PathBuf> {
+    match std::env::var(var) {
+        Ok(p) if !p.trim().is_empty() => Some(PathBuf::from(p)),
+        _ => Some(PathBuf::from(default)).filter(|p| p.is_file()),
+    }
+}
+
+/// Headless Chromium behind its own chromedriver; both end with the test.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// None (after saying so) when Chromium or chromedriver is missing outside CI.
+    async fn start() -> Option<Browser> {
+        let chromium = binary("KEFU_TEST_CHROMIUM", "/usr/bin/chromium");
+        let driver = binary("KEFU_TEST_CHROMEDRIVER", "/usr/bin/chromedriver");
+        let (Some(chromium), Some(driver)) = (chromium, driver) else {
+            let why = "no Chromium/chromedriver: apt-get install chromium chromium-driver, or set \
+                       KEFU_TEST_CHROMIUM and KEFU_TEST_CHROMEDRIVER";
+            if std::env::var_os("CI").is_some() {
+                panic!("{why} (CI is set: the browser tests must run)");
+            }
+            report_skipped(why);
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "chromedriver did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": chromium.display().to_string(), "args": args }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&url)
+            .await
+            .expect("a Chromium session");
+        Some(Browser { client, driver, _profile: profile })
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
+    }
+
+    async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.wait_for(css).await.text().await.expect("element text")
+    }
+
+    /// The element's text read in one script step, immune to a live update replacing it.
+    async fn text_now(&self, css: &str) -> String {
+        let script = "var e = document.querySelector(arguments[0]); return e ? e.innerText : '';";
+        let v = self.client.execute(script, vec![json!(css)]).await.expect("script");
+        v.as_str().unwrap_or("").to_string()
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let el = self.wait_for(css).await;
+        el.clear().await.expect("clear");
+        el.send_keys(value).await.expect("type");
+    }
+
+    async fn click(&self, css: &str) {
+        self.wait_for(css).await.click().await.expect("click");
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.expect("script")
+    }
+
+    async fn path(&self) -> String {
+        self.client.current_url().await.expect("url").path().to_string()
+    }
+
+    /// Writes the page as `target/console-screenshots/{name}.png`.
+    async fn screenshot(&self, name: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+
+    /// Signs in with `token` from the sign-in page.
+    async fn sign_in(&self, base: &str, token: &str) {
+        self.goto(&format!("{base}/console/login")).await;
+        self.fill("#token", token).await;
+        self.click("#signin").await;
+    }
+
+    async fn session_cookie(&self) -> String {
+        let c = self.client.get_named_cookie("kefu_console").await.expect("the session cookie");
+        assert_eq!(c.http_only(), Some(true), "HttpOnly");
+        assert_eq!(format!("{:?}", c.same_site()), "Some(Strict)", "SameSite=Strict");
+        c.value().to_string()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The kefu the browser tests run against, with an empty kf account list and a copy of the
+/// pipeline fixture rules in a directory of its own (a test may break them).
+async fn kefu(mock: &MockWechat) -> (Kefu, String, tempfile::TempDir) {
+    let ok = |v| crate::mock_wechat::MockResponse::json(v);
+    mock.set_default(LIST_PATH, ok(json!({"kf_list": []})));
+    mock.set_default(ONLINE_PATH, ok(json!({"kf_online_list": []})));
+    let rules = tempfile::tempdir().expect("rules dir");
+    let fixture = crate::pipeline::rules_dir().join("pipeline.toml");
+    std::fs::copy(fixture, rules.path().join("pipeline.toml")).expect("copy the rules");
+    let dir = rules.path().to_path_buf();
+    let kefu = Kefu::start_with(mock, true, move |c| c.rules.dir = dir).await;
+    let base = kefu.app().address.clone();
+    (kefu, base, rules)
+}
+
+/// Sends to `openid` the mock received.
+fn sends_to(mock: &MockWechat, openid: &str) -> Vec<Value> {
+    sends(mock).into_iter().filter(|b| b["touser"] == openid).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
+    let Some(browser) = Browser::start().await else { return };
+    let mock = MockWechat::start();
+    let (kefu, base, _rules) = kefu(&mock).await;
+    let user = "oConsoleReply";
+    let xss = "<img src=x onerror=alert(1)><script>document.title='pwned'</script>";
+    kefu.push(&text_push(user, xss, 1, kefu.now_secs())).await;
+
+    // Sign-in: a wrong token is refused, the right one lets in.
+    browser.sign_in(&base, "not-the-token").await;
+    assert!(browser.text("#login-error").await.contains("令牌不正确"));
+    assert_eq!(browser.path().await, "/console/login");
+    browser.screenshot("sign-in").await;
+    browser.sign_in(&base, crate::pipeline::ADMIN_TOKEN).await;
+    browser.wait_for("#conversations").await;
+    assert_eq!(browser.path().await, "/console/conversations");
+    browser.session_cookie().await;
+
+    // A pushed message appears without a reload.
+    browser.js("window.__notReloaded = true; return null;").await;
+    let live = "oConsoleLive";
+    kefu.push(&text_push(live, "实时到达的消息", 2, kefu.now_secs())).await;
+    let row = format!("tr[data-openid='{live}']");
+    browser.wait_for(&row).await;
+    assert!(browser.text_now(&row).await.contains("实时到达的消息"));
+    assert_eq!(browser.js("return window.__notReloaded === true;").await, json!(true), "no reload");
+    browser.screenshot("conversations").await;
+    // The phone layout of the same list.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.screenshot("conversations-phone").await;
+    browser.client.set_window_size(1280, 900).await.unwrap();
+
+    // The follower's text is shown literally; nothing in it runs.
+    browser.goto(&format!("{base}/console/conversations/{user}")).await;
+    assert_eq!(browser.text("#messages .msg.in .text").await, xss);
+    let imgs =
+        browser.client.find_all(Locator::Css("#messages img, #messages script")).await.unwrap();
+    assert!(imgs.is_empty(), "no element made of the follower's text");
+    assert_eq!(
+        browser.js("return document.title;").await,
+        json!(format!("会话 {user} · kefu 控制台"))
+    );
+
+    // On the conversation's page too, the follower's next message appears without a reload.
+    browser.js("window.__notReloaded = true; return null;").await;
+    kefu.push(&text_push(user, "第二条消息", 3, kefu.now_secs())).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !browser.text_now("#messages").await.contains("第二条消息") {
+        assert!(tokio::time::Instant::now() < deadline, "the new message did not appear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(browser.js("return window.__notReloaded === true;").await, json!(true), "no reload");
+
+    // A reply goes out through custom/send with exactly that body.
+    browser.fill("#reply-text", "您好，这里是人工客服。").await;
+    browser.click("#reply-send").await;
+    assert!(browser.text("#flash-ok").await.contains("已发送"));
+    assert_eq!(sends_to(&mock, user), [text_body(user, "您好，这里是人工客服。")]);
+    let out = browser.text("#messages .msg.out:last-child .text").await;
+    assert_eq!(out, "您好，这里是人工客服。");
+    browser.screenshot("conversation").await;
+
+    // 49 hours later the window is closed: the box is disabled and says why.
+    kefu.clock.advance(Duration::from_secs(49 * 3600));
+    browser.goto(&format!("{base}/console/conversations/{user}")).await;
+    let textarea = browser.wait_for("#reply-text").await;
+    assert!(!textarea.is_enabled().await.unwrap(), "the reply box is disabled");
+    assert!(!browser.wait_for("#reply-send").await.is_enabled().await.unwrap());
+    assert!(browser.text("#reply-blocked").await.contains("窗口已关闭"), "the reason is visible");
+    browser.screenshot("conversation-closed").await;
+    assert_eq!(sends_to(&mock, user).len(), 1, "nothing more sent");
+
+    browser.stop().await;
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_accounts_rules_and_outbox_pages() {
+    let Some(browser) = Browser::start().await else { return };
+    let mock = MockWechat::start();
+    let (kefu, base, rule_dir) = kefu(&mock).await;
+    kefu.push(&text_push("oConsoleSix", "six", 1, kefu.now_secs())).await;
+    browser.sign_in(&base, crate::pipeline::ADMIN_TOKEN).await;
+    browser.wait_for("#conversations").await;
+
+    // Adding a kf account reaches kfaccount/add with what was typed.
+    browser.goto(&format!("{base}/console/accounts")).await;
+    browser.fill("#kf_account", "kf01@gh_console").await;
+    browser.fill("#nickname", "小王").await;
+    browser.click("#add-submit").await;
+    assert!(browser.text("#flash-ok").await.contains("kf01@gh_console"));
+    let adds = mock.requests_to(ADD_PATH);
+    assert_eq!(adds.len(), 1);
+    assert_eq!(
+        adds[0].json().unwrap(),
+        json!({"kf_account": "kf01@gh_console", "nickname": "小王"})
+    );
+    // WeChat's refusal is explained in the page.
+    mock.push_error(ADD_PATH, 65406, "kf account exsited");
+    browser.fill("#kf_account", "kf01@gh_console").await;
+    browser.fill("#nickname", "小王").await;
+    browser.click("#add-submit").await;
+    let err = browser.text("#flash-err").await;
+    assert!(err.contains("65406") && err.contains("已经存在"), "{err}");
+
+    // The list shows each account with its online status; update, invite and delete reach
+    // WeChat with what was typed (delete after the page's confirmation).
+    let kf = "kf02@gh_console";
+    mock.set_default(
+        LIST_PATH,
+        crate::mock_wechat::MockResponse::json(json!({"kf_list": [
+        {"kf_account": kf, "kf_nick": "老李", "kf_id": "1002", "kf_headimgurl": ""}]})),
+    );
+    mock.set_default(
+        ONLINE_PATH,
+        crate::mock_wechat::MockResponse::json(json!({"kf_online_list": [
+        {"kf_account": kf, "status": 1, "kf_id": "1002", "accepted_case": 2}]})),
+    );
+    browser.goto(&format!("{base}/console/accounts")).await;
+    let row = browser.text_now("#accounts tbody tr").await;
+    assert!(row.contains(kf) && row.contains("老李") && row.contains("在线"), "{row}");
+    browser.screenshot("accounts").await;
+    browser.fill("form[action='/console/accounts/update'] input[name=nickname]", "李师傅").await;
+    browser.click("form[action='/console/accounts/update'] button").await;
+    assert!(browser.text("#flash-ok").await.contains("昵称已修改"));
+    assert_eq!(
+        mock.requests_to(UPDATE_PATH)[0].json().unwrap(),
+        json!({"kf_account": kf, "nickname": "李师傅"})
+    );
+    browser.fill("form[action='/console/accounts/invite'] input[name=invite_wx]", "li_wx").await;
+    browser.click("form[action='/console/accounts/invite'] button").await;
+    assert!(browser.text("#flash-ok").await.contains("已发出绑定邀请"));
+    assert_eq!(
+        mock.requests_to(INVITE_PATH)[0].json().unwrap(),
+        json!({"kf_account": kf, "invite_wx": "li_wx"})
+    );
+    browser.click("form[action='/console/accounts/delete'] button").await;
+    browser.client.accept_alert().await.expect("the confirmation");
+    assert!(browser.text("#flash-ok").await.contains("已删除"));
+    assert_eq!(mock.requests_to(DELETE_PATH)[0].json().unwrap(), json!({"kf_account": kf}));
+
+    browser.goto(&format!("{base}/console/rules")).await;
+    let rules = browser.text("#rules").await;
+    assert!(rules.contains("six") && rules.contains("pipeline.toml:"), "{rules}");
+    browser.click("#reload").await;
+    assert!(browser.text("#flash-ok").await.contains("已重新加载"));
+    // A broken file: the reload fails, the old rules stay, the errors show as path:line:col.
+    std::fs::write(
+        rule_dir.path().join("bad.toml"),
+        "[[rule]]\nname = \"bad\"\npriority = \"high\"\n",
+    )
+    .unwrap();
+    browser.click("#reload").await;
+    assert!(browser.text("#flash-err").await.contains("旧规则继续生效"));
+    let errors = browser.text("#rule-errors").await;
+    assert!(errors.contains("bad.toml:3:"), "{errors}");
+    assert!(browser.text("#rules").await.contains("six"), "the old rules stay");
+    browser.screenshot("rules").await;
+
+    browser.goto(&format!("{base}/console/outbox")).await;
+    browser.wait_for("main h1").await;
+    browser.screenshot("outbox").await;
+    browser.stop().await;
+    kefu.stop().await;
+}
+
+/// Serves `html` to every request on a loopback port: a page of another site.
+async fn foreign_site(html: String) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                html.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_refuses_cross_site_posts_and_sign_out_ends_the_session() {
+    let Some(browser) = Browser::start().await else { return };
+    let mock = MockWechat::start();
+    let (kefu, base, _rules) = kefu(&mock).await;
+    let user = "oConsoleCsrf";
+    kefu.push(&text_push(user, "hi", 1, kefu.now_secs())).await;
+    browser.sign_in(&base, crate::pipeline::ADMIN_TOKEN).await;
+    browser.wait_for("#conversations").await;
+    let cookie = browser.session_cookie().await;
+
+    // A page of another site posts a reply form to the console: refused, nothing sent.
+    let attack = format!(
+        "<form id=f method=post action=\"{base}/console/conversations/{user}/reply\">\
+         <input name=text value=attack><input name=csrf value=guess></form>\
+         <script>document.getElementById('f').submit()</script>"
+    );
+    let port = foreign_site(attack).await;
+    browser.goto(&format!("http://localhost:{port}/")).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !browser.client.source().await.unwrap().contains("拒绝") {
+        assert!(tokio::time::Instant::now() < deadline, "the cross-site post was not refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mock.count(SEND_PATH), 0, "nothing sent");
+
+    // Even with the session cookie, a foreign Origin without the CSRF token is refused (§11.8).
+    let http =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http
+        .post(format!("{base}/console/conversations/{user}/reply"))
+        .header("Cookie", format!("kefu_console={cookie}"))
+        .header("Origin", "http://evil.example")
+        .form(&[("text", "attack")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = http
+        .post(format!("{base}/console/conversations/{user}/reply"))
+        .header("Cookie", format!("kefu_console={cookie}"))
+        .header("Origin", base.as_str())
+        .form(&[("text", "attack"), ("csrf", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "same origin, wrong CSRF token");
+    assert_eq!(mock.count(SEND_PATH), 0);
+    // Security headers on every page; no secret in it.
+    let page = http
+        .get(format!("{base}/console/conversations"))
+        .header("Cookie", format!("kefu_console={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let body = page.text().await.unwrap();
+    assert!(
+        !body.contains(crate::pipeline::ADMIN_TOKEN) && !body.contains(crate::pipeline::APP_SECRET)
+    );
+
+    // Sign-out ends the session: the old cookie opens nothing any more.
+    browser.goto(&format!("{base}/console/conversations")).await;
+    browser.click("#logout").await;
+    browser.wait_for("#token").await;
+    assert_eq!(browser.path().await, "/console/login");
+    let r = http
+        .get(format!("{base}/console/conversations"))
+        .header("Cookie", format!("kefu_console={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/console/login");
+    browser.goto(&format!("{base}/console/conversations")).await;
+    browser.wait_for("#token").await;
+    browser.stop().await;
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_is_off_without_an_admin_token() {
+    let mock = MockWechat::start();
+    let kefu =
+        Kefu::start_with(&mock, true, |c| c.admin.token = kefu::model::Secret::default()).await;
+    let base = kefu.app().address.clone();
+    for path in
+        ["/console", "/console/login", "/console/conversations", "/console/assets/console.js"]
+    {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+    }
+    kefu.stop().await;
+}
