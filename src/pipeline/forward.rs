@@ -484,7 +484,7 @@ impl Forwarder {
         };
         let result = tokio::select! {
             r = call => r,
-            () = self.type_while_waiting(&flight, &record) => unreachable!("typing never ends"),
+            never = self.type_while_waiting(&flight, &record) => match never {},
         };
         let (answer, from_backend) = match result {
             Ok(a) => (a, true),
@@ -527,7 +527,11 @@ impl Forwarder {
     /// Sends `custom/typing` from the moment the push was answered without the answer, at
     /// most once per [`TYPING_EVERY`] per follower, while `custom/send` is allowed; never
     /// returns (the call ends it).
-    async fn type_while_waiting(&self, flight: &Flight, record: &ForwardRecord) {
+    async fn type_while_waiting(
+        &self,
+        flight: &Flight,
+        record: &ForwardRecord,
+    ) -> std::convert::Infallible {
         let wait_ms = i64::try_from(self.delivery.passive_wait.as_millis()).unwrap_or(4000);
         // Just after the deliveries waiting at `passive_wait` gave up.
         let from = record.received_at_ms + wait_ms + 50;
