@@ -218,6 +218,38 @@ impl LogRecord {
     }
 }
 
+/// A follower's ledger JSON (interface §5, its fields in that order) with `held_answers`
+/// added: what `held` counts, oldest first, each
+/// `{"rule","msgtype","text","reason","held_at_ms","expires_at_ms"}`.
+/// `GET /admin/windows/{openid}` and `kefu window show --json` both answer this.
+#[derive(Serialize)]
+pub struct WindowJson<'a> {
+    #[serde(flatten)]
+    pub view: &'a crate::store::WindowView,
+    pub held_answers: Vec<Value>,
+}
+
+/// [`WindowJson`] of a follower's window and held answers.
+pub fn window_json<'a>(
+    view: &'a crate::store::WindowView,
+    held: &[crate::delivery::HeldAnswer],
+) -> WindowJson<'a> {
+    let held_answers = held
+        .iter()
+        .map(|h| {
+            let (msgtype, text) = match &h.action.action {
+                OutboxAction::Send { message } => {
+                    (message.msgtype().to_string(), message_text(message))
+                }
+                OutboxAction::Typing => ("typing".to_string(), String::new()),
+            };
+            serde_json::json!({"rule": h.rule, "msgtype": msgtype, "text": text,
+                "reason": h.reason, "held_at_ms": h.held_at_ms, "expires_at_ms": h.expires_at_ms})
+        })
+        .collect();
+    WindowJson { view, held_answers }
+}
+
 /// What a push commit (or a forwarded answer's commit) writes to the log, in both stores: the
 /// push itself (`push`, none for an answer's commit), the passive answer (a held one, or the
 /// commit's own written by `own`'s rule and source), the commit's messages that are held, and

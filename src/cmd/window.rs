@@ -38,13 +38,13 @@ pub async fn run(cfg: &Config, args: &WindowCmd) -> CmdResult {
         WindowCmd::Show { openid, json } => {
             let openid = OpenId::parse(openid).map_err(|e| CmdError::Usage(e.to_string()))?;
             let view = store.window(&openid, now).await.map_err(|e| CmdError::Failed(e.into()))?;
+            let held = store
+                .held_for(&openid, now.saturating_mul(1000))
+                .await
+                .map_err(|e| CmdError::Failed(e.into()))?;
             if *json {
-                to_json(&view)?
+                to_json(&crate::convlog::window_json(&view, &held))?
             } else {
-                let held = store
-                    .held_for(&openid, now.saturating_mul(1000))
-                    .await
-                    .map_err(|e| CmdError::Failed(e.into()))?;
                 render(&view, now) + &render_held(&held, now)
             }
         }

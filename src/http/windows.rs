@@ -1,4 +1,5 @@
-//! `GET /admin/windows/{openid}` (interface §3, §5): the follower's ledger entry as JSON, 400
+//! `GET /admin/windows/{openid}` (interface §3, §5): the follower's ledger entry as JSON (with
+//! the held answers listed, [`crate::convlog::window_json`]), 400
 //! for a malformed OpenID, 503 when the store cannot answer. Mounted behind the admin
 //! bearer-token check; it reads the store and the clock from app data
 //! (`web::Data<Arc<dyn Store>>`, `web::Data<SharedClock>`).
@@ -24,8 +25,13 @@ pub async fn window_handler(
             return HttpResponse::BadRequest().json(json!({ "error": e.to_string() }));
         }
     };
-    match store.window(&openid, clock.now_secs()).await {
-        Ok(view) => HttpResponse::Ok().json(view),
+    let now = clock.now_secs();
+    let view = match store.window(&openid, now).await {
+        Ok(view) => store.held_for(&openid, now.saturating_mul(1000)).await.map(|h| (view, h)),
+        Err(e) => Err(e),
+    };
+    match view {
+        Ok((view, held)) => HttpResponse::Ok().json(crate::convlog::window_json(&view, &held)),
         Err(e) => {
             tracing::error!(error = %e, openid = %openid, "window lookup failed");
             HttpResponse::ServiceUnavailable()

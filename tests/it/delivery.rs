@@ -119,6 +119,13 @@ async fn eight_parts_with_a_fresh_quota_of_five_hold_two_for_the_next_push() {
     assert_eq!(sent_texts(&mock), want, "parts 2-6 through custom/send, more_text on part 6");
     assert_eq!(w["held"], json!(2), "parts 7 and 8 wait: {w}");
     assert_eq!(w["grants"][0]["used"], json!(5));
+    let listed: Vec<(&str, &str)> = w["held_answers"]
+        .as_array()
+        .expect("held_answers")
+        .iter()
+        .map(|h| (h["rule"].as_str().unwrap(), h["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("long", parts[6].as_str()), ("long", parts[7].as_str())], "oldest first");
 
     // The next push: part 7 passively, part 8 through custom/send, then its own answer.
     let next = text_push(user, "继续", 2, kefu.now_secs());

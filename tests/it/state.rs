@@ -657,7 +657,7 @@ async fn admin_window_endpoint() {
     assert_eq!(
         std::str::from_utf8(&body).unwrap(),
         format!(
-            r#"{{"openid":"oLee","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{T0},"expires_at":{},"limit":5,"used":0}}],"pending":1,"held":0}}"#,
+            r#"{{"openid":"oLee","open":true,"subscribed":true,"grants":[{{"trigger":"message","opened_at":{T0},"expires_at":{},"limit":5,"used":0}}],"pending":1,"held":0,"held_answers":[]}}"#,
             T0 + 48 * 3600
         )
     );
@@ -724,7 +724,7 @@ async fn kefu_window_cli_reads_the_store_of_a_running_server() {
     assert_eq!(
         json,
         format!(
-            "{{\"openid\":\"oMay\",\"open\":true,\"subscribed\":true,\"grants\":[{{\"trigger\":\"message\",\"opened_at\":{opened},\"expires_at\":{},\"limit\":5,\"used\":0}}],\"pending\":0,\"held\":0}}\n",
+            "{{\"openid\":\"oMay\",\"open\":true,\"subscribed\":true,\"grants\":[{{\"trigger\":\"message\",\"opened_at\":{opened},\"expires_at\":{},\"limit\":5,\"used\":0}}],\"pending\":0,\"held\":0,\"held_answers\":[]}}\n",
             opened + 48 * 3600
         )
     );
