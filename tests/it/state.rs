@@ -666,7 +666,7 @@ async fn admin_window_endpoint() {
     let body = atest::read_body(resp).await;
     assert_eq!(
         &body[..],
-        br#"{"openid":"oNew","open":false,"subscribed":null,"grants":[],"pending":0,"held":0}"#
+        br#"{"openid":"oNew","open":false,"subscribed":null,"grants":[],"pending":0,"held":0,"held_answers":[]}"#
     );
     let resp = atest::call_service(&app, get("/admin/windows/bad%20id")).await;
     assert_eq!(resp.status(), 400);
