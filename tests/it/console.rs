@@ -111,8 +111,11 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
     }
 
+    /// The text of the element once it is there (read in one script step: a live update may
+    /// replace the element meanwhile).
     async fn text(&self, css: &str) -> String {
-        self.wait_for(css).await.text().await.expect("element text")
+        self.wait_for(css).await;
+        self.text_now(css).await
     }
 
     /// The element's text read in one script step, immune to a live update replacing it.
@@ -130,6 +133,21 @@ impl Browser {
 
     async fn click(&self, css: &str) {
         self.wait_for(css).await.click().await.expect("click");
+    }
+
+    /// Clicks a form's submit button and waits until the next page replaced this one (so what
+    /// is read next is not a leftover of this page). `confirm`: accept the page's dialog first.
+    async fn submit(&self, css: &str, confirm: bool) {
+        let old = self.wait_for("html").await;
+        self.click(css).await;
+        if confirm {
+            self.client.accept_alert().await.expect("the confirmation");
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while old.text().await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "{css}: no new page");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn js(&self, script: &str) -> Value {
@@ -152,7 +170,7 @@ impl Browser {
     async fn sign_in(&self, base: &str, token: &str) {
         self.goto(&format!("{base}/console/login")).await;
         self.fill("#token", token).await;
-        self.click("#signin").await;
+        self.submit("#signin", false).await;
     }
 
     async fn session_cookie(&self) -> String {
@@ -245,7 +263,7 @@ async fn console_sign_in_live_list_literal_text_reply_and_closed_window() {
 
     // A reply goes out through custom/send with exactly that body.
     browser.fill("#reply-text", "您好，这里是人工客服。").await;
-    browser.click("#reply-send").await;
+    browser.submit("#reply-send", false).await;
     assert!(browser.text("#flash-ok").await.contains("已发送"));
     assert_eq!(sends_to(&mock, user), [text_body(user, "您好，这里是人工客服。")]);
     let out = browser.text("#messages .msg.out:last-child .text").await;
@@ -279,7 +297,7 @@ async fn console_accounts_rules_and_outbox_pages() {
     browser.goto(&format!("{base}/console/accounts")).await;
     browser.fill("#kf_account", "kf01@gh_console").await;
     browser.fill("#nickname", "小王").await;
-    browser.click("#add-submit").await;
+    browser.submit("#add-submit", false).await;
     assert!(browser.text("#flash-ok").await.contains("kf01@gh_console"));
     let adds = mock.requests_to(ADD_PATH);
     assert_eq!(adds.len(), 1);
@@ -291,7 +309,7 @@ async fn console_accounts_rules_and_outbox_pages() {
     mock.push_error(ADD_PATH, 65406, "kf account exsited");
     browser.fill("#kf_account", "kf01@gh_console").await;
     browser.fill("#nickname", "小王").await;
-    browser.click("#add-submit").await;
+    browser.submit("#add-submit", false).await;
     let err = browser.text("#flash-err").await;
     assert!(err.contains("65406") && err.contains("已经存在"), "{err}");
 
@@ -313,28 +331,27 @@ async fn console_accounts_rules_and_outbox_pages() {
     assert!(row.contains(kf) && row.contains("老李") && row.contains("在线"), "{row}");
     browser.screenshot("accounts").await;
     browser.fill("form[action='/console/accounts/update'] input[name=nickname]", "李师傅").await;
-    browser.click("form[action='/console/accounts/update'] button").await;
+    browser.submit("form[action='/console/accounts/update'] button", false).await;
     assert!(browser.text("#flash-ok").await.contains("昵称已修改"));
     assert_eq!(
         mock.requests_to(UPDATE_PATH)[0].json().unwrap(),
         json!({"kf_account": kf, "nickname": "李师傅"})
     );
     browser.fill("form[action='/console/accounts/invite'] input[name=invite_wx]", "li_wx").await;
-    browser.click("form[action='/console/accounts/invite'] button").await;
+    browser.submit("form[action='/console/accounts/invite'] button", false).await;
     assert!(browser.text("#flash-ok").await.contains("已发出绑定邀请"));
     assert_eq!(
         mock.requests_to(INVITE_PATH)[0].json().unwrap(),
         json!({"kf_account": kf, "invite_wx": "li_wx"})
     );
-    browser.click("form[action='/console/accounts/delete'] button").await;
-    browser.client.accept_alert().await.expect("the confirmation");
+    browser.submit("form[action='/console/accounts/delete'] button", true).await;
     assert!(browser.text("#flash-ok").await.contains("已删除"));
     assert_eq!(mock.requests_to(DELETE_PATH)[0].json().unwrap(), json!({"kf_account": kf}));
 
     browser.goto(&format!("{base}/console/rules")).await;
     let rules = browser.text("#rules").await;
     assert!(rules.contains("six") && rules.contains("pipeline.toml:"), "{rules}");
-    browser.click("#reload").await;
+    browser.submit("#reload", false).await;
     assert!(browser.text("#flash-ok").await.contains("已重新加载"));
     // A broken file: the reload fails, the old rules stay, the errors show as path:line:col.
     std::fs::write(
@@ -342,7 +359,7 @@ async fn console_accounts_rules_and_outbox_pages() {
         "[[rule]]\nname = \"bad\"\npriority = \"high\"\n",
     )
     .unwrap();
-    browser.click("#reload").await;
+    browser.submit("#reload", false).await;
     assert!(browser.text("#flash-err").await.contains("旧规则继续生效"));
     let errors = browser.text("#rule-errors").await;
     assert!(errors.contains("bad.toml:3:"), "{errors}");
@@ -439,7 +456,7 @@ async fn console_refuses_cross_site_posts_and_sign_out_ends_the_session() {
 
     // Sign-out ends the session: the old cookie opens nothing any more.
     browser.goto(&format!("{base}/console/conversations")).await;
-    browser.click("#logout").await;
+    browser.submit("#logout", false).await;
     browser.wait_for("#token").await;
     assert_eq!(browser.path().await, "/console/login");
     let r = http

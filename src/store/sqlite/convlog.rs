@@ -25,7 +25,6 @@ CREATE TABLE IF NOT EXISTS convlog (
     record  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS convlog_follower ON convlog (openid, id);
-CREATE INDEX IF NOT EXISTS convlog_age ON convlog (at_ms);
 ";
 
 impl Inner {
@@ -202,12 +201,18 @@ impl SqliteStore {
     }
 
     /// Deletes the records older than `log.retention` at `now_ms` (all of them with a
-    /// retention of zero); returns how many.
+    /// retention of zero); returns how many. Records are appended in time order, so the old
+    /// ones are the rows before the first newer one: found by reading the table from its start
+    /// (only the rows to delete, then one), with no time index for every push to maintain.
     pub(super) async fn log_purge_sql(&self, now_ms: i64) -> StoreResult<u64> {
         let retention = self.log_retention_ms();
         self.write(move |conn, _, _| {
             Ok(conn
-                .prepare_cached("DELETE FROM convlog WHERE at_ms <= ?1")?
+                .prepare_cached(
+                    "DELETE FROM convlog WHERE id < COALESCE(\
+                     (SELECT id FROM convlog WHERE at_ms > ?1 ORDER BY id LIMIT 1), \
+                     (SELECT MAX(id) + 1 FROM convlog))",
+                )?
                 .execute([now_ms.saturating_sub(retention)])? as u64)
         })
         .await
