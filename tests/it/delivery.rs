@@ -119,7 +119,8 @@ async fn eight_parts_with_a_fresh_quota_of_five_hold_two_for_the_next_push() {
     assert_eq!(sent_texts(&mock), want, "parts 2-6 through custom/send, more_text on part 6");
     assert_eq!(w["held"], json!(2), "parts 7 and 8 wait: {w}");
     assert_eq!(w["grants"][0]["used"], json!(5));
-    let listed: Vec<(&str, &str)> = w["held_answers"]
+    let full = kefu.window_full(user).await;
+    let listed: Vec<(&str, &str)> = full["held_answers"]
         .as_array()
         .expect("held_answers")
         .iter()

@@ -138,8 +138,8 @@ impl Kefu {
         (status, resp.text().await.expect("push answer body"))
     }
 
-    /// `GET /admin/windows/{openid}` as JSON.
-    pub(crate) async fn window(&self, openid: &str) -> Value {
+    /// `GET /admin/windows/{openid}` as JSON, `held_answers` included.
+    pub(crate) async fn window_full(&self, openid: &str) -> Value {
         let resp = self
             .app
             .client
@@ -150,6 +150,16 @@ impl Kefu {
             .expect("GET /admin/windows");
         assert_eq!(resp.status().as_u16(), 200, "admin window answer");
         resp.json().await.expect("window JSON")
+    }
+
+    /// The §5 ledger as the tests compare it: [`Self::window_full`] without `held_answers`,
+    /// whose length must be `held`.
+    pub(crate) async fn window(&self, openid: &str) -> Value {
+        let mut w = self.window_full(openid).await;
+        let listed = w.as_object_mut().and_then(|o| o.remove("held_answers"));
+        let listed = listed.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
+        assert_eq!(json!(listed), w["held"], "held_answers lists what held counts: {w}");
+        w
     }
 
     /// Waits until the follower has exactly `pending` planned messages not yet finished.
