@@ -93,6 +93,10 @@ pub struct Terms {
     pub customer_service: bool,
     /// Appended to the last message of this push's delivery when answers stay held.
     pub more_text: String,
+    /// An answer to this push is still being prepared (a backend's call) and the account may
+    /// not send it through `custom/send`: it will be held, so when a held answer is this
+    /// push's passive reply, that reply ends with `more_text` too.
+    pub answer_coming: bool,
     /// `delivery.hold_for` in ms.
     pub hold_for_ms: i64,
     /// Recorded on a message this push's commit holds ([`HELD_FOR_QUOTA`], or why the
@@ -117,6 +121,7 @@ impl Default for Terms {
             passive_slot: true,
             customer_service: true,
             more_text: String::new(),
+            answer_coming: false,
             hold_for_ms: 48 * 3_600_000,
             hold_reason: HELD_FOR_QUOTA.to_string(),
         }
@@ -278,7 +283,8 @@ pub fn assign(
         - out.expired.len()
         - out.undeliverable.len()
         - out.delivered_from_held() as usize;
-    if (still_held > 0 || !out.hold.is_empty()) && !terms.more_text.is_empty() {
+    let coming = terms.answer_coming && out.passive_from_held.is_some();
+    if (still_held > 0 || !out.hold.is_empty() || coming) && !terms.more_text.is_empty() {
         append_more_text(&mut out, &terms.more_text);
     }
     out

@@ -99,6 +99,18 @@ fn customer_service_off_holds_everything_after_the_passive_answer() {
 }
 
 #[test]
+fn a_held_answer_before_a_backends_answer_that_will_be_held_ends_with_more_text() {
+    // The push forwards (its answer comes later and cannot go through custom/send), and the
+    // mailbox's answer is its passive reply: the follower is told more is coming.
+    let coming = Terms { answer_coming: true, ..terms(false) };
+    let a = assign(&[held(1, "old", 10_000)], None, vec![], None, &coming, 2_000);
+    assert_eq!(passive_text(&a).as_deref(), Some("old+"));
+    // Nothing held before it: the backend's answer itself may be the passive reply.
+    let b = assign(&[], None, vec![], None, &coming, 2_000);
+    assert!(b.passive.is_none());
+}
+
+#[test]
 fn expired_answers_are_dropped_not_delivered() {
     let mailbox = [held(1, "old", 1_500), held(2, "new", 9_000)];
     let a = assign(&mailbox, None, vec![], Some(5), &terms(true), 2_000);

@@ -54,6 +54,15 @@ const KEEP_DONE: Duration = Duration::from_secs(60);
 /// How long a waiting delivery whose answer is being committed as its passive reply waits
 /// past `passive_wait` for that commit (a few milliseconds in practice).
 const SETTLE_GRACE: Duration = Duration::from_millis(300);
+/// When `custom/send` is not allowed, WeChat's own retries are the only way a slow answer
+/// reaches the follower now (interface §7.4.4): WeChat waits 5 s for an HTTP answer, then
+/// drops the connection and delivers the push again, three times in all (protocol §5.1). So a
+/// delivery before [`LAST_DELIVERY`] gives no `pending_text`/`success` — that would end the
+/// retries — but keeps waiting for the answer until WeChat has given up on it.
+pub const HOLD_OPEN: Duration = Duration::from_secs(6);
+/// The delivery of a push (counted from 1) that is answered at `passive_wait` even when
+/// `custom/send` is not allowed: WeChat may not deliver it again.
+pub const LAST_DELIVERY: u32 = 3;
 
 /// Where a push's forward is: calling (with the deliveries waiting for it), committing the
 /// answer (as the passive reply of the waiting deliveries, or not), done.
@@ -73,6 +82,8 @@ pub struct Flight {
     /// Its call task was started (a flight is claimed before the push's commit, started
     /// after it).
     started: std::sync::atomic::AtomicBool,
+    /// Deliveries of the push that waited for it so far.
+    deliveries: std::sync::atomic::AtomicU32,
 }
 
 /// Who handles a forwarded push: the first delivery owns its flight (commits the push, then
@@ -89,6 +100,7 @@ impl Flight {
             phase: Mutex::new(Phase::Calling { waiters: 0 }),
             signal: watch::channel(0).0,
             started: std::sync::atomic::AtomicBool::new(false),
+            deliveries: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -101,6 +113,19 @@ impl Flight {
         match &*self.phase.lock() {
             Phase::Done { passive } => Some(passive.clone()),
             _ => None,
+        }
+    }
+}
+
+/// One delivery waiting on a flight: dropping it (returned, or its handler dropped when the
+/// client hung up) takes it off the flight's waiters while the call is still running, so an
+/// answer is never claimed as the passive reply of a delivery nobody waits for.
+struct Waiting<'a>(&'a Flight);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Phase::Calling { waiters } = &mut *self.0.phase.lock() {
+            *waiters = waiters.saturating_sub(1);
         }
     }
 }
@@ -381,7 +406,16 @@ impl Forwarder {
             Phase::Calling { waiters } if !counted => *waiters += 1,
             Phase::Calling { .. } | Phase::Settling { .. } => {}
         }
-        let deadline = tokio::time::Instant::from_std(arrived + self.delivery.passive_wait);
+        // However this wait ends (an answer, the deadline, or WeChat hanging up and the
+        // handler being dropped), it stops counting as a delivery the answer can go to.
+        let _waiting = Waiting(flight);
+        let n = flight.deliveries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let wait = if !self.customer_service.allowed() && n < LAST_DELIVERY {
+            self.delivery.passive_wait.max(HOLD_OPEN)
+        } else {
+            self.delivery.passive_wait
+        };
+        let deadline = tokio::time::Instant::from_std(arrived + wait);
         loop {
             tokio::select! {
                 changed = rx.changed() => {
@@ -393,16 +427,10 @@ impl Forwarder {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let claimed = {
-                        let mut phase = flight.phase.lock();
-                        match &mut *phase {
-                            Phase::Calling { waiters } => {
-                                *waiters = waiters.saturating_sub(1);
-                                return self.pending();
-                            }
-                            Phase::Settling { claimed } => *claimed,
-                            Phase::Done { passive } => return passive.clone(),
-                        }
+                    let claimed = match &*flight.phase.lock() {
+                        Phase::Calling { .. } => return self.pending(),
+                        Phase::Settling { claimed } => *claimed,
+                        Phase::Done { passive } => return passive.clone(),
                     };
                     if !claimed {
                         return self.pending();

@@ -167,7 +167,8 @@ impl Pipeline {
             intake.transfer_allowed,
             self.delivery.max_text_bytes,
         );
-        let terms = terms(&intake, self.passive_first, &self.customer_service, &self.delivery);
+        let mut terms = terms(&intake, self.passive_first, &self.customer_service, &self.delivery);
+        terms.answer_coming = call.is_some() && !self.customer_service.allowed();
         let outbox = outbox_entries(planned, intake.received_at_ms);
         let n_planned = outbox.len();
         let commit = PushCommit {
@@ -326,6 +327,7 @@ pub fn delivery_terms(
         passive_slot,
         customer_service,
         more_text: delivery.more_text.clone(),
+        answer_coming: false,
         hold_for_ms: i64::try_from(delivery.hold_for.as_millis()).unwrap_or(i64::MAX),
         hold_reason: if customer_service {
             crate::delivery::HELD_FOR_QUOTA.to_string()

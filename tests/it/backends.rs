@@ -336,8 +336,12 @@ async fn the_same_push_four_times_at_once_calls_the_backend_once_and_answers_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_custom_send_the_second_delivery_gets_the_answer_passively() {
+    // WeChat's timing: it waits 5 s for the HTTP answer, hangs up, and delivers the push again.
+    // Without custom/send kefu must not answer the first delivery with `success` at
+    // passive_wait (that would end the retries): it keeps it open, and the second delivery
+    // gets the 7-second answer as its passive reply.
     let (mock, backend) = (MockWechat::start(), MockWechat::start());
-    backend.set_default(BACKEND_PATH, answer(&["三秒后的回答"], Duration::from_secs(3)));
+    backend.set_default(BACKEND_PATH, answer(&["七秒后的回答"], Duration::from_secs(7)));
     let dir = rules_dir(RULES);
     let kefu = start(&mock, &backend, dir.path(), |c| {
         c.delivery.customer_service = CustomerServiceMode::Off;
@@ -348,17 +352,50 @@ async fn without_custom_send_the_second_delivery_gets_the_answer_passively() {
     let xml = text_push(user, "订单", 1, kefu.now_secs());
 
     let started = Instant::now();
-    let (_, first) = kefu.push(&xml).await;
-    assert_eq!(first, "success", "not ready at passive_wait");
-    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
-    // WeChat's redelivery (its retry of the same push): waits for the same call.
+    let first = tokio::time::timeout(Duration::from_secs(5), kefu.push(&xml)).await;
+    assert!(first.is_err(), "no answer to the first delivery within WeChat's 5 s: {first:?}");
     let (_, second) = kefu.push(&xml).await;
-    assert_eq!(content(&second), "三秒后的回答");
-    assert!(started.elapsed() < Duration::from_millis(3800), "{:?}", started.elapsed());
+    assert_eq!(content(&second), "七秒后的回答", "the redelivery gets the answer");
+    let took = started.elapsed();
+    assert!(took > Duration::from_secs(7) && took < Duration::from_millis(7800), "{took:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(backend.count(BACKEND_PATH), 1);
     assert_eq!(mock.count(SEND_PATH) + mock.count(TYPING_PATH), 0, "custom/send is off");
     assert_eq!(kefu.window(user).await["held"], json!(0), "delivered, not held");
+    kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_custom_send_an_answer_within_5_s_is_the_first_deliverys() {
+    // A 3-second answer with passive_wait = 2s: the first delivery is still open, so it is
+    // the passive reply there — no retry needed, nothing held.
+    let (mock, backend) = (MockWechat::start(), MockWechat::start());
+    backend.set_default(BACKEND_PATH, answer(&["三秒后的回答"], Duration::from_secs(3)));
+    let dir = rules_dir(RULES);
+    let kefu = start(&mock, &backend, dir.path(), |c| {
+        c.delivery.customer_service = CustomerServiceMode::Off;
+        c.delivery.passive_wait = Duration::from_secs(2);
+    })
+    .await;
+    let user = "oBackendOff2";
+    let started = Instant::now();
+    let (_, first) = kefu.push(&text_push(user, "订单", 1, kefu.now_secs())).await;
+    assert_eq!(content(&first), "三秒后的回答");
+    assert!(started.elapsed() < Duration::from_millis(3800), "{:?}", started.elapsed());
+    assert_eq!(kefu.window(user).await["held"], json!(0));
+
+    // The third delivery is answered at passive_wait: WeChat may not deliver it again, and
+    // `success` keeps the follower from seeing an error. The answer waits for the next push.
+    backend.set_default(BACKEND_PATH, answer(&["二十秒后的回答"], Duration::from_secs(20)));
+    let xml = text_push(user, "订单", 2, kefu.now_secs());
+    for _ in 0..2 {
+        let gone = tokio::time::timeout(Duration::from_millis(300), kefu.push(&xml)).await;
+        assert!(gone.is_err(), "deliveries 1 and 2 are held open");
+    }
+    let started = Instant::now();
+    let (_, third) = kefu.push(&xml).await;
+    assert_eq!(third, "success");
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
     kefu.stop().await;
 }
 
