@@ -676,6 +676,27 @@ impl Config {
                 MAX_TEXT_BYTES as usize - d.more_text.len()
             ));
         }
+        if d.pending_text.len() > MAX_TEXT_BYTES as usize {
+            e.push(format!(
+                "`delivery.pending_text` ({}) is {} bytes, over WeChat's {MAX_TEXT_BYTES} for one \
+                 passive text: shorten it (a sentence such as \"正在查询，请稍候\" is enough)",
+                origin_of("delivery", "pending_text"),
+                d.pending_text.len()
+            ));
+        }
+        // Two backend names that differ only in `-` / `_` share their KEFU_BACKENDS_* variables.
+        let names: Vec<&String> = self.backends.keys().collect();
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                if a.replace('-', "_") == b.replace('-', "_") {
+                    e.push(format!(
+                        "[backends.{a}] and [backends.{b}] have the same environment name \
+                         (KEFU_BACKENDS_{}_…): rename one of them",
+                        a.replace('-', "_").to_ascii_uppercase()
+                    ));
+                }
+            }
+        }
         if !self.pay.v3_api_key.is_empty() && self.pay.v3_platform_public_key.is_none() {
             e.push(format!(
                 "`pay.v3_api_key` ({}) needs `pay.v3_platform_public_key`: the path of the WeChat Pay \
@@ -1452,10 +1473,21 @@ mod tests {
             ("customer_service = \"maybe\"", "\"auto\""),
             ("hold_for = \"0s\"", "longer than zero"),
             ("hold_for = \"soon\"", "not a duration"),
+            ("pending_text = \"\"\"\n{}\n\"\"\"", "pending_text"),
         ] {
+            let bad = bad.replace("{}", &"等".repeat(700));
             let e = load(&format!("[delivery]\n{bad}\n"), &[]).unwrap_err().0;
             assert!(e.contains("delivery.") && e.contains(want), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn backend_names_that_share_an_environment_name_are_refused() {
+        let b =
+            |n: &str| format!("[backends.{n}]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\n");
+        let e = load(&(b("my-llm") + &b("my_llm")), &[]).unwrap_err().0;
+        assert!(e.contains("KEFU_BACKENDS_MY_LLM_") && e.contains("rename one"), "{e}");
+        load(&(b("my-llm") + &b("myllm")), &[]).unwrap();
     }
 
     #[test]

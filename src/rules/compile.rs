@@ -207,6 +207,17 @@ fn compile_rule(
                         ),
                     );
                 }
+                if matches!(reply.kind, Action::Forward { .. })
+                    && replies.iter().any(|r: &Reply| matches!(r.kind, Action::Forward { .. }))
+                {
+                    ctx.err(
+                        name_at,
+                        format!(
+                            "rule `{name}` forwards twice: a push is forwarded to one backend, \
+                             so the second answer would never come; keep one forward"
+                        ),
+                    );
+                }
                 replies.push(reply);
             }
             None => continue,
@@ -533,7 +544,7 @@ fn compile_reply(
             ctx.err(at, "a backend's answer cannot forward again".into());
         } else if !ctx.backends.iter().any(|b| b == name) {
             let known = if ctx.backends.is_empty() {
-                "no backend is configured: add a [backends.NAME] table to kefu.toml (interface §7.1)"
+                "no backend is configured: add a [backends.NAME] table to the config file (README: Answer from your own service)"
                     .to_string()
             } else {
                 format!("the configured backends are {}", ctx.backends.join(", "))
@@ -1036,6 +1047,20 @@ mod answer_tests {
         assert!(e[0].contains("not a reply table"), "{e:?}");
         let e = answer(r#"[{"text":"a","delay":"soon"}]"#).unwrap_err();
         assert!(e[0].contains("bad duration"), "{e:?}");
+    }
+
+    #[test]
+    fn a_rule_forwards_once() {
+        let rule = "[[rule]]\nname = \"ask\"\n[[rule.reply]]\nforward = \"a\"\n[[rule.reply]]\nforward = \"b\"\n";
+        let sources = vec![(PathBuf::from("rules/a.toml"), rule.to_string())];
+        let backends = ["a".to_string(), "b".to_string()];
+        let d =
+            compile(sources, &WindowConfig::default(), Path::new("rules"), &backends).unwrap_err();
+        assert!(
+            d[0].to_string().starts_with("rules/a.toml:2:8: rule `ask` forwards twice"),
+            "{}",
+            d[0]
+        );
     }
 
     #[test]
