@@ -180,8 +180,15 @@ impl Browser {
         c.value().to_string()
     }
 
-    async fn stop(mut self) {
-        let _ = self.client.close().await;
+    /// Ends the browser session; chromedriver goes with the drop.
+    async fn stop(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    /// A failing test must not leave chromedriver running.
+    fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
