@@ -44,10 +44,10 @@ fn see_other(to: &str) -> HttpResponse {
     r.insert_header((LOCATION, to)).finish()
 }
 
-/// `to` with a message for the next page (`ok` or `err`), URL-encoded.
-fn with_flash(to: &str, key: &str, msg: &str) -> String {
-    let q = url::form_urlencoded::Serializer::new(String::new()).append_pair(key, msg).finish();
-    format!("{to}?{q}")
+/// Back to `to`, which shows `msg` once (`ok`: as a success, else as an error).
+fn back_with(state: &ConsoleState, s: &Session, to: &str, ok: bool, msg: String) -> HttpResponse {
+    state.set_flash(&s.id, ok, msg);
+    see_other(to)
 }
 
 fn not_found() -> HttpResponse {
@@ -115,15 +115,13 @@ struct Chrome {
 }
 
 impl Chrome {
-    fn new(s: &Session, active: &'static str, req: &HttpRequest) -> Chrome {
-        let q: HashMap<String, String> =
-            url::form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
-        Chrome {
-            csrf: s.csrf.clone(),
-            active,
-            ok: q.get("ok").cloned().unwrap_or_default(),
-            err: q.get("err").cloned().unwrap_or_default(),
-        }
+    fn new(s: &Session, active: &'static str) -> Chrome {
+        let (ok, err) = match &s.flash {
+            Some((true, m)) => (m.clone(), String::new()),
+            Some((false, m)) => (String::new(), m.clone()),
+            None => (String::new(), String::new()),
+        };
+        Chrome { csrf: s.csrf.clone(), active, ok, err }
     }
 }
 
@@ -363,13 +361,12 @@ async fn conversation_list(store: &dyn Store, clock: &SharedClock) -> (Vec<ConvR
 }
 
 pub(super) async fn conversations(
-    req: HttpRequest,
     SignedIn(s): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
     let (rows, error) = conversation_list(store.as_ref().as_ref(), &clock).await;
-    html(&ConversationsPage { chrome: Chrome::new(&s, "conversations", &req), rows, error })
+    html(&ConversationsPage { chrome: Chrome::new(&s, "conversations"), rows, error })
 }
 
 /// The list's rows alone, for the live update.
@@ -460,7 +457,7 @@ pub(super) async fn thread(
 ) -> HttpResponse {
     let whole = !req.path().starts_with("/console/fragments/");
     let Ok(openid) = OpenId::parse(&path) else { return not_found() };
-    let chrome = Chrome::new(&s, "conversations", &req);
+    let chrome = Chrome::new(&s, "conversations");
     let (window, messages, error) =
         match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
             Ok((window, messages)) => (window, messages, String::new()),
@@ -490,16 +487,17 @@ pub(super) async fn reply(
     clock: web::Data<SharedClock>,
     form: Form,
 ) -> HttpResponse {
-    if let Err(r) = post_session(&state, &req, &form) {
-        return r;
-    }
+    let s = match post_session(&state, &req, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let Ok(openid) = OpenId::parse(&path) else { return not_found() };
     let back = format!("/console/conversations/{openid}");
     let text = form.get("text").map(String::as_str).unwrap_or("");
     let body = serde_json::json!({ "text": text });
     let send = match conversations::parse_reply(&openid, &body, rules.current().window()) {
         Ok(b) => b,
-        Err(e) => return see_other(&with_flash(&back, "err", &format!("没有发送：{e}"))),
+        Err(e) => return back_with(&state, &s, &back, false, format!("没有发送：{e}")),
     };
     let flash =
         match conversations::reply(store.as_ref().as_ref(), &api, &send, clock.now_ms()).await {
@@ -511,7 +509,7 @@ pub(super) async fn reply(
             Err(GateError::Api(e)) => ("err", format!("微信拒绝了这条消息：{}", explain(&e))),
             Err(GateError::Store(e)) => ("err", format!("没有发送：窗口账本不可用（{e}）")),
         };
-    see_other(&with_flash(&back, flash.0, &flash.1))
+    back_with(&state, &s, &back, flash.0 == "ok", flash.1)
 }
 
 /// WeChat's error as the page explains it: errcode, meaning and what to do.
@@ -555,12 +553,8 @@ struct AccountsPage {
     error: String,
 }
 
-pub(super) async fn accounts(
-    req: HttpRequest,
-    SignedIn(s): SignedIn,
-    api: web::Data<ApiClient>,
-) -> HttpResponse {
-    let chrome = Chrome::new(&s, "accounts", &req);
+pub(super) async fn accounts(SignedIn(s): SignedIn, api: web::Data<ApiClient>) -> HttpResponse {
+    let chrome = Chrome::new(&s, "accounts");
     let (accounts, error) = match api.list_accounts().await {
         Ok(list) => {
             // Online status is a second call; the list stands without it.
@@ -598,14 +592,15 @@ pub(super) async fn account_action(
     api: web::Data<ApiClient>,
     form: Form,
 ) -> HttpResponse {
-    if let Err(r) = post_session(&state, &req, &form) {
-        return r;
-    }
+    let s = match post_session(&state, &req, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let field = |k: &str| form.get(k).map(|s| s.trim()).unwrap_or("");
     let back = "/console/accounts";
     let kf = match KfAccount::parse_with(field("kf_account"), Some(state.account_id())) {
         Ok(k) => k,
-        Err(e) => return see_other(&with_flash(back, "err", &format!("客服账号不正确：{e}"))),
+        Err(e) => return back_with(&state, &s, back, false, format!("客服账号不正确：{e}")),
     };
     let (done, result) = match path.as_str() {
         "add" => ("已添加", api.add_account(&kf, field("nickname")).await),
@@ -615,8 +610,8 @@ pub(super) async fn account_action(
         _ => return not_found(),
     };
     match result {
-        Ok(()) => see_other(&with_flash(back, "ok", &format!("{done}：{kf}"))),
-        Err(e) => see_other(&with_flash(back, "err", &format!("{kf}：{}", explain(&e)))),
+        Ok(()) => back_with(&state, &s, back, true, format!("{done}：{kf}")),
+        Err(e) => back_with(&state, &s, back, false, format!("{kf}：{}", explain(&e))),
     }
 }
 
@@ -643,7 +638,6 @@ struct RulesPage {
 }
 
 pub(super) async fn rules(
-    req: HttpRequest,
     SignedIn(s): SignedIn,
     rules: web::Data<Arc<Rules>>,
     metrics: web::Data<Arc<Metrics>>,
@@ -668,7 +662,7 @@ pub(super) async fn rules(
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     html(&RulesPage {
-        chrome: Chrome::new(&s, "rules", &req),
+        chrome: Chrome::new(&s, "rules"),
         rules: rows,
         last_ok: st.last_ok,
         loaded_at: fmt_ms(loaded_ms),
@@ -685,17 +679,22 @@ pub(super) async fn reload(
     rules: web::Data<Arc<Rules>>,
     form: Form,
 ) -> HttpResponse {
-    if let Err(r) = post_session(&state, &req, &form) {
-        return r;
-    }
+    let s = match post_session(&state, &req, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let r = rules.get_ref().clone();
     let back = "/console/rules";
     match web::block(move || r.reload()).await {
-        Ok(Ok(n)) => see_other(&with_flash(back, "ok", &format!("已重新加载 {n} 条规则。"))),
-        Ok(Err(_)) => {
-            see_other(&with_flash(back, "err", "规则没有重新加载，旧规则继续生效。错误见下方。"))
-        }
-        Err(e) => see_other(&with_flash(back, "err", &format!("重新加载失败：{e}"))),
+        Ok(Ok(n)) => back_with(&state, &s, back, true, format!("已重新加载 {n} 条规则。")),
+        Ok(Err(_)) => back_with(
+            &state,
+            &s,
+            back,
+            false,
+            "规则没有重新加载，旧规则继续生效。错误见下方。".to_string(),
+        ),
+        Err(e) => back_with(&state, &s, back, false, format!("重新加载失败：{e}")),
     }
 }
 
@@ -734,14 +733,13 @@ fn out_row(e: &OutboxEntry) -> OutRow {
 }
 
 pub(super) async fn outbox(
-    req: HttpRequest,
     SignedIn(s): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
     let now = clock.now_ms();
     let mut page = OutboxPage {
-        chrome: Chrome::new(&s, "outbox", &req),
+        chrome: Chrome::new(&s, "outbox"),
         pending: Vec::new(),
         delayed: Vec::new(),
         held: Vec::new(),

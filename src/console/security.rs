@@ -34,6 +34,9 @@ pub struct Session {
     /// Sent with every state-changing form (per session, not single-use: §11.8).
     pub csrf: String,
     last_seen: Instant,
+    /// What the last action said (ok, message), shown once by the next page: kept here, not
+    /// in the URL, so no link can put words in the console's mouth.
+    pub flash: Option<(bool, String)>,
 }
 
 /// Why a sign-in failed.
@@ -124,14 +127,15 @@ impl ConsoleState {
             }
             return Err(SignInError::Wrong);
         }
-        let s = Session { id: random_hex(), csrf: random_hex(), last_seen: now };
+        let s = Session { id: random_hex(), csrf: random_hex(), last_seen: now, flash: None };
         let mut sessions = self.sessions.lock();
         sessions.retain(|_, s| now.duration_since(s.last_seen) < IDLE);
         sessions.insert(s.id.clone(), s.clone());
         Ok(s)
     }
 
-    /// The request's live session, if any (and marks it used).
+    /// The request's live session, if any (and marks it used); its flash message is handed
+    /// over once.
     pub fn session(&self, req: &HttpRequest) -> Option<Session> {
         let id = cookie(req, SESSION_COOKIE)?;
         let mut sessions = self.sessions.lock();
@@ -141,7 +145,16 @@ impl ConsoleState {
             return None;
         }
         s.last_seen = Instant::now();
-        Some(s.clone())
+        let out = s.clone();
+        s.flash = None;
+        Some(out)
+    }
+
+    /// Leaves a message for the session's next page.
+    pub fn set_flash(&self, id: &str, ok: bool, msg: String) {
+        if let Some(s) = self.sessions.lock().get_mut(id) {
+            s.flash = Some((ok, msg));
+        }
     }
 
     /// Ends a session: its cookie is worthless from now on.

@@ -180,8 +180,15 @@ impl Browser {
         c.value().to_string()
     }
 
-    async fn stop(mut self) {
-        let _ = self.client.close().await;
+    /// Ends the browser session; chromedriver goes with the drop.
+    async fn stop(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    /// A failing test must not leave chromedriver running.
+    fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -453,6 +460,14 @@ async fn console_refuses_cross_site_posts_and_sign_out_ends_the_session() {
     assert!(
         !body.contains(crate::pipeline::ADMIN_TOKEN) && !body.contains(crate::pipeline::APP_SECRET)
     );
+    // Messages come from the session, not the URL: a link cannot make the console say things.
+    let page = http
+        .get(format!("{base}/console/conversations?err=请到某某网站重新登录"))
+        .header("Cookie", format!("kefu_console={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!page.text().await.unwrap().contains("某某网站"));
 
     // Sign-out ends the session: the old cookie opens nothing any more.
     browser.goto(&format!("{base}/console/conversations")).await;
