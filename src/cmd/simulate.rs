@@ -70,11 +70,24 @@ pub async fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     // A forward: called for real with --call-backends (its answer and the replies after it
     // take its place), else shown as `forward → NAME` after what comes before it.
     let mut forward = None;
+    let mut late = false;
     if intake.effect != crate::model::WindowEffect::CloseAll
         && let Some(split) = crate::pipeline::forward::split_forward(&mut ev)
     {
         if args.call_backends {
+            let started = std::time::Instant::now();
             let answer = call_backend(cfg, &intake, &split).await?;
+            // As serve does: an answer later than passive_wait is not the HTTP answer.
+            if started.elapsed() > cfg.delivery.passive_wait {
+                late = true;
+                crate::errln!(
+                    "note: the backend answered after delivery.passive_wait ({}): serve answers \
+                     the push with pending_text (or `success`) and sends this answer through \
+                     custom/send, or holds it (without custom/send, WeChat's redeliveries give \
+                     it about 14 s to be the passive reply)",
+                    humantime::format_duration(cfg.delivery.passive_wait)
+                );
+            }
             ev.actions.extend(answer.replies);
             ev.actions.extend(split.tail);
         } else {
@@ -83,7 +96,7 @@ pub async fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     }
     let plan = crate::pipeline::plan(
         ev,
-        cfg.rules.passive_first && intake.passive_allowed,
+        cfg.rules.passive_first && intake.passive_allowed && !late,
         intake.effect,
         intake.transfer_allowed,
         cfg.delivery.max_text_bytes,

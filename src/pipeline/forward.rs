@@ -632,6 +632,8 @@ impl Forwarder {
             self.metrics.drop_message("transfer_too_late");
         }
         for reason in dropped {
+            warn!(id = %record.id, rule = %record.rule, reason,
+                "a reply of the backend's answer is dropped");
             self.metrics.drop_message(reason);
         }
         for s in &splits {
@@ -659,6 +661,11 @@ impl Forwarder {
                         self.metrics.drop_messages(crate::store::EXPIRED, delivery.expired);
                     }
                     if delivery.undeliverable > 0 {
+                        warn!(id = %record.id, backend = %record.backend, openid = %record.openid,
+                            dropped = delivery.undeliverable,
+                            "replies of the backend's answer only custom/send can carry (a menu, \
+                             a mini program card, a message as a kf account) are dropped: the \
+                             account may not call custom/send now (delivery.customer_service)");
                         self.metrics
                             .drop_messages(crate::delivery::UNDELIVERABLE, delivery.undeliverable);
                     }

@@ -644,7 +644,21 @@ fn rules_check_and_simulate_show_forwards() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("模拟的回答"), "{}", run.stdout);
+    assert!(run.stdout.contains("passive reply (the HTTP answer)"), "{}", run.stdout);
     assert_eq!(backend.count(BACKEND_PATH), 1);
+
+    // Slower than passive_wait: simulate says what serve does — not the HTTP answer.
+    backend.push(BACKEND_PATH, answer(&["迟到的回答"], Duration::from_millis(400)));
+    let run = crate::helpers::kefu_in(
+        dir.path(),
+        &[("KEFU_DELIVERY_PASSIVE_WAIT", "100ms")],
+        &["simulate", "--text", "订单 1", "--call-backends"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("answered after delivery.passive_wait (100ms)"), "{}", run.stderr);
+    assert!(run.stdout.contains("passive reply: none"), "{}", run.stdout);
+    assert!(run.stdout.contains("迟到的回答"), "sent later: {}", run.stdout);
+    assert_eq!(backend.count(BACKEND_PATH), 2);
 
     // A [[test]] case shows the forward, not calling it.
     let with_case = format!("{RULES}\n[[test]]\ntext = \"订单 1\"\nexpect = [\"ask-orders\"]\n");
@@ -652,7 +666,7 @@ fn rules_check_and_simulate_show_forwards() {
     let run = crate::helpers::kefu_in(dir.path(), &[], &["rules", "check"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("-> [ask-orders] forward → orders"), "{}", run.stdout);
-    assert_eq!(backend.count(BACKEND_PATH), 1, "still one call (the --call-backends one)");
+    assert_eq!(backend.count(BACKEND_PATH), 2, "still two calls (the --call-backends ones)");
 
     // A forward to a backend that is not configured: path:line:col.
     std::fs::write(
