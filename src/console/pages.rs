@@ -766,6 +766,46 @@ pub(super) async fn outbox(
 
 // ---- live events ---------------------------------------------------------------------------
 
-pub(super) async fn events(_: SignedIn, store: web::Data<Arc<dyn Store>>) -> HttpResponse {
-    crate::http::conversations::event_stream(store.log_bus())
+/// The live events of `/admin/events` for a signed-in page, ended as soon as its session ends
+/// (signed out elsewhere, or idle): no record reaches a browser after its sign-out.
+pub(super) async fn events(
+    SignedIn(session): SignedIn,
+    state: web::Data<Arc<ConsoleState>>,
+    store: web::Data<Arc<dyn Store>>,
+) -> HttpResponse {
+    let state = state.get_ref().clone();
+    crate::http::conversations::event_stream(store.log_bus()).map_body(move |_, body| {
+        actix_web::body::BoxBody::new(WhileSignedIn { body, state, id: session.id })
+    })
+}
+
+/// A response body that ends when the session `id` is no longer signed in (checked before
+/// each chunk: every event, and the keep-alive comments in between).
+struct WhileSignedIn {
+    body: actix_web::body::BoxBody,
+    state: Arc<ConsoleState>,
+    id: String,
+}
+
+impl actix_web::body::MessageBody for WhileSignedIn {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Stream
+    }
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_next(cx) {
+            Poll::Ready(Some(chunk)) if !this.state.is_live(&this.id) => {
+                drop(chunk); // an event for a session that ended: not sent, and the end
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
 }

@@ -150,6 +150,12 @@ impl ConsoleState {
         Some(out)
     }
 
+    /// Whether the session `id` is still signed in (not signed out, not idle too long),
+    /// without counting this as a use: the live event stream asks before every event.
+    pub fn is_live(&self, id: &str) -> bool {
+        self.sessions.lock().get(id).is_some_and(|s| s.last_seen.elapsed() < IDLE)
+    }
+
     /// Leaves a message for the session's next page.
     pub fn set_flash(&self, id: &str, ok: bool, msg: String) {
         if let Some(s) = self.sessions.lock().get_mut(id) {

@@ -469,6 +469,15 @@ async fn console_refuses_cross_site_posts_and_sign_out_ends_the_session() {
         .unwrap();
     assert!(!page.text().await.unwrap().contains("某某网站"));
 
+    // A live event stream opened by that session ...
+    let mut events = http
+        .get(format!("{base}/console/events"))
+        .header("Cookie", format!("kefu_console={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+
     // Sign-out ends the session: the old cookie opens nothing any more.
     browser.goto(&format!("{base}/console/conversations")).await;
     browser.submit("#logout", false).await;
@@ -482,6 +491,17 @@ async fn console_refuses_cross_site_posts_and_sign_out_ends_the_session() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["location"], "/console/login");
+    // ... and the stream it had open carries nothing more: it ends at the next event.
+    kefu.push(&text_push(user, "签出之后的消息", 2, kefu.now_secs())).await;
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = events.chunk().await.unwrap_or(None) {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a signed-out session stays open: {seen}");
+    assert!(!seen.contains("签出之后的消息"), "a record reached a signed-out stream: {seen}");
     browser.goto(&format!("{base}/console/conversations")).await;
     browser.wait_for("#token").await;
     browser.stop().await;

@@ -20,9 +20,22 @@
     });
   }
 
+  // A session that ended (signed out elsewhere, or idle) answers every console URL with the
+  // sign-in page: go there instead of putting that page inside this one.
+  function signedOut(r) {
+    return r.redirected && /\/console\/login/.test(r.url);
+  }
+
+  function toLogin() {
+    window.location.assign("/console/login");
+  }
+
   function refresh(url, target) {
     return fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (r) {
+        if (signedOut(r)) { toLogin(); return Promise.reject(401); }
+        return r.ok ? r.text() : Promise.reject(r.status);
+      })
       .then(function (html) { target.innerHTML = html; tick(); })
       .catch(function () { /* the next event tries again */ });
   }
@@ -34,6 +47,13 @@
     var openid = region.getAttribute("data-openid");
     var pending = false;
     var es = new EventSource("/console/events");
+    // The server ends the stream when the session ends; EventSource then retries, and a
+    // retry without a session fails: check, and leave for the sign-in page if that is why.
+    es.addEventListener("error", function () {
+      fetch("/console/fragments/conversations", { credentials: "same-origin" })
+        .then(function (r) { if (signedOut(r)) { es.close(); toLogin(); } })
+        .catch(function () { /* kefu is restarting: EventSource keeps trying */ });
+    });
     es.addEventListener("message", function (ev) {
       var rec;
       try { rec = JSON.parse(ev.data); } catch (e) { return; }
