@@ -199,6 +199,12 @@ impl Service {
                 .spawn();
 
         let (purge_stop, purge_rx) = watch::channel(false);
+        if cfg.log.retention.is_zero() {
+            tracing::info!(
+                "log.retention is 0s: no conversation log is kept (kefu conversations and the \
+                 console's conversation pages stay empty); set it, e.g. \"30d\", to keep one"
+            );
+        }
         let log_purger =
             spawn_log_purger(store.clone(), clock.clone(), cfg.log.retention, purge_rx.clone());
         let purger = sqlite.spawn_purger(purge_rx);

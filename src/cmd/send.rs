@@ -3,7 +3,7 @@
 //!
 //! Two steps with a seam between them: [`prepare`] turns the arguments into the exact
 //! `custom/send` body (no network), [`run`] sends it through the window gate
-//! ([`send_gated`]: refuse unless the follower's window allows it, or `--force`), which needs
+//! ([`send_logged`]: refuse unless the follower's window allows it, or `--force`), which needs
 //! the durable store. Without credentials the gate makes it a dry run.
 
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use super::common::{CmdError, CmdResult};
 use crate::api::SendBody;
 use crate::config::Config;
 use crate::model::{Clock, OpenId, OutMessage, SystemClock};
-use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
+use crate::pipeline::gate::{GateError, GateMode, Gated, send_logged};
 
 use super::accounts::account_arg;
 use super::common::{cli_store, send_client};
@@ -97,9 +97,11 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let store = &cli.store;
     let client = send_client(cfg, store)?;
     let mode = if args.force { GateMode::Force } else { GateMode::Enforce };
-    let now = SystemClock.now_secs();
+    let now_ms = SystemClock.now_ms();
     let openid = prepared.to();
-    let (charged, dry_run) = match send_gated(store.as_ref(), &client, &prepared, mode, now).await {
+    let (charged, dry_run) = match send_logged(store.as_ref(), &client, &prepared, mode, now_ms)
+        .await
+    {
         Ok(Gated::Sent { charged }) => (charged, false),
         Ok(Gated::DryRun { charged }) => (charged, true),
         Ok(Gated::Refused(reason)) => {

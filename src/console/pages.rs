@@ -345,6 +345,8 @@ struct ConversationsPage {
     chrome: Chrome,
     rows: Vec<ConvRow>,
     error: String,
+    /// Set when `log.retention` is `0s`: no conversation is logged, say so.
+    log_off: bool,
 }
 
 #[derive(Template)]
@@ -366,7 +368,8 @@ pub(super) async fn conversations(
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
     let (rows, error) = conversation_list(store.as_ref().as_ref(), &clock).await;
-    html(&ConversationsPage { chrome: Chrome::new(&s, "conversations"), rows, error })
+    let log_off = store.log_retention_ms() <= 0;
+    html(&ConversationsPage { chrome: Chrome::new(&s, "conversations"), rows, error, log_off })
 }
 
 /// The list's rows alone, for the live update.

@@ -237,12 +237,12 @@ async fn send(
     query: web::Query<SendQuery>,
     body: web::Bytes,
 ) -> Result<HttpResponse, AdminError> {
-    use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
+    use crate::pipeline::gate::{GateError, GateMode, Gated, send_logged};
     check(&req)?;
     let body = parse_send(&body)?;
     let openid = body.to();
     let mode = if query.force { GateMode::Force } else { GateMode::Enforce };
-    match send_gated(store.as_ref().as_ref(), &api, &body, mode, clock.now_secs()).await {
+    match send_logged(store.as_ref().as_ref(), &api, &body, mode, clock.now_ms()).await {
         Ok(Gated::Sent { charged }) => Ok(ok(json!({
             "touser": openid.as_str(),
             "charged": charged.map(|t| t.as_str()),

@@ -40,6 +40,36 @@ pub enum GateError {
     Api(#[from] ApiError),
 }
 
+/// [`send_gated`], and the message recorded in the conversation log (interface §8.1) with
+/// source `console` — a person's send from the console, the admin API or `kefu send` — when
+/// it was sent (or dry-run) or WeChat refused it. A refusal by the window sends and records
+/// nothing. `now_ms` is the time of the record.
+pub async fn send_logged(
+    store: &dyn Store,
+    client: &ApiClient,
+    body: &SendBody,
+    mode: GateMode,
+    now_ms: i64,
+) -> Result<Gated, GateError> {
+    use crate::convlog::{LogOutcome, LogRecord};
+    let result = send_gated(store, client, body, mode, now_ms.div_euclid(1000)).await;
+    let record = match &result {
+        Ok(Gated::Sent { .. } | Gated::DryRun { .. }) => {
+            Some(LogRecord::console(body, now_ms, LogOutcome::Sent, None))
+        }
+        Ok(Gated::Refused(_)) | Err(GateError::Store(_)) => None,
+        Err(GateError::Api(e)) => {
+            Some(LogRecord::console(body, now_ms, LogOutcome::Failed, Some(e.to_string())))
+        }
+    };
+    if let Some(r) = record
+        && let Err(e) = store.log_append(vec![r]).await
+    {
+        warn!(error = %e, "cannot record a manual send in the conversation log");
+    }
+    result
+}
+
 /// Charges the recipient's ledger, sends `body`, and feeds WeChat's answer back into the
 /// ledger.
 pub async fn send_gated(

@@ -522,3 +522,42 @@ async fn console_is_off_without_an_admin_token() {
     }
     kefu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_through_the_admin_api_is_in_the_conversation_log() {
+    // `/admin/send` and `kefu send` go through one gate (pipeline::gate::send_logged), which
+    // records what a person sent as source `console`; a send the window refuses is not.
+    let mock = MockWechat::start();
+    let (kefu, base, _rules) = kefu(&mock).await;
+    let user = "oConsoleManualSend";
+    kefu.push(&text_push(user, "hi", 1, kefu.now_secs())).await;
+    let http = reqwest::Client::new();
+    let send = |text: &str| {
+        http.post(format!("{base}/admin/send"))
+            .bearer_auth(crate::pipeline::ADMIN_TOKEN)
+            .json(&text_body(user, text))
+            .send()
+    };
+    assert_eq!(send("管理接口发的").await.unwrap().status().as_u16(), 200);
+    let unknown = "oConsoleNoWindow";
+    let refused = http
+        .post(format!("{base}/admin/send"))
+        .bearer_auth(crate::pipeline::ADMIN_TOKEN)
+        .json(&text_body(unknown, "不该记录"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 409);
+    let openid = kefu::model::OpenId::parse(user).unwrap();
+    let log = kefu.shared.store.log_show(&openid, None).await.unwrap();
+    let by_console: Vec<&str> = log
+        .iter()
+        .filter(|r| r.source == kefu::model::Source::Console)
+        .map(|r| r.text.as_str())
+        .collect();
+    assert_eq!(by_console, ["管理接口发的"], "{log:?}");
+    let other = kefu::model::OpenId::parse(unknown).unwrap();
+    assert!(kefu.shared.store.log_show(&other, None).await.unwrap().is_empty());
+    assert_eq!(sends(&mock).len(), 1);
+    kefu.stop().await;
+}
