@@ -24,10 +24,16 @@ pub use security::{ConsoleState, SESSION_COOKIE};
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
 
+/// The largest console form (bytes, URL-encoded): the reply box's 2000 characters at 9 bytes
+/// each (a Chinese character is 3 UTF-8 bytes, each written %XX), with room to spare.
+const FORM_LIMIT: usize = 64 * 1024;
+
 /// Registers every `/console` route. Needs `ConsoleState`, `AdminAuth`, `Arc<dyn Store>`,
 /// `SharedClock`, `ApiClient`, `Arc<Rules>` and `Arc<Metrics>` as app data.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/console", web::get().to(pages::home))
+    // A reply of 2000 Chinese characters is 18 KB URL-encoded: above actix's 16 KB default.
+    cfg.app_data(web::FormConfig::default().limit(FORM_LIMIT))
+        .route("/console", web::get().to(pages::home))
         .route("/console/", web::get().to(pages::home))
         .route("/console/login", web::get().to(pages::login_page))
         .route("/console/login", web::post().to(pages::login))
