@@ -82,8 +82,11 @@ pub async fn run(cfg: &Config, cmd: &BackendsCmd) -> CmdResult {
                         text
                     };
                     crate::outln!(
-                        "{n} ({kind}): ok in {ms} ms, {} replies:\n{shown}",
-                        answer.replies.len()
+                        "{n} ({kind}): ok in {ms} ms, {}:\n{shown}",
+                        match answer.replies.len() {
+                            1 => "1 reply".to_string(),
+                            k => format!("{k} replies"),
+                        }
                     )?;
                 }
             }
