@@ -31,11 +31,58 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/admin/events", web::get().to(events));
 }
 
-#[derive(serde::Deserialize)]
-struct ListQuery {
-    limit: Option<usize>,
-    /// Unix ms: followers last active before it (the previous page's last `last_at_ms`).
-    before: Option<i64>,
+/// The query string's parameters, each checked against `allowed`: a parameter not allowed, or
+/// one given twice, is a 400 naming it (a typo such as `?befor=` would otherwise list from the
+/// start without a word).
+fn query_params(req: &HttpRequest, allowed: &[&str]) -> Result<Vec<(String, String)>, AdminError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| AdminError::BadRequest(format!("the query string cannot be read: {e}")))?
+        .into_inner();
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(AdminError::BadRequest(format!(
+                "unknown query parameter {k:?}: this route takes {}",
+                allowed.join(", ")
+            )));
+        }
+        if pairs[..i].iter().any(|(p, _)| p == k) {
+            return Err(AdminError::BadRequest(format!("query parameter {k:?} is given twice")));
+        }
+    }
+    Ok(pairs)
+}
+
+/// The value of `name` among the query's parameters.
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `?limit=` (default 50): 1 to [`conversations::MAX_PAGE`], more is cut to it; 0 or not a
+/// number is a 400.
+fn limit_param(pairs: &[(String, String)]) -> Result<usize, AdminError> {
+    let Some(raw) = param(pairs, "limit") else { return Ok(50) };
+    let bad = || {
+        AdminError::BadRequest(format!(
+            "limit={raw:?}: expected a whole number of followers, 1 to {} (more is cut to {})",
+            conversations::MAX_PAGE,
+            conversations::MAX_PAGE
+        ))
+    };
+    let n = raw.trim().parse::<usize>().map_err(|_| bad())?;
+    conversations::page_size(n).map_err(|_| bad())
+}
+
+/// `?NAME=` as Unix ms, or a 400 naming it.
+fn ms_param(pairs: &[(String, String)], name: &str) -> Result<Option<i64>, AdminError> {
+    param(pairs, name)
+        .map(|raw| {
+            raw.trim().parse::<i64>().map_err(|_| {
+                AdminError::BadRequest(format!(
+                    "{name}={raw:?}: expected Unix milliseconds, e.g. {name}=1796058340000"
+                ))
+            })
+        })
+        .transpose()
 }
 
 fn store_error(e: crate::store::StoreError) -> HttpResponse {
@@ -51,28 +98,19 @@ async fn list(
     req: HttpRequest,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
-    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     require_admin(&req)?;
-    let limit = query.limit.unwrap_or(50);
-    Ok(
-        match conversations::list(store.as_ref().as_ref(), limit, query.before, clock.now_secs())
-            .await
-        {
-            Ok(list) => {
-                let next =
-                    list.last().filter(|_| list.len() >= limit).map(|c| c.activity.last_at_ms);
-                HttpResponse::Ok().json(json!({ "conversations": list, "next_before": next }))
-            }
-            Err(e) => store_error(e),
-        },
-    )
-}
-
-#[derive(serde::Deserialize)]
-struct ShowQuery {
-    /// Unix ms.
-    since: Option<i64>,
+    let pairs = query_params(&req, &["limit", "before"])?;
+    let limit = limit_param(&pairs)?;
+    let before = param(&pairs, "before")
+        .map(|b| conversations::Cursor::parse(b).map_err(|e| format!("before={b:?}: {e}")))
+        .transpose()
+        .map_err(AdminError::BadRequest)?;
+    let store = store.as_ref().as_ref();
+    Ok(match conversations::page(store, limit, before.as_ref(), clock.now_secs()).await {
+        Ok(page) => HttpResponse::Ok().json(page),
+        Err(e) => store_error(e),
+    })
 }
 
 async fn show(
@@ -80,18 +118,14 @@ async fn show(
     path: web::Path<String>,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
-    query: web::Query<ShowQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     require_admin(&req)?;
     let openid = openid(&path)?;
-    Ok(
-        match conversations::show(store.as_ref().as_ref(), &openid, query.since, clock.now_secs())
-            .await
-        {
-            Ok(t) => HttpResponse::Ok().json(t),
-            Err(e) => store_error(e),
-        },
-    )
+    let since = ms_param(&query_params(&req, &["since"])?, "since")?;
+    Ok(match conversations::show(store.as_ref().as_ref(), &openid, since, clock.now_secs()).await {
+        Ok(t) => HttpResponse::Ok().json(t),
+        Err(e) => store_error(e),
+    })
 }
 
 /// Sends a reply through the window gate and answers as `/admin/send` does: 200 sent (or

@@ -73,21 +73,113 @@ pub struct Conversation {
     pub window: WindowState,
 }
 
-/// Followers by last activity (newest first), at most `limit` (capped at [`MAX_PAGE`]), those
-/// last active before `before_ms` (the previous page's last `last_at_ms`).
+/// Where a page of the list ends: the last follower's `last_at_ms` and OpenID, written
+/// `"<last_at_ms>:<openid>"` (the `next_before` of `GET /admin/conversations`). The next page
+/// starts right after that follower in the list's order (last activity descending, OpenID
+/// descending within a millisecond), so followers active in the same millisecond are neither
+/// skipped nor repeated. A plain `<ms>` (Unix ms) also parses: every follower last active
+/// before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// Unix ms.
+    pub last_at_ms: i64,
+    /// The OpenID; None for a plain ms.
+    pub openid: Option<OpenId>,
+}
+
+impl Cursor {
+    /// Parses `"<ms>:<openid>"` or `"<ms>"`; the error names the expected form.
+    pub fn parse(s: &str) -> Result<Cursor, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a cursor: give the previous page's next_before \
+                 (\"<last_at_ms>:<openid>\", e.g. \"1796058340000:oUser1\") or Unix ms"
+            )
+        };
+        let (ms, openid) = match s.trim().split_once(':') {
+            Some((ms, id)) => (ms, Some(OpenId::parse(id).map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let last_at_ms = ms.parse::<i64>().map_err(|_| bad())?;
+        Ok(Cursor { last_at_ms, openid })
+    }
+
+    /// The cursor after this follower.
+    pub fn after(activity: &FollowerActivity) -> Cursor {
+        Cursor { last_at_ms: activity.last_at_ms, openid: Some(activity.openid.clone()) }
+    }
+
+    fn key(&self) -> (i64, String) {
+        let id = self.openid.as_ref().map(|o| o.as_str().to_string()).unwrap_or_default();
+        (self.last_at_ms, id)
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.openid {
+            Some(o) => write!(f, "{}:{}", self.last_at_ms, o.as_str()),
+            None => write!(f, "{}", self.last_at_ms),
+        }
+    }
+}
+
+/// A page size as asked (`?limit=`, `--limit`): 0 is refused (a page of nothing pages
+/// nowhere), above [`MAX_PAGE`] is cut to it (the page then says where the rest starts).
+pub fn page_size(limit: usize) -> Result<usize, String> {
+    if limit == 0 {
+        return Err(format!("limit must be 1 to {MAX_PAGE} (0 lists nothing)"));
+    }
+    Ok(limit.min(MAX_PAGE))
+}
+
+/// One page of the list and where the next starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Page {
+    pub conversations: Vec<Conversation>,
+    /// The cursor of the next page (`before=`); null when this page holds the last follower.
+    #[serde(serialize_with = "cursor_text")]
+    pub next_before: Option<Cursor>,
+}
+
+fn cursor_text<S: serde::Serializer>(c: &Option<Cursor>, s: S) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => s.collect_str(c),
+        None => s.serialize_none(),
+    }
+}
+
+/// Followers by last activity (newest first), at most `limit` (1 to [`MAX_PAGE`]; see
+/// [`page_size`]), those after `before` (the previous page's `next_before`), with the cursor
+/// of the next page when more followers remain.
+pub async fn page(
+    store: &dyn Store,
+    limit: usize,
+    before: Option<&Cursor>,
+    now: i64,
+) -> StoreResult<Page> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    // One more than the page: whether it exists says whether there is a next page.
+    let mut followers = store.log_followers(limit + 1, before.map(Cursor::key)).await?;
+    let more = followers.len() > limit;
+    followers.truncate(limit);
+    let next_before = followers.last().filter(|_| more).map(Cursor::after);
+    let mut conversations = Vec::with_capacity(followers.len());
+    for activity in followers {
+        let view = store.window(&activity.openid, now).await?;
+        conversations.push(Conversation { activity, window: WindowState::of(view) });
+    }
+    Ok(Page { conversations, next_before })
+}
+
+/// The followers of one [`page`], without the cursor.
 pub async fn list(
     store: &dyn Store,
     limit: usize,
-    before_ms: Option<i64>,
+    before: Option<&Cursor>,
     now: i64,
 ) -> StoreResult<Vec<Conversation>> {
-    let followers = store.log_followers(limit.clamp(1, MAX_PAGE), before_ms).await?;
-    let mut out = Vec::with_capacity(followers.len());
-    for activity in followers {
-        let view = store.window(&activity.openid, now).await?;
-        out.push(Conversation { activity, window: WindowState::of(view) });
-    }
-    Ok(out)
+    Ok(page(store, limit, before, now).await?.conversations)
 }
 
 /// One follower: the window and the records at or after `since_ms`, oldest first.
@@ -217,6 +309,25 @@ mod tests {
 
     fn oid() -> OpenId {
         OpenId::parse("oUser1234567890").unwrap()
+    }
+
+    #[test]
+    fn cursors_round_trip_and_name_the_form_when_bad() {
+        let c = Cursor::parse("1796058340000:oUser1234567890").unwrap();
+        assert_eq!(c, Cursor { last_at_ms: 1796058340000, openid: Some(oid()) });
+        assert_eq!(c.to_string(), "1796058340000:oUser1234567890");
+        assert_eq!(c.key(), (1796058340000, "oUser1234567890".to_string()));
+        let plain = Cursor::parse("1796058340000").unwrap();
+        assert_eq!(
+            (plain.to_string(), plain.key()),
+            ("1796058340000".into(), (1796058340000, "".into()))
+        );
+        for bad in ["", "abc", "12:", "12:bad id", ":oUser1", "1.5"] {
+            let e = Cursor::parse(bad).unwrap_err();
+            assert!(e.contains("<last_at_ms>:<openid>"), "{bad}: {e}");
+        }
+        assert!(page_size(0).is_err());
+        assert_eq!((page_size(1), page_size(5000)), (Ok(1), Ok(MAX_PAGE)));
     }
 
     #[test]

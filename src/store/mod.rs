@@ -441,12 +441,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends records written outside a push or a send (a reply from the console).
     async fn log_append(&self, records: Vec<crate::convlog::LogRecord>) -> StoreResult<()>;
-    /// Followers by last activity, newest first: at most `limit`, only those whose last
-    /// record is older than `before_ms` (paging).
+    /// Followers by last activity, newest first, ties (the same ms) by OpenID descending
+    /// (byte order): at most `limit`, only those after `before` in that order (paging).
+    /// `before` is the previous page's last `(last_at_ms, openid)`; an empty OpenID means
+    /// "every follower last active before that ms". The order is total, so no follower is
+    /// skipped or repeated across pages.
     async fn log_followers(
         &self,
         limit: usize,
-        before_ms: Option<i64>,
+        before: Option<(i64, String)>,
     ) -> StoreResult<Vec<crate::convlog::FollowerActivity>>;
     /// The follower's records at or after `since_ms`, oldest first.
     async fn log_show(

@@ -739,6 +739,56 @@ impl RedisStore {
         format!("{}:log:index", self.inner.ns)
     }
 
+    /// Up to `n` members of the activity index after `cursor` in the order (score, member)
+    /// descending (ZREVRANGEBYSCORE's order), with their scores (ms): first the cursor's own
+    /// millisecond's members that sort below its member, then the older ones.
+    async fn log_index_after(
+        &self,
+        cursor: Option<&(i64, String)>,
+        n: usize,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let index = self.log_index_key();
+        let mut con = self.con();
+        let range = |max: String, min: String, limit: Option<usize>| {
+            let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
+            cmd.arg(&index).arg(max).arg(min).arg("WITHSCORES");
+            if let Some(l) = limit {
+                cmd.arg("LIMIT").arg(0).arg(l);
+            }
+            cmd
+        };
+        let mut out: Vec<(String, i64)> = Vec::new();
+        let older = match cursor {
+            None => "+inf".to_string(),
+            Some((ms, member)) => {
+                let ties: Vec<(String, f64)> = self
+                    .io(
+                        OP_TIMEOUT,
+                        range(ms.to_string(), ms.to_string(), None).query_async(&mut con),
+                    )
+                    .await?;
+                let mut ties: Vec<String> = ties
+                    .into_iter()
+                    .map(|(m, _)| m)
+                    .filter(|m| m.as_str() < member.as_str())
+                    .collect();
+                ties.sort_unstable_by(|a, b| b.cmp(a));
+                out.extend(ties.into_iter().take(n).map(|m| (m, *ms)));
+                format!("({ms}")
+            }
+        };
+        if out.len() < n {
+            let rest: Vec<(String, f64)> = self
+                .io(
+                    OP_TIMEOUT,
+                    range(older, "-inf".into(), Some(n - out.len())).query_async(&mut con),
+                )
+                .await?;
+            out.extend(rest.into_iter().map(|(m, score)| (m, score as i64)));
+        }
+        Ok(out)
+    }
+
     /// The sorted set of followers by the time of their oldest kept record: the purge trims
     /// only the lists that hold something past the retention.
     fn log_oldest_key(&self) -> String {
@@ -1383,48 +1433,42 @@ impl Store for RedisStore {
     async fn log_followers(
         &self,
         limit: usize,
-        before_ms: Option<i64>,
+        before: Option<(i64, String)>,
     ) -> StoreResult<Vec<FollowerActivity>> {
-        let max = match before_ms {
-            Some(b) => format!("({b}"),
-            None => "+inf".to_string(),
-        };
-        let mut con = self.con();
-        let members: Vec<(String, f64)> = self
-            .io(
-                OP_TIMEOUT,
-                redis::cmd("ZREVRANGEBYSCORE")
-                    .arg(self.log_index_key())
-                    .arg(max)
-                    .arg("-inf")
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .query_async(&mut con),
-            )
-            .await?;
+        let mut cursor = before;
         let mut out = Vec::new();
-        for (openid, score) in members {
-            let Ok(openid) = OpenId::parse(&openid) else { continue };
-            let key = self.log_key(&openid);
-            let (n, last): (u64, Option<String>) = self
-                .io(
-                    OP_TIMEOUT,
-                    redis::pipe()
-                        .cmd("LLEN")
-                        .arg(&key)
-                        .cmd("LINDEX")
-                        .arg(&key)
-                        .arg(-1)
-                        .query_async(&mut con),
-                )
-                .await?;
-            if n == 0 {
-                continue; // expired with its TTL; the purge drops it from the index
+        // A follower whose list expired with its TTL is still in the index until the purge;
+        // it is skipped, and the next batch fills the page.
+        while out.len() < limit {
+            let want = limit - out.len();
+            let batch = self.log_index_after(cursor.as_ref(), want).await?;
+            let exhausted = batch.len() < want;
+            let mut con = self.con();
+            for (member, at_ms) in batch {
+                cursor = Some((at_ms, member.clone()));
+                let Ok(openid) = OpenId::parse(&member) else { continue };
+                let key = self.log_key(&openid);
+                let (n, last): (u64, Option<String>) = self
+                    .io(
+                        OP_TIMEOUT,
+                        redis::pipe()
+                            .cmd("LLEN")
+                            .arg(&key)
+                            .cmd("LINDEX")
+                            .arg(&key)
+                            .arg(-1)
+                            .query_async(&mut con),
+                    )
+                    .await?;
+                if n == 0 {
+                    continue; // expired with its TTL; the purge drops it from the index
+                }
+                let last = last.as_deref().and_then(LogRecord::decode);
+                out.push(FollowerActivity { openid, last_at_ms: at_ms, last, records: n });
             }
-            let last = last.as_deref().and_then(LogRecord::decode);
-            out.push(FollowerActivity { openid, last_at_ms: score as i64, last, records: n });
+            if exhausted {
+                break;
+            }
         }
         Ok(out)
     }

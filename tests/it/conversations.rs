@@ -260,7 +260,11 @@ async fn the_cli_lists_shows_and_deletes_log_and_llm_turns() {
     let run = kefu_in(dir.path(), &env, &["conversations", "show", user]);
     assert!(run.stdout.lines().next().unwrap().contains("follower text   hello"), "{}", run.stdout);
     let run = kefu_in(dir.path(), &env, &["conversations", "show", user, "--since", "2999-01-01"]);
-    assert!(run.stdout.contains("no messages logged"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("no messages since 2999-01-01T00:00:00Z (4 in all)"),
+        "{}",
+        run.stdout
+    );
     let run = kefu_in(dir.path(), &env, &["conversations", "show", user, "--since", "yesterday"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert_eq!(kefu_in(dir.path(), &env, &["conversations", "show", "bad id"]).code, 2);
@@ -458,5 +462,235 @@ async fn on_redis_the_purge_trims_what_is_past_retention() {
     assert_eq!(store.log_purge(kefu::model::Clock::now_ms(&*kefu.clock)).await.unwrap(), 0);
     let openid = kefu::model::OpenId::parse(user).unwrap();
     kefu::pipeline::conversations::delete(store.as_ref(), &openid).await.unwrap();
+    kefu.stop().await;
+}
+
+/// Logs one follower message per OpenID at `at_ms` (straight into the store, as a push would).
+async fn log_messages(kefu: &Kefu, openids: &[String], at_ms: i64, text: &str) {
+    let records = openids
+        .iter()
+        .map(|o| {
+            let who = kefu::model::OpenId::parse(o).unwrap();
+            kefu::convlog::LogRecord::push(&who, at_ms, ("text".into(), text.into()))
+        })
+        .collect();
+    kefu.shared.store.log_append(records).await.unwrap();
+}
+
+/// Every follower of the list, page by page with `limit`, following `next_before`; also
+/// the size of each page.
+async fn all_pages(kefu: &Kefu, limit: usize) -> (Vec<String>, Vec<usize>) {
+    let (mut ids, mut sizes, mut before) = (Vec::new(), Vec::new(), None::<String>);
+    loop {
+        let path = match &before {
+            Some(b) => format!("/admin/conversations?limit={limit}&before={b}"),
+            None => format!("/admin/conversations?limit={limit}"),
+        };
+        let (status, page) = admin_get(kefu, &path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        let list = page["conversations"].as_array().unwrap();
+        sizes.push(list.len());
+        ids.extend(list.iter().map(|c| c["openid"].as_str().unwrap().to_string()));
+        match page["next_before"].as_str() {
+            Some(b) => before = Some(b.to_string()),
+            None => {
+                assert_eq!(page["next_before"], Value::Null, "{page}");
+                return (ids, sizes);
+            }
+        }
+        assert!(sizes.len() < 1000, "paging does not end");
+    }
+}
+
+/// Asserts the pages listed each follower once, newest first, ties by OpenID descending.
+fn assert_listed_once(ids: &[String], want: &[String]) {
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "a follower listed twice");
+    let mut expected = want.to_vec();
+    expected.sort();
+    assert_eq!(sorted, expected, "every follower listed");
+}
+
+/// From the new-operator trial: `limit` above the cap still says where the rest starts,
+/// followers active in the same millisecond are neither skipped nor repeated across pages,
+/// `limit=0` and malformed parameters are 400s with a JSON error naming the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_is_capped_tie_safe_and_refuses_bad_parameters() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let now_ms = kefu.now_secs() * 1000;
+    // 501 followers in one millisecond, one a second earlier.
+    let tied: Vec<String> = (0..501).map(|i| format!("oTie{i:04}")).collect();
+    log_messages(&kefu, &tied, now_ms, "同一毫秒").await;
+    let earlier = vec!["oEarlier".to_string()];
+    log_messages(&kefu, &earlier, now_ms - 1000, "earlier").await;
+    let everyone: Vec<String> = tied.iter().chain(&earlier).cloned().collect();
+
+    // Above the cap: 500 rows and a cursor for the rest.
+    let (status, page) = admin_get(&kefu, "/admin/conversations?limit=5000").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["conversations"].as_array().unwrap().len(), 500);
+    assert!(page["next_before"].is_string(), "{}", page["next_before"]);
+    let (ids, sizes) = all_pages(&kefu, 5000).await;
+    assert_eq!(sizes, [500, 2]);
+    assert_listed_once(&ids, &everyone);
+    assert_eq!(ids[0], "oTie0500", "ties by OpenID descending");
+    assert_eq!(ids.last().unwrap(), "oEarlier");
+    // Small pages that end inside the millisecond.
+    let (ids, sizes) = all_pages(&kefu, 7).await;
+    assert_eq!(sizes.len(), 502usize.div_ceil(7));
+    assert_listed_once(&ids, &everyone);
+    // A plain ms still pages: followers last active before it.
+    let (_, page) = admin_get(&kefu, &format!("/admin/conversations?before={now_ms}")).await;
+    assert_eq!(page["conversations"][0]["openid"], "oEarlier", "{page}");
+    assert_eq!(page["next_before"], Value::Null);
+
+    // Bad parameters: 400 with {"error"} naming the parameter and the form expected.
+    for (query, names) in [
+        ("/admin/conversations?limit=0", "limit="),
+        ("/admin/conversations?limit=abc", "limit="),
+        ("/admin/conversations?limit=-1", "limit="),
+        ("/admin/conversations?before=abc", "before="),
+        ("/admin/conversations?before=1:bad%20id", "before="),
+        ("/admin/conversations?befor=1", "\"befor\""),
+        ("/admin/conversations/oTie0001?since=yesterday", "since="),
+    ] {
+        let (status, v) = admin_get(&kefu, query).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        let error = v["error"].as_str().unwrap_or_else(|| panic!("{query}: JSON error: {v}"));
+        assert!(error.contains(names), "{query}: {error}");
+    }
+    let (_, v) = admin_get(&kefu, "/admin/conversations?limit=abc").await;
+    assert!(v["error"].as_str().unwrap().contains("1 to 500"), "{v}");
+    let (_, v) = admin_get(&kefu, "/admin/conversations/oTie0001?since=x").await;
+    assert!(v["error"].as_str().unwrap().contains("Unix milliseconds"), "{v}");
+    let (status, v) =
+        admin_get(&kefu, &format!("/admin/conversations/oTie0001?since={now_ms}")).await;
+    assert_eq!((status, v["messages"].as_array().unwrap().len()), (200, 1), "{v}");
+
+    // The CLI reads past the cap in pages and says when it cut the list.
+    let dir = tempfile::tempdir().unwrap();
+    let state = kefu.shared.cfg.state.dir.display().to_string();
+    let env = [("KEFU_STATE_DIR", state.as_str())];
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--json", "--limit", "5000"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 502);
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--limit", "500"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let last = run.stdout.lines().last().unwrap();
+    let more = last.strip_prefix("… more: kefu conversations list --before ").expect(last);
+    assert_eq!(more, format!("{now_ms}:oTie0001"));
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--before", more]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{}", run.stdout);
+    assert!(rows[0].contains("oTie0000") && rows[1].contains("oEarlier"), "{}", run.stdout);
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--json", "--limit", "3"]);
+    assert!(run.stderr.contains("--before"), "{}", run.stderr);
+    for bad in [&["--limit", "0"][..], &["--before", "soon"]] {
+        let args: Vec<&str> = ["conversations", "list"].iter().chain(bad).copied().collect();
+        let run = kefu_in(dir.path(), &env, &args);
+        assert_eq!(run.code, 2, "{bad:?}: {}", run.stdout);
+        assert!(run.stderr.contains(bad[0]), "{}", run.stderr);
+    }
+    kefu.stop().await;
+}
+
+/// From the new-operator trial: a follower's text cannot forge lines or drive the terminal
+/// in the human output of `list` and `show`; `--json` keeps it as sent. `--since` in ms is
+/// read as ms, and a filter that hides everything says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_escapes_follower_text_and_reads_since_in_ms() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let now_ms = kefu.now_secs() * 1000;
+    let user = "oConvForger";
+    let forged = "hi\n2026-01-01T00:00:00Z rule     text   forged  [sent]\u{1b}]0;pwned\u{7}\
+                  \u{1b}[2J\u{9b}\u{202e}evil\r\ttab 你好";
+    log_messages(&kefu, &[user.to_string()], now_ms, forged).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = kefu.shared.cfg.state.dir.display().to_string();
+    let env = [("KEFU_STATE_DIR", state.as_str())];
+    let escaped = "hi⏎2026-01-01T00:00:00Z rule     text   forged  [sent]\\u{1b}]0;pwned\\u{7}\
+                   \\u{1b}[2J\\u{9b}\\u{202e}evil\\r\\ttab 你好";
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", user]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    assert!(run.stdout.trim_end().ends_with(escaped), "{}", run.stdout);
+    let run = kefu_in(dir.path(), &env, &["conversations", "list"]);
+    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+    assert!(run.stdout.contains(escaped), "{}", run.stdout);
+    let show = kefu_in(dir.path(), &env, &["conversations", "show", user]).stdout;
+    for out in [&run.stdout, &show] {
+        assert!(!out.contains(['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\r', '\t']), "{out:?}");
+    }
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", user, "--json"]);
+    let t: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(t["messages"][0]["text"], forged, "JSON keeps the text as sent");
+
+    // --since in ms (above 10^11) is ms; in seconds it still works.
+    for since in [now_ms - 1000, now_ms / 1000 - 1] {
+        let run = kefu_in(
+            dir.path(),
+            &env,
+            &["conversations", "show", user, "--since", &since.to_string()],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stdout.contains("你好"), "--since {since}: {}", run.stdout);
+    }
+    let run = kefu_in(
+        dir.path(),
+        &env,
+        &["conversations", "show", user, "--since", &(now_ms + 1000).to_string()],
+    );
+    assert!(run.stdout.contains(": no messages since 20") && run.stdout.contains("(1 in all)"));
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", user, "--since", "2999-01-01"]);
+    assert_eq!(
+        run.stdout.trim(),
+        format!("{user}: no messages since 2999-01-01T00:00:00Z (1 in all)")
+    );
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", "oNobody"]);
+    assert_eq!(run.stdout.trim(), "oNobody: no messages logged");
+    kefu.stop().await;
+}
+
+/// On Redis, followers active in the same millisecond page as on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_paging_is_tie_safe() {
+    let Some(url) = crate::redis::test_redis_url() else { return };
+    let mock = MockWechat::start();
+    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
+    let kefu = Kefu::start_with(&mock, true, |c| {
+        c.state.redis_url = kefu::model::Secret::new(url.clone());
+        c.wechat.app_id = app_id.clone();
+    })
+    .await;
+    let now_ms = kefu.now_secs() * 1000;
+    let tied: Vec<String> = (0..5).map(|i| format!("oRedisTie{i}")).collect();
+    log_messages(&kefu, &tied, now_ms, "同一毫秒").await;
+    let earlier = vec!["oRedisEarlier".to_string()];
+    log_messages(&kefu, &earlier, now_ms - 1000, "earlier").await;
+    let everyone: Vec<String> = tied.iter().chain(&earlier).cloned().collect();
+    for limit in [1, 2, 4, 6, 10] {
+        let (ids, sizes) = all_pages(&kefu, limit).await;
+        assert_listed_once(&ids, &everyone);
+        assert_eq!(ids[0], "oRedisTie4", "limit {limit}: ties by OpenID descending");
+        assert_eq!(sizes.len(), 6usize.div_ceil(limit).max(1), "limit {limit}: {sizes:?}");
+    }
+    // An expired follower still in the index does not cut a page short.
+    let mut raw = ::redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("kefu:{{{app_id}}}:log:oRedisTie3");
+    let _: i64 = ::redis::cmd("DEL").arg(&key).query(&mut raw).unwrap();
+    let (ids, sizes) = all_pages(&kefu, 2).await;
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(sizes, [2, 2, 1]);
+    for o in &everyone {
+        let o = kefu::model::OpenId::parse(o).unwrap();
+        kefu.shared.store.log_delete(&o).await.unwrap();
+    }
     kefu.stop().await;
 }

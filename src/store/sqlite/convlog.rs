@@ -136,16 +136,20 @@ impl SqliteStore {
     pub(super) async fn log_followers_sql(
         &self,
         limit: usize,
-        before_ms: Option<i64>,
+        before: Option<(i64, String)>,
     ) -> StoreResult<Vec<FollowerActivity>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let before = before_ms.unwrap_or(i64::MAX);
+        // No cursor: everything (no follower is last active at i64::MAX ms).
+        let (before_ms, before_id) = before.unwrap_or((i64::MAX, String::new()));
         self.read(move |conn| {
+            // (last ms, openid) descending, the order Redis's ZREVRANGEBYSCORE gives: a total
+            // order, so a page ends between two followers, never inside a millisecond.
             let mut stmt = conn.prepare_cached(
-                "SELECT openid, MAX(at_ms), MAX(id), COUNT(*) FROM convlog GROUP BY openid \
-                 HAVING MAX(at_ms) < ?1 ORDER BY MAX(at_ms) DESC, openid LIMIT ?2",
+                "SELECT openid, MAX(at_ms) AS last, MAX(id), COUNT(*) FROM convlog \
+                 GROUP BY openid HAVING last < ?1 OR (last = ?1 AND openid < ?2) \
+                 ORDER BY last DESC, openid DESC LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![before, limit], |r| {
+            let rows = stmt.query_map(params![before_ms, before_id, limit], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,

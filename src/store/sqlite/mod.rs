@@ -911,9 +911,9 @@ impl Store for SqliteStore {
     async fn log_followers(
         &self,
         limit: usize,
-        before_ms: Option<i64>,
+        before: Option<(i64, String)>,
     ) -> StoreResult<Vec<crate::convlog::FollowerActivity>> {
-        self.log_followers_sql(limit, before_ms).await
+        self.log_followers_sql(limit, before).await
     }
 
     async fn log_show(
