@@ -22,7 +22,7 @@ pub enum ConversationsCmd {
         /// last line (with --json: a note on stderr) gives the command that lists them.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Start after this follower: the CURSOR a cut list printed ("<last_at_ms>:<openid>"),
+        /// Start after this follower: the CURSOR a cut list printed (LAST_AT_MS:OPENID),
         /// or Unix ms (followers last active before it).
         #[arg(long, value_name = "CURSOR")]
         before: Option<String>,
