@@ -99,21 +99,20 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let mode = if args.force { GateMode::Force } else { GateMode::Enforce };
     let now_ms = SystemClock.now_ms();
     let openid = prepared.to();
-    let (charged, dry_run) = match send_logged(store.as_ref(), &client, &prepared, mode, now_ms)
-        .await
-    {
-        Ok(Gated::Sent { charged }) => (charged, false),
-        Ok(Gated::DryRun { charged }) => (charged, true),
-        Ok(Gated::Refused(reason)) => {
-            return Err(CmdError::failed(format!(
-                "not sent to {}: {reason}. `kefu window show {}` shows the ledger; --force \
+    let (charged, dry_run) =
+        match send_logged(store.as_ref(), &client, &prepared, mode, now_ms).await {
+            Ok(Gated::Sent { charged }) => (charged, false),
+            Ok(Gated::DryRun { charged }) => (charged, true),
+            Ok(Gated::Refused(reason)) => {
+                return Err(CmdError::failed(format!(
+                    "not sent to {}: {reason}. `kefu window show {}` shows the ledger; --force \
                      sends anyway (WeChat will likely refuse it with 45015 or 45047)",
-                openid, openid
-            )));
-        }
-        Err(GateError::Api(e)) => return Err(e.into()),
-        Err(GateError::Store(e)) => return Err(CmdError::failed(e)),
-    };
+                    openid, openid
+                )));
+            }
+            Err(GateError::Api(e)) => return Err(e.into()),
+            Err(GateError::Store(e)) => return Err(CmdError::failed(e)),
+        };
     let grant = match charged {
         Some(t) => format!(" (charged to the {t} grant)"),
         None => " (forced: no live grant was charged)".into(),
