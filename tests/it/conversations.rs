@@ -465,16 +465,31 @@ async fn on_redis_the_purge_trims_what_is_past_retention() {
     kefu.stop().await;
 }
 
-/// Logs one follower message per OpenID at `at_ms` (straight into the store, as a push would).
-async fn log_messages(kefu: &Kefu, openids: &[String], at_ms: i64, text: &str) {
-    let records = openids
+/// Logs one follower message per (OpenID, Unix ms), straight into the store as a push would.
+async fn log_messages(kefu: &Kefu, followers: &[(String, i64)], text: &str) {
+    let records = followers
         .iter()
-        .map(|o| {
+        .map(|(o, at_ms)| {
             let who = kefu::model::OpenId::parse(o).unwrap();
-            kefu::convlog::LogRecord::push(&who, at_ms, ("text".into(), text.into()))
+            kefu::convlog::LogRecord::push(&who, *at_ms, ("text".into(), text.into()))
         })
         .collect();
     kefu.shared.store.log_append(records).await.unwrap();
+}
+
+/// `n` followers `{prefix}{i}` last active at `at_ms(i)`.
+fn followers(prefix: &str, n: usize, at_ms: impl Fn(i64) -> i64) -> Vec<(String, i64)> {
+    (0..n as i64).map(|i| (format!("{prefix}{i:04}"), at_ms(i))).collect()
+}
+
+/// The OpenIDs of `followers`.
+fn ids_of(followers: &[(String, i64)]) -> Vec<String> {
+    followers.iter().map(|(o, _)| o.clone()).collect()
+}
+
+/// `KEFU_STATE_DIR` of the running kefu, for the CLI beside it.
+fn state_env(kefu: &Kefu) -> [(&'static str, String); 1] {
+    [("KEFU_STATE_DIR", kefu.shared.cfg.state.dir.display().to_string())]
 }
 
 /// Every follower of the list, page by page with `limit`, following `next_before`; also
@@ -513,83 +528,133 @@ fn assert_listed_once(ids: &[String], want: &[String]) {
     assert_eq!(sorted, expected, "every follower listed");
 }
 
-/// From the new-operator trial: `limit` above the cap still says where the rest starts,
-/// followers active in the same millisecond are neither skipped nor repeated across pages,
-/// `limit=0` and malformed parameters are 400s with a JSON error naming the parameter.
+/// From the new-operator trial: a `limit` above the cap (500) gives 500 and the cursor of the
+/// rest, not a silent end; the CLI reads past the cap in pages, takes `--before`, and says
+/// when it cut the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paging_is_capped_tie_safe_and_refuses_bad_parameters() {
+async fn a_limit_above_the_cap_says_where_the_rest_starts() {
     let mock = MockWechat::start();
     let kefu = Kefu::start(&mock, true).await;
     let now_ms = kefu.now_secs() * 1000;
-    // 501 followers in one millisecond, one a second earlier.
-    let tied: Vec<String> = (0..501).map(|i| format!("oTie{i:04}")).collect();
-    log_messages(&kefu, &tied, now_ms, "同一毫秒").await;
-    let earlier = vec!["oEarlier".to_string()];
-    log_messages(&kefu, &earlier, now_ms - 1000, "earlier").await;
-    let everyone: Vec<String> = tied.iter().chain(&earlier).cloned().collect();
+    let all = followers("oCap", 501, |i| now_ms - i);
+    log_messages(&kefu, &all, "你好").await;
 
-    // Above the cap: 500 rows and a cursor for the rest.
     let (status, page) = admin_get(&kefu, "/admin/conversations?limit=5000").await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["conversations"].as_array().unwrap().len(), 500);
-    assert!(page["next_before"].is_string(), "{}", page["next_before"]);
+    assert_eq!(page["next_before"], format!("{}:oCap0499", now_ms - 499));
     let (ids, sizes) = all_pages(&kefu, 5000).await;
-    assert_eq!(sizes, [500, 2]);
-    assert_listed_once(&ids, &everyone);
-    assert_eq!(ids[0], "oTie0500", "ties by OpenID descending");
-    assert_eq!(ids.last().unwrap(), "oEarlier");
-    // Small pages that end inside the millisecond.
-    let (ids, sizes) = all_pages(&kefu, 7).await;
-    assert_eq!(sizes.len(), 502usize.div_ceil(7));
-    assert_listed_once(&ids, &everyone);
+    assert_eq!(sizes, [500, 1]);
+    assert_eq!(ids, ids_of(&all), "newest first");
+    // 501 is cut to 500 as well; the cursor gives the last one.
+    let (_, page) = admin_get(&kefu, "/admin/conversations?limit=501").await;
+    assert!(page["next_before"].is_string(), "{}", page["next_before"]);
+    let (_, page) = admin_get(
+        &kefu,
+        &format!("/admin/conversations?before={}", page["next_before"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(
+        (page["conversations"].as_array().unwrap().len(), &page["next_before"]),
+        (1, &Value::Null)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = state_env(&kefu);
+    let env = [(env[0].0, env[0].1.as_str())];
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--json", "--limit", "5000"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 501);
+    assert!(!run.stderr.contains("more remain"), "{}", run.stderr);
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--limit", "500"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1 + 500 + 1, "header, rows, the note");
+    let last = run.stdout.lines().last().unwrap();
+    let more = last.strip_prefix("… more: kefu conversations list --before ").expect(last);
+    assert_eq!(more, format!("{}:oCap0499", now_ms - 499));
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--before", more]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{}", run.stdout);
+    assert!(rows[0].contains("oCap0500"), "{}", run.stdout);
+    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--json", "--limit", "3"]);
+    assert_eq!(serde_json::from_str::<Value>(&run.stdout).unwrap().as_array().unwrap().len(), 3);
+    let note =
+        format!("3 listed, more remain: kefu conversations list --before {}:oCap0002", now_ms - 2);
+    assert!(run.stderr.contains(&note), "{}", run.stderr);
+    kefu.stop().await;
+}
+
+/// From the new-operator trial: followers last active in the same millisecond are neither
+/// skipped nor repeated across pages (ordered by OpenID, descending, within the millisecond).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_active_in_the_same_millisecond_page_once() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let now_ms = kefu.now_secs() * 1000;
+    let mut all = followers("oTie", 12, |_| now_ms);
+    all.push(("oEarlier".into(), now_ms - 1000));
+    log_messages(&kefu, &all, "同一毫秒").await;
+    let mut want = ids_of(&all[..12]);
+    want.reverse();
+    want.push("oEarlier".into());
+    for limit in [1, 5, 12, 13, 50] {
+        let (ids, sizes) = all_pages(&kefu, limit).await;
+        assert_eq!(ids, want, "limit {limit}");
+        assert_eq!(sizes.len(), 13usize.div_ceil(limit), "limit {limit}: {sizes:?}");
+    }
     // A plain ms still pages: followers last active before it.
     let (_, page) = admin_get(&kefu, &format!("/admin/conversations?before={now_ms}")).await;
     assert_eq!(page["conversations"][0]["openid"], "oEarlier", "{page}");
     assert_eq!(page["next_before"], Value::Null);
+    kefu.stop().await;
+}
 
-    // Bad parameters: 400 with {"error"} naming the parameter and the form expected.
-    for (query, names) in [
-        ("/admin/conversations?limit=0", "limit="),
-        ("/admin/conversations?limit=abc", "limit="),
-        ("/admin/conversations?limit=-1", "limit="),
-        ("/admin/conversations?before=abc", "before="),
-        ("/admin/conversations?before=1:bad%20id", "before="),
-        ("/admin/conversations?befor=1", "\"befor\""),
-        ("/admin/conversations/oTie0001?since=yesterday", "since="),
+/// From the new-operator trial: `limit=0` is refused (it listed one follower), and a malformed
+/// or unknown query parameter is a 400 `{"error"}` naming it and the form expected, not a
+/// text/plain "Query deserialize error"; the CLI refuses the same with exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_zero_and_malformed_parameters_are_refused_naming_them() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let now_ms = kefu.now_secs() * 1000;
+    log_messages(&kefu, &[("oParams".into(), now_ms)], "你好").await;
+    for (query, names, form) in [
+        ("/admin/conversations?limit=0", "limit=\"0\"", "1 to 500"),
+        ("/admin/conversations?limit=abc", "limit=\"abc\"", "1 to 500"),
+        ("/admin/conversations?limit=-1", "limit=", "1 to 500"),
+        ("/admin/conversations?before=abc", "before=\"abc\"", "<last_at_ms>:<openid>"),
+        ("/admin/conversations?before=1:bad%20id", "before=", "<last_at_ms>:<openid>"),
+        ("/admin/conversations?befor=1", "\"befor\"", "limit, before"),
+        ("/admin/conversations?limit=1&limit=2", "\"limit\"", "twice"),
+        ("/admin/conversations/oParams?since=yesterday", "since=", "Unix milliseconds"),
+        ("/admin/conversations/oParams?since=1.5", "since=", "Unix milliseconds"),
     ] {
-        let (status, v) = admin_get(&kefu, query).await;
-        assert_eq!(status, 400, "{query}: {v}");
-        let error = v["error"].as_str().unwrap_or_else(|| panic!("{query}: JSON error: {v}"));
-        assert!(error.contains(names), "{query}: {error}");
+        let app = kefu.app();
+        let r = app
+            .client
+            .get(format!("{}{query}", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{query}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("application/json"), "{query}: {ct}");
+        let v: Value = r.json().await.unwrap();
+        let error = v["error"].as_str().unwrap_or_else(|| panic!("{query}: {v}"));
+        assert!(error.contains(names) && error.contains(form), "{query}: {error}");
     }
-    let (_, v) = admin_get(&kefu, "/admin/conversations?limit=abc").await;
-    assert!(v["error"].as_str().unwrap().contains("1 to 500"), "{v}");
-    let (_, v) = admin_get(&kefu, "/admin/conversations/oTie0001?since=x").await;
-    assert!(v["error"].as_str().unwrap().contains("Unix milliseconds"), "{v}");
     let (status, v) =
-        admin_get(&kefu, &format!("/admin/conversations/oTie0001?since={now_ms}")).await;
+        admin_get(&kefu, &format!("/admin/conversations/oParams?since={now_ms}")).await;
     assert_eq!((status, v["messages"].as_array().unwrap().len()), (200, 1), "{v}");
+    let (status, v) = admin_get(&kefu, "/admin/conversations?limit=1").await;
+    assert_eq!((status, v["conversations"].as_array().unwrap().len()), (200, 1), "{v}");
 
-    // The CLI reads past the cap in pages and says when it cut the list.
     let dir = tempfile::tempdir().unwrap();
-    let state = kefu.shared.cfg.state.dir.display().to_string();
-    let env = [("KEFU_STATE_DIR", state.as_str())];
-    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--json", "--limit", "5000"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let list: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 502);
-    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--limit", "500"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let last = run.stdout.lines().last().unwrap();
-    let more = last.strip_prefix("… more: kefu conversations list --before ").expect(last);
-    assert_eq!(more, format!("{now_ms}:oTie0001"));
-    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--before", more]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let rows: Vec<&str> = run.stdout.lines().skip(1).collect();
-    assert_eq!(rows.len(), 2, "{}", run.stdout);
-    assert!(rows[0].contains("oTie0000") && rows[1].contains("oEarlier"), "{}", run.stdout);
-    let run = kefu_in(dir.path(), &env, &["conversations", "list", "--json", "--limit", "3"]);
-    assert!(run.stderr.contains("--before"), "{}", run.stderr);
+    let env = state_env(&kefu);
+    let env = [(env[0].0, env[0].1.as_str())];
     for bad in [&["--limit", "0"][..], &["--before", "soon"]] {
         let args: Vec<&str> = ["conversations", "list"].iter().chain(bad).copied().collect();
         let run = kefu_in(dir.path(), &env, &args);
@@ -600,17 +665,16 @@ async fn paging_is_capped_tie_safe_and_refuses_bad_parameters() {
 }
 
 /// From the new-operator trial: a follower's text cannot forge lines or drive the terminal
-/// in the human output of `list` and `show`; `--json` keeps it as sent. `--since` in ms is
-/// read as ms, and a filter that hides everything says so.
+/// in the human output of `list` and `show`; `--json` keeps it as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_escapes_follower_text_and_reads_since_in_ms() {
+async fn the_cli_escapes_follower_text_in_list_and_show() {
     let mock = MockWechat::start();
     let kefu = Kefu::start(&mock, true).await;
     let now_ms = kefu.now_secs() * 1000;
     let user = "oConvForger";
     let forged = "hi\n2026-01-01T00:00:00Z rule     text   forged  [sent]\u{1b}]0;pwned\u{7}\
                   \u{1b}[2J\u{9b}\u{202e}evil\r\ttab 你好";
-    log_messages(&kefu, &[user.to_string()], now_ms, forged).await;
+    log_messages(&kefu, &[(user.to_string(), now_ms)], forged).await;
 
     let dir = tempfile::tempdir().unwrap();
     let state = kefu.shared.cfg.state.dir.display().to_string();
@@ -632,6 +696,59 @@ async fn the_cli_escapes_follower_text_and_reads_since_in_ms() {
     let t: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(t["messages"][0]["text"], forged, "JSON keeps the text as sent");
 
+    let run = kefu_in(dir.path(), &env, &["conversations", "show", "oNobody"]);
+    assert_eq!(run.stdout.trim(), "oNobody: no messages logged");
+    kefu.stop().await;
+}
+
+/// On Redis, followers active in the same millisecond page as on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_paging_is_tie_safe() {
+    let Some(url) = crate::redis::test_redis_url() else { return };
+    let mock = MockWechat::start();
+    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
+    let kefu = Kefu::start_with(&mock, true, |c| {
+        c.state.redis_url = kefu::model::Secret::new(url.clone());
+        c.wechat.app_id = app_id.clone();
+    })
+    .await;
+    let now_ms = kefu.now_secs() * 1000;
+    let mut all = followers("oRedisTie", 5, |_| now_ms);
+    all.push(("oRedisEarlier".into(), now_ms - 1000));
+    log_messages(&kefu, &all, "同一毫秒").await;
+    let everyone = ids_of(&all);
+    for limit in [1, 2, 4, 6, 10] {
+        let (ids, sizes) = all_pages(&kefu, limit).await;
+        assert_listed_once(&ids, &everyone);
+        assert_eq!(ids[0], "oRedisTie0004", "limit {limit}: ties by OpenID descending");
+        assert_eq!(sizes.len(), 6usize.div_ceil(limit).max(1), "limit {limit}: {sizes:?}");
+    }
+    // An expired follower still in the index does not cut a page short.
+    let mut raw = ::redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("kefu:{{{app_id}}}:log:oRedisTie0003");
+    let _: i64 = ::redis::cmd("DEL").arg(&key).query(&mut raw).unwrap();
+    let (ids, sizes) = all_pages(&kefu, 2).await;
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(sizes, [2, 2, 1]);
+    for o in &everyone {
+        let o = kefu::model::OpenId::parse(o).unwrap();
+        kefu.shared.store.log_delete(&o).await.unwrap();
+    }
+    kefu.stop().await;
+}
+
+/// From the new-operator trial: `--since 1796058340000` (ms) was read as seconds and showed
+/// nothing; a number above 10^11 is ms. A filter that hides everything says so, with the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_since_reads_ms_and_says_what_the_filter_hid() {
+    let mock = MockWechat::start();
+    let kefu = Kefu::start(&mock, true).await;
+    let now_ms = kefu.now_secs() * 1000;
+    let user = "oConvSince";
+    log_messages(&kefu, &[(user.to_string(), now_ms)], "你好").await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = state_env(&kefu);
+    let env = [(env[0].0, env[0].1.as_str())];
     // --since in ms (above 10^11) is ms; in seconds it still works.
     for since in [now_ms - 1000, now_ms / 1000 - 1] {
         let run = kefu_in(
@@ -653,44 +770,5 @@ async fn the_cli_escapes_follower_text_and_reads_since_in_ms() {
         run.stdout.trim(),
         format!("{user}: no messages since 2999-01-01T00:00:00Z (1 in all)")
     );
-    let run = kefu_in(dir.path(), &env, &["conversations", "show", "oNobody"]);
-    assert_eq!(run.stdout.trim(), "oNobody: no messages logged");
-    kefu.stop().await;
-}
-
-/// On Redis, followers active in the same millisecond page as on SQLite.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_redis_paging_is_tie_safe() {
-    let Some(url) = crate::redis::test_redis_url() else { return };
-    let mock = MockWechat::start();
-    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
-    let kefu = Kefu::start_with(&mock, true, |c| {
-        c.state.redis_url = kefu::model::Secret::new(url.clone());
-        c.wechat.app_id = app_id.clone();
-    })
-    .await;
-    let now_ms = kefu.now_secs() * 1000;
-    let tied: Vec<String> = (0..5).map(|i| format!("oRedisTie{i}")).collect();
-    log_messages(&kefu, &tied, now_ms, "同一毫秒").await;
-    let earlier = vec!["oRedisEarlier".to_string()];
-    log_messages(&kefu, &earlier, now_ms - 1000, "earlier").await;
-    let everyone: Vec<String> = tied.iter().chain(&earlier).cloned().collect();
-    for limit in [1, 2, 4, 6, 10] {
-        let (ids, sizes) = all_pages(&kefu, limit).await;
-        assert_listed_once(&ids, &everyone);
-        assert_eq!(ids[0], "oRedisTie4", "limit {limit}: ties by OpenID descending");
-        assert_eq!(sizes.len(), 6usize.div_ceil(limit).max(1), "limit {limit}: {sizes:?}");
-    }
-    // An expired follower still in the index does not cut a page short.
-    let mut raw = ::redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
-    let key = format!("kefu:{{{app_id}}}:log:oRedisTie3");
-    let _: i64 = ::redis::cmd("DEL").arg(&key).query(&mut raw).unwrap();
-    let (ids, sizes) = all_pages(&kefu, 2).await;
-    assert_eq!(ids.len(), 5, "{ids:?}");
-    assert_eq!(sizes, [2, 2, 1]);
-    for o in &everyone {
-        let o = kefu::model::OpenId::parse(o).unwrap();
-        kefu.shared.store.log_delete(&o).await.unwrap();
-    }
     kefu.stop().await;
 }
