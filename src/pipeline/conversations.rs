@@ -7,11 +7,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{ApiClient, SendBody};
-use crate::config::WindowConfig;
-use crate::convlog::{FollowerActivity, LogOutcome, LogRecord};
+use crate::config::{MAX_TEXT_BYTES, WindowConfig};
+use crate::convlog::{FollowerActivity, LogRecord};
 use crate::ledger::{DenyReason, WindowView};
 use crate::model::{Action, OpenId, OutMessage, RuleInput};
-use crate::pipeline::gate::{GateError, GateMode, Gated, send_gated};
+use crate::pipeline::gate::{GateError, GateMode, Gated, send_logged};
 use crate::store::{Store, StoreResult};
 
 /// The most followers one page lists.
@@ -278,27 +278,38 @@ pub fn parse_reply(
 
 /// A reply sent now through the window gate (as `POST /admin/send`), recorded in the log as
 /// `console` when it was sent (or dry-run) or WeChat refused it; a refusal by the window sends
-/// and records nothing.
+/// and records nothing ([`crate::pipeline::gate::send_logged`]). A text longer than WeChat's
+/// 2048 bytes goes as several messages split like a rule's long text (interface §7.5), each
+/// charged to the window; the first part the window or WeChat refuses stops the rest, and its
+/// result is the answer.
 pub async fn reply(
     store: &dyn Store,
     client: &ApiClient,
     body: &SendBody,
     now_ms: i64,
 ) -> Result<Gated, GateError> {
-    let result = send_gated(store, client, body, GateMode::Enforce, now_ms.div_euclid(1000)).await;
-    let record = match &result {
-        Ok(Gated::Sent { .. } | Gated::DryRun { .. }) => {
-            Some(LogRecord::console(body, now_ms, LogOutcome::Sent, None))
+    let text = body.json().get("text").and_then(|t| t.get("content")).and_then(|c| c.as_str());
+    let parts = match text {
+        Some(t) if t.len() > MAX_TEXT_BYTES as usize => {
+            crate::delivery::split::split_text(t, MAX_TEXT_BYTES as usize)
+                .into_iter()
+                .map(|p| {
+                    let msg = OutMessage::Text { content: p.to_string() };
+                    SendBody::of_message(body.to(), &msg, body.kf_account())
+                })
+                .collect()
         }
-        Ok(Gated::Refused(_)) | Err(GateError::Store(_)) => None,
-        Err(GateError::Api(e)) => {
-            Some(LogRecord::console(body, now_ms, LogOutcome::Failed, Some(e.to_string())))
-        }
+        _ => vec![body.clone()],
     };
-    if let Some(r) = record
-        && let Err(e) = store.log_append(vec![r]).await
-    {
-        tracing::warn!(error = %e, "cannot record a console reply in the conversation log");
+    let mut parts = parts.into_iter();
+    let first = parts.next().unwrap_or_else(|| body.clone());
+    let mut result = send_logged(store, client, &first, GateMode::Enforce, now_ms).await;
+    for (i, part) in parts.enumerate() {
+        if !matches!(result, Ok(Gated::Sent { .. } | Gated::DryRun { .. })) {
+            break;
+        }
+        let at = now_ms + i as i64 + 1; // one record per part, in order
+        result = send_logged(store, client, &part, GateMode::Enforce, at).await;
     }
     result
 }

@@ -561,3 +561,32 @@ async fn a_send_through_the_admin_api_is_in_the_conversation_log() {
     assert_eq!(sends(&mock).len(), 1);
     kefu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reply_goes_as_parts_within_wechats_limit() {
+    // 1800 Chinese characters (5400 bytes): WeChat refuses one text over 2048 bytes (45002),
+    // so the reply goes as three messages split like a rule's long text, each charged.
+    let mock = MockWechat::start();
+    let (kefu, base, _rules) = kefu(&mock).await;
+    let user = "oConsoleLongReply";
+    kefu.push(&text_push(user, "hi", 1, kefu.now_secs())).await;
+    let text: String = "回".repeat(1800);
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/conversations/{user}/reply"))
+        .bearer_auth(crate::pipeline::ADMIN_TOKEN)
+        .json(&json!({ "text": text }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());
+    let parts: Vec<String> = sends_to(&mock, user)
+        .iter()
+        .filter_map(|b| b["text"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert!(parts.iter().all(|p| p.len() <= 2048));
+    assert_eq!(parts.concat(), text);
+    let w = kefu.window(user).await;
+    assert_eq!(w["grants"][0]["used"], json!(3), "each part is charged: {w}");
+    kefu.stop().await;
+}
