@@ -347,18 +347,32 @@ struct ConversationsPage {
     error: String,
     /// Set when `log.retention` is `0s`: no conversation is logged, say so.
     log_off: bool,
+    more: String,
 }
 
 #[derive(Template)]
 #[template(path = "console/conversation_rows.html")]
 struct ConversationRows {
     rows: Vec<ConvRow>,
+    /// The cursor past the last row shown, when there are more followers than the page holds.
+    more: String,
 }
 
-async fn conversation_list(store: &dyn Store, clock: &SharedClock) -> (Vec<ConvRow>, String) {
-    match conversations::list(store, 200, None, clock.now_secs()).await {
-        Ok(list) => (list.iter().map(ConvRow::of).collect(), String::new()),
-        Err(e) => (Vec::new(), format!("读取会话失败：{e}")),
+/// The followers the list page shows at most; more are named by a cursor for the CLI.
+const LIST_ROWS: usize = 200;
+
+/// The list's rows, the cursor past them when there are more (else ""), and an error text.
+async fn conversation_list(
+    store: &dyn Store,
+    clock: &SharedClock,
+) -> (Vec<ConvRow>, String, String) {
+    match conversations::page(store, LIST_ROWS, None, clock.now_secs()).await {
+        Ok(p) => (
+            p.conversations.iter().map(ConvRow::of).collect(),
+            p.next_before.map(|c| c.to_string()).unwrap_or_default(),
+            String::new(),
+        ),
+        Err(e) => (Vec::new(), String::new(), format!("读取会话失败：{e}")),
     }
 }
 
@@ -367,9 +381,10 @@ pub(super) async fn conversations(
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    let (rows, error) = conversation_list(store.as_ref().as_ref(), &clock).await;
+    let (rows, more, error) = conversation_list(store.as_ref().as_ref(), &clock).await;
     let log_off = store.log_retention_ms() <= 0;
-    html(&ConversationsPage { chrome: Chrome::new(&s, "conversations"), rows, error, log_off })
+    let chrome = Chrome::new(&s, "conversations");
+    html(&ConversationsPage { chrome, rows, error, log_off, more })
 }
 
 /// The list's rows alone, for the live update.
@@ -378,8 +393,8 @@ pub(super) async fn conversation_rows(
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
-    let (rows, _) = conversation_list(store.as_ref().as_ref(), &clock).await;
-    html(&ConversationRows { rows })
+    let (rows, more, _) = conversation_list(store.as_ref().as_ref(), &clock).await;
+    html(&ConversationRows { rows, more })
 }
 
 struct MsgRow {

@@ -772,3 +772,37 @@ async fn show_since_reads_ms_and_says_what_the_filter_hid() {
     );
     kefu.stop().await;
 }
+
+#[tokio::test]
+async fn delete_overwrites_the_followers_text_in_the_database_file() {
+    use kefu::store::{SqliteStore, Store};
+    // A data-subject request: once SQLite has checkpointed (it does by itself as the WAL
+    // grows; here by hand), the deleted text is nowhere in the database file.
+    let dir = tempfile::tempdir().unwrap();
+    let clock: kefu::model::SharedClock = std::sync::Arc::new(kefu::model::SystemClock);
+    let now = kefu::model::Clock::now_ms(&*clock);
+    let store =
+        SqliteStore::open(dir.path(), &Default::default(), 660, Default::default(), clock).unwrap();
+    store.configure_log(Duration::from_secs(3600), true);
+    let who = kefu::model::OpenId::parse("oConvErased").unwrap();
+    const SECRET_TEXT: &str = "我的身份证号是一二三四五六七八九零";
+    let body = kefu::api::SendBody::parse(serde_json::json!(
+        {"touser": "oConvErased", "msgtype": "text", "text": {"content": SECRET_TEXT}}
+    ))
+    .unwrap();
+    let records: Vec<_> = (0..50)
+        .map(|i| {
+            kefu::convlog::LogRecord::console(&body, now + i, kefu::convlog::LogOutcome::Sent, None)
+        })
+        .collect();
+    store.log_append(records).await.unwrap();
+    assert_eq!(store.log_delete(&who).await.unwrap(), 50);
+    store.close();
+    let db = dir.path().join("kefu.sqlite3");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    drop(conn);
+    let bytes = std::fs::read(&db).unwrap();
+    let needle = SECRET_TEXT.as_bytes();
+    assert!(!bytes.windows(needle.len()).any(|w| w == needle), "the deleted text is still on disk");
+}

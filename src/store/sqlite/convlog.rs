@@ -197,9 +197,14 @@ impl SqliteStore {
     pub(super) async fn log_delete_sql(&self, openid: &OpenId) -> StoreResult<u64> {
         let openid = openid.clone();
         self.write(move |conn, _, _| {
-            Ok(conn
+            // A data-subject request: the deleted text is overwritten with zeros, not just
+            // unlinked (secure_delete, for this statement only; the purge does not pay for it).
+            conn.execute_batch("PRAGMA secure_delete = ON")?;
+            let n = conn
                 .prepare_cached("DELETE FROM convlog WHERE openid = ?1")?
-                .execute([openid.as_str()])? as u64)
+                .execute([openid.as_str()]);
+            conn.execute_batch("PRAGMA secure_delete = OFF")?;
+            Ok(n? as u64)
         })
         .await
     }
