@@ -281,12 +281,7 @@ async fn the_cli_lists_shows_and_deletes_log_and_llm_turns() {
 async fn on_redis_the_log_is_shared_and_erasable() {
     let Some(url) = crate::redis::test_redis_url() else { return };
     let mock = MockWechat::start();
-    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
-    let kefu = Kefu::start_with(&mock, true, |c| {
-        c.state.redis_url = kefu::model::Secret::new(url.clone());
-        c.wechat.app_id = app_id.clone();
-    })
-    .await;
+    let kefu = on_redis(&mock, &url, |_| {}).await;
     let user = "oConvRedis";
     kefu.push(&text_push(user, "hello", 1, kefu.now_secs())).await;
     kefu.settle(user, 0).await;
@@ -430,13 +425,7 @@ async fn an_answer_the_window_cannot_carry_is_logged_as_held() {
 async fn on_redis_the_purge_trims_what_is_past_retention() {
     let Some(url) = crate::redis::test_redis_url() else { return };
     let mock = MockWechat::start();
-    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
-    let kefu = Kefu::start_with(&mock, true, |c| {
-        c.state.redis_url = kefu::model::Secret::new(url.clone());
-        c.wechat.app_id = app_id.clone();
-        c.log.retention = Duration::from_secs(200);
-    })
-    .await;
+    let kefu = on_redis(&mock, &url, |c| c.log.retention = Duration::from_secs(200)).await;
     let (user, idle) = ("oConvTrim", "oConvIdle");
     kefu.push(&text_push(idle, "很久以前", 1, kefu.now_secs())).await;
     kefu.push(&text_push(user, "旧消息", 2, kefu.now_secs())).await;
@@ -706,12 +695,7 @@ async fn the_cli_escapes_follower_text_in_list_and_show() {
 async fn on_redis_paging_is_tie_safe() {
     let Some(url) = crate::redis::test_redis_url() else { return };
     let mock = MockWechat::start();
-    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
-    let kefu = Kefu::start_with(&mock, true, |c| {
-        c.state.redis_url = kefu::model::Secret::new(url.clone());
-        c.wechat.app_id = app_id.clone();
-    })
-    .await;
+    let kefu = on_redis(&mock, &url, |_| {}).await;
     let now_ms = kefu.now_secs() * 1000;
     let mut all = followers("oRedisTie", 5, |_| now_ms);
     all.push(("oRedisEarlier".into(), now_ms - 1000));
@@ -725,6 +709,7 @@ async fn on_redis_paging_is_tie_safe() {
     }
     // An expired follower still in the index does not cut a page short.
     let mut raw = ::redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let app_id = kefu.app().cfg.wechat.app_id.clone();
     let key = format!("kefu:{{{app_id}}}:log:oRedisTie0003");
     let _: i64 = ::redis::cmd("DEL").arg(&key).query(&mut raw).unwrap();
     let (ids, sizes) = all_pages(&kefu, 2).await;
@@ -805,4 +790,19 @@ async fn delete_overwrites_the_followers_text_in_the_database_file() {
     let bytes = std::fs::read(&db).unwrap();
     let needle = SECRET_TEXT.as_bytes();
     assert!(!bytes.windows(needle.len()).any(|w| w == needle), "the deleted text is still on disk");
+}
+
+/// kefu on the shared Redis at `url`, in a namespace of its own (a random app id).
+async fn on_redis(
+    mock: &MockWechat,
+    url: &str,
+    edit: impl FnOnce(&mut kefu::config::Config),
+) -> Kefu {
+    let app_id = format!("wxconv{:08x}", rand::random::<u32>());
+    Kefu::start_with(mock, true, |c| {
+        c.state.redis_url = kefu::model::Secret::new(url);
+        c.wechat.app_id = app_id;
+        edit(c);
+    })
+    .await
 }
