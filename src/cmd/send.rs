@@ -93,6 +93,14 @@ pub fn prepare(cfg: &Config, args: &SendArgs) -> Result<SendBody, CmdError> {
 /// the same, printed as `dry-run: would send ...`, exit 0.
 pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     let prepared = prepare(cfg, args)?;
+    if cfg.delivery.customer_service == crate::config::CustomerServiceMode::Off && !args.force {
+        return Err(CmdError::Usage(format!(
+            "not sent: {} is \"off\": this account does not call custom/send (WeChat answers \
+             48001 to an account without the customer-service API). Set it to \"auto\" if the \
+             account is certified, or pass --force to try anyway",
+            cfg.key("delivery.customer_service")
+        )));
+    }
     let cli = cli_store(cfg).await?;
     let store = &cli.store;
     let client = send_client(cfg, store)?;

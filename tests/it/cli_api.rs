@@ -253,6 +253,32 @@ fn send_is_refused_outside_the_window() {
 }
 
 #[test]
+fn send_under_customer_service_off_is_refused_unless_forced() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().unwrap();
+    crate::helpers::seed_state(&dir.path().join("kefu-data"));
+    let base = mock.url();
+    let env = [
+        ("KEFU_WECHAT_APP_ID", "wxCLI0000000000001"),
+        ("KEFU_WECHAT_APP_SECRET", "CLISECRET_0123456789"),
+        ("KEFU_WECHAT_API_BASE", base.as_str()),
+        ("KEFU_DELIVERY_CUSTOMER_SERVICE", "off"),
+    ];
+    let r = run_in(dir.path(), &env, &["send", "oUser1", "--text", "你好"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`delivery.customer_service` (set by KEFU_DELIVERY_CUSTOMER_SERVICE)")
+            && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(mock.count(SEND), 0, "nothing sent");
+    let r = run_in(dir.path(), &env, &["send", "oUser1", "--text", "你好", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(mock.count(SEND), 1);
+}
+
+#[test]
 fn send_text_image_and_json_file() {
     let mock = MockWechat::start();
     let r = kefu(
