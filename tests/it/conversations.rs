@@ -13,14 +13,7 @@ use crate::pipeline::{ADMIN_TOKEN, Kefu, SEND_PATH, sends, text_body, text_push}
 
 /// `GET {path}` with the admin token: (status, JSON).
 async fn admin_get(kefu: &Kefu, path: &str) -> (u16, Value) {
-    let app = kefu.app();
-    let r = app
-        .client
-        .get(format!("{}{path}", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("GET");
+    let r = kefu.admin_get(path).await;
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
@@ -176,14 +169,7 @@ async fn a_reply_goes_through_the_window_gate_and_is_logged_as_console() {
 async fn admin_events_stream_one_message_event_per_record() {
     let mock = MockWechat::start();
     let kefu = Kefu::start(&mock, true).await;
-    let app = kefu.app();
-    let resp = app
-        .client
-        .get(format!("{}/admin/events", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("GET /admin/events");
+    let resp = kefu.admin_get("/admin/events").await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut resp = resp;
@@ -201,6 +187,7 @@ async fn admin_events_stream_one_message_event_per_record() {
     let data: Value = serde_json::from_str(event.split("data: ").nth(1).unwrap()).unwrap();
     assert_eq!((data["openid"].as_str(), data["source"].as_str()), (Some(user), Some("follower")));
     // Without the token: 401.
+    let app = kefu.app();
     let r = app.client.get(format!("{}/admin/events", app.address)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     drop(resp);
@@ -620,14 +607,7 @@ async fn limit_zero_and_malformed_parameters_are_refused_naming_them() {
         ("/admin/conversations/oParams?since=yesterday", "since=", "Unix milliseconds"),
         ("/admin/conversations/oParams?since=1.5", "since=", "Unix milliseconds"),
     ] {
-        let app = kefu.app();
-        let r = app
-            .client
-            .get(format!("{}{query}", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = kefu.admin_get(query).await;
         assert_eq!(r.status().as_u16(), 400, "{query}");
         let ct = r.headers()["content-type"].to_str().unwrap().to_string();
         assert!(ct.starts_with("application/json"), "{query}: {ct}");

@@ -138,16 +138,20 @@ impl Kefu {
         (status, resp.text().await.expect("push answer body"))
     }
 
-    /// `GET /admin/windows/{openid}` as JSON, `held_answers` included.
-    pub(crate) async fn window_full(&self, openid: &str) -> Value {
-        let resp = self
-            .app
+    /// `GET {path}` with the admin token; the answer as it came.
+    pub(crate) async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.app
             .client
-            .get(format!("{}/admin/windows/{openid}", self.app.address))
+            .get(format!("{}{path}", self.app.address))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
-            .expect("GET /admin/windows");
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// `GET /admin/windows/{openid}` as JSON, `held_answers` included.
+    pub(crate) async fn window_full(&self, openid: &str) -> Value {
+        let resp = self.admin_get(&format!("/admin/windows/{openid}")).await;
         assert_eq!(resp.status().as_u16(), 200, "admin window answer");
         resp.json().await.expect("window JSON")
     }
