@@ -128,38 +128,9 @@ async fn show(
     })
 }
 
-/// Sends a reply through the window gate and answers as `/admin/send` does: 200 sent (or
-/// dry-run), 409 with the reason when the window refuses, 400 for a bad body, 502 with
-/// WeChat's errcode explained.
-pub async fn send_reply(
-    store: &dyn Store,
-    api: &ApiClient,
-    rules: &Rules,
-    clock: &SharedClock,
-    openid: &OpenId,
-    body: &serde_json::Value,
-) -> Result<HttpResponse, AdminError> {
-    let send = conversations::parse_reply(openid, body, rules.current().window())
-        .map_err(AdminError::BadRequest)?;
-    match conversations::reply(store, api, &send, clock.now_ms()).await {
-        Ok(Gated::Sent { charged }) => Ok(HttpResponse::Ok().json(json!({
-            "errcode": 0, "errmsg": "ok", "sent": true, "dry_run": false,
-            "touser": openid.as_str(), "charged": charged.map(|t| t.as_str()),
-        }))),
-        Ok(Gated::DryRun { charged }) => Ok(HttpResponse::Ok().json(json!({
-            "sent": false, "dry_run": true,
-            "touser": openid.as_str(), "charged": charged.map(|t| t.as_str()),
-            "message": "dry-run: not sent: no wechat.app_id/app_secret configured",
-        }))),
-        Ok(Gated::Refused(reason)) => Ok(HttpResponse::Conflict().json(json!({
-            "error": format!("not sent: {reason}"),
-            "touser": openid.as_str(),
-        }))),
-        Err(GateError::Api(e)) => Err(AdminError::Api(e)),
-        Err(GateError::Store(e)) => Ok(store_error(e)),
-    }
-}
-
+/// `POST /admin/conversations/{openid}/reply`: sends the reply through the window gate and
+/// answers as `/admin/send` does: 200 sent (or dry-run), 409 with the reason when the window
+/// refuses, 400 for a bad body, 502 with WeChat's errcode explained.
 async fn reply(
     req: HttpRequest,
     path: web::Path<String>,
@@ -173,7 +144,25 @@ async fn reply(
     let openid = openid(&path)?;
     let body: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| AdminError::BadRequest(format!("the body is not valid JSON: {e}")))?;
-    Ok(send_reply(store.as_ref().as_ref(), &api, &rules, &clock, &openid, &body).await?)
+    let send = conversations::parse_reply(&openid, &body, rules.current().window())
+        .map_err(AdminError::BadRequest)?;
+    match conversations::reply(store.as_ref().as_ref(), &api, &send, clock.now_ms()).await {
+        Ok(Gated::Sent { charged }) => Ok(HttpResponse::Ok().json(json!({
+            "errcode": 0, "errmsg": "ok", "sent": true, "dry_run": false,
+            "touser": openid.as_str(), "charged": charged.map(|t| t.as_str()),
+        }))),
+        Ok(Gated::DryRun { charged }) => Ok(HttpResponse::Ok().json(json!({
+            "sent": false, "dry_run": true,
+            "touser": openid.as_str(), "charged": charged.map(|t| t.as_str()),
+            "message": "dry-run: not sent: no wechat.app_id/app_secret configured",
+        }))),
+        Ok(Gated::Refused(reason)) => Ok(HttpResponse::Conflict().json(json!({
+            "error": format!("not sent: {reason}"),
+            "touser": openid.as_str(),
+        }))),
+        Err(GateError::Api(e)) => Err(AdminError::Api(e).into()),
+        Err(GateError::Store(e)) => Ok(store_error(e)),
+    }
 }
 
 async fn events(
