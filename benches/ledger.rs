@@ -154,12 +154,22 @@ fn run_commits(
     })
 }
 
-fn commit_log(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime the commit benches drive the store on: two workers, like the target machine.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+/// A fresh SQLite store in `dir` with the default window settings and `sync`.
+fn open(dir: &std::path::Path, sync: SyncMode, clock: &SharedClock) -> SqliteStore {
+    SqliteStore::open(dir, &WindowConfig::default(), 660, sync, clock.clone()).expect("store")
+}
+
+fn commit_log(c: &mut Criterion) {
+    let rt = runtime();
     let clock: SharedClock = Arc::new(SystemClock);
     let counter = Arc::new(AtomicU64::new(0));
     let mut g = c.benchmark_group("push_commit_log");
@@ -167,9 +177,7 @@ fn commit_log(c: &mut Criterion) {
     for (sync, label) in [(SyncMode::Full, "sync_full"), (SyncMode::Normal, "sync_normal")] {
         for logged in [false, true] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let store =
-                SqliteStore::open(dir.path(), &WindowConfig::default(), 660, sync, clock.clone())
-                    .expect("store");
+            let store = open(dir.path(), sync, &clock);
             store.configure_log(Duration::from_secs(30 * 86_400), true);
             let store: Arc<dyn Store> = Arc::new(store);
             let make = if logged { push_logged } else { push };
@@ -185,11 +193,7 @@ fn commit_log(c: &mut Criterion) {
 }
 
 fn commit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let clock: SharedClock = Arc::new(SystemClock);
     let counter = Arc::new(AtomicU64::new(0));
     let mut g = c.benchmark_group("push_commit");
@@ -201,9 +205,7 @@ fn commit(c: &mut Criterion) {
         (SyncMode::Off, "sync_off"),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store =
-            SqliteStore::open(dir.path(), &WindowConfig::default(), 660, sync, clock.clone())
-                .expect("store");
+        let store = open(dir.path(), sync, &clock);
         let store: Arc<dyn Store> = Arc::new(store);
         for concurrency in [1usize, 64, 256] {
             g.bench_with_input(BenchmarkId::new(label, concurrency), &concurrency, |b, &conc| {
