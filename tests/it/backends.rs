@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::crash::{Child, child_env, post_push};
-use crate::delivery::{content, sent_texts};
+use crate::delivery::sent_texts;
 use crate::helpers::{ACCOUNT, TOKEN};
 use crate::mock_wechat::{MockResponse, MockWechat};
-use crate::pipeline::{Kefu, SEND_PATH, TYPING_PATH, sends, text_push};
+use crate::pipeline::{Kefu, SEND_PATH, TYPING_PATH, content, sends, text_push};
 use kefu::config::{
     BackendConfig, BackendKind, Config, CustomerServiceMode, HttpConfig, RateLimit,
 };

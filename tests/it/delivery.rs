@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use crate::crash::{Child, admin_window, child_env, post_push};
 use crate::mock_wechat::MockWechat;
-use crate::pipeline::{Kefu, MORE, SEND_PATH, held, sends, sent, states, text_body, text_push};
+use crate::pipeline::{
+    Kefu, MORE, SEND_PATH, content, held, sends, sent, states, text_body, text_push,
+};
 use kefu::config::CustomerServiceMode;
 use kefu::store::OutboxStatus;
 
@@ -29,13 +31,6 @@ fn rule(name: &str, keyword: &str, texts: &[String]) -> String {
         s += &format!("[[rule.reply]]\ntext = {}\n", toml::Value::String(t.clone()));
     }
     s
-}
-
-/// `<Content>` of a passive reply, or "" for `success`.
-pub(crate) fn content(answer: &str) -> String {
-    let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
-    let rest = &answer[a + "<Content><![CDATA[".len()..];
-    rest[..rest.find("]]></Content>").expect("content end")].to_string()
 }
 
 /// The texts the mock received through custom/send, in order.

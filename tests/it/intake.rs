@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::helpers::kefu_in;
 use crate::identity::Running;
+use crate::pipeline::{MORE, content};
 
 /// Every placeholder a push or a payment offers, in the passive reply (the first reply) and
 /// in a second message.
@@ -45,16 +46,6 @@ fn fixtures() -> Vec<std::path::PathBuf> {
     v.sort();
     assert!(v.len() >= 35, "the push fixtures are there: {}", v.len());
     v
-}
-
-/// `delivery.more_text` as kefu appends it by default.
-const MORE: &str = "（回复任意内容继续）";
-
-/// `<Content>` of a passive reply, or "" for `success`.
-fn content(answer: &str) -> String {
-    let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
-    let rest = &answer[a + "<Content><![CDATA[".len()..];
-    rest[..rest.find("]]></Content>").expect("content end")].to_string()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::mock_wechat::{MockResponse, MockWechat, chat_completion};
-use crate::pipeline::{Kefu, sends, text_push};
+use crate::pipeline::{Kefu, content, sends, text_push};
 
 /// The model's path under the mock (`base_url` = mock + `/v1`).
 const CHAT: &str = "/v1/chat/completions";
@@ -83,13 +83,6 @@ fn conversations(mock: &MockWechat) -> Vec<Vec<(String, String)>> {
 
 fn pair(role: &str, content: &str) -> (String, String) {
     (role.to_string(), content.to_string())
-}
-
-/// `<Content>` of a passive text reply, or "" for `success`.
-fn content(answer: &str) -> String {
-    let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
-    let rest = &answer[a + "<Content><![CDATA[".len()..];
-    rest[..rest.find("]]></Content>").expect("content end")].to_string()
 }
 
 async fn metrics(kefu: &Kefu) -> String {

@@ -59,6 +59,13 @@ pub fn event_push(from: &str, event: &str, key: &str, create_time: i64) -> Strin
     )
 }
 
+/// `<Content>` of a passive reply, or "" for `success`.
+pub(crate) fn content(answer: &str) -> String {
+    let Some(a) = answer.find("<Content><![CDATA[") else { return String::new() };
+    let rest = &answer[a + "<Content><![CDATA[".len()..];
+    rest[..rest.find("]]></Content>").expect("content end")].to_string()
+}
+
 /// The `custom/send` body of a text message.
 pub fn text_body(to: &str, content: &str) -> Value {
     json!({"touser": to, "msgtype": "text", "text": {"content": content}})
