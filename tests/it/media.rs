@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::helpers::{TOKEN, kefu_in, now_secs, signed_query, test_config};
 use crate::mock_wechat::{CUSTOM_SEND_PATH, MEDIA_UPLOAD_PATH, MockResponse, MockWechat};
-use crate::pipeline::text_push;
+use crate::pipeline::{sends, text_push};
 use crate::redis::test_redis_url;
 use kefu::config::Config;
 use kefu::model::{Secret, SharedClock, SystemClock};
@@ -139,11 +139,6 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(started.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// The custom/send bodies so far.
-fn sends(mock: &MockWechat) -> Vec<Value> {
-    mock.requests_to(CUSTOM_SEND_PATH).iter().filter_map(|r| r.json()).collect()
 }
 
 /// The position in the mock's log of every request to `path`.
