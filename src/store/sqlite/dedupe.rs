@@ -61,10 +61,9 @@ pub(super) fn commit_push_tx(
             .quota_left(now)
             .map(|q| q.saturating_sub(count_pending(conn, &push.openid).unwrap_or(0)))
     };
-    let own_answer = push.passive.as_ref().map(|p| p.reply.clone());
     let own = push.passive.clone();
     let a = assign(&held, push.passive, push.outbox, capacity, &push.terms, push.received_at_ms);
-    if a.passive != own_answer {
+    if a.passive.as_ref() != own.as_ref().map(|p| &p.reply) {
         // A held answer took the passive slot (or more_text grew it): store the final answer.
         conn.prepare_cached("UPDATE dedupe SET answer = ?2 WHERE key = ?1")?
             .execute(params![push.dedupe_key, encode_answer(a.passive.as_ref())?])?;
