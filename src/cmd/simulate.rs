@@ -66,6 +66,12 @@ pub async fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     loaded.warnings.iter().for_each(|w| crate::errln!("{w}"));
 
     let mut ev = loaded.set.evaluate(input);
+    // The window this push opens for a follower kefu has not seen before, and whether the
+    // account may call custom/send: what a backend is told (§7.2) and what delivery uses.
+    let mut window = crate::ledger::Window::default();
+    window.apply(intake.effect, now, &cfg.window);
+    let service = crate::delivery::CustomerService::new(cfg.delivery.customer_service);
+    let cs = service.allowed();
     let fired = ev.fired.clone();
     // A forward: called for real with --call-backends (its answer and the replies after it
     // take its place), else shown as `forward → NAME` after what comes before it.
@@ -76,7 +82,7 @@ pub async fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     {
         if args.call_backends {
             let started = std::time::Instant::now();
-            let answer = call_backend(cfg, &intake, &split).await?;
+            let answer = call_backend(cfg, &intake, &split, &window, cs).await?;
             // As serve does: an answer later than passive_wait is not the HTTP answer.
             if started.elapsed() > cfg.delivery.passive_wait {
                 late = true;
@@ -105,10 +111,6 @@ pub async fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     let splits = plan.splits;
     // Delivery as serve decides it for a follower kefu has not seen before: what the window
     // this push opens can carry goes out, the rest is held for the next push (§7.4).
-    let mut window = crate::ledger::Window::default();
-    window.apply(intake.effect, now, &cfg.window);
-    let service = crate::delivery::CustomerService::new(cfg.delivery.customer_service);
-    let cs = service.allowed();
     let terms = crate::pipeline::terms(&intake, cfg.rules.passive_first, &service, &cfg.delivery);
     let delivery = crate::delivery::assign(
         &[],
@@ -220,12 +222,15 @@ pub async fn run(cfg: &Config, args: &SimulateArgs) -> CmdResult {
     Ok(())
 }
 
-/// `--call-backends`: calls the forward's backend once (with its retries) and returns its
+/// `--call-backends`: calls the forward's backend once (with its retries), telling it the
+/// facts of `window` and whether the account may call custom/send (`cs`), and returns its
 /// answer, or the rule's fallback with the failure on stderr.
 async fn call_backend(
     cfg: &Config,
     intake: &Intake,
     split: &crate::pipeline::forward::Split,
+    window: &crate::ledger::Window,
+    cs: bool,
 ) -> Result<crate::backends::Answer, CmdError> {
     let mut one = cfg.clone();
     one.backends.retain(|n, _| *n == split.backend);
@@ -240,11 +245,8 @@ async fn call_backend(
         return Err(CmdError::Usage(format!("backend `{}` is not configured", split.backend)));
     };
     let mut req = crate::pipeline::forward::request_for(intake, split);
-    let mut window = crate::ledger::Window::default();
     let now = intake.received_at_ms.div_euclid(1000);
-    window.apply(intake.effect, now, &cfg.window);
-    let cs = crate::delivery::CustomerService::new(cfg.delivery.customer_service).allowed();
-    req.window = crate::pipeline::forward::window_facts(Some(&window), now, cs);
+    req.window = crate::pipeline::forward::window_facts(Some(window), now, cs);
     let started = std::time::Instant::now();
     match entry.backend.call(&req).await {
         Ok(a) => {
