@@ -101,28 +101,10 @@ impl SqliteStore {
         holder: &str,
         ttl: Duration,
     ) -> StoreResult<bool> {
-        let (name, holder) = (lock_name(key), holder.to_string());
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        self.write(move |conn, inner, _| {
-            let now = inner.clock.now_ms();
-            let n = conn.execute(
-                "INSERT INTO locks (name, holder, until_ms) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                 until_ms = excluded.until_ms \
-                 WHERE locks.until_ms <= ?4 OR locks.holder = excluded.holder",
-                params![name, holder, now.saturating_add(ttl_ms), now],
-            )?;
-            Ok(n == 1)
-        })
-        .await
+        self.try_lock_sql(lock_name(key), holder, ttl).await
     }
 
     pub(super) async fn media_unlock_sql(&self, key: &MediaKey, holder: &str) -> StoreResult<()> {
-        let (name, holder) = (lock_name(key), holder.to_string());
-        self.write(move |conn, _, _| {
-            conn.execute("DELETE FROM locks WHERE name = ?1 AND holder = ?2", [name, holder])?;
-            Ok(())
-        })
-        .await
+        self.unlock_sql(lock_name(key), holder).await
     }
 }

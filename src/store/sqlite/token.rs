@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use crate::model::{CachedToken, Secret, TokenCache};
+use crate::store::StoreResult;
 
 use super::SqliteStore;
 
@@ -61,34 +62,46 @@ impl TokenCache for SqliteStore {
     }
 
     async fn try_lock_refresh(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
-        let holder = holder.to_string();
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let got = self
-            .write(move |conn, inner, _| {
-                let now = inner.clock.now_ms();
-                let n = conn.execute(
-                    "INSERT INTO locks (name, holder, until_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                     until_ms = excluded.until_ms \
-                     WHERE locks.until_ms <= ?4 OR locks.holder = excluded.holder",
-                    params![TOKEN_LOCK, holder, now.saturating_add(ttl_ms), now],
-                )?;
-                Ok(n == 1)
-            })
-            .await?;
-        Ok(got)
+        Ok(self.try_lock_sql(TOKEN_LOCK.to_string(), holder, ttl).await?)
     }
 
     async fn unlock_refresh(&self, holder: &str) -> anyhow::Result<()> {
+        Ok(self.unlock_sql(TOKEN_LOCK.to_string(), holder).await?)
+    }
+}
+
+impl SqliteStore {
+    /// Takes the named lock in the `locks` table for `holder` until `ttl` from now: true when
+    /// it was free, expired, or already this holder's (then extended).
+    pub(super) async fn try_lock_sql(
+        &self,
+        name: String,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let holder = holder.to_string();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |conn, inner, _| {
+            let now = inner.clock.now_ms();
+            let n = conn.execute(
+                "INSERT INTO locks (name, holder, until_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 until_ms = excluded.until_ms \
+                 WHERE locks.until_ms <= ?4 OR locks.holder = excluded.holder",
+                params![name, holder, now.saturating_add(ttl_ms), now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Releases the named lock if `holder` still holds it.
+    pub(super) async fn unlock_sql(&self, name: String, holder: &str) -> StoreResult<()> {
         let holder = holder.to_string();
         self.write(move |conn, _, _| {
-            conn.execute(
-                "DELETE FROM locks WHERE name = ?1 AND holder = ?2",
-                [TOKEN_LOCK, &holder],
-            )?;
+            conn.execute("DELETE FROM locks WHERE name = ?1 AND holder = ?2", [name, holder])?;
             Ok(())
         })
-        .await?;
-        Ok(())
+        .await
     }
 }
