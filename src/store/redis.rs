@@ -1597,30 +1597,11 @@ impl Store for RedisStore {
         holder: &str,
         ttl: Duration,
     ) -> StoreResult<bool> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let mut con = self.con();
-        let got: i64 = self
-            .io(
-                OP_TIMEOUT,
-                TRY_LOCK
-                    .key(self.media_lock_key(key))
-                    .arg(holder)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut con),
-            )
-            .await?;
-        Ok(got == 1)
+        self.try_lock(self.media_lock_key(key), holder, ttl).await
     }
 
     async fn media_unlock(&self, key: &super::MediaKey, holder: &str) -> StoreResult<()> {
-        let mut con = self.con();
-        let _: i64 = self
-            .io(
-                OP_TIMEOUT,
-                COMPARE_AND_DELETE.key(self.media_lock_key(key)).arg(holder).invoke_async(&mut con),
-            )
-            .await?;
-        Ok(())
+        self.unlock(self.media_lock_key(key), holder).await
     }
 }
 
@@ -1705,24 +1686,31 @@ impl TokenCache for RedisStore {
     }
 
     async fn try_lock_refresh(&self, holder: &str, ttl: Duration) -> anyhow::Result<bool> {
+        Ok(self.try_lock(self.lock_key(), holder, ttl).await?)
+    }
+
+    async fn unlock_refresh(&self, holder: &str) -> anyhow::Result<()> {
+        Ok(self.unlock(self.lock_key(), holder).await?)
+    }
+}
+
+impl RedisStore {
+    /// Takes the lock at `key` for `holder` for `ttl` ([`TRY_LOCK`]): true when it was free or
+    /// already this holder's.
+    async fn try_lock(&self, key: String, holder: &str, ttl: Duration) -> StoreResult<bool> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let mut con = self.con();
         let got: i64 = self
-            .io(
-                OP_TIMEOUT,
-                TRY_LOCK.key(self.lock_key()).arg(holder).arg(ttl_ms).invoke_async(&mut con),
-            )
+            .io(OP_TIMEOUT, TRY_LOCK.key(key).arg(holder).arg(ttl_ms).invoke_async(&mut con))
             .await?;
         Ok(got == 1)
     }
 
-    async fn unlock_refresh(&self, holder: &str) -> anyhow::Result<()> {
+    /// Releases the lock at `key` if `holder` still holds it ([`COMPARE_AND_DELETE`]).
+    async fn unlock(&self, key: String, holder: &str) -> StoreResult<()> {
         let mut con = self.con();
         let _: i64 = self
-            .io(
-                OP_TIMEOUT,
-                COMPARE_AND_DELETE.key(self.lock_key()).arg(holder).invoke_async(&mut con),
-            )
+            .io(OP_TIMEOUT, COMPARE_AND_DELETE.key(key).arg(holder).invoke_async(&mut con))
             .await?;
         Ok(())
     }
