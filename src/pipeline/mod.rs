@@ -182,7 +182,7 @@ impl Pipeline {
             log: Some(crate::convlog::LogRecord::push(
                 &intake.openid,
                 intake.received_at_ms,
-                intake.summary.clone(),
+                intake.summary,
             )),
         };
         let outcome = match &call {
