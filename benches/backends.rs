@@ -107,6 +107,7 @@ fn bench(c: &mut Criterion) {
             &delivery,
             cs.clone(),
             true,
+            "default",
         );
         Pipeline::new(store.clone(), rules, true, metrics, wake)
             .with_delivery(&delivery, cs)

@@ -4,12 +4,14 @@
 //! bound keeps a stop inside the 10 s a SIGTERM allows (interface §6.12).
 
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Config;
+use crate::http::accounts::{AccountData, Containers};
 use crate::http::webhook::WebhookState;
 use crate::http::{ops, webhook};
 use crate::model::SystemClock;
@@ -73,32 +75,28 @@ impl Application {
             cfg.server.max_body_bytes,
             Arc::new(SystemClock),
         ));
-        Self::build_with(&cfg, state, extra)
-    }
-
-    /// Builds with a prepared webhook state (an injected clock, metrics).
-    pub fn build_with(
-        cfg: &Config,
-        state: web::Data<WebhookState>,
-        extra: Option<ExtraRoutes>,
-    ) -> std::io::Result<Application> {
-        Self::build_on(bind(cfg)?, cfg, state, extra)
+        Self::build_on(bind(&cfg)?, vec![(cfg.server.path.clone(), state)], extra, Vec::new())
     }
 
     /// Builds on a listener already bound by [`bind`] (`serve` binds before it creates any
-    /// state, so a taken port leaves nothing behind).
+    /// state, so a taken port leaves nothing behind): one webhook per account at its path,
+    /// the extra routes, and — with `accounts` — the middleware that gives each `/admin/*`
+    /// and `/console*` request its account's app data ([`crate::http::accounts`]).
     pub fn build_on(
         listener: TcpListener,
-        cfg: &Config,
-        state: web::Data<WebhookState>,
+        webhooks: Vec<(String, web::Data<WebhookState>)>,
         extra: Option<ExtraRoutes>,
+        accounts: Vec<AccountData>,
     ) -> std::io::Result<Application> {
         let addr = listener.local_addr()?;
-        let path = cfg.server.path.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
-                .configure(ops::configure_health)
-                .configure(webhook::configure(&path, state.clone()));
+                .app_data(Rc::new(Containers::build(&accounts)))
+                .wrap(actix_web::middleware::from_fn(crate::http::accounts::select))
+                .configure(ops::configure_health);
+            for (path, state) in &webhooks {
+                app = app.configure(webhook::configure(path, state.clone()));
+            }
             if let Some(extra) = extra.clone() {
                 app = app.configure(move |c| extra(c));
             }

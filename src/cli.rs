@@ -18,6 +18,10 @@ pub struct Cli {
     /// Config file (default: ./kefu.toml if present, else built-in defaults; KEFU_* variables override).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// The account a command is for (an [accounts.NAME] table); required when several
+    /// accounts are configured. `serve` serves them all.
+    #[arg(long = "account", global = true, value_name = "NAME")]
+    pub account_name: Option<String>,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, env = "KEFU_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -112,6 +116,12 @@ fn announce_config(cfg: &Config, format: LogFormat) {
             None => tracing::info!("{what}"),
         },
     }
+    for w in &cfg.warnings {
+        match format {
+            LogFormat::Text => crate::errln!("kefu: warning: {w}"),
+            LogFormat::Json => tracing::warn!("{w}"),
+        }
+    }
 }
 
 /// Loads the configuration (every command but `completions` needs it) and runs the one
@@ -121,28 +131,53 @@ async fn dispatch(cli: Cli) -> CmdResult {
     if let Command::Completions { shell } = cli.command {
         return completions(shell);
     }
-    let cfg = Config::load(cli.config.as_deref())?;
-    announce_config(&cfg, cli.log_format);
+    let all = Config::load(cli.config.as_deref())?;
+    announce_config(&all, cli.log_format);
+    let account = cli.account_name.as_deref();
+    // The account's view for the commands that act on one account (interface §11.10).
+    let one = || all.select(account);
     match cli.command {
-        Command::Serve => cmd::serve::run(cfg).await,
-        Command::Rules(a) => cmd::rules::run(&cfg, &a),
-        Command::Simulate(a) => cmd::simulate::run(&cfg, &a).await,
-        Command::Backends(a) => cmd::backends::run(&cfg, &a).await,
-        Command::Push(a) => cmd::push::run(&cfg, &a).await,
-        Command::Accounts(a) => cmd::accounts::run(&cfg, &a).await,
-        Command::Send(a) => cmd::send::run(&cfg, &a).await,
-        Command::Window(a) => cmd::window::run(&cfg, &a).await,
-        Command::Sessions(a) => cmd::sessions::run(&cfg, &a).await,
-        Command::Records(a) => cmd::records::run(&cfg, &a).await,
-        Command::Token(a) => cmd::token::run(&cfg, &a).await,
-        Command::Media(a) => cmd::media::run(&cfg, &a).await,
-        Command::History(a) => cmd::history::run(&cfg, &a).await,
-        Command::Conversations(a) => cmd::conversations::run(&cfg, &a).await,
+        Command::Serve => {
+            if let Some(name) = account {
+                return Err(CmdError::Usage(format!(
+                    "--account {name:?}: `kefu serve` serves every configured account ({}) at \
+                     its own path; --account is for the other commands",
+                    all.account_names()
+                )));
+            }
+            cmd::serve::run(all).await
+        }
+        // A DIR given without --account is checked against the shared [window] and backends.
+        Command::Rules(rules::RulesCmd::Check { dir: Some(_), .. } | rules::RulesCmd::Import { .. })
+            if account.is_none() =>
+        {
+            let Command::Rules(a) = cli.command else { unreachable!() };
+            cmd::rules::run(&all, &a)
+        }
+        Command::Rules(a) => cmd::rules::run(&one()?, &a),
+        Command::Simulate(a) => cmd::simulate::run(&one()?, &a).await,
+        // Backends are shared; the account (the first, unless named) only fills the request.
+        Command::Backends(a) => {
+            let cfg = match account {
+                Some(_) => one()?,
+                None => all.view(&all.first_account()),
+            };
+            cmd::backends::run(&cfg, &a).await
+        }
+        Command::Push(a) => cmd::push::run(&one()?, &a).await,
+        Command::Accounts(a) => cmd::accounts::run(&one()?, &a).await,
+        Command::Send(a) => cmd::send::run(&one()?, &a).await,
+        Command::Window(a) => cmd::window::run(&one()?, &a).await,
+        Command::Sessions(a) => cmd::sessions::run(&one()?, &a).await,
+        Command::Records(a) => cmd::records::run(&one()?, &a).await,
+        Command::Token(a) => cmd::token::run(&one()?, &a).await,
+        Command::Media(a) => cmd::media::run(&one()?, &a).await,
+        Command::History(a) => cmd::history::run(&one()?, &a).await,
+        Command::Conversations(a) => cmd::conversations::run(&one()?, &a).await,
         Command::Completions { shell } => completions(shell),
     }
 }
 
-/// `kefu completions SHELL`: the script is written from this module's argument tree.
 fn completions(shell: clap_complete::Shell) -> CmdResult {
     // Into a buffer first: clap_complete panics when its writer fails.
     let mut command = <Cli as clap::CommandFactory>::command();

@@ -12,7 +12,9 @@ use std::time::Duration;
 use crate::model::{Secret, Trigger};
 use crate::pay::v2::V2SignType;
 
+pub mod accounts;
 pub mod backends;
+pub use accounts::{AccountConfig, DEFAULT_ACCOUNT};
 pub use backends::{BackendConfig, BackendKind, HttpConfig, OpenAiConfig, RateLimit};
 
 /// Where a value came from; printed in every error about it.
@@ -136,6 +138,18 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     pub log: LogConfig,
     pub console: ConsoleConfig,
+    /// The `[accounts.NAME]` tables, by name (interface §10); empty when there are none,
+    /// and then the one account is `default`, made of `[wechat]`, `server.path`, `rules.dir`
+    /// and `[window]` as they are now ([`Config::served`]). In an account's view: that one
+    /// account, when it is a table.
+    pub accounts: Vec<AccountConfig>,
+    /// In an account's view ([`Config::select`]) of an `[accounts.NAME]` table: NAME. Its
+    /// `wechat`, `window`, `server.path`, `rules.dir` and `state.dir` are the account's, and
+    /// [`Config::key`] names its keys `accounts.NAME.KEY`.
+    pub account: Option<String>,
+    /// What is accepted but worth a word at start (`[wechat]` left out beside
+    /// `[accounts.*]`); printed by the command line once the config is loaded.
+    pub warnings: Vec<String>,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
     /// Where each key set by the file or the environment came from, by `section.key`; a key
@@ -432,6 +446,9 @@ impl Default for Config {
             backends: BTreeMap::new(),
             log: LogConfig::default(),
             console: ConsoleConfig::default(),
+            accounts: Vec::new(),
+            account: None,
+            warnings: Vec::new(),
             file: None,
             origins: BTreeMap::new(),
         }
@@ -483,6 +500,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut values: BTreeMap<(String, String), (toml::Value, Origin)> = BTreeMap::new();
         let mut raw_backends: BTreeMap<String, backends::RawBackend> = BTreeMap::new();
+        let mut raw_accounts: BTreeMap<String, accounts::RawAccount> = BTreeMap::new();
         let mut errors = Vec::new();
 
         if let (Some(path), Some(text)) = (file, text) {
@@ -510,9 +528,14 @@ impl Config {
                             backend_tables(path, v, &origin, &mut raw_backends, &mut errors);
                             continue;
                         }
+                        if section == "accounts" {
+                            accounts::file_tables(path, v, &origin, &mut raw_accounts, &mut errors);
+                            continue;
+                        }
                         let Some(keys) = schema_section(&section) else {
                             errors.push(format!(
-                                "{}: unknown section [{section}]; known sections are {}, backends",
+                                "{}: unknown section [{section}]; known sections are {}, backends, \
+                                 accounts",
                                 path.display(),
                                 SCHEMA.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
                             ));
@@ -542,6 +565,32 @@ impl Config {
         env.sort();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("KEFU_") else { continue };
+            if let Some(a) = rest.strip_prefix("ACCOUNTS_") {
+                let known: Vec<String> = raw_accounts.keys().cloned().collect();
+                let parsed = split_table_env(a, &known, &accounts::all_keys()).map(|(acct, key)| {
+                    let kind = accounts::stands_for(&key)
+                        .and_then(|(s, k)| schema_section(s)?.iter().find(|(n, _)| *n == k))
+                        .map_or(Kind::Str, |(_, kind)| *kind);
+                    (acct, key, env_value(kind, &raw))
+                });
+                match parsed {
+                    Some((acct, key, Ok(v))) => {
+                        raw_accounts
+                            .entry(acct)
+                            .or_default()
+                            .insert(key, (v, Origin::Env(name.clone())));
+                    }
+                    Some((_, _, Err(why))) => {
+                        errors.push(format!("environment variable {name}: {why}"))
+                    }
+                    None => errors.push(format!(
+                        "environment variable {name}: not KEFU_ACCOUNTS_<NAME>_<KEY>; an account \
+                         takes {}",
+                        accounts::all_keys().join(", ").replace('.', "_")
+                    )),
+                }
+                continue;
+            }
             if let Some(b) = rest.strip_prefix("BACKENDS_") {
                 let known: Vec<String> = raw_backends.keys().cloned().collect();
                 match backends::split_env(b, &known) {
@@ -631,37 +680,86 @@ impl Config {
                 Err(e) => errors.extend(e),
             }
         }
+        for (name, raw) in &raw_accounts {
+            for (key, (_, o)) in raw {
+                cfg.origins.insert(format!("accounts.{name}.{key}"), o.clone());
+            }
+        }
         let origin_of = |s: &str, k: &str| cfg.origin(&format!("{s}.{k}"));
         errors.extend(cfg.cross_checks(&origin_of));
+        if !raw_accounts.is_empty() {
+            match accounts::build(&cfg, &raw_accounts, cwd, file_dir.as_deref()) {
+                Ok(list) => {
+                    cfg.accounts = list;
+                    for a in &cfg.accounts {
+                        errors.extend(cfg.view(a).wechat_checks());
+                    }
+                }
+                Err(e) => errors.extend(e),
+            }
+            let wechat_keys: Vec<String> =
+                cfg.origins.keys().filter(|k| k.starts_with("wechat.")).cloned().collect();
+            if !wechat_keys.is_empty() {
+                cfg.warnings.push(format!(
+                    "[wechat] is left out: [accounts.*] tables are configured, and each account \
+                     has its own keys; {} {} ignored. Move them into an [accounts.NAME] table \
+                     (name it `default` to keep the state in state.dir) or remove them",
+                    wechat_keys
+                        .iter()
+                        .map(|k| format!("`{k}` ({})", cfg.origin(k)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if wechat_keys.len() == 1 { "is" } else { "are" }
+                ));
+            }
+        }
 
         if errors.is_empty() { Ok(cfg) } else { Err(ConfigError(errors.join("\n"))) }
     }
 
-    fn cross_checks(&self, origin_of: &dyn Fn(&str, &str) -> Origin) -> Vec<String> {
+    /// The checks of one account's `[wechat]` keys (the top-level section, or an account's
+    /// view): each names the key as the operator wrote it (`accounts.shop.app_id`).
+    fn wechat_checks(&self) -> Vec<String> {
         let mut e = Vec::new();
         let w = &self.wechat;
+        let name = |k: &str| self.key_name(k);
         // An AppID alone is fine (decrypt and answer passively, sending off); a secret alone
         // is always a mistake: no token can be fetched without the AppID it belongs to.
         if w.app_id.is_empty() && !w.app_secret.is_empty() {
             e.push(format!(
-                "`wechat.app_secret` ({}) is set but `wechat.app_id` is not: set `wechat.app_id` \
-                 (KEFU_WECHAT_APP_ID) to the AppID (开发者ID) the secret belongs to",
-                origin_of("wechat", "app_secret")
+                "`{}` ({}) is set but `{}` is not: set `{}` ({}) to the AppID (开发者ID) the \
+                 secret belongs to",
+                name("wechat.app_secret"),
+                self.origin("wechat.app_secret"),
+                name("wechat.app_id"),
+                name("wechat.app_id"),
+                env_var_of(&name("wechat.app_id")),
             ));
         }
         if w.require_encryption && w.encoding_aes_key.is_empty() {
             e.push(format!(
-                "`wechat.require_encryption` ({}) needs `wechat.encoding_aes_key`: set the 43-character \
-                 EncodingAESKey from the server configuration page",
-                origin_of("wechat", "require_encryption")
+                "`{}` ({}) needs `{}`: set the 43-character EncodingAESKey from the server \
+                 configuration page",
+                name("wechat.require_encryption"),
+                self.origin("wechat.require_encryption"),
+                name("wechat.encoding_aes_key"),
             ));
         }
         if !w.previous_encoding_aes_key.is_empty() && w.encoding_aes_key.is_empty() {
             e.push(format!(
-                "`wechat.previous_encoding_aes_key` ({}) is set but `wechat.encoding_aes_key` is not: \
-                 the previous key is only for rotation",
-                origin_of("wechat", "previous_encoding_aes_key")
+                "`{}` ({}) is set but `{}` is not: the previous key is only for rotation",
+                name("wechat.previous_encoding_aes_key"),
+                self.origin("wechat.previous_encoding_aes_key"),
+                name("wechat.encoding_aes_key"),
             ));
+        }
+        e
+    }
+
+    fn cross_checks(&self, origin_of: &dyn Fn(&str, &str) -> Origin) -> Vec<String> {
+        let mut e = Vec::new();
+        if self.origins.keys().all(|k| !k.starts_with("accounts.")) {
+            e.extend(self.wechat_checks());
         }
         let d = &self.delivery;
         if d.max_text_bytes + d.more_text.len() > MAX_TEXT_BYTES as usize {
@@ -712,13 +810,16 @@ impl Config {
     /// (`kefu push`, `kefu window`, ...) runs with the same file whatever its admin token.
     pub fn check_serve(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        if self.wechat.token.is_empty() {
-            errors.push(format!(
-                "{} is empty: {} to the Token entered in the Official Account's server \
-                 configuration; without it no push can be verified",
-                self.key("wechat.token"),
-                self.how_to_set("wechat.token")
-            ));
+        for a in &self.served() {
+            let view = self.view(a);
+            if view.wechat.token.is_empty() {
+                errors.push(format!(
+                    "{} is empty: {} to the Token entered in the Official Account's server \
+                     configuration; without it no push can be verified",
+                    view.key("wechat.token"),
+                    view.how_to_set("wechat.token")
+                ));
+            }
         }
         let admin = self.admin.token.expose();
         let len = admin.chars().count();
@@ -745,16 +846,124 @@ impl Config {
         if errors.is_empty() { Ok(()) } else { Err(ConfigError(errors.join("\n"))) }
     }
 
-    /// Where `key` (`section.key`, e.g. `rules.dir`) got its value.
+    /// Where `key` (`section.key`, e.g. `rules.dir`) got its value; in an account's view,
+    /// the account's key when it sets one.
     pub fn origin(&self, key: &str) -> Origin {
-        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+        self.origins.get(&self.key_name(key)).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// The name the operator writes `key` under: itself, or in an account's view the
+    /// account's own key (`wechat.token` → `accounts.shop.token`; `window.message` only when
+    /// the account overrides it, else the `[window]` key it inherits).
+    pub fn key_name(&self, key: &str) -> String {
+        let Some(name) = &self.account else { return key.to_string() };
+        match accounts::account_key(name, key) {
+            Some(own) if !key.starts_with("window.") || self.origins.contains_key(&own) => own,
+            _ => key.to_string(),
+        }
+    }
+
+    /// The accounts this configuration serves: the `[accounts.NAME]` tables, or the one
+    /// `default` account made of `[wechat]`, `server.path`, `rules.dir`, `[window]` and
+    /// `state.dir` as they are now. Never empty.
+    pub fn served(&self) -> Vec<AccountConfig> {
+        if !self.accounts.is_empty() {
+            return self.accounts.clone();
+        }
+        vec![AccountConfig {
+            name: DEFAULT_ACCOUNT.to_string(),
+            path: self.server.path.clone(),
+            rules_dir: self.rules.dir.clone(),
+            wechat: self.wechat.clone(),
+            window: self.window.clone(),
+            state_dir: self.state.dir.clone(),
+            named: false,
+        }]
+    }
+
+    /// The first account served (in an account's view: that account).
+    pub fn first_account(&self) -> AccountConfig {
+        self.served().swap_remove(0)
+    }
+
+    /// The name of the first account served (in an account's view: that account's).
+    pub fn account_name(&self) -> String {
+        self.accounts.first().map_or_else(|| DEFAULT_ACCOUNT.to_string(), |a| a.name.clone())
+    }
+
+    /// Whether several accounts are configured (commands then need `--account NAME`, admin
+    /// requests `?account=NAME`).
+    pub fn several(&self) -> bool {
+        self.accounts.len() > 1
+    }
+
+    /// Whether the accounts come from `[accounts.*]` tables (metrics then carry an `account`
+    /// label, even for one account, so dashboards do not change when a second is added).
+    pub fn named_accounts(&self) -> bool {
+        !self.accounts.is_empty()
+    }
+
+    /// The account called `name`, if configured.
+    pub fn account(&self, name: &str) -> Option<AccountConfig> {
+        self.served().into_iter().find(|a| a.name == name)
+    }
+
+    /// The configured account names, comma-separated (for messages).
+    pub fn account_names(&self) -> String {
+        self.served().iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// This configuration as one account sees it: the account's `wechat`, `window`,
+    /// `server.path`, `rules.dir` and `state.dir`, and its keys named in messages.
+    pub fn view(&self, account: &AccountConfig) -> Config {
+        let mut view = self.clone();
+        view.wechat = account.wechat.clone();
+        view.window = account.window.clone();
+        view.server.path = account.path.clone();
+        view.rules.dir = account.rules_dir.clone();
+        view.state.dir = account.state_dir.clone();
+        view.account = account.named.then(|| account.name.clone());
+        view.accounts = if account.named { vec![account.clone()] } else { Vec::new() };
+        view
+    }
+
+    /// The view of the account a command names with `--account NAME` (interface §11.10):
+    /// with one account the flag may be left out (or name it); with several it is required.
+    /// The error names the flag and the configured accounts (exit 2).
+    pub fn select(&self, name: Option<&str>) -> Result<Config, ConfigError> {
+        let source = match &self.file {
+            Some(f) => format!("the [accounts.*] tables of {}", f.display()),
+            None => "KEFU_ACCOUNTS_* variables".to_string(),
+        };
+        match name {
+            Some(n) => match self.account(n) {
+                Some(a) => Ok(self.view(&a)),
+                None if !self.named_accounts() => Err(ConfigError(format!(
+                    "--account {n:?}: no [accounts.*] tables are configured; the one account \
+                     is {DEFAULT_ACCOUNT:?} ([wechat]): leave --account out, or add an \
+                     [accounts.{n}] table"
+                ))),
+                None => Err(ConfigError(format!(
+                    "--account {n:?}: no account named {n:?}; the configured accounts are {} \
+                     (from {source})",
+                    self.account_names()
+                ))),
+            },
+            None if self.several() => Err(ConfigError(format!(
+                "several accounts are configured ({}, from {source}): add --account NAME to say \
+                 which one this command is for",
+                self.account_names()
+            ))),
+            None => Ok(self.view(&self.first_account())),
+        }
     }
 
     /// The key and where its value came from, for any message that names a config key:
     /// `` `rules.dir` (set in /etc/kefu/ok.toml) ``, `` `rules.dir` (set by KEFU_RULES_DIR) ``
     /// or `` `rules.dir` (the built-in default) ``. Never the value: it may be a secret.
     pub fn key(&self, key: &str) -> String {
-        match self.origin(key) {
+        let key = self.key_name(key);
+        match self.origin(&key) {
             Origin::Default => format!("`{key}` (the built-in default)"),
             Origin::File(p) => format!("`{key}` (set in {})", p.display()),
             Origin::Env(v) => format!("`{key}` (set by {v})"),
@@ -765,6 +974,7 @@ impl Config {
     /// that overrides the file, the file in use, or — for a default — the file in use (or
     /// where one is looked for) and the variable.
     pub fn how_to_set(&self, key: &str) -> String {
+        let key = &self.key_name(key);
         let var = env_var_of(key);
         match (self.origin(key), &self.file) {
             (Origin::Env(v), _) => format!("change {v} (it overrides the config file)"),
@@ -804,6 +1014,25 @@ impl Config {
 /// The environment variable that sets `section.key`: `KEFU_SECTION_KEY`.
 pub fn env_var_of(key: &str) -> String {
     format!("KEFU_{}", key.replace(['.', '-'], "_").to_ascii_uppercase())
+}
+
+/// Splits the part of `KEFU_<TABLE>_<REST>` after the table's prefix (`BACKENDS_`,
+/// `ACCOUNTS_`) into (name, key): `keys` are the table's keys longest first (a `.` in a key is
+/// written `_`); the name is matched against the tables the file names (a `-` written `_`),
+/// else it is the rest before the longest key it ends with, lower-cased.
+fn split_table_env(rest: &str, known: &[String], keys: &[String]) -> Option<(String, String)> {
+    let lower = rest.to_ascii_lowercase();
+    let suffix = |k: &String| format!("_{}", k.replace('.', "_"));
+    for k in keys {
+        if let Some(name) = lower.strip_suffix(&suffix(k))
+            && let Some(n) = known.iter().find(|n| n.replace('-', "_") == name)
+        {
+            return Some((n.clone(), k.clone()));
+        }
+    }
+    keys.iter().find_map(|k| {
+        lower.strip_suffix(&suffix(k)).filter(|n| !n.is_empty()).map(|n| (n.to_string(), k.clone()))
+    })
 }
 
 /// 1-based line and column (in characters) of byte offset `at` in `text`.
@@ -1077,7 +1306,7 @@ fn apply(
         }
         ("server", "path") => {
             let s = want_str(v)?;
-            let reserved = ["/healthz", "/readyz", "/metrics", "/admin", "/pay"];
+            let reserved = ["/healthz", "/readyz", "/metrics", "/admin", "/pay", "/console"];
             if !s.starts_with('/') || s.len() < 2 || s.contains(['?', '#', ' ']) {
                 return Err(format!("{s:?} must be a URL path starting with '/', e.g. /wechat"));
             }

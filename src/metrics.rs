@@ -55,6 +55,130 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// The families a shared (not per-account) [`Metrics`] contributes to a page of several
+/// accounts: the refusals of the pay endpoints, which no account owns.
+const SHARED_FAMILIES: &[&str] = &["kefu_refusals"];
+
+/// The metrics of every account, rendered as one page (interface §11.12: with several
+/// accounts every push, send and window metric carries an `account` label).
+///
+/// Each account counts into a [`Metrics`] of its own, so the pipeline, sender and webhook
+/// code is the same for one account or many; the page merges them family by family, adding
+/// `account="NAME"` to each sample. Without `[accounts.*]` there is one [`Metrics`] and the
+/// page is exactly its own, as before.
+pub struct MetricsSet {
+    accounts: Vec<(Option<String>, Arc<Metrics>)>,
+    shared: Option<Arc<Metrics>>,
+}
+
+impl MetricsSet {
+    /// One account's metrics, unlabelled (no `[accounts.*]`).
+    pub fn single(m: Arc<Metrics>) -> MetricsSet {
+        MetricsSet { accounts: vec![(None, m)], shared: None }
+    }
+
+    /// Several accounts' metrics, each labelled with its name, and the shared metrics of the
+    /// routes no account owns (pay).
+    pub fn labelled(accounts: Vec<(String, Arc<Metrics>)>, shared: Arc<Metrics>) -> MetricsSet {
+        MetricsSet {
+            accounts: accounts.into_iter().map(|(n, m)| (Some(n), m)).collect(),
+            shared: Some(shared),
+        }
+    }
+
+    /// Each account's name (None when unlabelled) and metrics.
+    pub fn accounts(&self) -> impl Iterator<Item = (Option<&str>, &Arc<Metrics>)> {
+        self.accounts.iter().map(|(n, m)| (n.as_deref(), m))
+    }
+
+    /// The OpenMetrics 1.0.0 page of every account.
+    pub fn render(&self) -> String {
+        match (&self.accounts[..], &self.shared) {
+            ([(None, m)], None) => m.render(),
+            _ => {
+                let mut pages: Vec<(Option<&str>, String, Option<&[&str]>)> = self
+                    .accounts
+                    .iter()
+                    .map(|(n, m)| (n.as_deref(), m.render(), None))
+                    .collect();
+                if let Some(s) = &self.shared {
+                    pages.push((None, s.render(), Some(SHARED_FAMILIES)));
+                }
+                merge_pages(&pages)
+            }
+        }
+    }
+
+    /// The page in `format`.
+    pub fn render_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.render(),
+            Format::Prometheus => openmetrics_to_prometheus(&self.render()),
+        }
+    }
+}
+
+/// Merges OpenMetrics pages of the same registry layout into one: each family's `# HELP`,
+/// `# TYPE` and `# UNIT` once (from the first page that has it), then the samples of every
+/// page, each with `account="NAME"` added when its page has a name. `only` limits a page to
+/// the families it names.
+fn merge_pages(pages: &[(Option<&str>, String, Option<&[&str]>)]) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: std::collections::HashMap<&str, (usize, Vec<String>, Vec<String>)> =
+        std::collections::HashMap::new();
+    for (i, (label, text, only)) in pages.iter().enumerate() {
+        let mut current: Option<&str> = None;
+        for line in text.lines() {
+            if line == "# EOF" || line.is_empty() {
+                continue;
+            }
+            let name = match line.strip_prefix("# ") {
+                Some(meta) => meta.split(' ').nth(1).unwrap_or(""),
+                None => current.unwrap_or(""),
+            };
+            current = Some(name);
+            if only.is_some_and(|o| !o.contains(&name)) {
+                continue;
+            }
+            let family = families.entry(name).or_insert_with(|| {
+                order.push(name);
+                (i, Vec::new(), Vec::new())
+            });
+            if line.starts_with('#') {
+                if family.0 == i {
+                    family.1.push(line.to_string());
+                }
+            } else {
+                family.2.push(match label {
+                    Some(l) => with_account_label(line, l),
+                    None => line.to_string(),
+                });
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        let (_, headers, samples) = &families[name];
+        for l in headers.iter().chain(samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// `name{a="b"} 1` → `name{account="NAME",a="b"} 1`; `name 1` → `name{account="NAME"} 1`.
+fn with_account_label(sample: &str, account: &str) -> String {
+    let end = sample.find(['{', ' ']).unwrap_or(sample.len());
+    let (name, rest) = sample.split_at(end);
+    match rest.strip_prefix('{') {
+        Some(labels) if labels.starts_with('}') => format!("{name}{{account=\"{account}\"{labels}"),
+        Some(labels) => format!("{name}{{account=\"{account}\",{labels}"),
+        None => format!("{name}{{account=\"{account}\"}}{rest}"),
+    }
+}
+
 /// Every metric kefu exports.
 /// Histograms by label set, each with the same buckets.
 pub type HistogramFamily = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
@@ -622,6 +746,36 @@ pub type SharedMetrics = Arc<Metrics>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_accounts_merge_into_one_page_with_an_account_label() {
+        let (shop, cafe, shared) =
+            (Arc::new(Metrics::new()), Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+        shop.push("text", "fresh");
+        shop.push("text", "fresh");
+        cafe.push("text", "fresh");
+        cafe.open_windows.set(3);
+        shared.refusal("pay_v2", "bad_signature");
+        shared.push("text", "fresh"); // not a shared family: left out
+        let set = MetricsSet::labelled(
+            vec![("shop".into(), shop.clone()), ("cafe".into(), cafe)],
+            shared,
+        );
+        let page = set.render();
+        assert!(page.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 2"#), "{page}");
+        assert!(page.contains(r#"kefu_pushes_total{account="cafe",kind="text",outcome="fresh"} 1"#));
+        assert!(page.contains(r#"kefu_open_windows{account="cafe"} 3"#), "{page}");
+        assert!(page.contains(r#"kefu_refusals_total{endpoint="pay_v2",reason="bad_signature"} 1"#));
+        assert_eq!(page.matches("# TYPE kefu_pushes counter").count(), 1, "{page}");
+        assert_eq!(page.matches("kefu_pushes_total{").count(), 2, "{page}");
+        assert!(page.ends_with("# EOF\n"));
+        // Histogram buckets keep their own labels after the account's.
+        assert!(page.contains(r#"kefu_answer_seconds_bucket{account="shop",le="#), "{page}");
+        let prom = set.render_as(Format::Prometheus);
+        assert!(prom.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 2"#));
+        // One account without [accounts.*]: the page is exactly its own.
+        assert_eq!(MetricsSet::single(shop.clone()).render(), shop.render());
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -1,5 +1,6 @@
-//! Assembles a running kefu from its parts: the store (SQLite, or Redis + SQLite), the rules,
-//! the API client, the pipeline and its sender, and every HTTP route. `kefu serve` and the
+//! Assembles a running kefu from its parts: for each account (interface §10) its store
+//! (SQLite, or Redis + SQLite), rules, API client, media files, pipeline and sender; then one
+//! server with a webhook per account path and every other HTTP route. `kefu serve` and the
 //! end-to-end tests both start kefu through [`Service::build`], so tests run the real thing.
 
 use std::sync::Arc;
@@ -7,15 +8,17 @@ use std::time::Duration;
 
 use actix_web::web;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::api::ApiClient;
 use crate::app::{Application, ExtraRoutes};
 use crate::config::Config;
 use crate::http::webhook::WebhookState;
 use crate::media::MediaFiles;
-use crate::metrics::Metrics;
+use crate::http::accounts::{AccountChoice, AccountData};
+use crate::metrics::{Metrics, MetricsSet};
 use crate::model::{SharedClock, TokenCache};
-use crate::pipeline::PaymentSink;
+use crate::pipeline::{PaymentRouter, PaymentSink};
 use crate::pipeline::Pipeline;
 use crate::pipeline::PushSink;
 use crate::pipeline::sender::{Sender, SenderHandle};
@@ -54,9 +57,13 @@ impl TokenCache for CountingTokenCache {
     }
 }
 
-/// Everything a running kefu shares (tests read it through [`Service::shared`]); the HTTP
-/// handlers get only the parts they need, as app data.
+/// One account of a running kefu: its configuration view, store, rules, API client, metrics
+/// and pipeline (tests read it through [`Service::shared`] and [`Service::account`]); the
+/// HTTP handlers get only the parts they need, as app data.
 pub struct Shared {
+    /// The account's name (`default` for the `[wechat]` account).
+    pub name: String,
+    /// The account's view of the configuration ([`Config::view`]).
     pub cfg: Config,
     pub store: Arc<dyn Store>,
     pub rules: Arc<Rules>,
@@ -67,12 +74,13 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub pipeline: Arc<Pipeline>,
-    /// The embedded store under `state.dir` (the whole store, or the outbox beside Redis).
+    /// The embedded store under the account's state directory (the whole store, or the
+    /// outbox beside Redis).
     sqlite: SqliteStore,
 }
 
-pub struct Service {
-    app: Application,
+/// What runs for one account beside the server, stopped in order at shutdown.
+struct AccountTasks {
     shared: Arc<Shared>,
     sender: SenderHandle,
     purge_stop: watch::Sender<bool>,
@@ -82,164 +90,79 @@ pub struct Service {
     _watcher: Option<WatchGuard>,
 }
 
+/// What [`Service::build`] checks of an account before any state exists: its keys and rules.
+struct Prepared {
+    view: Config,
+    keys: Keys,
+    rules: Arc<Rules>,
+}
+
+pub struct Service {
+    app: Application,
+    accounts: Vec<AccountTasks>,
+}
+
 impl Service {
-    /// Opens the store, loads the rules (every error reported, none tolerated at start), and
-    /// starts the server, the sender and the background tasks.
+    /// Checks every account's keys and rules (every error reported, none tolerated at
+    /// start), opens each account's store, and starts the server (one webhook per account
+    /// path), the senders and the background tasks.
     pub async fn build(cfg: Config, clock: SharedClock) -> anyhow::Result<Service> {
         cfg.check_serve()?;
-        // Everything that can fail on configuration alone comes before the store is opened,
+        // Everything that can fail on configuration alone comes before a store is opened,
         // so a taken port or a broken rule leaves no new state.dir behind.
         let listener = crate::app::bind(&cfg)?;
-        let keys = Keys::from_config(&cfg)?;
-        let metrics = Arc::new(Metrics::new());
+        let mut prepared = Vec::new();
+        for account in &cfg.served() {
+            prepared.push(prepare(&cfg, account)?);
+        }
+        let labelled = cfg.named_accounts();
+        let shared_metrics = Arc::new(Metrics::new());
 
-        let loaded = RuleSet::load_dir_with(
-            &cfg.rules.dir,
-            &cfg.window,
-            &cfg.backends.keys().cloned().collect::<Vec<_>>(),
-        )
-        .map_err(|diags| {
-            let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-            let n = list.len();
-            anyhow::anyhow!(
-                "the rules in {} do not load ({n} problem{}){}; fix them (`kefu rules check`) \
-                 and start again:\n{}",
-                cfg.rules.dir.display(),
-                if n == 1 { "" } else { "s" },
-                cfg.dir_hint("rules.dir", &cfg.rules.dir, None),
-                list.join("\n")
+        let mut accounts: Vec<AccountTasks> = Vec::new();
+        let mut webhooks = Vec::new();
+        let mut slots: Option<crate::backends::Backends> = None;
+        for p in prepared {
+            let metrics = if labelled { Arc::new(Metrics::new()) } else { shared_metrics.clone() };
+            // Each account's own log lines (its store, media uploads) say which account.
+            let span = tracing::info_span!("account", account = %p.view.account_name());
+            let (tasks, webhook) = start_account(p, metrics, clock.clone(), &mut slots)
+                .instrument(span)
+                .await?;
+            webhooks.push(webhook);
+            accounts.push(tasks);
+        }
+        let metrics = Arc::new(if labelled {
+            MetricsSet::labelled(
+                accounts.iter().map(|a| (a.shared.name.clone(), a.shared.metrics.clone())).collect(),
+                shared_metrics.clone(),
             )
-        })?;
-        for w in &loaded.warnings {
-            tracing::warn!(target: "kefu::rules", "{w}");
-        }
-        let rules = Arc::new(Rules::new(loaded));
-
-        let (store, sqlite) =
-            crate::store::open_store(&cfg, crate::store::Role::Server, clock.clone()).await?;
-        let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
-
-        // Without credentials the client still exists (the kf-account calls answer
-        // NoCredentials, so the admin API says 503 with the fix); sends run dry: the sender's
-        // and the manual ones (`/admin/send`, `kefu send`) pass the window gate and are logged.
-        let api = ApiClient::new(
-            &cfg.wechat,
-            Arc::new(CountingTokenCache { inner: store.token_cache(), metrics: metrics.clone() }),
-            clock.clone(),
-        )?;
-        let client = if api.has_credentials() {
-            Some(api.clone())
-        } else if cfg.wechat.app_id_only() {
-            // Said once, here: every message that is not sent is logged as `dry-run` by the
-            // sender, so the operator needs the reason and the fix only one time.
-            tracing::warn!(
-                app_id = %cfg.wechat.app_id,
-                "sending is off: wechat.app_id is set but wechat.app_secret is missing; pushes are \
-                 verified, decrypted (the AppID checked) and answered with passive replies, and \
-                 customer-service messages are logged as dry-run instead of sent. To send, set \
-                 wechat.app_secret (or KEFU_WECHAT_APP_SECRET) to the AppSecret (开发者密码) and \
-                 restart"
-            );
-            None
         } else {
-            tracing::info!(
-                "no wechat.app_id/app_secret: dry-run mode, customer-service messages are logged, not sent"
-            );
-            None
-        };
-
-        // ---- media ---- files named in replies: uploaded now (in the background) and on
-        // every reload, kept fresh by the refresher; pushes use only ready ids.
-        let media = Arc::new(
-            MediaFiles::new(store.clone(), client.clone(), clock.clone(), cfg.media.refresh_after)
-                .with_metrics(metrics.clone()),
-        );
-        rules.set_on_reload(media.reload_hook());
-        let media_refresher = media.spawn_refresher(rules.clone());
-        let wake = Arc::new(Notify::new());
-        let customer_service =
-            Arc::new(crate::delivery::CustomerService::new(cfg.delivery.customer_service));
-        let mut pipeline = Pipeline::new(
-            store.clone(),
-            rules.clone(),
-            cfg.rules.passive_first,
-            metrics.clone(),
-            wake.clone(),
-        )
-        .with_app_id(&cfg.wechat.app_id)
-        .with_delivery(&cfg.delivery, customer_service.clone())
-        .with_media(media.clone());
-        // ---- backends ---- forwards run beside the push path; unfinished ones are called again.
-        if !cfg.backends.is_empty() {
-            let deps = crate::backends::BackendDeps {
-                metrics: metrics.clone(),
-                store: Some(store.clone()),
-                clock: clock.clone(),
-                rules_dir: cfg.rules.dir.clone(),
-            };
-            let forwarder = crate::pipeline::forward::Forwarder::new(
-                store.clone(),
-                crate::backends::Backends::from_config(&cfg, &deps)?,
-                metrics.clone(),
-                clock.clone(),
-                wake.clone(),
-                client.clone(),
-                &cfg.delivery,
-                customer_service.clone(),
-                cfg.rules.passive_first,
-            );
-            forwarder.recover().await;
-            pipeline = pipeline.with_forwarder(forwarder);
-        }
-        let pipeline = Arc::new(pipeline);
-        let sender =
-            Sender::new(store.clone(), client.clone(), metrics.clone(), clock.clone(), wake)
-                .with_delivery(&cfg.delivery, customer_service)
-                .with_media(media)
-                .spawn();
-
-        let (purge_stop, purge_rx) = watch::channel(false);
-        if cfg.log.retention.is_zero() {
-            tracing::info!(
-                "log.retention is 0s: no conversation log is kept (kefu conversations and the \
-                 console's conversation pages stay empty); set it, e.g. \"30d\", to keep one"
-            );
-        }
-        let log_purger =
-            spawn_log_purger(store.clone(), clock.clone(), cfg.log.retention, purge_rx.clone());
-        let purger = sqlite.spawn_purger(purge_rx);
-
-        let shared = Arc::new(Shared {
-            cfg: cfg.clone(),
-            store,
-            rules,
-            client,
-            api,
-            metrics: metrics.clone(),
-            clock: clock.clone(),
-            pipeline: pipeline.clone(),
-            sqlite,
+            MetricsSet::single(shared_metrics.clone())
         });
 
-        let sink: Arc<dyn PushSink> = pipeline.clone();
-        let state = web::Data::new(
-            WebhookState::new(keys, sink, cfg.server.max_body_bytes, clock.clone())
-                .with_metrics(metrics.clone()),
-        );
-        let extra = routes(shared.clone())?;
-        let app = Application::build_on(listener, &cfg, state, Some(extra))?;
-        tracing::info!(address = %app.local_addr(), path = %cfg.server.path, rules = shared.rules.current().len(), "kefu listening");
-        // Refusals later say "does not match the configured wechat.token" and the like; this
-        // line says where each of those keys came from (never their values).
-        tracing::info!(
-            token = %cfg.key("wechat.token"),
-            encoding_aes_key = %cfg.key("wechat.encoding_aes_key"),
-            app_id = %cfg.key("wechat.app_id"),
-            max_clock_skew_secs = %cfg.key("server.max_clock_skew_secs"),
-            "push verification uses"
-        );
-        let background = vec![media_refresher, log_purger];
-        Ok(Service { app, shared, sender, purge_stop, purger, background, _watcher: watcher })
+        let list: Vec<Arc<Shared>> = accounts.iter().map(|a| a.shared.clone()).collect();
+        let (extra, data) = routes(&cfg, &list, metrics, shared_metrics, clock.clone())?;
+        let app = Application::build_on(listener, webhooks, Some(extra), data)?;
+        for a in &list {
+            tracing::info!(
+                account = %a.name,
+                address = %app.local_addr(),
+                path = %a.cfg.server.path,
+                rules = a.rules.current().len(),
+                "kefu listening"
+            );
+            // Refusals later say "does not match the configured wechat.token" and the like;
+            // this line says where each of those keys came from (never their values).
+            tracing::info!(
+                account = %a.name,
+                token = %a.cfg.key("wechat.token"),
+                encoding_aes_key = %a.cfg.key("wechat.encoding_aes_key"),
+                app_id = %a.cfg.key("wechat.app_id"),
+                max_clock_skew_secs = %a.cfg.key("server.max_clock_skew_secs"),
+                "push verification uses"
+            );
+        }
+        Ok(Service { app, accounts })
     }
 
     pub fn port(&self) -> u16 {
@@ -250,22 +173,40 @@ impl Service {
         self.app.local_addr()
     }
 
+    /// The first (or only) account.
     pub fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
+        self.accounts[0].shared.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT (or [`Self::handle`]'s stop), then stops the sender within
-    /// its bound, leaving unsent messages in the outbox for the next start.
+    /// The account called `name`, if it is served.
+    pub fn account(&self, name: &str) -> Option<Arc<Shared>> {
+        self.accounts.iter().find(|a| a.shared.name == name).map(|a| a.shared.clone())
+    }
+
+    /// Serves until SIGTERM/SIGINT (or [`Self::handle`]'s stop), then stops each account's
+    /// sender within its bound, leaving unsent messages in the outbox for the next start.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Service { app, shared, sender, purge_stop, purger, background, _watcher } = self;
+        let Service { app, accounts } = self;
         let served = app.run_until_stopped().await;
-        for task in background {
-            task.abort();
+        for a in &accounts {
+            for task in &a.background {
+                task.abort();
+            }
         }
-        sender.shutdown(SENDER_STOP_BOUND).await;
-        let _ = purge_stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(1), purger).await;
-        shared.sqlite.close();
+        // The senders stop side by side: the bound holds for all of them together.
+        let mut rest = Vec::new();
+        let mut stopping = Vec::new();
+        for a in accounts {
+            let AccountTasks { shared, sender, purge_stop, purger, background: _, _watcher } = a;
+            stopping.push(sender.shutdown(SENDER_STOP_BOUND));
+            rest.push((shared, purge_stop, purger, _watcher));
+        }
+        futures::future::join_all(stopping).await;
+        for (shared, purge_stop, purger, _watcher) in rest {
+            let _ = purge_stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), purger).await;
+            shared.sqlite.close();
+        }
         served?;
         tracing::info!("kefu stopped");
         Ok(())
@@ -274,6 +215,178 @@ impl Service {
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.app.handle()
     }
+}
+
+/// Checks one account's keys and loads its rules; nothing is opened or written.
+fn prepare(cfg: &Config, account: &crate::config::AccountConfig) -> anyhow::Result<Prepared> {
+    let view = cfg.view(account);
+    let keys = Keys::from_config(&view)?;
+    let loaded = RuleSet::load_dir_with(
+        &view.rules.dir,
+        &view.window,
+        &view.backends.keys().cloned().collect::<Vec<_>>(),
+    )
+    .map_err(|diags| {
+        let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let n = list.len();
+        anyhow::anyhow!(
+            "the rules in {}{} do not load ({n} problem{}){}; fix them (`kefu rules check`) \
+             and start again:\n{}",
+            view.rules.dir.display(),
+            if account.named { format!(" (account {})", account.name) } else { String::new() },
+            if n == 1 { "" } else { "s" },
+            view.dir_hint("rules.dir", &view.rules.dir, None),
+            list.join("\n")
+        )
+    })?;
+    for w in &loaded.warnings {
+        tracing::warn!(target: "kefu::rules", account = %account.name, "{w}");
+    }
+    Ok(Prepared { view, keys, rules: Arc::new(Rules::new(loaded)) })
+}
+
+/// Opens one account's store and starts its pipeline, forwarder, sender and background
+/// tasks; returns them and the account's webhook (path and state). `slots` carries the
+/// first account's backends, whose call slots (`max_concurrent`) every account shares.
+async fn start_account(
+    p: Prepared,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    slots: &mut Option<crate::backends::Backends>,
+) -> anyhow::Result<(AccountTasks, (String, web::Data<WebhookState>))> {
+    let Prepared { view: cfg, keys, rules } = p;
+    let name = cfg.account_name();
+    let (store, sqlite) =
+        crate::store::open_store(&cfg, crate::store::Role::Server, clock.clone()).await?;
+    let watcher = if cfg.rules.hot_reload { Some(rules.spawn_watcher()?) } else { None };
+
+    // Without credentials the client still exists (the kf-account calls answer
+    // NoCredentials, so the admin API says 503 with the fix); sends run dry: the sender's
+    // and the manual ones (`/admin/send`, `kefu send`) pass the window gate and are logged.
+    let api = ApiClient::new(
+        &cfg.wechat,
+        Arc::new(CountingTokenCache { inner: store.token_cache(), metrics: metrics.clone() }),
+        clock.clone(),
+    )?;
+    let client = if api.has_credentials() {
+        Some(api.clone())
+    } else if cfg.wechat.app_id_only() {
+        // Said once, here: every message that is not sent is logged as `dry-run` by the
+        // sender, so the operator needs the reason and the fix only one time.
+        tracing::warn!(
+            app_id = %cfg.wechat.app_id,
+            "sending is off: {} is set but {} is missing; pushes are verified, decrypted (the \
+             AppID checked) and answered with passive replies, and customer-service messages \
+             are logged as dry-run instead of sent. To send, {} to the AppSecret (开发者密码) \
+             and restart",
+            cfg.key_name("wechat.app_id"),
+            cfg.key_name("wechat.app_secret"),
+            cfg.how_to_set("wechat.app_secret")
+        );
+        None
+    } else {
+        tracing::info!(
+            "no {}/app_secret: dry-run mode, customer-service messages are logged, not sent",
+            cfg.key_name("wechat.app_id")
+        );
+        None
+    };
+
+    // ---- media ---- files named in replies: uploaded now (in the background) and on every
+    // reload, kept fresh by the refresher; pushes use only ready ids.
+    let media = Arc::new(
+        MediaFiles::new(store.clone(), client.clone(), clock.clone(), cfg.media.refresh_after)
+            .with_metrics(metrics.clone()),
+    );
+    rules.set_on_reload(media.reload_hook());
+    let media_refresher = media.spawn_refresher(rules.clone());
+    let wake = Arc::new(Notify::new());
+    let customer_service =
+        Arc::new(crate::delivery::CustomerService::new(cfg.delivery.customer_service));
+    let mut pipeline = Pipeline::new(
+        store.clone(),
+        rules.clone(),
+        cfg.rules.passive_first,
+        metrics.clone(),
+        wake.clone(),
+    )
+    .with_app_id(&cfg.wechat.app_id)
+    .with_delivery(&cfg.delivery, customer_service.clone())
+    .with_media(media.clone());
+    // ---- backends ---- shared by every account (one config, one set of call slots); each
+    // account's instance keeps its followers' turns in its own store. Forwards run beside
+    // the push path; unfinished ones are called again.
+    if !cfg.backends.is_empty() {
+        let deps = crate::backends::BackendDeps {
+            metrics: metrics.clone(),
+            store: Some(store.clone()),
+            clock: clock.clone(),
+            rules_dir: cfg.rules.dir.clone(),
+        };
+        let mut backends = crate::backends::Backends::from_config(&cfg, &deps)?;
+        match slots {
+            Some(first) => backends.share_slots(first),
+            None => *slots = Some(backends.clone()),
+        }
+        let forwarder = crate::pipeline::forward::Forwarder::new(
+            store.clone(),
+            backends,
+            metrics.clone(),
+            clock.clone(),
+            wake.clone(),
+            client.clone(),
+            &cfg.delivery,
+            customer_service.clone(),
+            cfg.rules.passive_first,
+            &name,
+        );
+        forwarder.recover().await;
+        pipeline = pipeline.with_forwarder(forwarder);
+    }
+    let pipeline = Arc::new(pipeline);
+    let sender = Sender::new(store.clone(), client.clone(), metrics.clone(), clock.clone(), wake)
+        .with_delivery(&cfg.delivery, customer_service)
+        .with_media(media)
+        .spawn();
+
+    let (purge_stop, purge_rx) = watch::channel(false);
+    if cfg.log.retention.is_zero() {
+        tracing::info!(
+            "log.retention is 0s: no conversation log is kept (kefu conversations and the \
+             console's conversation pages stay empty); set it, e.g. \"30d\", to keep one"
+        );
+    }
+    let log_purger =
+        spawn_log_purger(store.clone(), clock.clone(), cfg.log.retention, purge_rx.clone());
+    let purger = sqlite.spawn_purger(purge_rx);
+
+    let sink: Arc<dyn PushSink> = pipeline.clone();
+    let state = web::Data::new(
+        WebhookState::new(keys, sink, cfg.server.max_body_bytes, clock.clone())
+            .with_metrics(metrics.clone()),
+    );
+    let path = cfg.server.path.clone();
+    let shared = Arc::new(Shared {
+        name,
+        cfg,
+        store,
+        rules,
+        client,
+        api,
+        metrics,
+        clock,
+        pipeline,
+        sqlite,
+    });
+    let tasks = AccountTasks {
+        shared,
+        sender,
+        purge_stop,
+        purger,
+        background: vec![media_refresher, log_purger],
+        _watcher: watcher,
+    };
+    Ok((tasks, (path, state)))
 }
 
 /// The conversation log's purge (interface §11.11: at least once a minute; more often under a
@@ -302,43 +415,77 @@ fn spawn_log_purger(
     })
 }
 
-/// The routes beside the webhook: readiness, metrics, admin, pay.
-fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
-    let store = web::Data::new(shared.store.clone());
-    let clock = web::Data::new(shared.clock.clone());
-    let auth = web::Data::new(
-        crate::http::admin::AdminAuth::from_config(&shared.cfg)
-            .with_account_id(&shared.cfg.wechat.account_id),
-    );
-    let client = web::Data::new(shared.api.clone());
-    let pay_sink: web::Data<Arc<dyn PaymentSink>> =
-        web::Data::new(shared.pipeline.clone() as Arc<dyn PaymentSink>);
+/// The routes beside the webhooks (readiness, metrics, admin, console, pay) and each
+/// account's app data for the account middleware ([`crate::http::accounts`]).
+fn routes(
+    cfg: &Config,
+    accounts: &[Arc<Shared>],
+    metrics: Arc<MetricsSet>,
+    shared_metrics: Arc<Metrics>,
+    clock: SharedClock,
+) -> anyhow::Result<(ExtraRoutes, Vec<AccountData>)> {
+    let names = Arc::new(accounts.iter().map(|a| a.name.clone()).collect::<Vec<_>>());
+    let data: Vec<AccountData> = accounts
+        .iter()
+        .map(|a| {
+            let store = web::Data::new(a.store.clone());
+            let api = web::Data::new(a.api.clone());
+            let rules = web::Data::new(a.rules.clone());
+            let metrics = web::Data::new(a.metrics.clone());
+            let auth = web::Data::new(
+                crate::http::admin::AdminAuth::from_config(&a.cfg)
+                    .with_account_id(&a.cfg.wechat.account_id),
+            );
+            let insert = move |ext: &mut actix_web::dev::Extensions| {
+                ext.insert(store.clone());
+                ext.insert(api.clone());
+                ext.insert(rules.clone());
+                ext.insert(auth.clone());
+                ext.insert(metrics.clone());
+            };
+            AccountData {
+                choice: AccountChoice {
+                    name: a.name.clone(),
+                    account_id: a.cfg.wechat.account_id.clone(),
+                    all: names.clone(),
+                },
+                insert: Arc::new(insert),
+            }
+        })
+        .collect();
+    let ops = web::Data::new(crate::http::ops::Ops {
+        accounts: accounts
+            .iter()
+            .map(|a| crate::http::ops::OpsAccount {
+                name: a.cfg.account.clone(),
+                store: a.store.clone(),
+                rules: a.rules.clone(),
+                rules_dir: a.cfg.rules.dir.clone(),
+                metrics: a.metrics.clone(),
+            })
+            .collect(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+    });
+    let clock = web::Data::new(clock);
+    // The admin check for requests no account middleware sees (it adds each account's own).
+    let auth = web::Data::new(crate::http::admin::AdminAuth::from_config(cfg));
+    let pay_sink: web::Data<Arc<dyn PaymentSink>> = web::Data::new(Arc::new(PaymentRouter::new(
+        accounts.iter().map(|a| (a.cfg.wechat.app_id.clone(), a.pipeline.clone())).collect(),
+    )) as Arc<dyn PaymentSink>);
     // Loaded once here, so a bad PEM stops the start with its message.
-    let pay = crate::http::pay::PayRoutes::from_config(
-        &shared.cfg.pay,
-        shared.cfg.server.max_clock_skew_secs,
-    )?
-    .with_metrics(shared.metrics.clone());
-    let rules = web::Data::new(shared.rules.clone());
-    let metrics = web::Data::new(shared.metrics.clone());
-    let rules_dir = web::Data::new(crate::http::ops::RulesDir(shared.cfg.rules.dir.clone()));
-    let console = web::Data::new(Arc::new(
-        crate::console::ConsoleState::new(
-            &shared.cfg.admin.token,
-            shared.cfg.console.secure_cookie,
-        )
-        .with_account_id(&shared.cfg.wechat.account_id),
-    ));
-    Ok(Arc::new(move |c: &mut web::ServiceConfig| {
-        c.app_data(store.clone())
-            .app_data(clock.clone())
+    let pay = crate::http::pay::PayRoutes::from_config(&cfg.pay, cfg.server.max_clock_skew_secs)?
+        .with_metrics(shared_metrics);
+    let console = web::Data::new(Arc::new(crate::console::ConsoleState::new(
+        &cfg.admin.token,
+        cfg.console.secure_cookie,
+    )));
+    let extra: ExtraRoutes = Arc::new(move |c: &mut web::ServiceConfig| {
+        c.app_data(clock.clone())
             .app_data(auth.clone())
             .app_data(pay_sink.clone())
-            .app_data(rules.clone())
-            .app_data(metrics.clone())
-            .app_data(rules_dir.clone())
-            .app_data(console.clone())
-            .app_data(client.clone());
+            .app_data(ops.clone())
+            .app_data(console.clone());
         crate::http::ops::configure(c);
         c.route("/admin/windows/{openid}", web::get().to(crate::http::admin::window))
             .route("/admin/rules/reload", web::post().to(crate::http::admin::reload));
@@ -346,5 +493,6 @@ fn routes(shared: Arc<Shared>) -> anyhow::Result<ExtraRoutes> {
         crate::http::conversations::configure(c);
         crate::console::configure(c);
         pay.register(c);
-    }))
+    });
+    Ok((extra, data))
 }

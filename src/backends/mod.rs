@@ -63,6 +63,11 @@ pub struct ForwardRequest {
     pub id: String,
     /// The push's `ToUserName` (`gh_…`).
     pub account: String,
+    /// The kefu account the push came to (`[accounts.NAME]`'s NAME, or `default`): a backend
+    /// shared by several accounts tells them apart by it (interface §10). Extra to §11.1;
+    /// empty in a request stored before it existed.
+    #[serde(default)]
+    pub account_name: String,
     pub openid: String,
     /// When kefu received the push, Unix seconds.
     pub received_at: i64,
@@ -364,6 +369,17 @@ impl Backends {
         Ok(Backends { entries })
     }
 
+    /// Makes every backend of `self` take its call slots (`max_concurrent`) from the backend of
+    /// the same name in `first`: the accounts of one kefu share each backend's limit, as they
+    /// share the backend (interface §10).
+    pub fn share_slots(&mut self, first: &Backends) {
+        for (name, entry) in &mut self.entries {
+            if let Some(f) = first.entries.get(name) {
+                entry.slots = f.slots.clone();
+            }
+        }
+    }
+
     /// Adds (or replaces) a backend by hand (tests, benches).
     pub fn insert(&mut self, config: BackendConfig, backend: Arc<dyn Backend>) {
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
@@ -433,6 +449,7 @@ mod tests {
         let req = ForwardRequest {
             id: "fw_1".into(),
             account: "gh_1".into(),
+            account_name: "default".into(),
             openid: "o1".into(),
             received_at: 1_700_000_000,
             rule: "ask".into(),

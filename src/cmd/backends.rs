@@ -127,6 +127,7 @@ fn test_request(cfg: &Config, backend: &str, kind: &str, now: i64) -> ForwardReq
     ForwardRequest {
         id: format!("fw_check_{backend}_{now}"),
         account,
+        account_name: cfg.account_name(),
         openid: CHECK_OPENID.into(),
         received_at: now,
         rule: CHECK_RULE.into(),

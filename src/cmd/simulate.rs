@@ -244,7 +244,7 @@ async fn call_backend(
     let Some(entry) = backends.get(&split.backend) else {
         return Err(CmdError::Usage(format!("backend `{}` is not configured", split.backend)));
     };
-    let mut req = crate::pipeline::forward::request_for(intake, split);
+    let mut req = crate::pipeline::forward::request_for(intake, split, &cfg.account_name());
     let now = intake.received_at_ms.div_euclid(1000);
     req.window = crate::pipeline::forward::window_facts(Some(window), now, cs);
     let started = std::time::Instant::now();

@@ -160,21 +160,8 @@ pub(super) type RawBackend = BTreeMap<String, (toml::Value, Origin)>;
 /// is matched against the backends the file names (a `-` written `_`), else it is the rest
 /// before the longest known key it ends with, lower-cased.
 pub(super) fn split_env(rest: &str, known: &[String]) -> Option<(String, String)> {
-    let lower = rest.to_ascii_lowercase();
-    let keys = all_keys();
-    for k in &keys {
-        if let Some(name) = lower.strip_suffix(&format!("_{k}"))
-            && let Some(n) = known.iter().find(|n| n.replace('-', "_") == name)
-        {
-            return Some((n.clone(), k.to_string()));
-        }
-    }
-    keys.iter().find_map(|k| {
-        lower
-            .strip_suffix(&format!("_{k}"))
-            .filter(|n| !n.is_empty())
-            .map(|n| (n.to_string(), k.to_string()))
-    })
+    let keys: Vec<String> = all_keys().iter().map(|k| k.to_string()).collect();
+    super::split_table_env(rest, known, &keys)
 }
 
 /// Checks one backend's values against the keys of its kind: every error, one per line, names

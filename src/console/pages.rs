@@ -608,6 +608,7 @@ pub(super) async fn account_action(
     path: web::Path<String>,
     state: web::Data<Arc<ConsoleState>>,
     api: web::Data<ApiClient>,
+    account: web::Data<crate::http::accounts::AccountChoice>,
     form: Form,
 ) -> HttpResponse {
     let s = match post_session(&state, &req, &form) {
@@ -616,7 +617,7 @@ pub(super) async fn account_action(
     };
     let field = |k: &str| form.get(k).map(|s| s.trim()).unwrap_or("");
     let back = "/console/accounts";
-    let kf = match KfAccount::parse_with(field("kf_account"), Some(state.account_id())) {
+    let kf = match KfAccount::parse_with(field("kf_account"), Some(&account.account_id)) {
         Ok(k) => k,
         Err(e) => return back_with(&state, &s, back, false, format!("客服账号不正确：{e}")),
     };

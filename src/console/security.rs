@@ -61,8 +61,6 @@ pub struct ConsoleState {
     /// SHA-256 of `admin.token`; None when it is empty (the console is off).
     digest: Option<[u8; 32]>,
     secure_cookie: bool,
-    /// `wechat.account_id`, completing a bare kf prefix typed in the accounts page.
-    account_id: String,
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
@@ -84,21 +82,11 @@ impl ConsoleState {
         ConsoleState {
             digest,
             secure_cookie,
-            account_id: String::new(),
             sessions: Mutex::default(),
             failures: Mutex::default(),
         }
     }
 
-    /// Completes bare kf prefixes with `wechat.account_id`.
-    pub fn with_account_id(mut self, account_id: &str) -> ConsoleState {
-        self.account_id = account_id.to_string();
-        self
-    }
-
-    pub fn account_id(&self) -> &str {
-        &self.account_id
-    }
 
     pub fn enabled(&self) -> bool {
         self.digest.is_some()

@@ -1,10 +1,12 @@
 //! HTTP routes, thin: extract, call the pure protocol code, map errors to status codes.
 //! `webhook` (GET handshake, POST pushes), `ops` (/healthz, /readyz, /metrics), `admin` (/admin/*), `windows`
-//! (`GET /admin/windows/{openid}`), `pay` (/pay/notify/*).
+//! (`GET /admin/windows/{openid}`), `pay` (/pay/notify/*), `accounts` (which account an
+//! admin or console request is about: `?account=NAME`).
 
 use actix_web::{HttpRequest, web};
 use futures::StreamExt;
 
+pub mod accounts;
 pub mod admin;
 pub mod conversations;
 pub mod ops;

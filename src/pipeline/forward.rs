@@ -199,6 +199,8 @@ pub struct Forwarder {
     delivery: DeliveryConfig,
     customer_service: Arc<CustomerService>,
     passive_first: bool,
+    /// The kefu account this forwarder serves (the requests' `account_name`).
+    account_name: String,
     flights: DashMap<String, Arc<Flight>>,
     /// Per follower: the settlement of their latest forward, which the next one waits for.
     order: Mutex<HashMap<String, (u64, Settled)>>,
@@ -231,6 +233,7 @@ impl Forwarder {
         delivery: &DeliveryConfig,
         customer_service: Arc<CustomerService>,
         passive_first: bool,
+        account_name: &str,
     ) -> Arc<Self> {
         Arc::new(Forwarder {
             store,
@@ -242,6 +245,7 @@ impl Forwarder {
             delivery: delivery.clone(),
             customer_service,
             passive_first,
+            account_name: account_name.to_string(),
             flights: DashMap::new(),
             order: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
@@ -302,7 +306,7 @@ impl Forwarder {
     /// Decides a forward of `intake` before the push is committed: a shortcut answer, the
     /// rate limit, an unknown backend, or a call (with its record).
     pub async fn prepare(&self, intake: &Intake, split: &Split) -> Prepared {
-        let request = request_for(intake, split);
+        let request = request_for(intake, split, &self.account_name);
         let Some(entry) = self.backends.get(&split.backend) else {
             warn!(backend = %split.backend, rule = %split.rule,
                 "the rule forwards to a backend that is not configured; sending its fallback");
@@ -698,10 +702,11 @@ impl Forwarder {
 
 /// The request of a forward (interface §7.3), its `window` still empty (filled in when it
 /// is called, from the window after the push).
-pub fn request_for(intake: &Intake, split: &Split) -> ForwardRequest {
+pub fn request_for(intake: &Intake, split: &Split, account_name: &str) -> ForwardRequest {
     ForwardRequest {
         id: forward_id(intake.dedupe_key.as_str()),
         account: intake.account.clone(),
+        account_name: account_name.to_string(),
         openid: intake.openid.as_str().to_string(),
         received_at: intake.received_at_ms.div_euclid(1000),
         rule: split.rule.clone(),

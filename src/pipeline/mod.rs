@@ -10,7 +10,7 @@ pub mod sender;
 pub mod sink;
 
 pub use intake::Intake;
-pub use sink::{AckOnly, PaymentSink, PushSink};
+pub use sink::{AckOnly, PaymentRouter, PaymentSink, PushSink};
 
 use std::sync::Arc;
 

@@ -641,11 +641,12 @@ pub async fn open_store(
     if cfg.state.redis_url.is_empty() {
         return Ok((Arc::new(sqlite.clone()), sqlite));
     }
-    // Hash-tagged so the multi-key scripts stay legal on a Redis Cluster.
-    let app = if cfg.wechat.app_id.is_empty() { "dry-run" } else { cfg.wechat.app_id.as_str() };
+    // One namespace per WeChat account (its AppID), hash-tagged so the multi-key scripts stay
+    // legal on a Redis Cluster ([`crate::config::AccountConfig::redis_namespace`]).
+    let namespace = cfg.first_account().redis_namespace();
     let redis = RedisStore::open(
         cfg.state.redis_url.expose(),
-        &format!("kefu:{{{app}}}"),
+        &namespace,
         Arc::new(sqlite.clone()),
         window,
         dedupe_retention_secs(cfg.server.max_clock_skew_secs),

@@ -119,7 +119,8 @@ async fn the_request_is_the_exact_json_signed_with_the_secret() {
         r.json().expect("JSON body"),
         json!({
             "id": kefu::backends::forward_id(key.as_str()),
-            "account": ACCOUNT, "openid": user, "received_at": now, "rule": "ask-orders",
+            "account": ACCOUNT, "account_name": "default", "openid": user, "received_at": now,
+            "rule": "ask-orders",
             "push": {"msgtype": "text", "content": "我的订单20240501到哪了", "msg_id": "7",
                      "event": null, "event_key": null, "media_id": null, "pic_url": null,
                      "recognition": null, "location": null, "captures": {"order": "20240501"}},
