@@ -111,7 +111,9 @@ fn no_credentials(cfg: &Config) -> CmdError {
     }
     CmdError::Usage(format!(
         "no WeChat credentials configured: this command calls the WeChat API, which needs \
-         `wechat.app_id` and `wechat.app_secret`: {}",
+         `{}` and `{}`: {}",
+        cfg.key_name("wechat.app_id"),
+        cfg.key_name("wechat.app_secret"),
         fixes.join("; ")
     ))
 }

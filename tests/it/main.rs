@@ -26,5 +26,6 @@ mod redis;
 mod rules;
 mod scale;
 mod serving;
+mod several_accounts;
 mod state;
 mod webhook;
