@@ -262,6 +262,14 @@ fn cross_checks(accounts: &[AccountConfig]) -> Vec<String> {
                     a.name, b.name
                 ));
             }
+            if !a.wechat.token.is_empty() && a.wechat.token.expose() == b.wechat.token.expose() {
+                e.push(format!(
+                    "[accounts.{}] and [accounts.{}] have the same token: a push signed for one \
+                     would be accepted on the other's path. Give each account its own Token (in \
+                     its server configuration page and in its `token` key)",
+                    a.name, b.name
+                ));
+            }
             if a.name.replace('-', "_") == b.name.replace('-', "_") {
                 e.push(format!(
                     "[accounts.{}] and [accounts.{}] have the same environment name \
@@ -407,6 +415,9 @@ token = "cafetoken"
         )
         .unwrap_err();
         assert!(e.contains("same path") && e.contains("same app_id"), "{e}");
+        let e = load("[accounts.a]\ntoken = \"same1\"\n[accounts.b]\ntoken = \"same1\"\n", &[])
+            .unwrap_err();
+        assert!(e.contains("same token") && !e.contains("same1"), "{e}");
         // An account's keys are checked by the rules of the key they stand for.
         let e = load("[accounts.a]\napp_secret = \"x\"\n", &[]).unwrap_err();
         assert!(e.contains("`accounts.a.app_secret`") && e.contains("`accounts.a.app_id`"), "{e}");

@@ -591,11 +591,24 @@ impl Session {
             }
             _ if API_COMMANDS.contains(&top) => {
                 let base = self.mock.get_or_insert_with(MockWechat::start).url();
-                let mock_env = [
-                    ("KEFU_WECHAT_APP_ID", "wxReadme0000000001"),
-                    ("KEFU_WECHAT_APP_SECRET", "ReadmeSecret0123456789"),
-                    ("KEFU_WECHAT_API_BASE", base.as_str()),
-                ];
+                // `--account NAME` (interface §10): the mock's credentials as that account's,
+                // defined by its KEFU_ACCOUNTS_<NAME>_* variables alone.
+                let prefix = match args.iter().position(|a| a == "--account") {
+                    Some(i) => format!(
+                        "KEFU_ACCOUNTS_{}_",
+                        args[i + 1].replace('-', "_").to_ascii_uppercase()
+                    ),
+                    None => "KEFU_WECHAT_".to_string(),
+                };
+                let vars: Vec<(String, &str)> = [
+                    ("APP_ID", "wxReadme0000000001"),
+                    ("APP_SECRET", "ReadmeSecret0123456789"),
+                    ("API_BASE", base.as_str()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (format!("{prefix}{k}"), v))
+                .collect();
+                let mock_env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
                 Ok(self.finish(env, args, &mock_env)?.stdout)
             }
             _ => Ok(self.finish(env, args, &[])?.stdout),
