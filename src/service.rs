@@ -363,7 +363,8 @@ async fn start_account(
     let sink: Arc<dyn PushSink> = pipeline.clone();
     let state = web::Data::new(
         WebhookState::new(keys, sink, cfg.server.max_body_bytes, clock.clone())
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .for_account(cfg.account.clone()),
     );
     let path = cfg.server.path.clone();
     let shared = Arc::new(Shared {

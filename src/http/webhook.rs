@@ -20,6 +20,9 @@ pub struct WebhookState {
     max_body_bytes: usize,
     clock: SharedClock,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// NAME of the `[accounts.NAME]` this webhook serves: refusals then name its keys
+    /// (`accounts.NAME.token`, not `wechat.token`) and the account.
+    account: Option<String>,
 }
 
 impl WebhookState {
@@ -29,7 +32,13 @@ impl WebhookState {
         max_body_bytes: usize,
         clock: SharedClock,
     ) -> Self {
-        WebhookState { keys, sink, max_body_bytes, clock, metrics: None }
+        WebhookState { keys, sink, max_body_bytes, clock, metrics: None, account: None }
+    }
+
+    /// The webhook of `[accounts.NAME]` (None: the `[wechat]` account).
+    pub fn for_account(mut self, name: Option<String>) -> Self {
+        self.account = name;
+        self
     }
 
     /// Counts refusals and answer latency into `metrics`.
@@ -94,12 +103,19 @@ fn plain(status: StatusCode, body: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(body.into())
 }
 
-/// Logs a refusal and answers it. The body names the cause but carries nothing secret.
-fn refuse(e: &PushError, q: Option<&Query>) -> HttpResponse {
+/// Logs a refusal and answers it. The body names the cause (with the keys as the operator
+/// wrote them: an account's are `accounts.NAME.*`) but carries nothing secret.
+fn refuse(state: &WebhookState, e: &PushError, q: Option<&Query>) -> HttpResponse {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let openid = q.and_then(|q| q.openid.as_deref()).unwrap_or("");
-    tracing::warn!(status = e.status(), reason = e.reason(), error = %e, openid, "push refused");
-    refused(plain(status, e.to_string()), e.reason())
+    let message = match &state.account {
+        Some(name) => e.to_string().replace("wechat.", &format!("accounts.{name}.")),
+        None => e.to_string(),
+    };
+    let account = state.account.as_deref();
+    tracing::warn!(status = e.status(), reason = e.reason(), error = %message, openid, account,
+        "push refused");
+    refused(plain(status, message), e.reason())
 }
 
 async fn handshake(req: HttpRequest, state: web::Data<WebhookState>) -> HttpResponse {
@@ -118,7 +134,7 @@ fn handshake_inner(req: &HttpRequest, state: &WebhookState) -> HttpResponse {
             tracing::info!("handshake verified");
             plain(StatusCode::OK, echostr)
         }
-        Err(e) => refuse(&e, Some(&q)),
+        Err(e) => refuse(state, &e, Some(&q)),
     }
 }
 
@@ -157,7 +173,7 @@ async fn push_inner(
     let body = match super::read_capped(&req, payload, state.max_body_bytes).await {
         Ok(body) => body,
         Err(super::BodyError::TooLarge { .. }) => {
-            return refuse(&PushError::TooLarge(state.max_body_bytes), Some(&q));
+            return refuse(&state, &PushError::TooLarge(state.max_body_bytes), Some(&q));
         }
         Err(super::BodyError::Read(e)) => {
             tracing::warn!(status = 400, reason = "body_read", error = %e, "push refused");
@@ -171,7 +187,7 @@ async fn push_inner(
     let now_secs = received_at_ms.div_euclid(1000);
     let opened = match webhook::open(&state.keys, &q, &body, now_secs) {
         Ok(o) => o,
-        Err(e) => return refuse(&e, Some(&q)),
+        Err(e) => return refuse(&state, &e, Some(&q)),
     };
     let p = &opened.push;
     let span = tracing::Span::current();

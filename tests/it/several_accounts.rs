@@ -225,8 +225,9 @@ async fn each_account_answers_through_its_own_api(redis: Option<String>) {
     assert_eq!(two.shop.requests_to(CUSTOM_SEND_PATH)[0].json().unwrap()["touser"], USER);
 
     // The same push on cafe's path is refused: it is signed with shop's token.
-    let (status, _) = kefu.push("/cafe", SHOP_TOKEN, SHOP_GH, "hi", 41).await;
+    let (status, body) = kefu.push("/cafe", SHOP_TOKEN, SHOP_GH, "hi", 41).await;
     assert_eq!(status, 401, "a push signed for shop is refused on cafe's path");
+    assert!(body.contains("accounts.cafe.token"), "names cafe's key: {body}");
 
     // cafe's push — same OpenID, same MsgId — is a new push of another follower.
     let (status, answer) = kefu.push("/cafe", CAFE_TOKEN, CAFE_GH, "hi", 41).await;
