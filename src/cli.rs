@@ -148,9 +148,9 @@ async fn dispatch(cli: Cli) -> CmdResult {
             cmd::serve::run(all).await
         }
         // A DIR given without --account is checked against the shared [window] and backends.
-        Command::Rules(rules::RulesCmd::Check { dir: Some(_), .. } | rules::RulesCmd::Import { .. })
-            if account.is_none() =>
-        {
+        Command::Rules(
+            rules::RulesCmd::Check { dir: Some(_), .. } | rules::RulesCmd::Import { .. },
+        ) if account.is_none() => {
             let Command::Rules(a) = cli.command else { unreachable!() };
             cmd::rules::run(&all, &a)
         }

@@ -567,12 +567,13 @@ impl Config {
             let Some(rest) = name.strip_prefix("KEFU_") else { continue };
             if let Some(a) = rest.strip_prefix("ACCOUNTS_") {
                 let known: Vec<String> = raw_accounts.keys().cloned().collect();
-                let parsed = split_table_env(a, &known, &accounts::all_keys()).map(|(acct, key)| {
-                    let kind = accounts::stands_for(&key)
-                        .and_then(|(s, k)| schema_section(s)?.iter().find(|(n, _)| *n == k))
-                        .map_or(Kind::Str, |(_, kind)| *kind);
-                    (acct, key, env_value(kind, &raw))
-                });
+                let parsed =
+                    split_table_env(a, &known, &accounts::all_keys()).map(|(acct, key)| {
+                        let kind = accounts::stands_for(&key)
+                            .and_then(|(s, k)| schema_section(s)?.iter().find(|(n, _)| *n == k))
+                            .map_or(Kind::Str, |(_, kind)| *kind);
+                        (acct, key, env_value(kind, &raw))
+                    });
                 match parsed {
                     Some((acct, key, Ok(v))) => {
                         raw_accounts

@@ -96,11 +96,8 @@ impl MetricsSet {
         match (&self.accounts[..], &self.shared) {
             ([(None, m)], None) => m.render(),
             _ => {
-                let mut pages: Vec<(Option<&str>, String, Option<&[&str]>)> = self
-                    .accounts
-                    .iter()
-                    .map(|(n, m)| (n.as_deref(), m.render(), None))
-                    .collect();
+                let mut pages: Vec<Page> =
+                    self.accounts.iter().map(|(n, m)| (n.as_deref(), m.render(), None)).collect();
                 if let Some(s) = &self.shared {
                     pages.push((None, s.render(), Some(SHARED_FAMILIES)));
                 }
@@ -118,11 +115,15 @@ impl MetricsSet {
     }
 }
 
+/// One page to merge: the account label (None: unlabelled), its OpenMetrics text, and the
+/// families it may contribute (None: all).
+type Page<'a> = (Option<&'a str>, String, Option<&'a [&'a str]>);
+
 /// Merges OpenMetrics pages of the same registry layout into one: each family's `# HELP`,
 /// `# TYPE` and `# UNIT` once (from the first page that has it), then the samples of every
 /// page, each with `account="NAME"` added when its page has a name. `only` limits a page to
 /// the families it names.
-fn merge_pages(pages: &[(Option<&str>, String, Option<&[&str]>)]) -> String {
+fn merge_pages(pages: &[Page]) -> String {
     let mut order: Vec<&str> = Vec::new();
     let mut families: std::collections::HashMap<&str, (usize, Vec<String>, Vec<String>)> =
         std::collections::HashMap::new();
@@ -762,17 +763,26 @@ mod tests {
             shared,
         );
         let page = set.render();
-        assert!(page.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 2"#), "{page}");
-        assert!(page.contains(r#"kefu_pushes_total{account="cafe",kind="text",outcome="fresh"} 1"#));
+        assert!(
+            page.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 2"#),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"kefu_pushes_total{account="cafe",kind="text",outcome="fresh"} 1"#)
+        );
         assert!(page.contains(r#"kefu_open_windows{account="cafe"} 3"#), "{page}");
-        assert!(page.contains(r#"kefu_refusals_total{endpoint="pay_v2",reason="bad_signature"} 1"#));
+        assert!(
+            page.contains(r#"kefu_refusals_total{endpoint="pay_v2",reason="bad_signature"} 1"#)
+        );
         assert_eq!(page.matches("# TYPE kefu_pushes counter").count(), 1, "{page}");
         assert_eq!(page.matches("kefu_pushes_total{").count(), 2, "{page}");
         assert!(page.ends_with("# EOF\n"));
         // Histogram buckets keep their own labels after the account's.
         assert!(page.contains(r#"kefu_answer_seconds_bucket{account="shop",le="#), "{page}");
         let prom = set.render_as(Format::Prometheus);
-        assert!(prom.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 2"#));
+        assert!(
+            prom.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 2"#)
+        );
         // One account without [accounts.*]: the page is exactly its own.
         assert_eq!(MetricsSet::single(shop.clone()).render(), shop.render());
     }

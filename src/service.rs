@@ -13,15 +13,15 @@ use tracing::Instrument;
 use crate::api::ApiClient;
 use crate::app::{Application, ExtraRoutes};
 use crate::config::Config;
+use crate::http::accounts::{AccountChoice, AccountData};
 use crate::http::webhook::WebhookState;
 use crate::media::MediaFiles;
-use crate::http::accounts::{AccountChoice, AccountData};
 use crate::metrics::{Metrics, MetricsSet};
 use crate::model::{SharedClock, TokenCache};
-use crate::pipeline::{PaymentRouter, PaymentSink};
 use crate::pipeline::Pipeline;
 use crate::pipeline::PushSink;
 use crate::pipeline::sender::{Sender, SenderHandle};
+use crate::pipeline::{PaymentRouter, PaymentSink};
 use crate::rules::{RuleSet, Rules, WatchGuard};
 use crate::store::{SqliteStore, Store};
 use crate::wechat::webhook::Keys;
@@ -125,15 +125,17 @@ impl Service {
             let metrics = if labelled { Arc::new(Metrics::new()) } else { shared_metrics.clone() };
             // Each account's own log lines (its store, media uploads) say which account.
             let span = tracing::info_span!("account", account = %p.view.account_name());
-            let (tasks, webhook) = start_account(p, metrics, clock.clone(), &mut slots)
-                .instrument(span)
-                .await?;
+            let (tasks, webhook) =
+                start_account(p, metrics, clock.clone(), &mut slots).instrument(span).await?;
             webhooks.push(webhook);
             accounts.push(tasks);
         }
         let metrics = Arc::new(if labelled {
             MetricsSet::labelled(
-                accounts.iter().map(|a| (a.shared.name.clone(), a.shared.metrics.clone())).collect(),
+                accounts
+                    .iter()
+                    .map(|a| (a.shared.name.clone(), a.shared.metrics.clone()))
+                    .collect(),
                 shared_metrics.clone(),
             )
         } else {
@@ -367,18 +369,8 @@ async fn start_account(
             .for_account(cfg.account.clone()),
     );
     let path = cfg.server.path.clone();
-    let shared = Arc::new(Shared {
-        name,
-        cfg,
-        store,
-        rules,
-        client,
-        api,
-        metrics,
-        clock,
-        pipeline,
-        sqlite,
-    });
+    let shared =
+        Arc::new(Shared { name, cfg, store, rules, client, api, metrics, clock, pipeline, sqlite });
     let tasks = AccountTasks {
         shared,
         sender,

@@ -385,7 +385,10 @@ token = "cafetoken"
                     "KEFU_ACCOUNTS_SHOP_PREVIOUS_ENCODING_AES_KEY",
                     "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
                 ),
-                ("KEFU_ACCOUNTS_SHOP_ENCODING_AES_KEY", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"),
+                (
+                    "KEFU_ACCOUNTS_SHOP_ENCODING_AES_KEY",
+                    "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+                ),
                 ("KEFU_ACCOUNTS_SHOP_WINDOW_MESSAGE", "2/1h"),
             ],
         )

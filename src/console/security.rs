@@ -87,7 +87,6 @@ impl ConsoleState {
         }
     }
 
-
     pub fn enabled(&self) -> bool {
         self.digest.is_some()
     }

@@ -81,3 +81,51 @@ impl PaymentSink for PaymentRouter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records the transaction ids it was given.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl PaymentSink for Seen {
+        async fn on_payment(&self, p: &Payment, _: i64) -> anyhow::Result<bool> {
+            self.0.lock().unwrap().push(p.transaction_id.clone());
+            Ok(true)
+        }
+    }
+
+    fn paid(tx: &str, appid: Option<&str>) -> Payment {
+        let openid = crate::model::OpenId::parse("oPayer000000000000000000001").unwrap();
+        Payment {
+            transaction_id: tx.into(),
+            appid: appid.map(str::to_string),
+            ..Payment::simulated(openid, None)
+        }
+    }
+
+    #[tokio::test]
+    async fn payments_go_to_the_account_of_their_appid() {
+        let (shop, cafe) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+        let router = PaymentRouter::new(vec![
+            ("wxshop".to_string(), shop.clone()),
+            ("wxcafe".to_string(), cafe.clone()),
+        ]);
+        assert!(router.on_payment(&paid("t1", Some("wxcafe")), 0).await.unwrap());
+        assert!(router.on_payment(&paid("t2", Some("wxshop")), 0).await.unwrap());
+        // Another app's, or none (pay cell): acknowledged, given to no account.
+        assert!(!router.on_payment(&paid("t3", Some("wxother")), 0).await.unwrap());
+        assert!(!router.on_payment(&paid("t4", None), 0).await.unwrap());
+        assert_eq!(*cafe.0.lock().unwrap(), ["t1"]);
+        assert_eq!(*shop.0.lock().unwrap(), ["t2"]);
+        // One account takes every payment (its pipeline judges the appid, as before).
+        let only = Arc::new(Seen::default());
+        let router = PaymentRouter::new(vec![(String::new(), only.clone())]);
+        assert!(router.on_payment(&paid("t5", None), 0).await.unwrap());
+        assert_eq!(*only.0.lock().unwrap(), ["t5"]);
+    }
+}

@@ -608,7 +608,8 @@ impl Session {
                 .into_iter()
                 .map(|(k, v)| (format!("{prefix}{k}"), v))
                 .collect();
-                let mock_env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                let mock_env: Vec<(&str, &str)> =
+                    vars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
                 Ok(self.finish(env, args, &mock_env)?.stdout)
             }
             _ => Ok(self.finish(env, args, &[])?.stdout),

@@ -125,7 +125,14 @@ impl Running {
     /// A text push from [`USER`] to `to` (the original ID) with `CreateTime` = [`T0`] (so a
     /// push sent again is WeChat's redelivery of it), signed now with `token`, POSTed to
     /// `path`; (status, body).
-    async fn push(&self, path: &str, token: &str, to: &str, text: &str, msg_id: u64) -> (u16, String) {
+    async fn push(
+        &self,
+        path: &str,
+        token: &str,
+        to: &str,
+        text: &str,
+        msg_id: u64,
+    ) -> (u16, String) {
         let create = *T0;
         let now = helpers::now_secs();
         let xml = format!(
@@ -254,12 +261,7 @@ async fn each_account_answers_through_its_own_api(redis: Option<String>) {
     assert_eq!(status, 400, "{body}");
     let e = body["error"].as_str().unwrap();
     assert!(e.contains("?account=NAME") && e.contains("cafe, shop"), "{e}");
-    let anon = kefu
-        .client
-        .get(format!("{}/admin/windows/{USER}", kefu.base))
-        .send()
-        .await
-        .unwrap();
+    let anon = kefu.client.get(format!("{}/admin/windows/{USER}", kefu.base)).send().await.unwrap();
     assert_eq!(anon.status().as_u16(), 401);
     assert!(!anon.text().await.unwrap().contains("cafe"));
     let (status, body) = kefu.admin(&format!("/admin/windows/{USER}?account=nope")).await;
@@ -278,15 +280,36 @@ async fn each_account_answers_through_its_own_api(redis: Option<String>) {
 
     // Metrics carry the account.
     let m = kefu.metrics().await;
-    assert!(m.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="fresh"} 1"#),
+        "{m}"
+    );
     assert!(m.contains(r#"kefu_pushes_total{account="shop",kind="text",outcome="duplicate"} 1"#));
     assert!(m.contains(r#"kefu_pushes_total{account="cafe",kind="text",outcome="fresh"} 1"#));
-    assert!(m.contains(r#"kefu_sends_total{account="cafe",msgtype="text",outcome="sent",errcode="0"} 1"#), "{m}");
-    assert!(m.contains(r#"kefu_refusals_total{account="cafe",endpoint="webhook",reason="bad_signature"} 1"#), "{m}");
+    assert!(
+        m.contains(
+            r#"kefu_sends_total{account="cafe",msgtype="text",outcome="sent",errcode="0"} 1"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"kefu_refusals_total{account="cafe",endpoint="webhook",reason="bad_signature"} 1"#
+        ),
+        "{m}"
+    );
     assert_eq!(m.matches("# TYPE kefu_pushes_total counter").count(), 1, "{m}");
 
     // /readyz reports each account.
-    let ready: Value = kefu.client.get(format!("{}/readyz", kefu.base)).send().await.unwrap().json().await.unwrap();
+    let ready: Value = kefu
+        .client
+        .get(format!("{}/readyz", kefu.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["rules"], 2);
     assert_eq!(ready["accounts"]["cafe"]["rules"], 1, "{ready}");
@@ -412,7 +435,10 @@ async fn an_http_backend_request_names_the_account() {
     let (_, a) = kefu.push("/cafe", CAFE_TOKEN, CAFE_GH, "where is my order", 1).await;
     assert_eq!(content(&a), "ok");
     let req = backend.requests_to("/answer")[0].json().unwrap();
-    assert_eq!((req["account"].as_str(), req["account_name"].as_str()), (Some(CAFE_GH), Some("cafe")));
+    assert_eq!(
+        (req["account"].as_str(), req["account_name"].as_str()),
+        (Some(CAFE_GH), Some("cafe"))
+    );
     kefu.stop().await;
 }
 
@@ -422,9 +448,12 @@ async fn the_cli_names_its_account_with_the_flag() {
     let (file, _) = two.config("");
     let dir = two.state.path();
     let config = file.display().to_string();
-    two.cafe.set_default(KF_LIST, MockResponse::json(json!({"kf_list": [
-        {"kf_account": "kf01@cafe_wx", "kf_nick": "咖啡", "kf_id": 1}
-    ]})));
+    two.cafe.set_default(
+        KF_LIST,
+        MockResponse::json(json!({"kf_list": [
+            {"kf_account": "kf01@cafe_wx", "kf_nick": "咖啡", "kf_id": 1}
+        ]})),
+    );
 
     let r = kefu_in(dir, &[], &["accounts", "list", "--config", &config, "--account", "cafe"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -497,10 +526,8 @@ async fn a_single_account_state_dir_keeps_its_answers_and_windows() {
 
     // Moved into [accounts.default] (path = server.path) beside a second account: the state
     // stays in state.dir, so the window and the dedupe record are still there.
-    let moved = legacy.replace("[wechat]", "[accounts.default]\npath = \"/wechat\"") + &format!(
-        "[accounts.cafe]\ntoken = \"{CAFE_TOKEN}\"\napi_base = \"{}\"\n",
-        mock.url()
-    );
+    let moved = legacy.replace("[wechat]", "[accounts.default]\npath = \"/wechat\"")
+        + &format!("[accounts.cafe]\ntoken = \"{CAFE_TOKEN}\"\napi_base = \"{}\"\n", mock.url());
     let kefu = Running::start(load(&moved)).await;
     let (status, moved_w) = kefu.admin(&format!("/admin/windows/{USER}?account=default")).await;
     assert_eq!(status, 200, "{moved_w}");
