@@ -124,7 +124,11 @@ impl Service {
         for p in prepared {
             let metrics = if labelled { Arc::new(Metrics::new()) } else { shared_metrics.clone() };
             // Each account's own log lines (its store, media uploads) say which account.
-            let span = tracing::info_span!("account", account = %p.view.account_name());
+            // (Only for [accounts.*]: a single account's lines stay as they were.)
+            let span = match &p.view.account {
+                Some(name) => tracing::info_span!("account", account = %name),
+                None => tracing::Span::none(),
+            };
             let (tasks, webhook) =
                 start_account(p, metrics, clock.clone(), &mut slots).instrument(span).await?;
             webhooks.push(webhook);
@@ -391,21 +395,26 @@ fn spawn_log_purger(
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    tokio::spawn(async move {
-        loop {
-            match store.log_purge(clock.now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::debug!(records = n, "conversation log: purged past log.retention")
+    tokio::spawn(
+        async move {
+            loop {
+                match store.log_purge(clock.now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::debug!(records = n, "conversation log: purged past log.retention")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "conversation log purge failed; will retry")
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "conversation log purge failed; will retry"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+                }
             }
         }
-    })
+        .in_current_span(),
+    )
 }
 
 /// The routes beside the webhooks (readiness, metrics, admin, console, pay) and each

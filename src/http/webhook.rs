@@ -112,9 +112,7 @@ fn refuse(state: &WebhookState, e: &PushError, q: Option<&Query>) -> HttpRespons
         Some(name) => e.to_string().replace("wechat.", &format!("accounts.{name}.")),
         None => e.to_string(),
     };
-    let account = state.account.as_deref();
-    tracing::warn!(status = e.status(), reason = e.reason(), error = %message, openid, account,
-        "push refused");
+    tracing::warn!(status = e.status(), reason = e.reason(), error = %message, openid, "push refused");
     refused(plain(status, message), e.reason())
 }
 
@@ -147,6 +145,7 @@ async fn push(
     let started = std::time::Instant::now();
     let span = tracing::info_span!(
         "push",
+        account = state.account.as_deref(),
         openid = tracing::field::Empty,
         kind = tracing::field::Empty,
         status = tracing::field::Empty

@@ -421,7 +421,8 @@ impl MediaFiles {
     pub fn spawn_refresher(self: &Arc<Self>, rules: Arc<Rules>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         let tick = (self.refresh_after / 10).clamp(TICK_MIN, TICK_MAX);
-        tokio::spawn(async move {
+        // In the caller's span: with several accounts, the account's.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             loop {
                 let refs = rules.current().media_refs();
                 if !refs.is_empty() {
@@ -432,6 +433,6 @@ impl MediaFiles {
                     _ = this.wake.notified() => {}
                 }
             }
-        })
+        }))
     }
 }

@@ -116,7 +116,8 @@ impl Sender {
 
     pub fn spawn(self) -> SenderHandle {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(Arc::new(self).run(stop_rx));
+        // In the caller's span: with several accounts, the account's.
+        let task = tokio::spawn(tracing::Instrument::in_current_span(Arc::new(self).run(stop_rx)));
         SenderHandle { stop, task }
     }
 

@@ -479,7 +479,7 @@ impl SqliteStore {
         // its writer thread) alive.
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let wake = self.inner.purge_wake.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -518,7 +518,7 @@ impl SqliteStore {
                     }
                 }
             }
-        })
+        }))
     }
 }
 
