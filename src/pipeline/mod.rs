@@ -15,7 +15,7 @@ pub use sink::{AckOnly, PaymentRouter, PaymentSink, PushSink};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::DeliveryConfig;
 use crate::delivery::split::{SplitNote, split_actions};
@@ -247,7 +247,10 @@ impl Pipeline {
                     self.wake.notify_one();
                 }
                 let passive = delivery.passive;
-                info!(openid = %intake.openid, kind = %intake.kind, rules = ?fired,
+                // Debug (issue 21): at a push path's full rate one line per push costs more
+                // than the rest of the answer; the conversation log and the metrics keep the
+                // per-push record at info.
+                debug!(openid = %intake.openid, kind = %intake.kind, rules = ?fired,
                     passive = passive.is_some(), planned, own = n_planned,
                     from_held = delivery.from_held, held = delivery.held, "push recorded");
                 Ok(Processed { fresh: true, fired, passive, planned })

@@ -1139,7 +1139,12 @@ async fn json_logs_carry_the_push_span() {
     let mock = MockWechat::start();
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), &mock);
-    let server = serve(dir.path(), &[("KEFU_LOG_FORMAT", "json"), ("RUST_LOG", "info")], &[]);
+    // "push recorded" is the pipeline's debug line (issue 21: none per push at info).
+    let server = serve(
+        dir.path(),
+        &[("KEFU_LOG_FORMAT", "json"), ("RUST_LOG", "info,kefu::pipeline=debug")],
+        &[],
+    );
     let http = reqwest::Client::new();
     let hook = server.url("/wechat");
     let q = signed_query(WX_TOKEN, now_secs(), "j1");
@@ -1184,7 +1189,8 @@ async fn json_logs_carry_the_push_span() {
             .collect()
     };
     let want = vec![(U1.to_string(), "text".to_string()), (U2.to_string(), "CLICK".to_string())];
-    // At info, each push has exactly one line of its own: "push accepted" is debug.
+    // With the pipeline at debug, each push has exactly one line of its own: "push accepted"
+    // is the webhook's debug line.
     assert_eq!(spans_of("push accepted"), vec![]);
     assert_eq!(spans_of("push recorded"), want);
     let recorded: Vec<&Value> = lines.iter().filter(|v| v["message"] == "push recorded").collect();

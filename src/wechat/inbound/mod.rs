@@ -1,22 +1,25 @@
-//! Inbound pushes (protocol §3): a typed model of every message and event, decoded in two passes
-//! (style practice 1). A hardening scan refuses DOCTYPE/ENTITY, unknown entities and absurd
-//! nesting; pass one reads the common header (`MsgType`, `Event`, ...); pass two decodes the same
-//! text into the concrete struct for that kind. quick-xml cannot drive serde's internally tagged
-//! enums (numbers arrive as strings), which is why the kind is chosen by hand in between.
+//! Inbound pushes (protocol §3): a typed model of every message and event, decoded in one pass
+//! over the XML that hardens (refuses DOCTYPE/ENTITY, unknown entities and absurd nesting) and
+//! collects the elements a kind reads; the kind (`MsgType`, `Event`) then picks which of them
+//! become its fields.
 //!
 //! Tolerances (protocol §9): numbers may be bare or CDATA, text is trimmed, element order is
 //! free, unknown elements are ignored, optional elements may be missing. Unknown kinds are data.
 
 //!
-//! Layout: this module holds the types (a [`Push`] and its kinds); `decode` the two passes and
-//! the hardening scan; `raw` the serde shapes pass two reads, one per kind; [`build`] writes
-//! pushes the way WeChat does, for what plays WeChat's part (`kefu push`, `simulate`, tests).
+//! Layout: this module holds the types (a [`Push`] and its kinds); `decode` the one-pass reader
+//! and the hardening checks; [`build`] writes pushes the way WeChat does, for what plays
+//! WeChat's part (`kefu push`, `simulate`, tests). The serde decoder it replaced (`two_pass`,
+//! with its shapes in `raw`) is kept for the tests, as the oracle the reader is compared with.
 
 pub mod build;
 mod decode;
+#[cfg(test)]
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod two_pass;
 
 pub use self::decode::{check_well_formed, parse};
 

@@ -602,3 +602,98 @@ fn messages_without_msgid_are_keyed_by_their_content() {
     assert_eq!(refund, p(&xml("退款")).dedupe_key());
     assert!(refund.as_str().starts_with(&format!("e:1700000001:{USER}:{ACCOUNT}:text:sha1-")));
 }
+
+/// Every fixture of `tests/fixtures/wechat/pushes/`, by file name.
+fn all_fixtures() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wechat/pushes");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).expect("fixture"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Variants of a push that stress the reader: fields doubled, emptied, split into text and
+/// CDATA pieces, given entities, children, attributes, comments, or moved.
+fn mutations(xml: &str) -> Vec<String> {
+    let mut out = vec![xml.to_string()];
+    let body_start = xml.find('>').map_or(0, |i| i + 1);
+    let (open, rest) = xml.split_at(body_start);
+    // Each child element of the root, as text.
+    let mut children = Vec::new();
+    let mut i = 0;
+    let bytes = rest.as_bytes();
+    while let Some(lt) = rest[i..].find('<').map(|k| k + i) {
+        if bytes.get(lt + 1) == Some(&b'/') {
+            break; // </xml>
+        }
+        let name_end = rest[lt + 1..].find(['>', ' ', '/']).map_or(rest.len(), |k| k + lt + 1);
+        let name = &rest[lt + 1..name_end];
+        let close = format!("</{name}>");
+        let end = match rest[lt..].find(&close) {
+            Some(k) => k + lt + close.len(),
+            None => match rest[lt..].find("/>") {
+                Some(k) => k + lt + 2,
+                None => break,
+            },
+        };
+        children.push((name.to_string(), rest[lt..end].to_string()));
+        i = end;
+    }
+    for (name, el) in &children {
+        out.push(xml.replacen(el.as_str(), &format!("{el}{el}"), 1));
+        out.push(xml.replacen(el.as_str(), &format!("<{name}></{name}>"), 1));
+        out.push(xml.replacen(el.as_str(), &format!("<{name}/>"), 1));
+        out.push(xml.replacen(el.as_str(), "", 1));
+        out.push(xml.replacen(el.as_str(), &format!("<{name}><b>x</b></{name}>"), 1));
+        out.push(xml.replacen(
+            el.as_str(),
+            &format!("<{name}> a &amp; b &#x4e2d;<![CDATA[ c ]]> d </{name}>"),
+            1,
+        ));
+        out.push(xml.replacen(el.as_str(), &format!("<{name} lang=\"zh\">  7 </{name}>"), 1));
+        out.push(xml.replacen(
+            el.as_str(),
+            &format!("<!-- c --><{name}><!-- c -->9<!-- c --></{name}>"),
+            1,
+        ));
+        out.push(format!("{open}{el}{}", rest.replacen(el.as_str(), "", 1)));
+        out.push(xml.replacen(
+            el.as_str(),
+            &format!("{el}<Unknown><Content>x</Content></Unknown>"),
+            1,
+        ));
+    }
+    out
+}
+
+#[test]
+fn one_pass_agrees_with_two_pass() {
+    let mut compared = 0;
+    let mut refused = 0;
+    for (name, xml) in all_fixtures() {
+        for variant in mutations(&xml) {
+            let one = parse(variant.as_bytes());
+            let two = super::two_pass::parse(variant.as_bytes());
+            match (&one, &two) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}: {variant}"),
+                // The same refusal; malformed XML is described in the reader's own words.
+                (Err(a), Err(b)) => {
+                    refused += 1;
+                    if !matches!((a, b), (DecodeError::Malformed(_), DecodeError::Malformed(_))) {
+                        assert_eq!(a, b, "{name}: {variant}");
+                    }
+                }
+                _ => panic!("{name}: one pass {one:?}, two passes {two:?}: {variant}"),
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared > 1000 && refused > 10, "{compared} compared, {refused} refused by both");
+}
