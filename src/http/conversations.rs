@@ -33,11 +33,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The query string's parameters, each checked against `allowed`: a parameter not allowed, or
 /// one given twice, is a 400 naming it (a typo such as `?befor=` would otherwise list from the
-/// start without a word).
+/// start without a word). `account` is the account middleware's (interface §10), accepted on
+/// every route and left out of the list.
 fn query_params(req: &HttpRequest, allowed: &[&str]) -> Result<Vec<(String, String)>, AdminError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+    let mut pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| AdminError::BadRequest(format!("the query string cannot be read: {e}")))?
         .into_inner();
+    pairs.retain(|(k, _)| k != "account");
     for (i, (k, _)) in pairs.iter().enumerate() {
         if !allowed.contains(&k.as_str()) {
             return Err(AdminError::BadRequest(format!(
