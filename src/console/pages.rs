@@ -13,6 +13,7 @@ use askama::Template;
 use super::security::{self, ConsoleState, Refusal, Session, SignInError};
 use crate::api::{ApiClient, ApiError};
 use crate::convlog::{LogOutcome, LogRecord, Via};
+use crate::http::accounts::{AccountChoice, account_param};
 use crate::metrics::{Metrics, RuleLabels, label_value};
 use crate::model::{KfAccount, OpenId, OutboxAction, SharedClock, Source};
 use crate::pipeline::conversations::{self, Conversation, WindowState};
@@ -54,28 +55,96 @@ fn not_found() -> HttpResponse {
     HttpResponse::NotFound().finish()
 }
 
+/// The account a console request is about (interface §10), as its pages carry it: with
+/// several accounts every link, form, redirect and live URL of a page names the page's account
+/// (`?account=NAME`), so a form posted from account cafe's page acts on cafe. Read from the
+/// [`AccountChoice`] the account middleware ([`crate::http::accounts::select`]) adds; a server
+/// built without accounts has one account and nothing to carry.
+pub(super) struct Here {
+    choice: Option<AccountChoice>,
+    /// Whether the request named its account (`?account=`): only then does an answer to a
+    /// visitor who may not be signed in (the sign-in page, its redirect) repeat the name.
+    asked: bool,
+}
+
+impl Here {
+    fn of(req: &HttpRequest) -> Here {
+        Here {
+            choice: req.app_data::<web::Data<AccountChoice>>().map(|c| c.get_ref().clone()),
+            asked: account_param(req.query_string()).is_some(),
+        }
+    }
+
+    /// `?account=NAME` with several accounts, else "" (see [`AccountChoice::query`]).
+    fn query(&self) -> String {
+        self.choice.as_ref().map(AccountChoice::query).unwrap_or_default()
+    }
+
+    /// `path` (which has no query of its own) with the account's query.
+    fn url(&self, path: &str) -> String {
+        format!("{path}{}", self.query())
+    }
+
+    /// [`Self::url`] for an answer a signed-out visitor may see: the account only when the
+    /// request named it itself.
+    fn public_url(&self, path: &str) -> String {
+        format!("{path}{}", self.public_query())
+    }
+
+    /// [`Self::query`] when the request named its account, else "".
+    fn public_query(&self) -> String {
+        if self.asked { self.query() } else { String::new() }
+    }
+
+    /// Several accounts are configured.
+    fn several(&self) -> bool {
+        self.choice.as_ref().is_some_and(AccountChoice::several)
+    }
+}
+
+impl actix_web::FromRequest for Here {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(Ok(Here::of(req)))
+    }
+}
+
+/// The sign-in page, for a request without a live session (its account kept when it named
+/// one, so signing in leads back to it).
+fn to_login(here: &Here) -> HttpResponse {
+    see_other(&here.public_url("/console/login"))
+}
+
 /// The session of a page request, or the answer to give instead (404 off, sign-in page).
-fn page_session(state: &ConsoleState, req: &HttpRequest) -> Result<Session, HttpResponse> {
+fn page_session(
+    state: &ConsoleState,
+    req: &HttpRequest,
+    here: &Here,
+) -> Result<Session, HttpResponse> {
     if !state.enabled() {
         return Err(not_found());
     }
-    state.session(req).ok_or_else(|| see_other("/console/login"))
+    state.session(req).ok_or_else(|| to_login(here))
 }
 
-/// A page request's live session, as a handler argument: without one the request is answered
-/// with the sign-in page (or 404 while the console is off) before the handler runs.
-pub(super) struct SignedIn(Session);
+/// A page request's live session and its account, as a handler argument: without a session
+/// the request is answered with the sign-in page (or 404 while the console is off) before the
+/// handler runs.
+pub(super) struct SignedIn(Session, Here);
 
 impl actix_web::FromRequest for SignedIn {
     type Error = actix_web::Error;
     type Future = std::future::Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let here = Here::of(req);
         let answer = match req.app_data::<web::Data<Arc<ConsoleState>>>() {
-            Some(state) => page_session(state, req),
+            Some(state) => page_session(state, req, &here),
             None => Err(not_found()),
         };
-        std::future::ready(answer.map(SignedIn).map_err(|r| {
+        std::future::ready(answer.map(|s| SignedIn(s, here)).map_err(|r| {
             actix_web::error::InternalError::from_response("console sign-in", r).into()
         }))
     }
@@ -92,7 +161,7 @@ fn post_session(
     }
     match state.check_post(req, form.get("csrf").map(String::as_str)) {
         Ok(s) => Ok(s),
-        Err(Refusal::SignedOut) => Err(see_other("/console/login")),
+        Err(Refusal::SignedOut) => Err(to_login(&Here::of(req))),
         Err(Refusal::CrossSite) => {
             tracing::warn!(path = %req.path(), "console: cross-site or token-less request refused");
             let mut r = HttpResponse::Forbidden();
@@ -105,23 +174,61 @@ fn post_session(
     }
 }
 
-/// What every signed-in page shares: the CSRF token for its forms, the active tab, and a
-/// message carried over from the last action.
+/// What every signed-in page shares: the CSRF token for its forms, the active tab, a message
+/// carried over from the last action, and its account: the name in the header and the
+/// switcher (with several accounts), and the query every link and form carries.
 struct Chrome {
     csrf: String,
     active: &'static str,
     ok: String,
     err: String,
+    /// Several accounts are configured: the header shows `account` and the switcher.
+    several: bool,
+    /// The page's account (`default` for the `[wechat]` one).
+    account: String,
+    /// The switcher's choices, the page's account selected.
+    accounts: Vec<AccountOption>,
+    /// `?account=NAME` with several accounts, else "": appended to every console URL the page
+    /// names (links, form actions; the script reads `account` from `<body data-account>`).
+    q: String,
+}
+
+/// One choice of the account switcher.
+struct AccountOption {
+    name: String,
+    selected: bool,
 }
 
 impl Chrome {
-    fn new(s: &Session, active: &'static str) -> Chrome {
+    fn new(s: &Session, here: &Here, active: &'static str) -> Chrome {
         let (ok, err) = match &s.flash {
             Some((true, m)) => (m.clone(), String::new()),
             Some((false, m)) => (String::new(), m.clone()),
             None => (String::new(), String::new()),
         };
-        Chrome { csrf: s.csrf.clone(), active, ok, err }
+        let account = here.choice.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+        let accounts = here
+            .choice
+            .iter()
+            .flat_map(|c| c.all.iter())
+            .map(|n| AccountOption { name: n.clone(), selected: *n == account })
+            .collect();
+        Chrome {
+            csrf: s.csrf.clone(),
+            active,
+            ok,
+            err,
+            several: here.several(),
+            account,
+            accounts,
+            q: here.query(),
+        }
+    }
+
+    /// Where the switcher goes: the same page of the other account (a conversation's page
+    /// goes to the other account's list: an OpenID belongs to one account).
+    fn switch_to(&self) -> String {
+        format!("/console/{}", self.active)
     }
 }
 
@@ -233,23 +340,28 @@ impl WindowRow {
 #[template(path = "console/login.html")]
 struct LoginPage {
     error: String,
+    /// The account the visitor asked for (`?account=NAME`, so signing in leads back to it),
+    /// else "": the sign-in page names no account on its own.
+    q: String,
 }
 
 pub(super) async fn login_page(
     req: HttpRequest,
+    here: Here,
     state: web::Data<Arc<ConsoleState>>,
 ) -> HttpResponse {
     if !state.enabled() {
         return not_found();
     }
     if state.session(&req).is_some() {
-        return see_other("/console/conversations");
+        return see_other(&here.url("/console/conversations"));
     }
-    html(&LoginPage { error: String::new() })
+    html(&LoginPage { error: String::new(), q: here.public_query() })
 }
 
 pub(super) async fn login(
     req: HttpRequest,
+    here: Here,
     state: web::Data<Arc<ConsoleState>>,
     form: Form,
 ) -> HttpResponse {
@@ -265,7 +377,7 @@ pub(super) async fn login(
         Ok(s) => {
             let mut r = HttpResponse::SeeOther();
             security::headers(&mut r);
-            r.insert_header((LOCATION, "/console/conversations"))
+            r.insert_header((LOCATION, here.public_url("/console/conversations")))
                 .insert_header(("Set-Cookie", state.cookie(&s)))
                 .finish()
         }
@@ -283,7 +395,7 @@ pub(super) async fn login(
                     format!("尝试次数过多，请 {} 秒后再试。", wait.as_secs().max(1)),
                 ),
             };
-            let mut r = html(&LoginPage { error });
+            let mut r = html(&LoginPage { error, q: here.public_query() });
             *r.status_mut() = status;
             r
         }
@@ -292,6 +404,7 @@ pub(super) async fn login(
 
 pub(super) async fn logout(
     req: HttpRequest,
+    here: Here,
     state: web::Data<Arc<ConsoleState>>,
     form: Form,
 ) -> HttpResponse {
@@ -302,13 +415,13 @@ pub(super) async fn logout(
     state.sign_out(&s.id);
     let mut r = HttpResponse::SeeOther();
     security::headers(&mut r);
-    r.insert_header((LOCATION, "/console/login"))
+    r.insert_header((LOCATION, here.public_url("/console/login")))
         .insert_header(("Set-Cookie", state.clear_cookie()))
         .finish()
 }
 
-pub(super) async fn home(_: SignedIn) -> HttpResponse {
-    see_other("/console/conversations")
+pub(super) async fn home(SignedIn(_, here): SignedIn) -> HttpResponse {
+    see_other(&here.url("/console/conversations"))
 }
 
 // ---- conversations ------------------------------------------------------------------------
@@ -343,11 +456,10 @@ impl ConvRow {
 #[template(path = "console/conversations.html")]
 struct ConversationsPage {
     chrome: Chrome,
-    rows: Vec<ConvRow>,
+    list: ConversationRows,
     error: String,
     /// Set when `log.retention` is `0s`: no conversation is logged, say so.
     log_off: bool,
-    more: String,
 }
 
 #[derive(Template)]
@@ -356,6 +468,20 @@ struct ConversationRows {
     rows: Vec<ConvRow>,
     /// The cursor past the last row shown, when there are more followers than the page holds.
     more: String,
+    /// The account's query for the rows' links (see [`Chrome::q`]).
+    q: String,
+    /// ` --account NAME` for the CLI hint with several accounts, else "".
+    cli_account: String,
+}
+
+impl ConversationRows {
+    fn new(rows: Vec<ConvRow>, more: String, here: &Here) -> ConversationRows {
+        let cli_account = match &here.choice {
+            Some(c) if c.several() => format!(" --account {}", c.name),
+            _ => String::new(),
+        };
+        ConversationRows { rows, more, q: here.query(), cli_account }
+    }
 }
 
 /// The followers the list page shows at most; more are named by a cursor for the CLI.
@@ -377,24 +503,25 @@ async fn conversation_list(
 }
 
 pub(super) async fn conversations(
-    SignedIn(s): SignedIn,
+    SignedIn(s, here): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
     let (rows, more, error) = conversation_list(store.as_ref().as_ref(), &clock).await;
     let log_off = store.log_retention_ms() <= 0;
-    let chrome = Chrome::new(&s, "conversations");
-    html(&ConversationsPage { chrome, rows, error, log_off, more })
+    let chrome = Chrome::new(&s, &here, "conversations");
+    let list = ConversationRows::new(rows, more, &here);
+    html(&ConversationsPage { chrome, list, error, log_off })
 }
 
 /// The list's rows alone, for the live update.
 pub(super) async fn conversation_rows(
-    _: SignedIn,
+    SignedIn(_, here): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
     let (rows, more, _) = conversation_list(store.as_ref().as_ref(), &clock).await;
-    html(&ConversationRows { rows, more })
+    html(&ConversationRows::new(rows, more, &here))
 }
 
 struct MsgRow {
@@ -469,13 +596,13 @@ async fn thread_parts(
 pub(super) async fn thread(
     req: HttpRequest,
     path: web::Path<String>,
-    SignedIn(s): SignedIn,
+    SignedIn(s, here): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
     let whole = !req.path().starts_with("/console/fragments/");
     let Ok(openid) = OpenId::parse(&path) else { return not_found() };
-    let chrome = Chrome::new(&s, "conversations");
+    let chrome = Chrome::new(&s, &here, "conversations");
     let (window, messages, error) =
         match thread_parts(store.as_ref().as_ref(), &clock, &openid).await {
             Ok((window, messages)) => (window, messages, String::new()),
@@ -497,6 +624,7 @@ pub(super) async fn thread(
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn reply(
     req: HttpRequest,
+    here: Here,
     path: web::Path<String>,
     state: web::Data<Arc<ConsoleState>>,
     store: web::Data<Arc<dyn Store>>,
@@ -510,7 +638,7 @@ pub(super) async fn reply(
         Err(r) => return r,
     };
     let Ok(openid) = OpenId::parse(&path) else { return not_found() };
-    let back = format!("/console/conversations/{openid}");
+    let back = here.url(&format!("/console/conversations/{openid}"));
     let text = form.get("text").map(String::as_str).unwrap_or("");
     let body = serde_json::json!({ "text": text });
     let send = match conversations::parse_reply(&openid, &body, rules.current().window()) {
@@ -571,8 +699,11 @@ struct AccountsPage {
     error: String,
 }
 
-pub(super) async fn accounts(SignedIn(s): SignedIn, api: web::Data<ApiClient>) -> HttpResponse {
-    let chrome = Chrome::new(&s, "accounts");
+pub(super) async fn accounts(
+    SignedIn(s, here): SignedIn,
+    api: web::Data<ApiClient>,
+) -> HttpResponse {
+    let chrome = Chrome::new(&s, &here, "accounts");
     let (accounts, error) = match api.list_accounts().await {
         Ok(list) => {
             // Online status is a second call; the list stands without it.
@@ -605,10 +736,11 @@ pub(super) async fn accounts(SignedIn(s): SignedIn, api: web::Data<ApiClient>) -
 
 pub(super) async fn account_action(
     req: HttpRequest,
+    here: Here,
     path: web::Path<String>,
     state: web::Data<Arc<ConsoleState>>,
     api: web::Data<ApiClient>,
-    account: web::Data<crate::http::accounts::AccountChoice>,
+    account: web::Data<AccountChoice>,
     form: Form,
 ) -> HttpResponse {
     let s = match post_session(&state, &req, &form) {
@@ -616,7 +748,7 @@ pub(super) async fn account_action(
         Err(r) => return r,
     };
     let field = |k: &str| form.get(k).map(|s| s.trim()).unwrap_or("");
-    let back = "/console/accounts";
+    let back = &here.url("/console/accounts");
     let kf = match KfAccount::parse_with(field("kf_account"), Some(&account.account_id)) {
         Ok(k) => k,
         Err(e) => return back_with(&state, &s, back, false, format!("客服账号不正确：{e}")),
@@ -657,7 +789,7 @@ struct RulesPage {
 }
 
 pub(super) async fn rules(
-    SignedIn(s): SignedIn,
+    SignedIn(s, here): SignedIn,
     rules: web::Data<Arc<Rules>>,
     metrics: web::Data<Arc<Metrics>>,
 ) -> HttpResponse {
@@ -681,7 +813,7 @@ pub(super) async fn rules(
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     html(&RulesPage {
-        chrome: Chrome::new(&s, "rules"),
+        chrome: Chrome::new(&s, &here, "rules"),
         rules: rows,
         last_ok: st.last_ok,
         loaded_at: fmt_ms(loaded_ms),
@@ -694,6 +826,7 @@ pub(super) async fn rules(
 
 pub(super) async fn reload(
     req: HttpRequest,
+    here: Here,
     state: web::Data<Arc<ConsoleState>>,
     rules: web::Data<Arc<Rules>>,
     form: Form,
@@ -703,7 +836,7 @@ pub(super) async fn reload(
         Err(r) => return r,
     };
     let r = rules.get_ref().clone();
-    let back = "/console/rules";
+    let back = &here.url("/console/rules");
     match web::block(move || r.reload()).await {
         Ok(Ok(n)) => back_with(&state, &s, back, true, format!("已重新加载 {n} 条规则。")),
         Ok(Err(_)) => back_with(
@@ -752,13 +885,13 @@ fn out_row(e: &OutboxEntry) -> OutRow {
 }
 
 pub(super) async fn outbox(
-    SignedIn(s): SignedIn,
+    SignedIn(s, here): SignedIn,
     store: web::Data<Arc<dyn Store>>,
     clock: web::Data<SharedClock>,
 ) -> HttpResponse {
     let now = clock.now_ms();
     let mut page = OutboxPage {
-        chrome: Chrome::new(&s, "outbox"),
+        chrome: Chrome::new(&s, &here, "outbox"),
         pending: Vec::new(),
         delayed: Vec::new(),
         held: Vec::new(),
@@ -788,7 +921,7 @@ pub(super) async fn outbox(
 /// The live events of `/admin/events` for a signed-in page, ended as soon as its session ends
 /// (signed out elsewhere, or idle): no record reaches a browser after its sign-out.
 pub(super) async fn events(
-    SignedIn(session): SignedIn,
+    SignedIn(session, _): SignedIn,
     state: web::Data<Arc<ConsoleState>>,
     store: web::Data<Arc<dyn Store>>,
 ) -> HttpResponse {

@@ -8,7 +8,8 @@
 //! account the parameter may be left out; with several it is required on `/admin/*` (400
 //! naming it, after the admin check, so the names are only shown to the admin), and on the
 //! console a page without it shows the first account (the switcher links carry it; a form
-//! posted without it is refused, so a reply never lands on the wrong account).
+//! posted without it is refused, so a reply never lands on the wrong account — signing in
+//! and out excepted, which act on no account).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -78,11 +79,17 @@ impl Containers {
 
 /// The value of `account` in a query string, if present (percent-decoded; an empty value is
 /// absent).
-fn account_param(query: &str) -> Option<String> {
+pub(crate) fn account_param(query: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "account")
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The console forms that act on no account: signing in (whose page names no account to a
+/// visitor) and signing out.
+fn acts_on_none(path: &str) -> bool {
+    path == "/console/login" || path == "/console/logout"
 }
 
 /// The middleware: for `/admin/*` and `/console*`, resolves the account and adds its app data
@@ -105,8 +112,11 @@ pub async fn select(
     let found = match &asked {
         Some(name) => containers.0.iter().find(|(n, _)| n == name),
         None if containers.0.len() == 1 => containers.0.first(),
-        // The console shows the first account until one is chosen; a form is never guessed.
-        None if !admin && req.method() == actix_web::http::Method::GET => containers.0.first(),
+        // The console shows the first account until one is chosen; a form is never guessed,
+        // except signing in and out, which act on no account.
+        None if !admin && (req.method() == actix_web::http::Method::GET || acts_on_none(path)) => {
+            containers.0.first()
+        }
         None => None,
     };
     match found {

@@ -20,6 +20,14 @@
     });
   }
 
+  // With several accounts the page names its account (<body data-account>), and every URL
+  // the script opens carries it: the live events and fragments are that account's.
+  function withAccount(url) {
+    var account = document.body && document.body.getAttribute("data-account");
+    if (!account) return url;
+    return url + (url.indexOf("?") < 0 ? "?" : "&") + "account=" + encodeURIComponent(account);
+  }
+
   // A session that ended (signed out elsewhere, or idle) answers every console URL with the
   // sign-in page: go there instead of putting that page inside this one.
   function signedOut(r) {
@@ -27,11 +35,11 @@
   }
 
   function toLogin() {
-    window.location.assign("/console/login");
+    window.location.assign(withAccount("/console/login"));
   }
 
   function refresh(url, target) {
-    return fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    return fetch(withAccount(url), { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (r) {
         if (signedOut(r)) { toLogin(); return Promise.reject(401); }
         return r.ok ? r.text() : Promise.reject(r.status);
@@ -46,11 +54,11 @@
     var kind = region.getAttribute("data-live");
     var openid = region.getAttribute("data-openid");
     var pending = false;
-    var es = new EventSource("/console/events");
+    var es = new EventSource(withAccount("/console/events"));
     // The server ends the stream when the session ends; EventSource then retries, and a
     // retry without a session fails: check, and leave for the sign-in page if that is why.
     es.addEventListener("error", function () {
-      fetch("/console/fragments/conversations", { credentials: "same-origin" })
+      fetch(withAccount("/console/fragments/conversations"), { credentials: "same-origin" })
         .then(function (r) { if (signedOut(r)) { es.close(); toLogin(); } })
         .catch(function () { /* kefu is restarting: EventSource keeps trying */ });
     });
@@ -80,10 +88,19 @@
     });
   }
 
+  // The account switcher changes page as soon as an account is chosen (its button stays for
+  // a browser without script).
+  function switcher() {
+    document.querySelectorAll("select[data-autosubmit]").forEach(function (s) {
+      s.addEventListener("change", function () { if (s.form) s.form.submit(); });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     tick();
     setInterval(tick, 1000);
     live();
     confirms();
+    switcher();
   });
 })();
