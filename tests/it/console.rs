@@ -590,3 +590,262 @@ async fn a_long_reply_goes_as_parts_within_wechats_limit() {
     assert_eq!(w["grants"][0]["used"], json!(3), "each part is charged: {w}");
     kefu.stop().await;
 }
+
+// ---- several accounts (issue 20: the console's account switcher, interface §10) ----------
+
+/// The two accounts of the switcher tests, in the order kefu serves them (by name).
+const CAFE: &str = "cafe";
+const SHOP: &str = "shop";
+
+/// kefu serving `[accounts.cafe]` and `[accounts.shop]`, each with its own mock WeChat (own
+/// app_id, app_secret, token and api_base) and its own path; both on the fixture rules.
+async fn two_accounts(cafe: &MockWechat, shop: &MockWechat) -> (Kefu, String) {
+    for mock in [cafe, shop] {
+        let ok = |v| crate::mock_wechat::MockResponse::json(v);
+        mock.set_default(LIST_PATH, ok(json!({"kf_list": []})));
+        mock.set_default(ONLINE_PATH, ok(json!({"kf_online_list": []})));
+    }
+    let rules = crate::pipeline::rules_dir();
+    let table = |name: &str, mock: &MockWechat| {
+        format!(
+            "[accounts.{name}]\npath = \"/wechat/{name}\"\napp_id = \"wx{name}0000000001\"\n\
+             app_secret = \"{name}-secret\"\ntoken = \"{name}token\"\napi_base = \"{}\"\n\
+             rules_dir = \"{}\"\n",
+            mock.url(),
+            rules.display()
+        )
+    };
+    let toml = format!("{}\n{}", table(SHOP, shop), table(CAFE, cafe));
+    let dir = tempfile::tempdir().expect("config dir");
+    let parsed = kefu::config::Config::from_parts(
+        Some(&dir.path().join("kefu.toml")),
+        Some(&toml),
+        [],
+        dir.path(),
+    )
+    .expect("the accounts parse");
+    let kefu = Kefu::start_with(shop, true, move |c| {
+        c.accounts = parsed.accounts;
+        for a in &mut c.accounts {
+            a.state_dir = kefu::config::AccountConfig::state_dir_of(&c.state.dir, &a.name);
+        }
+    })
+    .await;
+    let base = kefu.app().address.clone();
+    (kefu, base)
+}
+
+/// A plaintext push to account `name`'s path, signed with its token.
+async fn push_to(base: &str, name: &str, xml: &str) {
+    let q = crate::helpers::signed_query(&format!("{name}token"), crate::helpers::now_secs(), "n");
+    let r = reqwest::Client::new()
+        .post(format!("{base}/wechat/{name}"))
+        .query(&q)
+        .body(xml.to_string())
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status().as_u16(), 200, "the push to {name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_switches_accounts_and_a_reply_goes_through_the_chosen_accounts_api_only() {
+    let Some(browser) = Browser::start().await else { return };
+    let (cafe, shop) = (MockWechat::start(), MockWechat::start());
+    let (kefu, base) = two_accounts(&cafe, &shop).await;
+    // One follower writes to both accounts (the OpenIDs of two accounts may coincide in a
+    // test; each account keeps its own conversation).
+    let user = "oConsoleTwoAccounts";
+    push_to(&base, CAFE, &text_push(user, "来一杯拿铁", 1, kefu.now_secs())).await;
+    push_to(&base, SHOP, &text_push(user, "买一件衬衫", 1, kefu.now_secs())).await;
+
+    // Signed in without naming an account: the first account by name (cafe), named in the
+    // header, selected in the switcher, and only its conversation listed.
+    browser.sign_in(&base, crate::pipeline::ADMIN_TOKEN).await;
+    browser.wait_for("#conversations").await;
+    assert_eq!(browser.text("#account-name").await, CAFE);
+    assert_eq!(
+        browser.js("return document.getElementById('account-select').value;").await,
+        json!(CAFE)
+    );
+    let options = browser
+        .js("return Array.from(document.querySelectorAll('#account-select option')).map(o => o.value);")
+        .await;
+    assert_eq!(options, json!([CAFE, SHOP]), "every account, in order");
+    let rows = browser.text_now("#conversation-rows").await;
+    assert!(rows.contains("来一杯拿铁") && !rows.contains("买一件衬衫"), "{rows}");
+    browser.screenshot("accounts-switcher-cafe").await;
+
+    // Choosing shop in the switcher shows shop's list (the script submits the form at once).
+    let old = browser.wait_for("html").await;
+    browser.wait_for("#account-select").await.select_by_value(SHOP).await.expect("choose shop");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while old.text().await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "choosing an account changed no page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.wait_for("#conversations").await;
+    let url = browser.client.current_url().await.unwrap();
+    assert_eq!((url.path(), url.query()), ("/console/conversations", Some("account=shop")));
+    assert_eq!(browser.text("#account-name").await, SHOP);
+    let rows = browser.text_now("#conversation-rows").await;
+    assert!(rows.contains("买一件衬衫") && !rows.contains("来一杯拿铁"), "{rows}");
+    // Every console link and form of the page names shop.
+    let unmarked = browser
+        .js("return Array.from(document.querySelectorAll('a[href^=\"/console\"], form[method=post]'))\
+             .map(e => e.getAttribute('href') || e.getAttribute('action'))\
+             .filter(u => !u.endsWith('?account=shop'));")
+        .await;
+    assert_eq!(unmarked, json!([]), "links or forms without ?account=shop");
+
+    // Live updates come from shop's log: cafe's new message stays out, shop's appears.
+    browser.js("window.__notReloaded = true; return null;").await;
+    push_to(&base, CAFE, &text_push("oConsoleCafeOnly", "咖啡店的新消息", 2, kefu.now_secs()))
+        .await;
+    push_to(&base, SHOP, &text_push("oConsoleShopOnly", "商店的新消息", 2, kefu.now_secs())).await;
+    browser.wait_for("tr[data-openid='oConsoleShopOnly']").await;
+    assert!(!browser.text_now("#conversation-rows").await.contains("咖啡店的新消息"));
+    assert_eq!(browser.js("return window.__notReloaded === true;").await, json!(true), "no reload");
+    browser.screenshot("accounts-switcher-shop").await;
+
+    // Shop's conversation, and a reply from it: through shop's API client only.
+    browser.submit(&format!("tr[data-openid='{user}'] a"), false).await;
+    browser.wait_for("#reply-text").await;
+    let url = browser.client.current_url().await.unwrap();
+    assert_eq!(url.query(), Some("account=shop"));
+    assert_eq!(browser.text("#messages .msg.in .text").await, "买一件衬衫");
+    browser.fill("#reply-text", "衬衫有货，欢迎下单。").await;
+    browser.submit("#reply-send", false).await;
+    assert!(browser.text("#flash-ok").await.contains("已发送"));
+    assert_eq!(sends(&shop), [text_body(user, "衬衫有货，欢迎下单。")]);
+    assert_eq!(cafe.count(SEND_PATH), 0, "nothing went through cafe's API client");
+    let token = shop.requests_to(crate::mock_wechat::STABLE_TOKEN_PATH);
+    assert_eq!(token[0].json().unwrap()["appid"], "wxshop0000000001", "shop's own credentials");
+    // The page after the reply is still shop's.
+    let url = browser.client.current_url().await.unwrap();
+    assert_eq!(
+        (url.path(), url.query()),
+        (format!("/console/conversations/{user}").as_str(), Some("account=shop"))
+    );
+    assert_eq!(browser.text("#account-name").await, SHOP);
+    let out = browser.text("#messages .msg.out:last-child .text").await;
+    assert_eq!(out, "衬衫有货，欢迎下单。");
+    browser.screenshot("accounts-switcher-reply").await;
+
+    // Switching on a conversation's page leads to cafe's list; cafe's log has no reply.
+    let old = browser.wait_for("html").await;
+    browser.wait_for("#account-select").await.select_by_value(CAFE).await.expect("choose cafe");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while old.text().await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "choosing an account changed no page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.wait_for("#conversations").await;
+    assert_eq!(browser.path().await, "/console/conversations");
+    assert_eq!(browser.text("#account-name").await, CAFE);
+    browser.submit(&format!("tr[data-openid='{user}'] a"), false).await;
+    let thread = browser.text("#messages").await;
+    assert!(thread.contains("来一杯拿铁") && !thread.contains("衬衫"), "{thread}");
+    assert_eq!(browser.client.current_url().await.unwrap().query(), Some("account=cafe"));
+    browser.stop().await;
+    kefu.stop().await;
+}
+
+/// The value of `name="csrf"` in a console page.
+fn csrf_of(page: &str) -> String {
+    crate::helpers::between(page, "name=\"csrf\" value=\"", "\"").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_accounts_a_console_post_without_account_is_refused_and_changes_nothing() {
+    let (cafe, shop) = (MockWechat::start(), MockWechat::start());
+    let (kefu, base) = two_accounts(&cafe, &shop).await;
+    let user = "oConsoleNoAccount";
+    push_to(&base, CAFE, &text_push(user, "hi cafe", 1, kefu.now_secs())).await;
+    push_to(&base, SHOP, &text_push(user, "hi shop", 1, kefu.now_secs())).await;
+    let http =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+
+    // Signed out: the sign-in redirect keeps an account the URL named, and names none itself.
+    let r = http.get(format!("{base}/console/conversations?account=shop")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/console/login?account=shop");
+    let r = http.get(format!("{base}/console/conversations")).send().await.unwrap();
+    assert_eq!(r.headers()["location"], "/console/login");
+    let login = http.get(format!("{base}/console/login")).send().await.unwrap();
+    let login = login.text().await.unwrap();
+    assert!(!login.contains(CAFE) && !login.contains(SHOP), "the sign-in page names no account");
+
+    // Signing in needs no account (it acts on none) and leads to the account asked for.
+    let r = http
+        .post(format!("{base}/console/login?account=shop"))
+        .header("Origin", base.as_str())
+        .form(&[("token", crate::pipeline::ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/console/conversations?account=shop");
+    let r = http
+        .post(format!("{base}/console/login"))
+        .header("Origin", base.as_str())
+        .form(&[("token", crate::pipeline::ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "a sign-in without ?account= is not refused");
+    assert_eq!(r.headers()["location"], "/console/conversations");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page = http
+        .get(format!("{base}/console/conversations/{user}?account=shop"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains(&format!("action=\"/console/conversations/{user}/reply?account=shop\"")));
+    let csrf = csrf_of(&page);
+
+    // A reply posted without ?account= (a valid session, origin and CSRF token): 400, and
+    // neither account sent, charged or logged anything.
+    let reply = |query: &'static str| {
+        http.post(format!("{base}/console/conversations/{user}/reply{query}"))
+            .header("Cookie", &cookie)
+            .header("Origin", base.as_str())
+            .form(&[("text", "没有说是哪个公众号"), ("csrf", csrf.as_str())])
+            .send()
+    };
+    let r = reply("").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("?account=NAME"));
+    let rules = http
+        .post(format!("{base}/console/rules/reload"))
+        .header("Cookie", &cookie)
+        .header("Origin", base.as_str())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rules.status().as_u16(), 400, "every console form needs the account");
+    assert_eq!(cafe.count(SEND_PATH) + shop.count(SEND_PATH), 0, "nothing sent");
+    for name in [CAFE, SHOP] {
+        let w = kefu.admin_get(&format!("/admin/windows/{user}?account={name}")).await;
+        let w: Value = w.json().await.unwrap();
+        assert_eq!(w["grants"][0]["used"], json!(0), "{name} charged nothing: {w}");
+        let log = kefu.admin_get(&format!("/admin/conversations/{user}?account={name}")).await;
+        let log = log.text().await.unwrap();
+        assert!(!log.contains("没有说是哪个公众号"), "{name} logged the refused reply: {log}");
+    }
+
+    // The same form naming shop is sent, through shop only (so the 400 was the account).
+    let r = reply("?account=shop").await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(
+        r.headers()["location"],
+        format!("/console/conversations/{user}?account=shop").as_str()
+    );
+    assert_eq!(sends(&shop), [text_body(user, "没有说是哪个公众号")]);
+    assert_eq!(cafe.count(SEND_PATH), 0);
+    kefu.stop().await;
+}
