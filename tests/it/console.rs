@@ -834,7 +834,9 @@ async fn with_several_accounts_a_console_post_without_account_is_refused_and_cha
         let w: Value = w.json().await.unwrap();
         assert_eq!(w["grants"][0]["used"], json!(0), "{name} charged nothing: {w}");
         let log = kefu.admin_get(&format!("/admin/conversations/{user}?account={name}")).await;
+        assert_eq!(log.status().as_u16(), 200, "/admin/conversations takes ?account=");
         let log = log.text().await.unwrap();
+        assert!(log.contains(&format!("hi {name}")), "{name}'s own log: {log}");
         assert!(!log.contains("没有说是哪个公众号"), "{name} logged the refused reply: {log}");
     }
 
