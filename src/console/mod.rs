@@ -28,8 +28,10 @@ const JS: &str = include_str!("assets/console.js");
 /// each (a Chinese character is 3 UTF-8 bytes, each written %XX), with room to spare.
 const FORM_LIMIT: usize = 64 * 1024;
 
-/// Registers every `/console` route. Needs `ConsoleState`, `AdminAuth`, `Arc<dyn Store>`,
-/// `SharedClock`, `ApiClient`, `Arc<Rules>` and `Arc<Metrics>` as app data.
+/// Registers every `/console` route. Needs `ConsoleState` and `SharedClock` as the app's data,
+/// and per account (put in front by [`crate::http::accounts::select`] for the `?account=` of
+/// each request) `AdminAuth`, `Arc<dyn Store>`, `ApiClient`, `Arc<Rules>`, `Arc<Metrics>` and
+/// `AccountChoice`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // A reply of 2000 Chinese characters is 18 KB URL-encoded: above actix's 16 KB default.
     cfg.app_data(web::FormConfig::default().limit(FORM_LIMIT))
