@@ -127,16 +127,23 @@ fn announce_config(cfg: &Config, format: LogFormat) {
 /// Loads the configuration (every command but `completions` needs it) and runs the one
 /// command module the line names.
 async fn dispatch(cli: Cli) -> CmdResult {
-    use crate::cmd;
-    if let Command::Completions { shell } = cli.command {
+    let Cli { config, account_name, log_format, command } = cli;
+    if let Command::Completions { shell } = command {
         return completions(shell);
     }
-    let all = Config::load(cli.config.as_deref())?;
-    announce_config(&all, cli.log_format);
-    let account = cli.account_name.as_deref();
+    let all = Config::load(config.as_deref())?;
+    announce_config(&all, log_format);
+    let account = account_name.as_deref();
+    // The layers below the configuration name `[wechat]` keys: an account's error names its own.
+    let named = all.select(account).ok().and_then(|v| v.account);
+    run_command(&all, account, command).await.map_err(|e| e.in_account(named.as_deref()))
+}
+
+async fn run_command(all: &Config, account: Option<&str>, command: Command) -> CmdResult {
+    use crate::cmd;
     // The account's view for the commands that act on one account (interface §11.10).
     let one = || all.select(account);
-    match cli.command {
+    match command {
         Command::Serve => {
             if let Some(name) = account {
                 return Err(CmdError::Usage(format!(
@@ -145,14 +152,14 @@ async fn dispatch(cli: Cli) -> CmdResult {
                     all.account_names()
                 )));
             }
-            cmd::serve::run(all).await
+            cmd::serve::run(all.clone()).await
         }
         // A DIR given without --account is checked against the shared [window] and backends.
         Command::Rules(
             rules::RulesCmd::Check { dir: Some(_), .. } | rules::RulesCmd::Import { .. },
         ) if account.is_none() => {
-            let Command::Rules(a) = cli.command else { unreachable!() };
-            cmd::rules::run(&all, &a)
+            let Command::Rules(a) = command else { unreachable!() };
+            cmd::rules::run(all, &a)
         }
         Command::Rules(a) => cmd::rules::run(&one()?, &a),
         Command::Simulate(a) => cmd::simulate::run(&one()?, &a).await,

@@ -585,9 +585,9 @@ impl Config {
                         errors.push(format!("environment variable {name}: {why}"))
                     }
                     None => errors.push(format!(
-                        "environment variable {name}: not KEFU_ACCOUNTS_<NAME>_<KEY>; an account \
-                         takes {}",
-                        accounts::all_keys().join(", ").replace('.', "_")
+                        "environment variable {name}: not KEFU_ACCOUNTS_<NAME>_<KEY>; <KEY> is one \
+                         of {}",
+                        accounts::env_keys().join(", ")
                     )),
                 }
                 continue;
@@ -697,6 +697,25 @@ impl Config {
                     }
                 }
                 Err(e) => errors.extend(e),
+            }
+            // A typo in the NAME of a KEFU_ACCOUNTS_* variable makes a new account: say so
+            // when the file has accounts and this one is not among them.
+            let in_file: Vec<&String> = raw_accounts
+                .iter()
+                .filter(|(_, keys)| keys.values().any(|(_, o)| matches!(o, Origin::File(_))))
+                .map(|(n, _)| n)
+                .collect();
+            for (name, keys) in &raw_accounts {
+                if !in_file.is_empty() && !in_file.contains(&name) {
+                    let vars: Vec<String> = keys.values().map(|(_, o)| o.to_string()).collect();
+                    cfg.warnings.push(format!(
+                        "account `{name}` is defined by environment variables alone ({}); the \
+                         config file's accounts are {}. If that is a typo of one of them, fix the \
+                         variable's name: as it is, kefu serves `{name}` as an account of its own",
+                        vars.join(", "),
+                        in_file.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
             }
             let wechat_keys: Vec<String> =
                 cfg.origins.keys().filter(|k| k.starts_with("wechat.")).cloned().collect();

@@ -111,6 +111,7 @@ impl Service {
         // Everything that can fail on configuration alone comes before a store is opened,
         // so a taken port or a broken rule leaves no new state.dir behind.
         let listener = crate::app::bind(&cfg)?;
+        check_state_dirs(&cfg)?;
         let mut prepared = Vec::new();
         for account in &cfg.served() {
             prepared.push(prepare(&cfg, account)?);
@@ -223,6 +224,49 @@ impl Service {
     }
 }
 
+/// What the accounts' state directories say about the configuration, before any is opened:
+/// a single account's database that no account reads any more (its `[wechat]` moved into a
+/// table not named `default`) is worth a warning; an account whose directory served another
+/// configured account's AppID (two tables' `app_id`s swapped) stops the start, since it would
+/// answer one account's followers from the other's ledger.
+fn check_state_dirs(cfg: &Config) -> anyhow::Result<()> {
+    use crate::config::DEFAULT_ACCOUNT;
+    let accounts = cfg.served();
+    let legacy_db = cfg.state.dir.join(crate::store::sqlite::DB_FILE);
+    if cfg.named_accounts() && cfg.account(DEFAULT_ACCOUNT).is_none() && legacy_db.is_file() {
+        tracing::warn!(
+            database = %legacy_db.display(),
+            "state.dir holds the database of a single-account kefu (its windows, outbox and \
+             conversation log), and no account reads it: the account that was [wechat] keeps \
+             that state only when its table is named [accounts.default] (with path = the old \
+             server.path). Rename that table, or move the database away if it is not needed"
+        );
+    }
+    for a in accounts.iter().filter(|a| a.named && !a.wechat.app_id.is_empty()) {
+        let file = a.state_dir.join(crate::store::APP_FILE);
+        let Ok(before) = std::fs::read_to_string(&file) else { continue };
+        let before = before.trim();
+        if before == a.wechat.app_id {
+            continue;
+        }
+        if let Some(owner) = accounts.iter().find(|o| o.name != a.name && o.wechat.app_id == before)
+        {
+            anyhow::bail!(
+                "the state of account {} ({}) was recorded for AppID {before}, which is now \
+                 [accounts.{}]'s app_id: the app_ids of [accounts.{}] and [accounts.{}] look \
+                 swapped. Put each AppID back in the table whose state it owns (kefu would \
+                 otherwise answer one account's followers from the other's ledger)",
+                a.name,
+                a.state_dir.display(),
+                owner.name,
+                a.name,
+                owner.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Checks one account's keys and loads its rules; nothing is opened or written.
 fn prepare(cfg: &Config, account: &crate::config::AccountConfig) -> anyhow::Result<Prepared> {
     let view = cfg.view(account);
@@ -236,12 +280,13 @@ fn prepare(cfg: &Config, account: &crate::config::AccountConfig) -> anyhow::Resu
         let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
         let n = list.len();
         anyhow::anyhow!(
-            "the rules in {}{} do not load ({n} problem{}){}; fix them (`kefu rules check`) \
+            "the rules in {}{} do not load ({n} problem{}){}; fix them (`kefu rules check{}`) \
              and start again:\n{}",
             view.rules.dir.display(),
             if account.named { format!(" (account {})", account.name) } else { String::new() },
             if n == 1 { "" } else { "s" },
             view.dir_hint("rules.dir", &view.rules.dir, None),
+            if account.named { format!(" --account {}", account.name) } else { String::new() },
             list.join("\n")
         )
     })?;
@@ -450,6 +495,7 @@ fn routes(
                     name: a.name.clone(),
                     account_id: a.cfg.wechat.account_id.clone(),
                     all: names.clone(),
+                    named: a.cfg.account.is_some(),
                 },
                 insert: Arc::new(insert),
             }

@@ -31,6 +31,23 @@ impl CmdError {
     pub fn failed(msg: impl std::fmt::Display) -> Self {
         CmdError::Failed(anyhow::anyhow!("{msg}"))
     }
+    /// The error with the `[wechat]` keys it names written as account `name`'s
+    /// ([`crate::config::accounts::in_account`]); `None` leaves it as it is.
+    pub fn in_account(self, name: Option<&str>) -> Self {
+        use crate::config::accounts::in_account;
+        match (self, name) {
+            (CmdError::Usage(m), Some(n)) => CmdError::Usage(in_account(&m, Some(n)).into_owned()),
+            (CmdError::Failed(e), Some(n)) => {
+                let text = format!("{e:#}");
+                match in_account(&text, Some(n)) {
+                    std::borrow::Cow::Owned(t) => CmdError::Failed(anyhow::anyhow!(t)),
+                    std::borrow::Cow::Borrowed(_) => CmdError::Failed(e),
+                }
+            }
+            (e, _) => e,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             CmdError::Usage(_) => 2,

@@ -159,7 +159,9 @@ pub async fn run(cfg: &Config, cmd: &ConversationsCmd) -> CmdResult {
         (ConversationsCmd::List { json, limit, .. }, _) => {
             let from = before.as_ref().map(ToString::to_string);
             let (list, rest) = list_upto(store, *limit, before, now).await?;
-            let more = rest.map(|c| format!("kefu conversations list --before {c}"));
+            let account =
+                cfg.account.as_ref().map(|n| format!(" --account {n}")).unwrap_or_default();
+            let more = rest.map(|c| format!("kefu conversations list{account} --before {c}"));
             if *json {
                 crate::outln!("{}", serde_json::to_string(&list).unwrap_or_default())?;
                 if let Some(more) = &more {

@@ -131,10 +131,10 @@ pub async fn run(cfg: &Config, args: &SendArgs) -> CmdResult {
     };
     if dry_run {
         crate::outln!(
-            "dry-run: would send {} to {}{as_kf}{grant}; not sent: no wechat.app_id/app_secret \
-             configured",
+            "dry-run: would send {} to {}{as_kf}{grant}; not sent: no {}/app_secret configured",
             prepared.msgtype(),
-            openid
+            openid,
+            cfg.key_name("wechat.app_id")
         )
     } else {
         crate::outln!("sent {} to {}{as_kf}{grant}", prepared.msgtype(), openid)

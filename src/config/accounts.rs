@@ -47,13 +47,26 @@ pub(super) fn all_keys() -> Vec<String> {
     keys
 }
 
+/// The `<KEY>` part of every `KEFU_ACCOUNTS_<NAME>_<KEY>`, in the order of the docs
+/// (`APP_ID`, …, `PATH`, `RULES_DIR`, `WINDOW_MESSAGE`, …).
+pub(super) fn env_keys() -> Vec<String> {
+    WECHAT_KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .chain(["path".to_string(), "rules_dir".to_string()])
+        .chain(crate::model::Trigger::ALL.iter().map(|t| format!("window_{}", t.as_str())))
+        .map(|k| k.to_ascii_uppercase())
+        .collect()
+}
+
 /// One account as configured: its own server path, rules, WeChat keys and window quotas.
 #[derive(Clone, Debug)]
 pub struct AccountConfig {
     /// `NAME` of `[accounts.NAME]` (`[a-z0-9_-]+`), or [`DEFAULT_ACCOUNT`].
     pub name: String,
     /// The server URL path WeChat pushes this account's events to (`path`; default
-    /// `{server.path}/{NAME}`, or `server.path` itself for the `[wechat]` account).
+    /// `{server.path}/{NAME}`, and `server.path` itself for `default`, as for the `[wechat]`
+    /// account).
     pub path: String,
     /// Its rules (`rules_dir`; default `[rules].dir`), hot-reloaded on their own.
     pub rules_dir: PathBuf,
@@ -90,6 +103,21 @@ impl AccountConfig {
             ("", name) => format!("kefu:{{dry-run:{name}}}"),
             (app, _) => format!("kefu:{{{app}}}"),
         }
+    }
+}
+
+/// `text` with the `[wechat]` keys it names written as account `name`'s: `wechat.app_id` →
+/// `accounts.shop.app_id`, `KEFU_WECHAT_APP_ID` → `KEFU_ACCOUNTS_SHOP_APP_ID`. For the messages
+/// of the layers below the configuration (the API client, the gate, the sender), which name
+/// `[wechat]` keys, when they reach an operator of several accounts; `None` leaves `text` as
+/// it is.
+pub fn in_account<'a>(text: &'a str, name: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match name {
+        Some(n) if text.contains("wechat.") || text.contains("KEFU_WECHAT_") => text
+            .replace("wechat.", &format!("accounts.{n}."))
+            .replace("KEFU_WECHAT_", &env_var(n, ""))
+            .into(),
+        _ => text.into(),
     }
 }
 
@@ -208,7 +236,11 @@ pub(super) fn build(
             window: base.window.clone(),
             ..base.clone()
         };
-        view.server.path = format!("{}/{name}", base.server.path.trim_end_matches('/'));
+        // `default` stands where the single account stood, so moving `[wechat]` into
+        // `[accounts.default]` keeps WeChat's server URL; the others get their own below it.
+        if name != DEFAULT_ACCOUNT {
+            view.server.path = format!("{}/{name}", base.server.path.trim_end_matches('/'));
+        }
         for (key, (value, origin)) in keys {
             let Some((section, k)) = stands_for(key) else {
                 errors.push(format!(
@@ -424,6 +456,23 @@ token = "cafetoken"
         // An account's keys are checked by the rules of the key they stand for.
         let e = load("[accounts.a]\napp_secret = \"x\"\n", &[]).unwrap_err();
         assert!(e.contains("`accounts.a.app_secret`") && e.contains("`accounts.a.app_id`"), "{e}");
+    }
+
+    #[test]
+    fn an_account_only_a_variable_names_is_worth_a_warning() {
+        let cfg = load(TWO, &[("KEFU_ACCOUNTS_CAFFE_TOKEN", "abc12345")]).unwrap();
+        assert!(cfg.account("caffe").is_some());
+        let w = cfg.warnings.join("\n");
+        assert!(w.contains("`caffe`") && w.contains("KEFU_ACCOUNTS_CAFFE_TOKEN"), "{w}");
+        // `default` takes server.path, like the [wechat] account it replaces.
+        let cfg = load("[server]\npath = \"/wx\"\n[accounts.default]\ntoken = \"abc123\"\n", &[])
+            .unwrap();
+        assert_eq!(cfg.account("default").unwrap().path, "/wx");
+        assert_eq!(
+            in_account("set wechat.app_id (KEFU_WECHAT_APP_ID)", Some("my-shop")),
+            "set accounts.my-shop.app_id (KEFU_ACCOUNTS_MY_SHOP_APP_ID)"
+        );
+        assert_eq!(in_account("set wechat.app_id", None), "set wechat.app_id");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct AccountChoice {
     pub account_id: String,
     /// Every configured account's name, in order.
     pub all: Arc<Vec<String>>,
+    /// It is an `[accounts.NAME]` table: messages name its keys `accounts.NAME.*`.
+    pub named: bool,
 }
 
 impl AccountChoice {
@@ -37,6 +39,12 @@ impl AccountChoice {
     /// `?account=` in every link and form).
     pub fn several(&self) -> bool {
         self.all.len() > 1
+    }
+
+    /// `text` with the `[wechat]` keys it names written as this account's
+    /// ([`crate::config::accounts::in_account`]).
+    pub fn keys_in<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        crate::config::accounts::in_account(text, self.named.then_some(self.name.as_str()))
     }
 
     /// `?account=NAME` (URL-safe: names are `[a-z0-9_-]+`) with several accounts, else "".
@@ -121,8 +129,13 @@ pub async fn select(
     };
     match found {
         Some((_, ext)) => {
+            let choice = ext.get::<web::Data<AccountChoice>>().cloned();
             req.add_data_container(ext.clone());
-            next.call(req).await.map(ServiceResponse::map_into_boxed_body)
+            let res = next.call(req).await?;
+            match choice.filter(|c| admin && c.named) {
+                Some(c) if res.status().as_u16() >= 400 => keys_in_error(res, &c).await,
+                _ => Ok(res.map_into_boxed_body()),
+            }
         }
         None if !admin => {
             // The console names no account to a visitor who may not be signed in.
@@ -159,6 +172,30 @@ pub async fn select(
             Ok(req.into_response(resp).map_into_boxed_body())
         }
     }
+}
+
+/// An admin error of a named account, its `[wechat]` key names (from the layers below the
+/// configuration: the API client's remedies, say) written as the account's. Error bodies are
+/// small JSON built by kefu: they carry no follower text that the renaming could change.
+async fn keys_in_error<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+    choice: &AccountChoice,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    use actix_web::body::BodySize;
+    if !matches!(res.response().body().size(), BodySize::Sized(n) if n <= 64 * 1024) {
+        return Ok(res.map_into_boxed_body());
+    }
+    let (req, res) = res.into_parts();
+    let (head, body) = res.into_parts();
+    let bytes = match actix_web::body::to_bytes(body).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Ok(ServiceResponse::new(req, head.set_body(Vec::new()).map_into_boxed_body()));
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let body = choice.keys_in(&text).into_owned();
+    Ok(ServiceResponse::new(req, head.set_body(body).map_into_boxed_body()))
 }
 
 #[cfg(test)]

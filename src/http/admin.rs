@@ -214,6 +214,9 @@ async fn delete(
     Ok(ok(json!({ "kf_account": kf.as_str() })))
 }
 
+/// What a dry-run send answers; `{}` is "MSGTYPE to OPENID".
+const DRY_RUN: &str = "dry-run: would send {}; not sent: no wechat.app_id/app_secret configured";
+
 /// Parses and checks a `/admin/send` body, once.
 pub fn parse_send(body: &[u8]) -> Result<SendBody, AdminError> {
     SendBody::parse(json_body(body)?).map_err(|e| AdminError::BadRequest(e.to_string()))
@@ -231,6 +234,7 @@ struct SendQuery {
 /// answered 200 `{"dry_run": true, "sent": false, "touser", "msgtype", "charged", "message"}`.
 async fn send(
     req: HttpRequest,
+    account: Option<web::Data<crate::http::accounts::AccountChoice>>,
     api: web::Data<ApiClient>,
     store: web::Data<std::sync::Arc<dyn crate::store::Store>>,
     clock: web::Data<crate::model::SharedClock>,
@@ -257,10 +261,8 @@ async fn send(
                 "touser": openid.as_str(),
                 "msgtype": msgtype,
                 "charged": charged.map(|t| t.as_str()),
-                "message": format!(
-                    "dry-run: would send {msgtype} to {openid}; not sent: no \
-                     wechat.app_id/app_secret configured"
-                ),
+                "message": account.map_or_else(|| DRY_RUN.into(), |a| a.keys_in(DRY_RUN).into_owned())
+                    .replacen("{}", &format!("{msgtype} to {openid}"), 1),
             })))
         }
         Ok(Gated::Refused(reason)) => Ok(HttpResponse::Conflict().json(json!({

@@ -132,6 +132,9 @@ async fn show(
 
 /// `POST /admin/conversations/{openid}/reply`: sends the reply through the window gate and
 /// answers as `/admin/send` does: 200 sent (or dry-run), 409 with the reason when the window
+/// What a dry-run reply answers.
+const DRY_RUN: &str = "dry-run: not sent: no wechat.app_id/app_secret configured";
+
 /// refuses, 400 for a bad body, 502 with WeChat's errcode explained.
 async fn reply(
     req: HttpRequest,
@@ -156,7 +159,10 @@ async fn reply(
         Ok(Gated::DryRun { charged }) => Ok(HttpResponse::Ok().json(json!({
             "sent": false, "dry_run": true,
             "touser": openid.as_str(), "charged": charged.map(|t| t.as_str()),
-            "message": "dry-run: not sent: no wechat.app_id/app_secret configured",
+            "message": req.app_data::<web::Data<crate::http::accounts::AccountChoice>>().map_or_else(
+                || DRY_RUN.to_string(),
+                |a| a.keys_in(DRY_RUN).into_owned()
+            ),
         }))),
         Ok(Gated::Refused(reason)) => Ok(HttpResponse::Conflict().json(json!({
             "error": format!("not sent: {reason}"),

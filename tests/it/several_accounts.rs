@@ -541,3 +541,53 @@ async fn a_single_account_state_dir_keeps_its_answers_and_windows() {
     assert_eq!(kefu.service_accounts.len(), 2);
     kefu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_app_ids_stop_the_start_and_errors_name_the_accounts_keys() {
+    let two = Two::new();
+    let (_, cfg) = two.config("");
+    let kefu = Running::start(cfg).await;
+    let (status, _) = kefu.push("/wechat/shop", SHOP_TOKEN, SHOP_GH, "hi", 1).await;
+    assert_eq!(status, 200);
+    kefu.stop().await;
+    // Both state directories remember their AppID; the tables' app_ids swapped:
+    let swapped = two
+        .toml("")
+        .replace(SHOP_APP, "SWAP")
+        .replace(CAFE_APP, SHOP_APP)
+        .replace("SWAP", CAFE_APP);
+    let file = two.state.path().join("kefu.toml");
+    let cfg = Config::from_parts(Some(&file), Some(&swapped), [], two.state.path()).unwrap();
+    let clock: kefu::model::SharedClock = Arc::new(kefu::model::SystemClock);
+    let e = match Service::build(cfg, clock).await {
+        Ok(_) => panic!("kefu started with swapped app_ids"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("look swapped") && e.contains("[accounts.cafe]"), "{e}");
+
+    // A dry-run account's admin errors name its own keys, not [wechat]'s.
+    let dry = two.toml("").replace("app_secret = \"cafe-secret\"\n", "");
+    let cfg = Config::from_parts(Some(&file), Some(&dry), [], two.state.path()).unwrap();
+    let kefu = Running::start(cfg).await;
+    let (status, body) = kefu.admin("/admin/kf/accounts?account=cafe").await;
+    assert_eq!(status, 503, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("accounts.cafe.app_secret"), "{text}");
+    assert!(text.contains("KEFU_ACCOUNTS_CAFE_APP_SECRET") && !text.contains("wechat."), "{text}");
+    let resp = kefu
+        .client
+        .post(format!("{}/admin/send?account=cafe&force=true", kefu.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"touser": USER, "msgtype": "text", "text": {"content": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dry_run"], true);
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("text to oSameOpenIdUnderBothAccounts"), "{message}");
+    assert!(message.contains("accounts.cafe.app_id"), "{message}");
+    kefu.stop().await;
+}
