@@ -19,7 +19,8 @@
 # so THREADS must be a multiple of ACCOUNTS and the load is split evenly. Each wrk thread has
 # its own OPENIDS / THREADS followers in both configurations, so the pushes differ only in
 # where they go. It reports each configuration's maximum req/s and their ratio (several / one),
-# and the p50/p99 of each paced to half of the one-account maximum of the same repetition.
+# kefu's CPU time per push at full speed (from /proc/PID/stat), and the p50/p99 of each paced
+# to half of the one-account maximum of the same repetition.
 #
 # Knobs (environment): DURATION (10s), CONNS (32), THREADS (2), REPEAT (2), MODES ("plain safe"),
 # PATHS ("passive send": passive_first true / false), BODIES (safe-mode pushes generated per
@@ -284,17 +285,28 @@ acc_pushes() { # acc_pushes PORT NAME : account NAME's fresh pushes so far
     metric "^kefu_pushes_total[{]account=\"$2\",.*outcome=\"fresh\"" "$1"
 }
 
-# acc_max TAG PORT N : one full-speed run against the kefu of N accounts on PORT; sets
-# M_rps, M_non2xx and M_split (each account's fresh pushes during the run, "a/b/…").
+cpu_ticks() { # cpu_ticks PID : the user + system CPU time of process PID so far, in clock ticks
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# acc_max TAG PORT N PID : one full-speed run against the kefu (PID) of N accounts on PORT;
+# sets M_rps, M_non2xx, M_split (each account's fresh pushes during the run, "a / b / …") and
+# M_cpu (kefu's CPU time per fresh push, µs: robust to the machine's other load, unlike req/s).
 acc_max() {
-    local tag=$1 port=$2 n=$3 k before=() spec
+    local tag=$1 port=$2 n=$3 pid=$4 k before=() spec ticks total=0 d
     for ((k = 0; k < n; k++)); do before+=("$(acc_pushes "$port" "${ACC_NAMES[k]}")"); done
     spec=$(acc_spec "$n" "$tag")
+    ticks=$(cpu_ticks "$pid")
     wrk_run "$tag-max" "$port" accounts "$spec" 0
+    ticks=$(($(cpu_ticks "$pid") - ticks))
     M_rps=$R_rps M_non2xx=$((R_non2xx + R_sock_errors)) M_split=""
     for ((k = 0; k < n; k++)); do
-        M_split+="${M_split:+ / }$(($(acc_pushes "$port" "${ACC_NAMES[k]}") - before[k]))"
+        d=$(($(acc_pushes "$port" "${ACC_NAMES[k]}") - before[k]))
+        M_split+="${M_split:+ / }$d"
+        total=$((total + d))
     done
+    M_cpu=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$total" \
+        'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
 }
 
 # acc_half TAG PORT N TARGET : the kefu of N accounts paced to TARGET req/s (calibrated as in
@@ -324,12 +336,12 @@ stats() { # stats FORMAT VALUE… : "min / median / max" of the values, each pri
 median() { stats %.3f "$@" | awk -F' / ' '{ print $2 }'; } # median VALUE…
 
 accounts_scenario() {
-    local path passive n=$ACCOUNTS rep one two ratios ones twos p99s1 p99s2 first
+    local path passive n=$ACCOUNTS rep one two ratios ones twos p99s1 p99s2 first cpu1 cpun
     {
         echo "SCENARIO=accounts: one account against $n; wrk -t$THREADS -c$CONNS -d$DURATION (the same for both, thread i to account ((i-1) mod $n)+1); RUST_LOG=$RUST_LOG; $OPENIDS followers ($((OPENIDS / THREADS)) per wrk thread); state in $STATE_BASE (state.sync = $SYNC); pinning: ${PIN:+servers CPU 0, wrk CPU 1}${PIN:-none}; $(nproc) CPUs; fsync probe: $FSYNC"
         echo
-        echo "| reply | rep | first | 1 account req/s | $n accounts req/s | $n/1 | pushes per account ($n) | half pace target req/s | 1 account: achieved, p50 / p99 ms | $n accounts: achieved, p50 / p99 ms | non-2xx |"
-        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        echo "| reply | rep | first | 1 account req/s | $n accounts req/s | $n/1 | pushes per account ($n) | kefu CPU µs per push: 1 / $n | half pace target req/s | 1 account: achieved, p50 / p99 ms | $n accounts: achieved, p50 / p99 ms | non-2xx |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     } >"$SUMMARY"
     snapshot start
     for path in $PATHS; do
@@ -350,24 +362,24 @@ accounts_scenario() {
         ((n < 2)) || acc_check "$PORT_KEFU2" b a "$path"
         drain "$PORT_KEFU"
         drain "$PORT_KEFU2"
-        ones=() twos=() ratios=() p99s1=() p99s2=()
+        ones=() twos=() ratios=() p99s1=() p99s2=() cpu1=() cpun=()
         for rep in $(seq "$REPEAT"); do
             tag="accounts-$path-$rep"
             # Alternate who goes first so a drift in the machine's load favours neither.
             if ((rep % 2)); then
                 first=1
-                acc_max "$tag-one" "$PORT_KEFU" 1
-                one=("$M_rps" "$M_non2xx")
+                acc_max "$tag-one" "$PORT_KEFU" 1 "$pid1"
+                one=("$M_rps" "$M_non2xx" "$M_cpu")
                 drain "$PORT_KEFU"
-                acc_max "$tag-several" "$PORT_KEFU2" "$n"
-                two=("$M_rps" "$M_non2xx" "$M_split")
+                acc_max "$tag-several" "$PORT_KEFU2" "$n" "$pidn"
+                two=("$M_rps" "$M_non2xx" "$M_split" "$M_cpu")
             else
                 first=$n
-                acc_max "$tag-several" "$PORT_KEFU2" "$n"
-                two=("$M_rps" "$M_non2xx" "$M_split")
+                acc_max "$tag-several" "$PORT_KEFU2" "$n" "$pidn"
+                two=("$M_rps" "$M_non2xx" "$M_split" "$M_cpu")
                 drain "$PORT_KEFU2"
-                acc_max "$tag-one" "$PORT_KEFU" 1
-                one=("$M_rps" "$M_non2xx")
+                acc_max "$tag-one" "$PORT_KEFU" 1 "$pid1"
+                one=("$M_rps" "$M_non2xx" "$M_cpu")
             fi
             drain "$PORT_KEFU"
             drain "$PORT_KEFU2"
@@ -389,9 +401,9 @@ accounts_scenario() {
             drain "$PORT_KEFU"
             drain "$PORT_KEFU2"
             ratio=$(awk -v a="${one[0]}" -v b="${two[0]}" 'BEGIN { printf "%.3f", b / a }')
-            ones+=("${one[0]}") twos+=("${two[0]}") ratios+=("$ratio")
+            ones+=("${one[0]}") twos+=("${two[0]}") ratios+=("$ratio") cpu1+=("${one[2]}") cpun+=("${two[3]}")
             p99s1+=("$(fmt_ms "${h1[2]}")") p99s2+=("$(fmt_ms "${hn[2]}")")
-            echo "| $path | $rep | $first | ${one[0]} | ${two[0]} | $ratio | ${two[2]} | $target | ${h1[0]}, $(fmt_ms "${h1[1]}") / $(fmt_ms "${h1[2]}") | ${hn[0]}, $(fmt_ms "${hn[1]}") / $(fmt_ms "${hn[2]}") | $((one[1] + two[1] + h1[3] + hn[3])) |" |
+            echo "| $path | $rep | $first | ${one[0]} | ${two[0]} | $ratio | ${two[2]} | ${one[2]} / ${two[3]} | $target | ${h1[0]}, $(fmt_ms "${h1[1]}") / $(fmt_ms "${h1[2]}") | ${hn[0]}, $(fmt_ms "${hn[1]}") / $(fmt_ms "${hn[2]}") | $((one[1] + two[1] + h1[3] + hn[3])) |" |
                 tee -a "$SUMMARY"
         done
         {
@@ -402,6 +414,7 @@ accounts_scenario() {
             echo "- ratio $n/1 per repetition: $(stats %.3f "${ratios[@]}")"
             echo "- ratio of the medians: $(awk -v a="$(median "${ones[@]}")" -v b="$(median "${twos[@]}")" \
                 'BEGIN { printf "%.3f", b / a }')"
+            echo "- kefu CPU µs per push at full speed, 1 account: $(stats %.1f "${cpu1[@]}"); $n accounts: $(stats %.1f "${cpun[@]}")"
             echo "- p99 ms at half pace, 1 account: $(stats %.2f "${p99s1[@]}"); $n accounts: $(stats %.2f "${p99s2[@]}")"
             echo
         } | tee -a "$SUMMARY"
