@@ -338,7 +338,7 @@ median() { stats %.3f "$@" | awk -F' / ' '{ print $2 }'; } # median VALUE…
 accounts_scenario() {
     local path passive n=$ACCOUNTS rep one two ratios ones twos p99s1 p99s2 first cpu1 cpun
     {
-        echo "SCENARIO=accounts: one account against $n; wrk -t$THREADS -c$CONNS -d$DURATION (the same for both, thread i to account ((i-1) mod $n)+1); RUST_LOG=$RUST_LOG; $OPENIDS followers ($((OPENIDS / THREADS)) per wrk thread); state in $STATE_BASE (state.sync = $SYNC); pinning: ${PIN:+servers CPU 0, wrk CPU 1}${PIN:-none}; $(nproc) CPUs; fsync probe: $FSYNC"
+        echo "SCENARIO=accounts: one account against $n; wrk -t$THREADS -c$CONNS -d$DURATION (the same for both, thread i to account ((i-1) mod $n)+1); RUST_LOG=$RUST_LOG; $OPENIDS followers ($((OPENIDS / THREADS)) per wrk thread); state in $STATE_BASE (state.sync = $SYNC); pinning: $(if [[ -n ${PIN:-} ]]; then echo "servers CPU 0, wrk CPU 1"; else echo none; fi); $(nproc) CPUs; fsync probe: $FSYNC"
         echo
         echo "| reply | rep | first | 1 account req/s | $n accounts req/s | $n/1 | pushes per account ($n) | kefu CPU µs per push: 1 / $n | half pace target req/s | 1 account: achieved, p50 / p99 ms | $n accounts: achieved, p50 / p99 ms | non-2xx |"
         echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
