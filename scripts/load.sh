@@ -310,7 +310,7 @@ acc_max() {
 }
 
 # acc_half TAG PORT N TARGET : the kefu of N accounts paced to TARGET req/s (calibrated as in
-# the ceiling scenario); sets H_rps, H_p50, H_p99 (µs), H_delay (ms) and H_non2xx.
+# the ceiling scenario); sets H_rps, H_p50, H_p99 (µs) and H_non2xx.
 acc_half() {
     local tag=$1 port=$2 n=$3 target=$4 delay spec
     delay=$(awk -v c="$CONNS" -v t="$target" 'BEGIN { d = c * 1000 / t; printf "%d", (d < 1 ? 1 : d + 0.5) }')
@@ -321,7 +321,7 @@ acc_half() {
     drain "$port"
     spec=$(acc_spec "$n" "$tag")
     wrk_run "$tag-half" "$port" accounts "$spec" "$delay"
-    H_rps=$R_rps H_p50=$R_p50_us H_p99=$R_p99_us H_delay=$delay
+    H_rps=$R_rps H_p50=$R_p50_us H_p99=$R_p99_us
     H_non2xx=$((R_non2xx + R_sock_errors))
 }
 
