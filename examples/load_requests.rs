@@ -12,6 +12,9 @@
 //! `safe` each further line is `msg_signature<TAB>body`: one pre-encrypted text push with a
 //! MsgId of its own, which `scripts/push_safe.lua` sends once each. Every text contains `price`,
 //! which `scripts/load-rules/load.toml` answers. Keys default to the protocol's test key K1.
+//! For several accounts (`SCENARIO=accounts scripts/load.sh`) it runs once per account, with
+//! that account's `--token` (and, for `safe`, its `--aes-key` and `--app-id`); which path the
+//! pushes go to is the wrk script's business, since no signature covers the URL path.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
