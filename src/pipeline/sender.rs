@@ -171,17 +171,21 @@ impl Sender {
                 let this = self.clone();
                 let busy = busy.clone();
                 let stop = stop.clone();
-                workers.spawn(async move {
-                    for entry in entries {
-                        if *stop.borrow() {
-                            break;
+                // In the sender's span (with several accounts, the account's).
+                workers.spawn(
+                    async move {
+                        for entry in entries {
+                            if *stop.borrow() {
+                                break;
+                            }
+                            this.deliver(entry).await;
                         }
-                        this.deliver(entry).await;
+                        busy.lock().remove(&openid);
+                        drop(permit);
+                        this.wake.notify_one();
                     }
-                    busy.lock().remove(&openid);
-                    drop(permit);
-                    this.wake.notify_one();
-                });
+                    .in_current_span(),
+                );
             }
             while workers.try_join_next().is_some() {}
 
