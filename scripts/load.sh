@@ -207,6 +207,19 @@ check_answer() {
 
 fmt_ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 
+# rules_state_cfg STATE PASSIVE : the [rules] and [state] sections every kefu here runs with.
+rules_state_cfg() {
+    cat <<EOC
+[rules]
+dir = "$ROOT/scripts/load-rules"
+hot_reload = false
+passive_first = $2
+[state]
+dir = "$1"
+sync = "$SYNC"
+EOC
+}
+
 # --- SCENARIO=accounts: one account against ACCOUNTS accounts sharing the same load ---------
 
 ACC_NAMES=(a b c d e f g h)
@@ -217,17 +230,8 @@ acc_app_id() { printf 'wxload%012d' "$1"; }         # acc_app_id K (1-based)
 accounts_cfg() {
     local file=$1 port=$2 state=$3 passive=$4 n=$5 k name
     {
-        cat <<EOC
-[server]
-listen = "127.0.0.1:$port"
-[rules]
-dir = "$ROOT/scripts/load-rules"
-hot_reload = false
-passive_first = $passive
-[state]
-dir = "$state"
-sync = "$SYNC"
-EOC
+        printf '[server]\nlisten = "127.0.0.1:%s"\n' "$port"
+        rules_state_cfg "$state" "$passive"
         for ((k = 1; k <= n; k++)); do
             name=${ACC_NAMES[k - 1]}
             cat <<EOC
@@ -462,7 +466,8 @@ for mode in $MODES; do
         [[ $path == send ]] && passive=false
         state="$STATE_BASE/state-$mode-$path-$$"
         cfg="$OUT/kefu-$mode-$path.toml"
-        cat >"$cfg" <<EOF
+        {
+            cat <<EOF
 [server]
 listen = "127.0.0.1:$PORT_KEFU"
 path = "/wechat"
@@ -472,14 +477,9 @@ app_secret = "load-test-secret"
 token = "$TOKEN"
 encoding_aes_key = "$AES_KEY"
 api_base = "http://127.0.0.1:$PORT_MOCK"
-[rules]
-dir = "$ROOT/scripts/load-rules"
-hot_reload = false
-passive_first = $passive
-[state]
-dir = "$state"
-sync = "$SYNC"
 EOF
+            rules_state_cfg "$state" "$passive"
+        } >"$cfg"
         start "kefu-$mode-$path" "$BIN/kefu" serve --config "$cfg"
         kefu_pid=$LAST_PID
         wait_up "http://127.0.0.1:$PORT_KEFU/healthz"

@@ -1067,6 +1067,35 @@ fn schema_section(name: &str) -> Option<&'static [(&'static str, Kind)]> {
     SCHEMA.iter().find(|(s, _)| *s == name).map(|(_, k)| *k)
 }
 
+/// The `[SECTION.NAME]` tables of a file (`backends`, `accounts`), by name: a value that is
+/// not such a table is an error naming it, and `hint` says what the table holds.
+fn named_tables(
+    path: &Path,
+    section: &str,
+    v: toml::Value,
+    hint: &str,
+    errors: &mut Vec<String>,
+) -> Vec<(String, toml::Table)> {
+    let toml::Value::Table(t) = v else {
+        errors.push(format!(
+            "{}: `{section}` must be a table of [{section}.NAME] tables",
+            path.display()
+        ));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, v) in t {
+        match v {
+            toml::Value::Table(keys) => out.push((name, keys)),
+            _ => errors.push(format!(
+                "{}: `{section}.{name}` must be a table: [{section}.{name}] {hint}",
+                path.display()
+            )),
+        }
+    }
+    out
+}
+
 /// Collects the `[backends.NAME]` tables of a file, key by key, for [`backends::build`].
 fn backend_tables(
     path: &Path,
@@ -1075,22 +1104,8 @@ fn backend_tables(
     out: &mut BTreeMap<String, backends::RawBackend>,
     errors: &mut Vec<String>,
 ) {
-    let toml::Value::Table(t) = v else {
-        errors.push(format!(
-            "{}: `backends` must be a table of [backends.NAME] tables",
-            path.display()
-        ));
-        return;
-    };
-    for (name, v) in t {
-        let toml::Value::Table(keys) = v else {
-            errors.push(format!(
-                "{}: `backends.{name}` must be a table: [backends.{name}] with kind = \"http\" \
-                 or \"openai\"",
-                path.display()
-            ));
-            continue;
-        };
+    let hint = "with kind = \"http\" or \"openai\"";
+    for (name, keys) in named_tables(path, "backends", v, hint, errors) {
         let entry = out.entry(name).or_default();
         for (key, v) in keys {
             entry.insert(key, (v, origin.clone()));

@@ -141,22 +141,8 @@ pub(super) fn file_tables(
     out: &mut BTreeMap<String, RawAccount>,
     errors: &mut Vec<String>,
 ) {
-    let toml::Value::Table(t) = v else {
-        errors.push(format!(
-            "{}: `accounts` must be a table of [accounts.NAME] tables",
-            path.display()
-        ));
-        return;
-    };
-    for (name, v) in t {
-        let toml::Value::Table(keys) = v else {
-            errors.push(format!(
-                "{}: `accounts.{name}` must be a table: [accounts.{name}] with path, token, \
-                 app_id, …",
-                path.display()
-            ));
-            continue;
-        };
+    let hint = "with path, token, app_id, …";
+    for (name, keys) in super::named_tables(path, "accounts", v, hint, errors) {
         let entry = out.entry(name.clone()).or_default();
         for (key, v) in keys {
             if key == "window" {

@@ -327,14 +327,19 @@ async fn on_redis_each_account_keeps_its_own_namespace() {
     each_account_answers_through_its_own_api(Some(url)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_is_one_directory_per_account() {
-    let two = Two::new();
+/// Starts both accounts, has shop answer one push, and stops: each account's state is there.
+async fn run_once(two: &Two) {
     let (_, cfg) = two.config("");
     let kefu = Running::start(cfg).await;
     let (status, _) = kefu.push("/wechat/shop", SHOP_TOKEN, SHOP_GH, "hi", 1).await;
     assert_eq!(status, 200);
     kefu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_one_directory_per_account() {
+    let two = Two::new();
+    run_once(&two).await;
     let db = kefu::store::sqlite::DB_FILE;
     assert!(two.state.path().join("accounts/shop").join(db).is_file());
     assert!(two.state.path().join("accounts/cafe").join(db).is_file());
@@ -545,11 +550,7 @@ async fn a_single_account_state_dir_keeps_its_answers_and_windows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_app_ids_stop_the_start_and_errors_name_the_accounts_keys() {
     let two = Two::new();
-    let (_, cfg) = two.config("");
-    let kefu = Running::start(cfg).await;
-    let (status, _) = kefu.push("/wechat/shop", SHOP_TOKEN, SHOP_GH, "hi", 1).await;
-    assert_eq!(status, 200);
-    kefu.stop().await;
+    run_once(&two).await;
     // Both state directories remember their AppID; the tables' app_ids swapped:
     let swapped = two
         .toml("")
