@@ -479,10 +479,7 @@ fn routes(
             let api = web::Data::new(a.api.clone());
             let rules = web::Data::new(a.rules.clone());
             let metrics = web::Data::new(a.metrics.clone());
-            let auth = web::Data::new(
-                crate::http::admin::AdminAuth::from_config(&a.cfg)
-                    .with_account_id(&a.cfg.wechat.account_id),
-            );
+            let auth = web::Data::new(crate::http::admin::AdminAuth::from_config(&a.cfg));
             let insert = move |ext: &mut actix_web::dev::Extensions| {
                 ext.insert(store.clone());
                 ext.insert(api.clone());

@@ -108,10 +108,8 @@ fn plain(status: StatusCode, body: impl Into<String>) -> HttpResponse {
 fn refuse(state: &WebhookState, e: &PushError, q: Option<&Query>) -> HttpResponse {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let openid = q.and_then(|q| q.openid.as_deref()).unwrap_or("");
-    let message = match &state.account {
-        Some(name) => e.to_string().replace("wechat.", &format!("accounts.{name}.")),
-        None => e.to_string(),
-    };
+    let message =
+        crate::config::accounts::in_account(&e.to_string(), state.account.as_deref()).into_owned();
     tracing::warn!(status = e.status(), reason = e.reason(), error = %message, openid, "push refused");
     refused(plain(status, message), e.reason())
 }
