@@ -53,6 +53,16 @@ impl AccountChoice {
     }
 }
 
+/// `text` with the `[wechat]` keys it names written as the keys of `req`'s account (as it is
+/// when the request has none, or its account is the `[wechat]` one): for the answers of
+/// handlers that are not errors (a dry-run send), which [`select`] leaves as they are.
+pub fn keys_for<'a>(req: &actix_web::HttpRequest, text: &'a str) -> std::borrow::Cow<'a, str> {
+    match req.app_data::<web::Data<AccountChoice>>() {
+        Some(c) => c.keys_in(text),
+        None => text.into(),
+    }
+}
+
 /// One account's app data: what the account middleware puts in front of the app's for its
 /// requests. `insert` is called once per server worker (app data lives in a worker's
 /// `Rc<Extensions>`), with `web::Data` values that share the account's `Arc`s.

@@ -234,7 +234,6 @@ struct SendQuery {
 /// answered 200 `{"dry_run": true, "sent": false, "touser", "msgtype", "charged", "message"}`.
 async fn send(
     req: HttpRequest,
-    account: Option<web::Data<crate::http::accounts::AccountChoice>>,
     api: web::Data<ApiClient>,
     store: web::Data<std::sync::Arc<dyn crate::store::Store>>,
     clock: web::Data<crate::model::SharedClock>,
@@ -261,7 +260,7 @@ async fn send(
                 "touser": openid.as_str(),
                 "msgtype": msgtype,
                 "charged": charged.map(|t| t.as_str()),
-                "message": account.map_or_else(|| DRY_RUN.into(), |a| a.keys_in(DRY_RUN).into_owned())
+                "message": crate::http::accounts::keys_for(&req, DRY_RUN)
                     .replacen("{}", &format!("{msgtype} to {openid}"), 1),
             })))
         }

@@ -159,10 +159,7 @@ async fn reply(
         Ok(Gated::DryRun { charged }) => Ok(HttpResponse::Ok().json(json!({
             "sent": false, "dry_run": true,
             "touser": openid.as_str(), "charged": charged.map(|t| t.as_str()),
-            "message": req.app_data::<web::Data<crate::http::accounts::AccountChoice>>().map_or_else(
-                || DRY_RUN.to_string(),
-                |a| a.keys_in(DRY_RUN).into_owned()
-            ),
+            "message": crate::http::accounts::keys_for(&req, DRY_RUN),
         }))),
         Ok(Gated::Refused(reason)) => Ok(HttpResponse::Conflict().json(json!({
             "error": format!("not sent: {reason}"),
