@@ -152,6 +152,7 @@ impl Running {
         (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 
+    /// `GET` with the admin token (which `/readyz` ignores); (status, JSON or null).
     async fn admin(&self, path_and_query: &str) -> (u16, Value) {
         let resp = self
             .client
@@ -301,15 +302,7 @@ async fn each_account_answers_through_its_own_api(redis: Option<String>) {
     assert_eq!(m.matches("# TYPE kefu_pushes_total counter").count(), 1, "{m}");
 
     // /readyz reports each account.
-    let ready: Value = kefu
-        .client
-        .get(format!("{}/readyz", kefu.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = kefu.admin("/readyz").await;
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["rules"], 2);
     assert_eq!(ready["accounts"]["cafe"]["rules"], 1, "{ready}");
