@@ -41,7 +41,7 @@ pub enum Command {
         Without wechat.app_id and wechat.app_secret kefu runs in dry-run mode: pushes are \
         verified, recorded and answered, and each message it would send is logged as `dry-run` \
         instead of sent.")]
-    Serve,
+    Serve(ServeArgs),
     /// Check or import rule files.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
@@ -139,12 +139,24 @@ async fn dispatch(cli: Cli) -> CmdResult {
     run_command(&all, account, command).await.map_err(|e| e.in_account(named.as_deref()))
 }
 
+/// `kefu serve`'s options.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Start even though a journal segment is damaged in the middle (a disk fault, a file
+    /// edited by hand): drop the damaged record and every record after it, which may include
+    /// acknowledged pushes, and start from what is left. Without it kefu refuses to start and
+    /// names the segment and the offset. A record cut short at the very end by a crash needs
+    /// no flag: it was never acknowledged and is dropped on its own.
+    #[arg(long)]
+    pub truncate_journal: bool,
+}
+
 async fn run_command(all: &Config, account: Option<&str>, command: Command) -> CmdResult {
     use crate::cmd;
     // The account's view for the commands that act on one account (interface §11.10).
     let one = || all.select(account);
     match command {
-        Command::Serve => {
+        Command::Serve(args) => {
             if let Some(name) = account {
                 return Err(CmdError::Usage(format!(
                     "--account {name:?}: `kefu serve` serves every configured account ({}) at \
@@ -152,7 +164,9 @@ async fn run_command(all: &Config, account: Option<&str>, command: Command) -> C
                     all.account_names()
                 )));
             }
-            cmd::serve::run(all.clone()).await
+            let mut all = all.clone();
+            all.state.truncate_journal = args.truncate_journal;
+            cmd::serve::run(all).await
         }
         // A DIR given without --account is checked against the shared [window] and backends.
         Command::Rules(

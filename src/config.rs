@@ -266,6 +266,9 @@ pub struct StateConfig {
     /// May carry a password, hence a secret.
     pub redis_url: Secret,
     pub sync: SyncMode,
+    /// Cut a damaged journal at the damage instead of refusing to start (`kefu serve
+    /// --truncate-journal`, never a file key: it drops acknowledged records).
+    pub truncate_journal: bool,
 }
 
 /// When a commit of the embedded store counts as durable, i.e. when kefu may answer WeChat
@@ -433,6 +436,7 @@ impl Default for Config {
                 dir: "kefu-data".into(),
                 redis_url: Secret::default(),
                 sync: SyncMode::Full,
+                truncate_journal: false,
             },
             admin: AdminConfig { token: Secret::default() },
             delivery: DeliveryConfig::default(),

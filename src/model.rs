@@ -251,7 +251,7 @@ impl fmt::Display for Trigger {
 
 /// What a push does to the follower's window: open a grant, close everything (unsubscribe), or
 /// nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WindowEffect {
     Open(Trigger),
     /// A follow that opens this grant: like `Open`, and the follower is subscribed whatever the

@@ -30,7 +30,7 @@ use crate::model::{OpenId, OutMessage, OutboxAction, PassiveReply, PlannedAction
 
 /// One planned customer-service message (or typing indicator) of a push, as the pipeline
 /// hands it to `Store::commit_push`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOutboxEntry {
     pub rule: String,
     /// Position within the push's plan (rule order), so a follower's messages leave in order.
@@ -62,7 +62,7 @@ pub struct HeldAnswer {
 }
 
 /// The passive answer the push's own rules chose, and the rule that planned it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnPassive {
     pub rule: String,
     pub reply: PassiveReply,
@@ -84,7 +84,7 @@ impl OwnPassive {
 
 /// What [`assign`] needs to know about the push beyond its plan. The default: a passive
 /// slot, `custom/send` allowed, no `more_text`, held answers kept 48 h.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {
     /// The push can carry a passive reply (a message or an event WeChat waits on; not a
     /// payment notification), so a held answer may become its HTTP answer.

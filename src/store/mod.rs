@@ -73,7 +73,7 @@ pub fn dedupe_retention_secs(max_clock_skew_secs: u64) -> u64 {
 }
 
 /// Everything one push changes, committed atomically before the HTTP answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushCommit {
     /// The push's [`DedupeKey`](crate::model::DedupeKey) (protocol §5.1): scoped by account
     /// and follower, `m:…` for messages, `e:…` for events, `pay:…` for payment notifications.
@@ -218,7 +218,7 @@ pub struct OutboxEntry {
 }
 
 /// How a claimed send ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Sent,
     /// WeChat refused it, or the send failed beyond the retry policy.
@@ -617,11 +617,15 @@ pub async fn open_store(
         );
     }
     let sqlite = match role {
-        Role::Server => SqliteStore::open(
+        Role::Server => SqliteStore::open_with(
             &cfg.state.dir,
-            window,
-            dedupe_retention_secs(cfg.server.max_clock_skew_secs),
-            cfg.state.sync,
+            sqlite::OpenOptions {
+                window: window.clone(),
+                dedupe_retention_secs: dedupe_retention_secs(cfg.server.max_clock_skew_secs),
+                sync: cfg.state.sync,
+                owner: true,
+                truncate_journal: cfg.state.truncate_journal,
+            },
             clock.clone(),
         )
         .map_err(dir_source)?,

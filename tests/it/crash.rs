@@ -585,3 +585,59 @@ async fn sigterm_stops_within_ten_seconds_and_keeps_planned_messages() {
     assert_eq!(texts, [("t-later".to_string(), OutboxStatus::Pending)]);
     assert_eq!(sends(&mock), vec![text_body(user, "t-now")]);
 }
+
+// ---- a damaged journal -----------------------------------------------------------------------
+
+/// A journal record damaged in the middle (not a write cut short at the end) stops `kefu serve`
+/// with an error naming the segment file, the offset and the fix, and changes nothing; started
+/// with `--truncate-journal`, it drops the damage and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_stops_serve_until_told_to_truncate() {
+    let mock = MockWechat::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let env = child_env(&mock, &state, true);
+    let client = reqwest::Client::new();
+    let a = Child::spawn(&[], &env, dir.path());
+    for i in 0..5 {
+        let xml = text_push("oJournal1", "hello", 9_100_000 + i, helpers::now_secs());
+        let (status, _) = post_push(&client, &a.webhook(), TOKEN, &xml).await.expect("post");
+        assert_eq!(status, 200);
+    }
+    a.kill();
+    let journal = state.join("journal");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&journal)
+        .expect("journal dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    segments.sort();
+    let segment = segments.pop().expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    assert!(bytes.len() > 500, "five pushes make several records");
+    bytes[kefu::store::sqlite::journal::HEADER_BYTES + 5] ^= 0x01;
+    std::fs::write(&segment, &bytes).expect("damage");
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    cmd.arg("serve").current_dir(dir.path());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEFU_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run kefu serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started on a damaged journal: {stderr}");
+    let name = segment.file_name().expect("name").to_string_lossy().to_string();
+    for needle in [name.as_str(), "byte offset 0", "--truncate-journal", "KEFU_STATE_DIR"] {
+        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+    }
+    assert_eq!(std::fs::read(&segment).expect("segment"), bytes, "refusing changed the file");
+
+    let b = Child::spawn(&["--truncate-journal"], &env, dir.path());
+    assert!(b.log_text().contains("--truncate-journal"), "{}", b.log_text());
+    let xml = text_push("oJournal2", "hello", 9_200_000, helpers::now_secs());
+    let (status, _) = post_push(&client, &b.webhook(), TOKEN, &xml).await.expect("post");
+    assert_eq!(status, 200);
+    b.kill();
+}

@@ -753,15 +753,23 @@ const CRASH_ENV: &str = "KEFU_TEST_CRASH_DIR";
 /// `state.sync` of the child: "normal" answers before fsync, which a kill must not lose either.
 const CRASH_SYNC_ENV: &str = "KEFU_TEST_CRASH_SYNC";
 const CRASH_WRITERS: u64 = 8;
+/// The conversation log is on in the crash tests: a push's log lines are part of its record.
+const CRASH_LOG_RETENTION: Duration = Duration::from_secs(86_400);
 
 fn crash_push(i: u64, now_ms: i64) -> PushCommit {
-    push(
+    let mut p = push(
         &format!("msg:{i}"),
         &format!("oCrash{i}"),
         WindowEffect::Open(Trigger::Message),
         now_ms,
         &[("one", 3_600_000), ("two", 3_600_000)],
-    )
+    );
+    p.log = Some(kefu::convlog::LogRecord::push(
+        &p.openid,
+        now_ms,
+        ("text".into(), format!("hello {i}")),
+    ));
+    p
 }
 
 /// The child side of `crash_recovery`: commits pushes from several tasks and prints `ACK i`
@@ -777,6 +785,7 @@ async fn crash_child() {
     let store = Arc::new(
         open_store(Path::new(&dir), &WindowConfig::default(), sync, Arc::new(SystemClock)).unwrap(),
     );
+    store.configure_log(CRASH_LOG_RETENTION, true);
     let deadline = Instant::now() + Duration::from_secs(60);
     let tasks: Vec<_> = (0..CRASH_WRITERS)
         .map(|w| {
@@ -807,17 +816,25 @@ impl Drop for KillOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_recovery_keeps_every_acknowledged_commit_exactly_once() {
-    crash_recovery("full").await;
+    let (dir, acked) = crash_and_collect("full", 400);
+    check_after_crash(dir.path(), &acked, true).await;
 }
 
 /// `state.sync = "normal"` answers once the commit is in the OS cache: a SIGKILL of kefu
 /// (unlike a power cut) must still lose nothing acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_recovery_with_sync_normal_keeps_every_acknowledged_commit() {
-    crash_recovery("normal").await;
+    let (dir, acked) = crash_and_collect("normal", 400);
+    check_after_crash(dir.path(), &acked, true).await;
 }
 
-async fn crash_recovery(sync: &str) {
+/// Runs `crash_child` until it has acknowledged `at_least` pushes, then SIGKILLs it (no
+/// destructor, no flush, no checkpoint, no commit of the open transaction) and returns its
+/// state dir and the pushes it acknowledged.
+fn crash_and_collect(
+    sync: &str,
+    at_least: usize,
+) -> (tempfile::TempDir, std::collections::BTreeSet<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["state::crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
@@ -839,7 +856,7 @@ async fn crash_recovery(sync: &str) {
         }
     });
     let mut acked = std::collections::BTreeSet::new();
-    while acked.len() < 400 {
+    while acked.len() < at_least {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(i) => {
                 acked.insert(i);
@@ -847,30 +864,48 @@ async fn crash_recovery(sync: &str) {
             Err(e) => panic!("child stopped acknowledging after {} commits: {e}", acked.len()),
         }
     }
-    child.0.kill().unwrap(); // SIGKILL: no destructor, no flush, no checkpoint.
+    child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
     reader.join().unwrap();
     // Lines written before the kill are acknowledgements too.
     acked.extend(rx.try_iter());
-    let max = *acked.last().unwrap();
+    (dir, acked)
+}
 
+/// Opens the state a killed child left and checks every push: an acknowledged one is there
+/// exactly once (dedupe record and stored answer, one grant, its two outbox entries, its two
+/// log lines); any push is all or nothing. `expect_replay`: the kill came while SQLite held
+/// acknowledged pushes it had not committed, so opening ran journal records again.
+async fn check_after_crash(
+    dir: &Path,
+    acked: &std::collections::BTreeSet<u64>,
+    expect_replay: bool,
+) {
+    let max = *acked.last().unwrap();
     let store =
-        open_store(dir.path(), &WindowConfig::default(), SyncMode::Full, Arc::new(SystemClock))
-            .unwrap();
+        open_store(dir, &WindowConfig::default(), SyncMode::Full, Arc::new(SystemClock)).unwrap();
+    store.configure_log(CRASH_LOG_RETENTION, true);
+    let replayed = store.replayed_at_open();
+    if expect_replay {
+        assert!(replayed > 0, "the kill left nothing to replay: the test did not test recovery");
+    }
     let now = SystemClock.now_secs();
     let mut unacked_present = 0;
     for i in 0..=max + 2 * CRASH_WRITERS {
         let who = oid(&format!("oCrash{i}"));
         let w = store.window(&who, now).await.unwrap();
         let entries = store.pending_for(&who).await.unwrap();
+        let log = store.log_show(&who, None).await.unwrap();
         let present = !w.grants.is_empty();
         // All or nothing, and never twice.
         assert_eq!(entries.len(), if present { 2 } else { 0 }, "push {i}: {w:?} {entries:?}");
+        assert_eq!(log.len(), if present { 2 } else { 0 }, "push {i}'s log: {log:?}");
         if present {
             assert_eq!(w.grants.len(), 1);
             assert_eq!((w.grants[0].trigger, w.grants[0].used), (Trigger::Message, 0));
             assert!(entries.iter().all(|e| e.push_key == format!("msg:{i}")));
             assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
+            assert_eq!(log[0].text, format!("hello {i}"), "{log:?}");
         }
         if acked.contains(&i) {
             assert!(present, "acknowledged push {i} was lost");
@@ -885,11 +920,91 @@ async fn crash_recovery(sync: &str) {
             unacked_present += 1;
         }
     }
+    // Outbox ids are unique: no entry was written twice under two ids either.
+    let all = store.outbox_overview(0).await.unwrap();
+    let ids: std::collections::BTreeSet<i64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), all.len());
     eprintln!(
-        "crash test: {} acknowledged commits all present once; {unacked_present} committed but \
-         unacknowledged at the kill",
+        "crash test: {} acknowledged commits all present once ({replayed} journal records \
+         replayed at open); {unacked_present} committed but unacknowledged at the kill",
         acked.len()
     );
+}
+
+/// The last segment of a state dir's journal.
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a journal segment")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A record cut short at the end of the journal (the crash came in the middle of a write) was
+/// never acknowledged: it is dropped and the rest replayed. A record damaged in the middle
+/// holds acknowledged data: opening refuses, naming the segment and the offset, until told to
+/// truncate there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_tail_is_dropped_and_a_damaged_middle_refuses_to_open() {
+    let (dir, acked) = crash_and_collect("full", 200);
+    let damaged = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), damaged.path());
+
+    // Torn: half a record after the last whole one.
+    let seg = last_segment(dir.path());
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&400u32.to_le_bytes());
+    torn.extend_from_slice(&[0xAB; 4 + 8 + 40]);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &torn).unwrap();
+    drop(f);
+    check_after_crash(dir.path(), &acked, true).await;
+
+    // Damaged in the middle: one flipped byte in the first record's payload.
+    let seg = last_segment(damaged.path());
+    assert!(std::fs::metadata(&seg).unwrap().len() > 1000);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[kefu::store::sqlite::journal::HEADER_BYTES + 3] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let err = open_store(damaged.path(), &WindowConfig::default(), SyncMode::Full, clock.clone())
+        .unwrap_err()
+        .to_string();
+    let name = seg.file_name().unwrap().to_string_lossy().to_string();
+    assert!(err.contains(&name) && err.contains("byte offset 0"), "{err}");
+    assert!(err.contains("--truncate-journal"), "{err}");
+    // Refusing changed nothing: the same error again, the segment as it was.
+    let again = open_store(damaged.path(), &WindowConfig::default(), SyncMode::Full, clock.clone())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, again);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+    // Told to truncate: it opens, with the journal cut at the damage.
+    let opts = kefu::store::sqlite::OpenOptions {
+        window: WindowConfig::default(),
+        dedupe_retention_secs: RETENTION,
+        sync: SyncMode::Full,
+        owner: true,
+        truncate_journal: true,
+    };
+    let store = SqliteStore::open_with(damaged.path(), opts, clock).unwrap();
+    assert_eq!(store.replayed_at_open(), 0);
+    store.close();
 }
 
 /// The kept turns of `openai` backends (interface §7.6): per backend and follower, trimmed to

@@ -20,6 +20,7 @@ pub(super) fn commit_push_tx(
     inner: &Inner,
     post: &mut Post,
     push: PushCommit,
+    now_ms: i64,
 ) -> StoreResult<CommitOutcome> {
     let inserted = conn
         .prepare_cached(
@@ -41,7 +42,6 @@ pub(super) fn commit_push_tx(
     let effect = push.effect;
     let ((), window_after) =
         update_window(conn, post, &push.openid, |w| w.apply(effect, now, &inner.window))?;
-    let now_ms = inner.clock.now_ms();
     let cancelled = if effect == WindowEffect::CloseAll {
         cancel_pending_tx(conn, &push.openid, now_ms)? as u64
     } else {

@@ -5,7 +5,6 @@
 
 use rusqlite::{Connection, params};
 
-use super::dedupe::commit_push_tx;
 use super::{Inner, SqliteStore};
 use crate::model::OpenId;
 use crate::store::{CommitOutcome, ForwardRecord, PushCommit, StoreResult};
@@ -30,7 +29,7 @@ CREATE INDEX IF NOT EXISTS forwards_open ON forwards (done, received_at_ms);
 /// How long a settled forward is kept (for the record) before the purge removes it.
 pub(super) const SETTLED_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
-fn insert_tx(conn: &Connection, f: &ForwardRecord, now_ms: i64) -> StoreResult<()> {
+pub(super) fn insert_tx(conn: &Connection, f: &ForwardRecord, now_ms: i64) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO forwards (id, push_key, openid, backend, rule, request, fallback, tail, \
          received_at_ms, done, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10) \
@@ -51,7 +50,7 @@ fn insert_tx(conn: &Connection, f: &ForwardRecord, now_ms: i64) -> StoreResult<(
     Ok(())
 }
 
-fn finish_tx(conn: &Connection, id: &str, now_ms: i64) -> StoreResult<()> {
+pub(super) fn finish_tx(conn: &Connection, id: &str, now_ms: i64) -> StoreResult<()> {
     conn.prepare_cached("UPDATE forwards SET done = 1, updated_at_ms = ?2 WHERE id = ?1")?
         .execute(params![id, now_ms])?;
     Ok(())
@@ -71,14 +70,7 @@ impl SqliteStore {
         push: PushCommit,
         forward: ForwardRecord,
     ) -> StoreResult<CommitOutcome> {
-        self.write(move |conn, inner, post| {
-            let out = commit_push_tx(conn, inner, post, push)?;
-            if matches!(out, CommitOutcome::Fresh { .. }) {
-                insert_tx(conn, &forward, inner.clock.now_ms())?;
-            }
-            Ok(out)
-        })
-        .await
+        self.write_op(self.push_op(push, Some(forward), None)).await?.commit()
     }
 
     pub(super) async fn record_forward_sql(&self, f: &ForwardRecord) -> StoreResult<()> {
@@ -132,13 +124,7 @@ impl SqliteStore {
         id: &str,
         answer: PushCommit,
     ) -> StoreResult<CommitOutcome> {
-        let id = id.to_string();
-        self.write(move |conn, inner, post| {
-            let out = commit_push_tx(conn, inner, post, answer)?;
-            finish_tx(conn, &id, inner.clock.now_ms())?;
-            Ok(out)
-        })
-        .await
+        self.write_op(self.push_op(answer, None, Some(id.to_string()))).await?.commit()
     }
 
     pub(super) async fn finish_forward_sql(&self, id: &str) -> StoreResult<()> {
