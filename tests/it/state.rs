@@ -1061,3 +1061,67 @@ fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A write from another process (here a client store, as `kefu send` opens it) beside a
+/// serving store whose open transaction holds acknowledged pushes: the server commits first
+/// (the knock), so the charge sees the push's grant, and the server's next write keeps the
+/// charge instead of writing over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_charge_beside_the_server_sees_the_push_acknowledged_a_moment_ago() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let server =
+        open_store(dir.path(), &WindowConfig::default(), SyncMode::Full, clock.clone()).unwrap();
+    let cli =
+        SqliteStore::open_client(dir.path(), &WindowConfig::default(), clock.clone()).unwrap();
+    let now_ms = SystemClock.now_ms();
+    // A stream of pushes keeps the server's writer busy (its transaction is never idle long).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (server, stop) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let who = format!("oKnockLoad{}", i % 50);
+                let p = push(
+                    &format!("msg:load{i}"),
+                    &who,
+                    WindowEffect::Open(Trigger::Message),
+                    now_ms,
+                    &[],
+                );
+                server.commit_push(p).await.unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    for round in 0..20 {
+        let who = oid(&format!("oKnock{round}"));
+        let p = push(
+            &format!("msg:k{round}"),
+            who.as_str(),
+            WindowEffect::Open(Trigger::Message),
+            now_ms,
+            &[],
+        );
+        assert!(matches!(server.commit_push(p).await.unwrap(), CommitOutcome::Fresh { .. }));
+        // No pause: the server's transaction is still open when the CLI writes. Its write
+        // gets in at once, not after the server happens to go idle.
+        let started = Instant::now();
+        let charged = cli.charge(&who, now_ms / 1000).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round}: the CLI waited {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(charged, ChargeOutcome::Allowed { .. }), "round {round}: {charged:?}");
+        let p2 = push(&format!("msg:k{round}b"), who.as_str(), WindowEffect::None, now_ms, &[]);
+        server.commit_push(p2).await.unwrap();
+        let w = server.window(&who, now_ms / 1000).await.unwrap();
+        assert_eq!(w.grants[0].used, 1, "round {round}: the server wrote over the charge");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(busy.await.unwrap() > 20, "the server was not kept busy");
+    server.close();
+}

@@ -374,3 +374,116 @@ fn drop_all(segments: &[(u64, PathBuf)]) {
         let _ = std::fs::remove_file(p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payloads(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| format!("{{\"op\":\"test\",\"i\":{i}}}").into_bytes()).collect()
+    }
+
+    fn seqs(tail: &[Record]) -> Vec<u64> {
+        tail.iter().map(|r| r.seq).collect()
+    }
+
+    /// A journal with records 1..=n in one segment; returns the segment's path.
+    fn written(dir: &Path, n: usize) -> PathBuf {
+        let mut j = Journal::open(dir, 0, false).unwrap().journal;
+        assert_eq!(j.append(&payloads(n), true).unwrap(), n as u64);
+        j.current_path()
+    }
+
+    #[test]
+    fn records_come_back_after_the_watermark_and_appends_continue_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        written(dir.path(), 5);
+        let opened = Journal::open(dir.path(), 2, false).unwrap();
+        assert_eq!(seqs(&opened.tail), [3, 4, 5]);
+        assert_eq!(opened.tail[0].payload, payloads(5)[2]);
+        assert_eq!(opened.torn_bytes, 0);
+        let mut j = opened.journal;
+        assert_eq!(j.next_seq(), 6);
+        assert_eq!(j.append(&payloads(1), false).unwrap(), 6);
+        // A rotation starts a segment named by its first record and deletes the rest.
+        j.rotate().unwrap();
+        assert!(j.current_path().ends_with("00000000000000000007.journal"));
+        let opened = Journal::open(dir.path(), 6, false).unwrap();
+        assert!(opened.tail.is_empty());
+        assert_eq!(opened.journal.next_seq(), 7);
+        assert_eq!(std::fs::read_dir(dir.path().join(JOURNAL_DIR)).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_whether_cut_in_the_header_the_payload_or_zero_filled() {
+        for torn in [
+            vec![7u8, 0, 0],
+            vec![200, 0, 0, 0, 1, 2, 3, 4, 9, 0, 0, 0, 0, 0, 0, 0, 1],
+            vec![0; 64],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let seg = written(dir.path(), 3);
+            let whole = std::fs::metadata(&seg).unwrap().len();
+            let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+            f.write_all(&torn).unwrap();
+            drop(f);
+            let opened = Journal::open(dir.path(), 0, false).unwrap();
+            assert_eq!(seqs(&opened.tail), [1, 2, 3]);
+            assert_eq!(opened.torn_bytes, torn.len() as u64);
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole, "truncated at the tear");
+        }
+    }
+
+    #[test]
+    fn damage_before_the_end_refuses_naming_segment_and_offset_until_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = written(dir.path(), 4);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let second = HEADER_BYTES + payloads(4)[0].len();
+        bytes[second + HEADER_BYTES] ^= 0x20;
+        std::fs::write(&seg, &bytes).unwrap();
+        let Err(StoreError::Corrupt(msg)) = Journal::open(dir.path(), 0, false) else {
+            panic!("a damaged middle record must refuse")
+        };
+        let name = seg.file_name().unwrap().to_string_lossy().to_string();
+        assert!(msg.contains(&name) && msg.contains(&format!("byte offset {second}")), "{msg}");
+        assert!(msg.contains("--truncate-journal"), "{msg}");
+        assert_eq!(std::fs::read(&seg).unwrap(), bytes, "refusing changes nothing");
+        let opened = Journal::open(dir.path(), 0, true).unwrap();
+        assert_eq!(seqs(&opened.tail), [1]);
+        assert_eq!(opened.journal.next_seq(), 2);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), second as u64);
+    }
+
+    #[test]
+    fn records_missing_between_the_database_and_the_journal_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 10, false).unwrap().journal;
+        j.append(&payloads(2), true).unwrap(); // 11, 12
+        drop(j);
+        // A database restored from a copy that holds records up to 5 only.
+        let Err(StoreError::Corrupt(msg)) = Journal::open(dir.path(), 5, false) else {
+            panic!("a gap must refuse")
+        };
+        assert!(msg.contains("missing") && msg.contains("00000000000000000011.journal"), "{msg}");
+        let opened = Journal::open(dir.path(), 5, true).unwrap();
+        assert!(opened.tail.is_empty());
+        assert_eq!(opened.journal.next_seq(), 6);
+    }
+
+    #[test]
+    fn a_sequence_that_jumps_inside_a_segment_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = written(dir.path(), 1);
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 5, b"{}");
+        encode_record(&mut buf, 6, b"{}");
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&buf).unwrap();
+        drop(f);
+        let Err(StoreError::Corrupt(msg)) = Journal::open(dir.path(), 0, false) else {
+            panic!("a jump must refuse")
+        };
+        assert!(msg.contains("sequence number 5 where 2 was expected"), "{msg}");
+    }
+}
