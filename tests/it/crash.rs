@@ -40,22 +40,28 @@ pub(crate) struct Child {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// `kefu serve ARGS` in `cwd` with exactly the given `KEFU_*` variables (inherited ones are
+/// removed) and JSON logs.
+fn serve_command(args: &[&str], env: &[(&str, String)], cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    cmd.arg("serve").args(args).current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEFU_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("KEFU_LOG_FORMAT", "json").env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 impl Child {
     /// Starts `kefu serve ARGS` in `cwd` with exactly the given `KEFU_*` variables (inherited
     /// ones are removed) and JSON logs, and waits for its `kefu listening` line.
     pub(crate) fn spawn(args: &[&str], env: &[(&str, String)], cwd: &Path) -> Child {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
-        cmd.arg("serve").args(args).current_dir(cwd);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("KEFU_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("KEFU_LOG_FORMAT", "json").env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut proc = cmd
+        let mut proc = serve_command(args, env, cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -617,15 +623,7 @@ async fn a_damaged_journal_stops_serve_until_told_to_truncate() {
     bytes[kefu::store::sqlite::journal::HEADER_BYTES + 5] ^= 0x01;
     std::fs::write(&segment, &bytes).expect("damage");
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kefu"));
-    cmd.arg("serve").current_dir(dir.path());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEFU_")) {
-        cmd.env_remove(k);
-    }
-    for (k, v) in &env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run kefu serve");
+    let out = serve_command(&[], &env, dir.path()).output().expect("run kefu serve");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve started on a damaged journal: {stderr}");
     let name = segment.file_name().expect("name").to_string_lossy().to_string();
