@@ -1125,3 +1125,55 @@ async fn a_cli_charge_beside_the_server_sees_the_push_acknowledged_a_moment_ago(
     assert!(busy.await.unwrap() > 20, "the server was not kept busy");
     server.close();
 }
+
+/// A push that took a held answer as its passive reply, acknowledged but not yet committed to
+/// SQLite when the process died, is run again at the start with the same mailbox: the
+/// redelivery gets the same answer and the held answer is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_push_delivers_the_held_answer_the_live_one_delivered() {
+    let mut replayed_runs = 0;
+    for attempt in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let open = || {
+            open_store(dir.path(), &WindowConfig::default(), SyncMode::Full, clock.clone()).unwrap()
+        };
+        let store = open();
+        let now_ms = SystemClock.now_ms();
+        let who = "oReplayHeld";
+        let mut p1 =
+            push("msg:h1", who, WindowEffect::Open(Trigger::Message), now_ms, &[("later", 0)]);
+        p1.passive = None;
+        p1.terms.customer_service = false;
+        let CommitOutcome::Fresh { delivery, .. } = store.commit_push(p1).await.unwrap() else {
+            panic!("p1 is fresh")
+        };
+        assert_eq!(delivery.held, 1);
+        store.list_windows(now_ms / 1000).await.unwrap(); // a read: SQLite commits p1
+        let mut p2 = push("msg:h2", who, WindowEffect::Open(Trigger::Message), now_ms + 1, &[]);
+        p2.passive = None;
+        p2.terms.customer_service = false;
+        let CommitOutcome::Fresh { delivery, .. } = store.commit_push(p2.clone()).await.unwrap()
+        else {
+            panic!("p2 is fresh")
+        };
+        store.abandon(); // as SIGKILL: p2 is only in the journal (unless SQLite committed it)
+        let live = delivery.passive.expect("the held answer is p2's passive reply");
+        drop(store);
+
+        let store = open();
+        replayed_runs += usize::from(store.replayed_at_open() > 0);
+        assert_eq!(
+            store.commit_push(p2).await.unwrap(),
+            CommitOutcome::Duplicate { answer: Some(live.clone()) },
+            "attempt {attempt}: the redelivery's answer"
+        );
+        let w = store.window(&oid(who), now_ms / 1000).await.unwrap();
+        assert_eq!(w.held, 0, "attempt {attempt}: the held answer was delivered once");
+        store.close();
+        if replayed_runs > 0 {
+            break;
+        }
+    }
+    assert!(replayed_runs > 0, "no attempt left p2 to the journal: recovery was not tested");
+}

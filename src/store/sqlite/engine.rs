@@ -288,7 +288,7 @@ impl Writer {
     /// Commits the open transaction with the watermark; `durable` fsyncs the WAL (not with
     /// `state.sync = "off"`). On an error the transaction is rolled back.
     pub(super) fn commit(&mut self, inner: Option<&Inner>, durable: bool) -> StoreResult<()> {
-        if !self.open {
+        if !self.open || inner.is_some_and(|i| i.abandoned.load(Ordering::SeqCst)) {
             return Ok(());
         }
         self.open = false;

@@ -162,6 +162,8 @@ struct Inner {
     journal_segment: Mutex<Option<PathBuf>>,
     /// Journal records run again when the store opened (the writes SQLite lost to a crash).
     replayed: AtomicU64,
+    /// Set by [`SqliteStore::abandon`]: the writer stops without committing.
+    abandoned: AtomicBool,
 }
 
 /// The embedded store; a cheap handle (clone it freely).
@@ -283,9 +285,24 @@ impl SqliteStore {
             replay_logs: AtomicU8::new(0),
             journal_segment: Mutex::new(None),
             replayed: AtomicU64::new(0),
+            abandoned: AtomicBool::new(false),
         });
 
         let journal = if opts.owner {
+            // Who may have held answers, known before the replay: a replayed push must read
+            // its follower's mailbox whenever the live one did (a superset is harmless: the
+            // mailbox is read from the same rows).
+            if let Some(set) = &inner.held_followers {
+                let mut stmt = conn
+                    .prepare("SELECT DISTINCT openid FROM outbox WHERE status = 'held'")
+                    .map_err(|e| open_err(e.to_string()))?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .map_err(|e| open_err(e.to_string()))?;
+                for r in rows {
+                    set.insert(r.map_err(|e| open_err(e.to_string()))?);
+                }
+            }
             // Every acknowledged write SQLite lost to the crash runs again, before anything
             // else reads the state.
             let (mut journal, replayed) = recover(&conn, &inner, opts.truncate_journal)?;
@@ -318,17 +335,6 @@ impl SqliteStore {
             }
             rebuild_index(&conn, &inner.index, inner.clock.now_secs())
                 .map_err(|e| open_err(e.to_string()))?;
-            if let Some(set) = &inner.held_followers {
-                let mut stmt = conn
-                    .prepare("SELECT DISTINCT openid FROM outbox WHERE status = 'held'")
-                    .map_err(|e| open_err(e.to_string()))?;
-                let rows = stmt
-                    .query_map([], |r| r.get::<_, String>(0))
-                    .map_err(|e| open_err(e.to_string()))?;
-                for r in rows {
-                    set.insert(r.map_err(|e| open_err(e.to_string()))?);
-                }
-            }
             Some(journal)
         } else {
             None
@@ -394,6 +400,15 @@ impl SqliteStore {
     /// committed when the previous process stopped (0 after a clean stop).
     pub fn replayed_at_open(&self) -> u64 {
         self.inner.replayed.load(Ordering::Relaxed)
+    }
+
+    /// Stops the store as a SIGKILL would, for crash tests in one process: the writer stops
+    /// without committing its open transaction (SQLite rolls it back), so what it held exists
+    /// only in the journal, and the `state.dir` lock is released.
+    #[doc(hidden)]
+    pub fn abandon(&self) {
+        self.inner.abandoned.store(true, Ordering::SeqCst);
+        self.close();
     }
 
     /// Stops taking writes; queued jobs still commit. Later writes fail with `Closed`.
