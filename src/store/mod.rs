@@ -55,6 +55,10 @@ pub enum StoreError {
          or edited by hand?"
     )]
     Corrupt(String),
+    /// The journal is damaged, cut short or inconsistent with the database (the message names
+    /// the file, the offset and the fix).
+    #[error("{0}")]
+    Journal(String),
     #[error("outbox entry {0} does not exist")]
     UnknownEntry(i64),
     #[error("the state store has shut down")]

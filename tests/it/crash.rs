@@ -594,9 +594,9 @@ async fn sigterm_stops_within_ten_seconds_and_keeps_planned_messages() {
 
 // ---- a damaged journal -----------------------------------------------------------------------
 
-/// A journal record damaged in the middle (not a write cut short at the end) stops `kefu serve`
-/// with an error naming the segment file, the offset and the fix, and changes nothing; started
-/// with `--truncate-journal`, it drops the damage and serves.
+/// A journal cut short before the records the database holds (not a write cut short by a
+/// crash) stops `kefu serve` with an error naming the segment file, the offset and the fix, and
+/// changes nothing; started with `--truncate-journal`, it starts a new segment and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_journal_stops_serve_until_told_to_truncate() {
     let mock = MockWechat::start();
@@ -610,6 +610,8 @@ async fn a_damaged_journal_stops_serve_until_told_to_truncate() {
         let (status, _) = post_push(&client, &a.webhook(), TOKEN, &xml).await.expect("post");
         assert_eq!(status, 200);
     }
+    // Idle, the server commits: the database holds all five records.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     a.kill();
     let journal = state.join("journal");
     let mut segments: Vec<PathBuf> = std::fs::read_dir(&journal)
@@ -618,16 +620,22 @@ async fn a_damaged_journal_stops_serve_until_told_to_truncate() {
         .collect();
     segments.sort();
     let segment = segments.pop().expect("a segment");
-    let mut bytes = std::fs::read(&segment).expect("segment");
-    assert!(bytes.len() > 500, "five pushes make several records");
-    bytes[kefu::store::sqlite::journal::HEADER_BYTES + 5] ^= 0x01;
+    // Cut in the middle of the second record: the journal now ends before the database.
+    let full = std::fs::read(&segment).expect("segment");
+    let first_len = u32::from_le_bytes(full[..4].try_into().expect("a header")) as usize;
+    let cut = kefu::store::sqlite::journal::HEADER_BYTES + first_len + 10;
+    assert!(full.len() > cut + 500, "five pushes make several records");
+    let bytes = full[..cut].to_vec();
     std::fs::write(&segment, &bytes).expect("damage");
 
     let out = serve_command(&[], &env, dir.path()).output().expect("run kefu serve");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve started on a damaged journal: {stderr}");
     let name = segment.file_name().expect("name").to_string_lossy().to_string();
-    for needle in [name.as_str(), "byte offset 0", "--truncate-journal", "KEFU_STATE_DIR"] {
+    let offset = format!("byte offset {}", cut - 10);
+    for needle in
+        [name.as_str(), &offset, "ends at record 1", "--truncate-journal", "KEFU_STATE_DIR"]
+    {
         assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
     }
     assert_eq!(std::fs::read(&segment).expect("segment"), bytes, "refusing changed the file");

@@ -975,19 +975,38 @@ async fn a_torn_journal_tail_is_dropped_and_a_damaged_middle_refuses_to_open() {
     drop(f);
     check_after_crash(dir.path(), &acked, true).await;
 
-    // Damaged in the middle: one flipped byte in the first record's payload.
+    // Damaged in the middle: one flipped byte in the first record the database lacks, with
+    // whole records after it.
     let seg = last_segment(damaged.path());
-    assert!(std::fs::metadata(&seg).unwrap().len() > 1000);
+    let watermark: u64 = rusqlite::Connection::open(damaged.path().join("kefu.sqlite3"))
+        .unwrap()
+        .query_row("SELECT seq FROM journal_applied", [], |r| r.get::<_, i64>(0))
+        .map_or(0, |s| s as u64);
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[kefu::store::sqlite::journal::HEADER_BYTES + 3] ^= 0x40;
+    let (mut at, mut after) = (0usize, 0);
+    let mut target = None;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+        if seq == watermark + 1 {
+            target = Some(at);
+        }
+        if seq > watermark + 1 {
+            after += 1;
+        }
+        at += kefu::store::sqlite::journal::HEADER_BYTES + len;
+    }
+    let target = target.expect("the kill left records the database lacks");
+    assert!(after >= 1, "a whole record must follow the damaged one");
+    bytes[target + kefu::store::sqlite::journal::HEADER_BYTES + 3] ^= 0x40;
     std::fs::write(&seg, &bytes).unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
     let err = open_store(damaged.path(), &WindowConfig::default(), SyncMode::Full, clock.clone())
         .unwrap_err()
         .to_string();
     let name = seg.file_name().unwrap().to_string_lossy().to_string();
-    assert!(err.contains(&name) && err.contains("byte offset 0"), "{err}");
-    assert!(err.contains("--truncate-journal"), "{err}");
+    assert!(err.contains(&name) && err.contains(&format!("byte offset {target}")), "{err}");
+    assert!(err.contains("--truncate-journal") && err.contains("acknowledged pushes"), "{err}");
     // Refusing changed nothing: the same error again, the segment as it was.
     let again = open_store(damaged.path(), &WindowConfig::default(), SyncMode::Full, clock.clone())
         .unwrap_err()
@@ -1176,4 +1195,48 @@ async fn a_replayed_push_delivers_the_held_answer_the_live_one_delivered() {
         }
     }
     assert!(replayed_runs > 0, "no attempt left p2 to the journal: recovery was not tested");
+}
+
+/// After a crash, a command run while no server runs first runs what the journal holds: it
+/// shows every acknowledged push, and an erasure it makes is not undone by the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_after_a_crash_runs_the_journal_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let retention = Duration::from_secs(86_400);
+    let mut replayed_runs = 0;
+    for attempt in 0..5 {
+        let who = oid(&format!("oAfterCrash{attempt}"));
+        let server =
+            open_store(dir.path(), &WindowConfig::default(), SyncMode::Full, clock.clone())
+                .unwrap();
+        server.configure_log(retention, true);
+        let now_ms = SystemClock.now_ms();
+        let mut p = crash_push(attempt, now_ms);
+        p.openid = who.clone();
+        p.log.as_mut().unwrap().openid = who.clone();
+        server.commit_push(p).await.unwrap();
+        server.abandon(); // as SIGKILL, most likely before SQLite committed the push
+        drop(server);
+
+        let cli =
+            SqliteStore::open_client(dir.path(), &WindowConfig::default(), clock.clone()).unwrap();
+        cli.configure_log(retention, true);
+        assert_eq!(cli.log_show(&who, None).await.unwrap().len(), 2, "attempt {attempt}");
+        assert_eq!(cli.log_delete(&who).await.unwrap(), 2);
+        replayed_runs += usize::from(cli.replayed_at_open() > 0);
+        drop(cli);
+
+        let server =
+            open_store(dir.path(), &WindowConfig::default(), SyncMode::Full, clock.clone())
+                .unwrap();
+        server.configure_log(retention, true);
+        assert_eq!(server.replayed_at_open(), 0, "attempt {attempt}: the journal ran twice");
+        assert!(server.log_show(&who, None).await.unwrap().is_empty(), "the erasure came back");
+        server.close();
+        if replayed_runs > 0 {
+            break;
+        }
+    }
+    assert!(replayed_runs > 0, "no attempt left the push to the journal: recovery was not tested");
 }

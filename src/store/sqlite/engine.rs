@@ -367,8 +367,12 @@ impl Writer {
                 Ok(seq) => {
                     self.pending_seq = Some(seq);
                     rotate = journal.wants_rotation();
+                    if inner.journal_error.lock().is_some() {
+                        *inner.journal_error.lock() = None;
+                    }
                 }
                 Err(e) => {
+                    *inner.journal_error.lock() = Some(e.to_string());
                     tracing::error!(error = %e, "state store: cannot append to the journal; committing the batch to SQLite instead");
                     journaled = false;
                 }

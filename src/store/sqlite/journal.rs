@@ -13,17 +13,20 @@
 //! crash it has rolled back to its last commit and the records after the watermark are run
 //! again, in order, with the inputs they were recorded with (see `ops`).
 //!
-//! Record layout (little endian): `len: u32` (payload bytes), `crc: u32` (CRC-32C of the seq
+//! Record layout (little endian): `len: u32` (payload bytes), `crc: u32` (CRC-32C of the length, the seq
 //! and the payload), `seq: u64`, then the payload (the operation as JSON). A segment is named
 //! by the seq of its first record (`00000000000000000001.journal`). A segment is deleted once
 //! SQLite holds all its records durably (the commit at each rotation fsyncs the WAL).
 //!
-//! Damage: a record cut short or failing its checksum at the very end of the last segment is a
-//! write the crash interrupted; it was never acknowledged (the answer waits for the fsync), so
-//! it is dropped and the file truncated there. Damage anywhere else means the disk or a person
-//! changed acknowledged records: opening refuses, naming the segment and the offset, unless
-//! told to truncate there (`kefu serve --truncate-journal`), which drops that record and every
-//! later one.
+//! Damage: a record cut short or failing its checksum at the very end of the last segment, with
+//! nothing whole after it, is a write the crash interrupted; it was never acknowledged (the
+//! answer waits for the fsync), so it is dropped and the file truncated there. Damaged records
+//! SQLite already holds are skipped with a warning. Anything else — a damaged record with whole
+//! records after it that SQLite lacks, a segment missing, overlapping or emptied, a journal
+//! that ends before the database's watermark — means the disk or a person changed acknowledged
+//! records: opening refuses and changes nothing, naming the segment, the offset and how many
+//! acknowledged pushes are at stake, unless told to cut the journal there (`kefu serve
+//! --truncate-journal`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -52,10 +55,8 @@ pub struct Record {
 /// Appends `payload` as one record to `buf` (a batch is written with one `write`).
 pub fn encode_record(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut crc = crc32c::crc32c(&seq.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, payload);
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.extend_from_slice(&checksum(len, seq, payload).to_le_bytes());
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(payload);
 }
@@ -95,81 +96,77 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// How one segment scan ended.
-enum ScanEnd {
-    Clean,
-    /// A record at `offset` is damaged; `torn` when nothing acknowledged can follow it (it is
-    /// the last thing in the file).
-    Damaged {
-        offset: u64,
-        torn: bool,
-        why: String,
-    },
+/// One record as the scan found it.
+struct Found {
+    offset: usize,
+    seq: u64,
+    end: usize,
 }
 
-/// Reads every record of one segment file, checking each checksum, keeping those after
-/// `after_seq`.
-fn scan_segment(
-    path: &Path,
-    after_seq: u64,
-    expect_seq: &mut Option<u64>,
-    out: &mut Vec<Record>,
-) -> StoreResult<(ScanEnd, u64)> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| io_err(path, "read", e))?;
-    let total = bytes.len() as u64;
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        let damaged = |why: String, end: usize| {
-            // Torn: the record runs to (or past) the end of the file, or only zeros follow
-            // (a file extended but not written before a power cut).
-            let torn = end >= bytes.len() || bytes[at..].iter().all(|b| *b == 0);
-            Ok((ScanEnd::Damaged { offset: at as u64, torn, why }, total))
-        };
-        if rest.len() < HEADER_BYTES {
-            return damaged("a record header cut short".into(), bytes.len());
-        }
-        let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-        let seq = u64::from_le_bytes(rest[8..16].try_into().unwrap_or_default());
-        if len > MAX_RECORD {
-            return damaged(format!("a length of {len} bytes"), bytes.len());
-        }
-        let end = HEADER_BYTES + len;
-        if rest.len() < end {
-            return damaged("a record cut short".into(), bytes.len());
-        }
-        let payload = &rest[HEADER_BYTES..end];
-        let mut sum = crc32c::crc32c(&seq.to_le_bytes());
-        sum = crc32c::crc32c_append(sum, payload);
-        if sum != crc {
-            return damaged("a checksum mismatch".into(), at + end);
-        }
-        if let Some(want) = *expect_seq
-            && seq != want
-        {
-            return damaged(format!("sequence number {seq} where {want} was expected"), at + end);
-        }
-        *expect_seq = Some(seq + 1);
-        if seq > after_seq {
-            out.push(Record { seq, payload: payload.to_vec() });
-        }
-        at += end;
+/// Reads the record at `at` if it is whole and its checksum holds.
+fn record_at(bytes: &[u8], at: usize) -> Result<Found, String> {
+    let rest = &bytes[at..];
+    if rest.len() < HEADER_BYTES {
+        return Err("a record header cut short".into());
     }
-    Ok((ScanEnd::Clean, total))
+    let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
+    let seq = u64::from_le_bytes(rest[8..16].try_into().unwrap_or_default());
+    if len > MAX_RECORD {
+        return Err(format!("a length of {len} bytes"));
+    }
+    if rest.len() < HEADER_BYTES + len {
+        return Err("a record cut short".into());
+    }
+    if checksum(len as u32, seq, &rest[HEADER_BYTES..HEADER_BYTES + len]) != crc {
+        return Err("a checksum mismatch".into());
+    }
+    Ok(Found { offset: at, seq, end: at + HEADER_BYTES + len })
+}
+
+/// The CRC-32C a record carries: over its length, its seq and its payload.
+fn checksum(len: u32, seq: u64, payload: &[u8]) -> u32 {
+    let mut crc = crc32c::crc32c(&len.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &seq.to_le_bytes());
+    crc32c::crc32c_append(crc, payload)
+}
+
+/// The first whole record after a damaged one at `from` whose seq could follow `want` (a
+/// record that is not damage): what tells damage in the middle from a write cut short.
+fn resync(bytes: &[u8], from: usize, want: u64) -> Option<Found> {
+    (from + 1..bytes.len().saturating_sub(HEADER_BYTES - 1)).find_map(|at| {
+        let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().ok()?);
+        if seq < want || seq > want.saturating_add(1 << 32) {
+            return None;
+        }
+        record_at(bytes, at).ok()
+    })
+}
+
+/// Damage found while reading the journal.
+struct Damage {
+    path: PathBuf,
+    offset: u64,
+    why: String,
+    /// The first record lost if the journal is cut here.
+    from_seq: u64,
+    /// Whole records after the damage, up to this seq (None: nothing readable follows).
+    intact_to: Option<u64>,
 }
 
 impl Journal {
     /// Opens the journal under `state_dir`, creating it if needed, and reads back the records
-    /// after `watermark` (the last seq SQLite holds), checking every record it reads. A torn
-    /// last record is dropped; other damage is an error naming the segment and the offset,
-    /// unless `truncate` says to cut the journal there.
+    /// after `watermark` (the last seq SQLite holds). Every segment is read and every record
+    /// checked: its checksum, its seq (each segment starts at the seq in its name and follows
+    /// the one before). A record cut short at the very end of the last segment, with nothing
+    /// whole after it, is a write a crash interrupted: it is dropped. Damaged records that
+    /// SQLite already holds are skipped with a warning. Any other damage — a damaged record
+    /// SQLite lacks, a segment missing, overlapping or emptied, a journal that ends before
+    /// the database — is an error naming the file and the offset and changes nothing, unless
+    /// `truncate` says to cut the journal at the damage.
     pub fn open(state_dir: &Path, watermark: u64, truncate: bool) -> StoreResult<Opened> {
         let dir = state_dir.join(JOURNAL_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, "create", e))?;
+        create_private_dir(&dir)?;
         let mut segments: Vec<(u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, "list", e))? {
             let entry = entry.map_err(|e| io_err(&dir, "list", e))?;
@@ -181,109 +178,229 @@ impl Journal {
             segments.push((first, entry.path()));
         }
         segments.sort();
-        // Segments wholly at or below the watermark are already in SQLite (a crash came
-        // between the durable commit and their deletion): only the last of them can hold
-        // records after it.
-        let keep_from =
-            segments.iter().rposition(|(first, _)| *first <= watermark + 1).unwrap_or(0);
-        for (_, path) in segments.drain(..keep_from) {
-            let _ = std::fs::remove_file(&path);
-        }
-        if let Some((first, path)) = segments.first().cloned()
-            && first > watermark + 1
+
+        let mut tail = Vec::new();
+        let mut damage: Option<Damage> = None;
+        if let Some((first, path)) = segments.first()
+            && *first > watermark + 1
         {
-            // The records between the database and this segment are gone.
+            let why = format!(
+                "it starts at record {first}, but the database holds records up to {watermark} \
+                 only: records {} to {} are missing (a segment deleted, or a database restored \
+                 from an older copy)",
+                watermark + 1,
+                first - 1
+            );
+            damage = Some(Damage {
+                path: path.clone(),
+                offset: 0,
+                why,
+                from_seq: watermark + 1,
+                intact_to: None,
+            });
+        }
+        // The seq the next record must have; None before the first record.
+        let mut expect: Option<u64> = None;
+        // A write cut short at the end: (segment, offset, bytes), cut once nothing refuses.
+        let mut torn: Option<(PathBuf, u64, u64)> = None;
+        // Segments whose records SQLite holds all of (deleted once nothing refuses).
+        let mut old = 0;
+        'segments: for (i, (first, path)) in segments.iter().enumerate() {
+            if damage.is_some() {
+                break;
+            }
+            let last = i + 1 == segments.len();
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io_err(path, "read", e))?;
+            let want = expect.unwrap_or(*first);
+            if *first != want {
+                let why = if *first > want {
+                    format!("records {want} to {} are missing: a segment was deleted", first - 1)
+                } else {
+                    format!(
+                        "it starts at record {first}, but the segment before it runs to record \
+                         {}: the segments overlap (a stray or copied file?)",
+                        want - 1
+                    )
+                };
+                damage = Some(Damage {
+                    path: path.clone(),
+                    offset: 0,
+                    why,
+                    from_seq: want,
+                    intact_to: None,
+                });
+                break;
+            }
+            if bytes.is_empty() && !last {
+                let why = "the segment is empty, and later segments follow it".to_string();
+                damage = Some(Damage {
+                    path: path.clone(),
+                    offset: 0,
+                    why,
+                    from_seq: want,
+                    intact_to: None,
+                });
+                break;
+            }
+            let mut at = 0;
+            let mut want = want;
+            while at < bytes.len() {
+                let found = record_at(&bytes, at).and_then(|r| {
+                    if r.seq == want {
+                        Ok(r)
+                    } else {
+                        Err(format!("sequence number {} where {want} was expected", r.seq))
+                    }
+                });
+                match found {
+                    Ok(r) => {
+                        if r.seq > watermark {
+                            let payload = bytes[r.offset + HEADER_BYTES..r.end].to_vec();
+                            tail.push(Record { seq: r.seq, payload });
+                        }
+                        want = r.seq + 1;
+                        at = r.end;
+                    }
+                    Err(why) => match resync(&bytes, at, want) {
+                        None if last => {
+                            torn = Some((path.clone(), at as u64, (bytes.len() - at) as u64));
+                            break;
+                        }
+                        // Only records SQLite already holds were lost: skip them.
+                        Some(next) if next.seq <= watermark + 1 => {
+                            tracing::warn!(
+                                segment = %path.display(), offset = at, why, records = next.seq - want,
+                                "journal: skipped damaged records that the database already holds"
+                            );
+                            want = next.seq;
+                            at = next.offset;
+                        }
+                        next => {
+                            let intact_to = next.map(|_| {
+                                let mut s = want;
+                                let mut a = at;
+                                while let Some(r) = resync(&bytes, a, s) {
+                                    s = r.seq + 1;
+                                    a = r.end - 1;
+                                }
+                                s - 1
+                            });
+                            damage = Some(Damage {
+                                path: path.clone(),
+                                offset: at as u64,
+                                why,
+                                from_seq: want,
+                                intact_to,
+                            });
+                            break 'segments;
+                        }
+                    },
+                }
+            }
+            expect = Some(want);
+            if !last && want <= watermark + 1 {
+                old = i + 1;
+            }
+        }
+        // The last record the journal holds (a new, empty segment holds up to its name - 1).
+        let mut journal_end = match (&damage, &torn, expect) {
+            (Some(d), _, _) => d.from_seq - 1,
+            (None, _, Some(next)) => next - 1,
+            (None, _, None) => segments.last().map_or(0, |(first, _)| first - 1),
+        };
+        if damage.is_none() && journal_end < watermark {
+            let (path, offset) = match &torn {
+                Some((p, o, _)) => (p.clone(), *o),
+                None => segments.last().map_or_else(|| (dir.clone(), 0), |(_, p)| (p.clone(), 0)),
+            };
+            let why = format!(
+                "the journal ends at record {journal_end}, but the database holds records up to \
+                 {watermark}: the journal was cut short or removed, and the acknowledged pushes \
+                 it held after record {watermark} (if any) are gone. With state.sync = \"normal\" \
+                 a power cut can do this"
+            );
+            damage = Some(Damage { path, offset, why, from_seq: journal_end + 1, intact_to: None });
+        }
+        if let Some(d) = damage {
+            let lacking =
+                d.intact_to.map_or(0, |to| to.saturating_sub(watermark.max(d.from_seq - 1)));
             if !truncate {
-                return Err(StoreError::Corrupt(format!(
-                    "journal segment {} starts at record {first}, but the database holds \
-                     records up to {watermark} only: the records in between are missing (a \
-                     segment deleted or a database restored from an older copy). Restore them, \
-                     or run `kefu serve --truncate-journal` to start from the database as it is",
-                    path.display()
+                let after = match d.intact_to {
+                    Some(to) if to >= d.from_seq => format!(
+                        " The damaged record is number {}; records {} to {to} after it are \
+                         intact, {lacking} of them acknowledged pushes the database does not \
+                         hold yet.",
+                        d.from_seq,
+                        d.from_seq + 1
+                    ),
+                    _ => String::new(),
+                };
+                let lost = if lacking > 0 {
+                    format!(" ({lacking} acknowledged pushes are then lost)")
+                } else {
+                    String::new()
+                };
+                return Err(StoreError::Journal(format!(
+                    "journal segment {} is damaged at byte offset {} ({}).{after} Nothing was \
+                     changed. Restore the file from a backup, or start once with `kefu serve \
+                     --truncate-journal`, which drops the journal from there on{lost} and \
+                     starts from what the database holds",
+                    d.path.display(),
+                    d.offset,
+                    d.why
                 )));
             }
             tracing::warn!(
-                segment = %path.display(), watermark,
-                "journal: records are missing between the database and the journal; dropped \
-                 the journal as told (--truncate-journal)"
+                segment = %d.path.display(), offset = d.offset, why = d.why, lost = lacking,
+                "journal: cut at the damage as told (--truncate-journal)"
             );
-            drop_all(&segments);
-            segments.clear();
-        }
-        let mut tail = Vec::new();
-        let mut torn_bytes = 0;
-        let mut expect_seq = None;
-        let mut i = 0;
-        while i < segments.len() {
-            let (first, path) = segments[i].clone();
-            if let Some(want) = expect_seq.filter(|s| *s != first) {
-                if !truncate {
-                    return Err(StoreError::Corrupt(format!(
-                        "journal segment {} starts at record {first}, but the segment before \
-                         it ends before record {want}: a segment is missing. Restore it, or run \
-                         `kefu serve --truncate-journal` to drop this segment and every later one",
-                        path.display()
-                    )));
+            // The intact records before the damage stay (and run again if SQLite lacks them).
+            tail.retain(|r| r.seq < d.from_seq);
+            let damaged = segments.iter().position(|(_, p)| *p == d.path);
+            match damaged {
+                // Every record left is in SQLite: start over after the database's last one.
+                _ if d.from_seq - 1 < watermark => {
+                    drop_all(&segments);
+                    segments.clear();
                 }
+                None => {
+                    drop_all(&segments);
+                    segments.clear();
+                }
+                Some(i) if d.offset == 0 => {
+                    drop_all(&segments[i..]);
+                    segments.truncate(i);
+                }
+                Some(i) => {
+                    truncate_file(&d.path, d.offset)?;
+                    drop_all(&segments[i + 1..]);
+                    segments.truncate(i + 1);
+                }
+            }
+            journal_end = d.from_seq - 1;
+        } else {
+            if let Some((path, offset, bytes)) = &torn {
                 tracing::warn!(
-                    segment = %path.display(),
-                    "journal: a segment is missing before this one; dropped it and every later \
-                     one as told (--truncate-journal)"
+                    segment = %path.display(), offset, bytes,
+                    "journal: dropped a record cut short by a crash (never acknowledged)"
                 );
-                drop_all(&segments[i..]);
-                segments.truncate(i);
-                break;
+                truncate_file(path, *offset)?;
             }
-            let (end, total) = scan_segment(&path, watermark, &mut expect_seq, &mut tail)?;
-            if let ScanEnd::Damaged { offset, torn, why } = end {
-                let last = i + 1 == segments.len();
-                let repairable = torn && last;
-                if !repairable && !truncate {
-                    let later =
-                        if last { String::new() } else { " and every later segment".into() };
-                    return Err(StoreError::Corrupt(format!(
-                        "journal segment {} is damaged at byte offset {offset} ({why}), with \
-                         acknowledged records after it. Restore the file from a backup, or run \
-                         `kefu serve --truncate-journal` to drop the record at that offset, \
-                         everything after it in the segment{later} ({} bytes in this segment)",
-                        path.display(),
-                        total - offset
-                    )));
-                }
-                if torn && last {
-                    torn_bytes = total - offset;
-                    tracing::warn!(
-                        segment = %path.display(), offset, bytes = torn_bytes,
-                        "journal: dropped a record cut short by a crash (never acknowledged)"
-                    );
-                } else {
-                    tracing::warn!(
-                        segment = %path.display(), offset, bytes = total - offset, why,
-                        "journal: truncated as told (--truncate-journal): the damaged record \
-                         and everything after it are dropped"
-                    );
-                }
-                truncate_file(&path, offset)?;
-                drop_all(&segments[i + 1..]);
-                segments.truncate(i + 1);
-                // A damaged record may have been counted before its damage was seen.
-                tail.retain(|r| expect_seq.is_none_or(|s| r.seq < s));
-            }
-            i += 1;
+            drop_all(&segments[..old]);
+            segments.drain(..old);
         }
-        let last_seq = expect_seq.map(|s| s - 1).unwrap_or(0).max(watermark);
-        let next_seq = last_seq + 1;
+        let next_seq = journal_end.max(watermark) + 1;
         if segments.is_empty() {
             segments.push((next_seq, dir.join(segment_name(next_seq))));
         }
         let (_, path) = segments.last().cloned().unwrap_or_default();
-        let current = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, "open", e))?;
+        let current = open_segment(&path)?;
         let current_len = current.metadata().map(|m| m.len()).unwrap_or(0);
         sync_dir(&dir);
+        let torn_bytes = torn.map_or(0, |(_, _, b)| b);
         Ok(Opened {
             journal: Journal { dir, segments, current, current_len, next_seq },
             tail,
@@ -341,11 +458,7 @@ impl Journal {
     pub fn rotate(&mut self) -> StoreResult<()> {
         let first = self.next_seq;
         let path = self.dir.join(segment_name(first));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, "create", e))?;
+        let file = open_segment(&path)?;
         let old = std::mem::replace(&mut self.segments, vec![(first, path)]);
         self.current = file;
         self.current_len = 0;
@@ -361,6 +474,25 @@ impl Journal {
     pub fn disk_bytes(&self) -> u64 {
         self.segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
     }
+}
+
+/// Opens (creating) a segment for appending, readable by its owner only: it holds OpenIDs and
+/// what followers wrote.
+fn open_segment(path: &Path) -> StoreResult<File> {
+    let mut opts = OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path).map_err(|e| io_err(path, "open", e))
+}
+
+/// Creates the journal directory, accessible by its owner only.
+fn create_private_dir(dir: &Path) -> StoreResult<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| io_err(dir, "create", e))
 }
 
 fn truncate_file(path: &Path, len: u64) -> StoreResult<()> {
@@ -442,7 +574,7 @@ mod tests {
         let second = HEADER_BYTES + payloads(4)[0].len();
         bytes[second + HEADER_BYTES] ^= 0x20;
         std::fs::write(&seg, &bytes).unwrap();
-        let Err(StoreError::Corrupt(msg)) = Journal::open(dir.path(), 0, false) else {
+        let Err(StoreError::Journal(msg)) = Journal::open(dir.path(), 0, false) else {
             panic!("a damaged middle record must refuse")
         };
         let name = seg.file_name().unwrap().to_string_lossy().to_string();
@@ -458,11 +590,12 @@ mod tests {
     #[test]
     fn records_missing_between_the_database_and_the_journal_refuse() {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::open(dir.path(), 10, false).unwrap().journal;
+        // A database at record 10 with no journal: told to, the journal starts after it.
+        let mut j = Journal::open(dir.path(), 10, true).unwrap().journal;
         j.append(&payloads(2), true).unwrap(); // 11, 12
         drop(j);
         // A database restored from a copy that holds records up to 5 only.
-        let Err(StoreError::Corrupt(msg)) = Journal::open(dir.path(), 5, false) else {
+        let Err(StoreError::Journal(msg)) = Journal::open(dir.path(), 5, false) else {
             panic!("a gap must refuse")
         };
         assert!(msg.contains("missing") && msg.contains("00000000000000000011.journal"), "{msg}");
@@ -481,9 +614,122 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&buf).unwrap();
         drop(f);
-        let Err(StoreError::Corrupt(msg)) = Journal::open(dir.path(), 0, false) else {
+        let Err(StoreError::Journal(msg)) = Journal::open(dir.path(), 0, false) else {
             panic!("a jump must refuse")
         };
         assert!(msg.contains("sequence number 5 where 2 was expected"), "{msg}");
+    }
+
+    /// The offset of record `seq` (1-based) in a segment written by `written`.
+    fn offset_of(seq: u64) -> usize {
+        payloads(seq as usize - 1).iter().map(|p| p.len() + HEADER_BYTES).sum()
+    }
+
+    fn refusal(dir: &Path, watermark: u64) -> String {
+        match Journal::open(dir, watermark, false) {
+            Err(StoreError::Journal(msg)) => msg,
+            Err(e) => panic!("refused with the wrong error: {e}"),
+            Ok(o) => panic!("opened, with {:?}", seqs(&o.tail)),
+        }
+    }
+
+    /// A snapshot of the journal's files, to show a refusal changed nothing.
+    fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join(JOURNAL_DIR))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let b = std::fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_damaged_length_field_in_the_middle_is_damage_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = written(dir.path(), 6);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[offset_of(3) + 2] ^= 0x40; // the length now runs past the end of the file
+        std::fs::write(&seg, &bytes).unwrap();
+        let before = files(dir.path());
+        let msg = refusal(dir.path(), 1);
+        assert!(msg.contains(&format!("byte offset {}", offset_of(3))), "{msg}");
+        assert!(msg.contains("records 4 to 6 after it are intact, 4 of them"), "{msg}");
+        assert_eq!(files(dir.path()), before);
+    }
+
+    #[test]
+    fn damage_in_records_the_database_holds_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = written(dir.path(), 6);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[offset_of(2) + HEADER_BYTES + 1] ^= 0x01;
+        std::fs::write(&seg, &bytes).unwrap();
+        let opened = Journal::open(dir.path(), 4, false).unwrap();
+        assert_eq!(seqs(&opened.tail), [5, 6]);
+        assert_eq!(opened.journal.next_seq(), 7);
+    }
+
+    #[test]
+    fn a_journal_cut_short_before_the_database_refuses_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = written(dir.path(), 6);
+        let bytes = std::fs::read(&seg).unwrap();
+        std::fs::write(&seg, &bytes[..offset_of(3) + 5]).unwrap();
+        let before = files(dir.path());
+        let msg = refusal(dir.path(), 4);
+        assert!(msg.contains("ends at record 2") && msg.contains("up to 4"), "{msg}");
+        assert_eq!(files(dir.path()), before, "the cut record was not truncated away");
+        // Told to truncate: a new segment after the database's last record.
+        let opened = Journal::open(dir.path(), 4, true).unwrap();
+        assert!(opened.tail.is_empty());
+        assert_eq!(opened.journal.next_seq(), 5);
+        assert!(opened.journal.current_path().ends_with("00000000000000000005.journal"));
+        // And the next start is clean.
+        assert!(Journal::open(dir.path(), 4, false).is_ok());
+    }
+
+    #[test]
+    fn a_missing_journal_refuses_when_the_database_has_journaled_records() {
+        let dir = tempfile::tempdir().unwrap();
+        written(dir.path(), 3);
+        std::fs::remove_dir_all(dir.path().join(JOURNAL_DIR)).unwrap();
+        assert!(refusal(dir.path(), 3).contains("ends at record 0"));
+        // A database that never had a journal (watermark 0) starts one.
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(Journal::open(fresh.path(), 0, false).unwrap().journal.next_seq(), 1);
+    }
+
+    #[test]
+    fn a_stray_lower_numbered_segment_refuses_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        written(dir.path(), 6);
+        std::fs::write(dir.path().join(JOURNAL_DIR).join(segment_name(3)), b"").unwrap();
+        let before = files(dir.path());
+        let msg = refusal(dir.path(), 2);
+        assert!(msg.contains("overlap"), "{msg}");
+        assert_eq!(files(dir.path()), before);
+        // A stray segment numbered past the end, empty and not the last: also refused.
+        let dir = tempfile::tempdir().unwrap();
+        written(dir.path(), 2);
+        std::fs::write(dir.path().join(JOURNAL_DIR).join(segment_name(9)), b"").unwrap();
+        std::fs::write(dir.path().join(JOURNAL_DIR).join(segment_name(10)), b"").unwrap();
+        assert!(refusal(dir.path(), 0).contains("missing"));
+    }
+
+    #[test]
+    fn segments_are_private_to_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = written(dir.path(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&seg), 0o600);
+            assert_eq!(mode(&dir.path().join(JOURNAL_DIR)), 0o700);
+        }
     }
 }

@@ -164,6 +164,8 @@ struct Inner {
     replayed: AtomicU64,
     /// Set by [`SqliteStore::abandon`]: the writer stops without committing.
     abandoned: AtomicBool,
+    /// Why the last journal append failed (None once one succeeds): `/readyz` reports it.
+    journal_error: Mutex<Option<String>>,
 }
 
 /// The embedded store; a cheap handle (clone it freely).
@@ -286,6 +288,7 @@ impl SqliteStore {
             journal_segment: Mutex::new(None),
             replayed: AtomicU64::new(0),
             abandoned: AtomicBool::new(false),
+            journal_error: Mutex::new(None),
         });
 
         let journal = if opts.owner {
@@ -337,6 +340,34 @@ impl SqliteStore {
                 .map_err(|e| open_err(e.to_string()))?;
             Some(journal)
         } else {
+            // A command while no server runs on this state.dir: what a crashed server left in
+            // the journal runs first, so the command neither shows nor changes a state behind
+            // acknowledged pushes (an erasure would otherwise be undone by the next start).
+            if let Ok(lock) = lock_state_dir(dir) {
+                let wal = inner.db_path.with_file_name(format!("{DB_FILE}-wal"));
+                let has_journal = dir.join(journal::JOURNAL_DIR).is_dir();
+                match read_watermark(&conn) {
+                    Ok(w) if has_journal || w > 0 => match recover(&conn, &inner, false) {
+                        Ok((_, n)) if n > 0 => {
+                            inner.replayed.store(n, Ordering::Relaxed);
+                            let _ = engine::sync_wal(&wal);
+                            tracing::info!(
+                                records = n,
+                                "state store: ran the journal a stopped server left"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "state store: the journal cannot be run; this command sees the \
+                             database as the server last committed it (start `kefu serve` to \
+                             see why)"
+                        ),
+                    },
+                    _ => {}
+                }
+                drop(lock);
+            }
             None
         };
         if journal.is_some() {
@@ -689,8 +720,16 @@ impl SqliteStore {
 const WATERMARK_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS journal_applied ( \
      id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)";
 
-/// The last journal seq SQLite holds (0: none).
+/// The last journal seq SQLite holds (0: none, or no journal yet).
 fn read_watermark(conn: &Connection) -> rusqlite::Result<u64> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'journal_applied')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
     let seq: Option<i64> = conn
         .query_row("SELECT seq FROM journal_applied WHERE id = 1", [], |r| r.get(0))
         .or_else(|e| match e {
@@ -1073,6 +1112,13 @@ impl Store for SqliteStore {
         }
         // An open connection keeps answering after its file was deleted (the inode lives on),
         // and writes into it would be lost at the next start: the file itself must be there.
+        if let Some(e) = self.inner.journal_error.lock().clone() {
+            return Err(StoreError::Backend(format!(
+                "{e}; each push is committed to SQLite instead (slower). Free space on the disk \
+                 or fix the permissions of {}",
+                self.inner.dir.join(journal::JOURNAL_DIR).display()
+            )));
+        }
         if !self.inner.db_path.is_file() {
             return Err(StoreError::Backend(format!(
                 "the database file {} is gone; restore it or restart kefu to create a new one",
