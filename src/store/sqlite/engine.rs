@@ -372,7 +372,10 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    *inner.journal_error.lock() = Some(e.to_string());
+                    *inner.journal_error.lock() = Some(match &e {
+                        StoreError::Backend(why) => why.clone(),
+                        other => other.to_string(),
+                    });
                     tracing::error!(error = %e, "state store: cannot append to the journal; committing the batch to SQLite instead");
                     journaled = false;
                 }

@@ -1113,7 +1113,7 @@ impl Store for SqliteStore {
         // An open connection keeps answering after its file was deleted (the inode lives on),
         // and writes into it would be lost at the next start: the file itself must be there.
         if let Some(e) = self.inner.journal_error.lock().clone() {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Journal(format!(
                 "{e}; each push is committed to SQLite instead (slower). Free space on the disk \
                  or fix the permissions of {}",
                 self.inner.dir.join(journal::JOURNAL_DIR).display()
