@@ -154,6 +154,13 @@ struct Damage {
     intact_to: Option<u64>,
 }
 
+impl Damage {
+    /// A whole segment out of place (missing, overlapping, emptied): damage at its start.
+    fn segment(path: &Path, why: String, from_seq: u64) -> Self {
+        Damage { path: path.to_path_buf(), offset: 0, why, from_seq, intact_to: None }
+    }
+}
+
 impl Journal {
     /// Opens the journal under `state_dir`, creating it if needed, and reads back the records
     /// after `watermark` (the last seq SQLite holds). Every segment is read and every record
@@ -191,13 +198,7 @@ impl Journal {
                 watermark + 1,
                 first - 1
             );
-            damage = Some(Damage {
-                path: path.clone(),
-                offset: 0,
-                why,
-                from_seq: watermark + 1,
-                intact_to: None,
-            });
+            damage = Some(Damage::segment(path, why, watermark + 1));
         }
         // The seq the next record must have; None before the first record.
         let mut expect: Option<u64> = None;
@@ -225,24 +226,12 @@ impl Journal {
                         want - 1
                     )
                 };
-                damage = Some(Damage {
-                    path: path.clone(),
-                    offset: 0,
-                    why,
-                    from_seq: want,
-                    intact_to: None,
-                });
+                damage = Some(Damage::segment(path, why, want));
                 break;
             }
             if bytes.is_empty() && !last {
                 let why = "the segment is empty, and later segments follow it".to_string();
-                damage = Some(Damage {
-                    path: path.clone(),
-                    offset: 0,
-                    why,
-                    from_seq: want,
-                    intact_to: None,
-                });
+                damage = Some(Damage::segment(path, why, want));
                 break;
             }
             let mut at = 0;
