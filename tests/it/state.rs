@@ -1012,6 +1012,9 @@ async fn a_torn_journal_tail_is_dropped_and_a_damaged_middle_refuses_to_open() {
         .unwrap_err()
         .to_string();
     assert_eq!(err, again);
+    // A command refuses too: a change it made now could be undone once the journal runs.
+    let cli = SqliteStore::open_client(damaged.path(), &WindowConfig::default(), clock.clone());
+    assert!(cli.is_err_and(|e| e.to_string().contains(&name)), "a command opened the state");
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
     // Told to truncate: it opens, with the journal cut at the damage.
     let opts = kefu::store::sqlite::OpenOptions {

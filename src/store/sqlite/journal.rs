@@ -185,6 +185,20 @@ impl Journal {
             segments.push((first, entry.path()));
         }
         segments.sort();
+        // An empty file holds no record: only the last segment may be empty (just started);
+        // any other empty one (a stray file, a start interrupted) is set aside and deleted
+        // once the journal opens. Records start at 1, so a file named 0 is never a segment.
+        let (mut strays, mut kept) = (Vec::new(), Vec::new());
+        let count = segments.len();
+        for (i, (first, path)) in segments.into_iter().enumerate() {
+            let empty = std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(false);
+            if first == 0 || (empty && i + 1 < count) {
+                strays.push((first, path));
+            } else {
+                kept.push((first, path));
+            }
+        }
+        let mut segments = kept;
 
         let mut tail = Vec::new();
         let mut damage: Option<Damage> = None;
@@ -196,7 +210,7 @@ impl Journal {
                  only: records {} to {} are missing (a segment deleted, or a database restored \
                  from an older copy)",
                 watermark + 1,
-                first - 1
+                first.saturating_sub(1)
             );
             damage = Some(Damage::segment(path, why, watermark + 1));
         }
@@ -205,7 +219,9 @@ impl Journal {
         // A write cut short at the end: (segment, offset, bytes), cut once nothing refuses.
         let mut torn: Option<(PathBuf, u64, u64)> = None;
         // Segments whose records SQLite holds all of (deleted once nothing refuses).
-        let mut old = 0;
+        // The first seq of the first segment still needed (earlier ones hold only records the
+        // database has).
+        let mut keep_from_seq = 0;
         'segments: for (i, (first, path)) in segments.iter().enumerate() {
             if damage.is_some() {
                 break;
@@ -216,21 +232,24 @@ impl Journal {
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|e| io_err(path, "read", e))?;
             let want = expect.unwrap_or(*first);
+            if bytes.is_empty() && *first < want {
+                // An empty file inside the records already read holds nothing: a stray.
+                strays.push((*first, path.clone()));
+                continue;
+            }
             if *first != want {
                 let why = if *first > want {
-                    format!("records {want} to {} are missing: a segment was deleted", first - 1)
+                    format!(
+                        "records {want} to {} are missing: a segment was deleted",
+                        first.saturating_sub(1)
+                    )
                 } else {
                     format!(
                         "it starts at record {first}, but the segment before it runs to record \
                          {}: the segments overlap (a stray or copied file?)",
-                        want - 1
+                        want.saturating_sub(1)
                     )
                 };
-                damage = Some(Damage::segment(path, why, want));
-                break;
-            }
-            if bytes.is_empty() && !last {
-                let why = "the segment is empty, and later segments follow it".to_string();
                 damage = Some(Damage::segment(path, why, want));
                 break;
             }
@@ -291,19 +310,23 @@ impl Journal {
             }
             expect = Some(want);
             if !last && want <= watermark + 1 {
-                old = i + 1;
+                keep_from_seq = segments.get(i + 1).map_or(0, |(f, _)| *f);
             }
         }
+        segments.retain(|seg| !strays.contains(seg));
         // The last record the journal holds (a new, empty segment holds up to its name - 1).
         let mut journal_end = match (&damage, &torn, expect) {
-            (Some(d), _, _) => d.from_seq - 1,
-            (None, _, Some(next)) => next - 1,
-            (None, _, None) => segments.last().map_or(0, |(first, _)| first - 1),
+            (Some(d), _, _) => d.from_seq.saturating_sub(1),
+            (None, _, Some(next)) => next.saturating_sub(1),
+            (None, _, None) => segments.last().map_or(0, |(first, _)| first.saturating_sub(1)),
         };
         if damage.is_none() && journal_end < watermark {
             let (path, offset) = match &torn {
                 Some((p, o, _)) => (p.clone(), *o),
-                None => segments.last().map_or_else(|| (dir.clone(), 0), |(_, p)| (p.clone(), 0)),
+                None => segments.last().map_or_else(
+                    || (dir.clone(), 0),
+                    |(_, p)| (p.clone(), std::fs::metadata(p).map_or(0, |m| m.len())),
+                ),
             };
             let why = format!(
                 "the journal ends at record {journal_end}, but the database holds records up to \
@@ -314,14 +337,17 @@ impl Journal {
             damage = Some(Damage { path, offset, why, from_seq: journal_end + 1, intact_to: None });
         }
         if let Some(d) = damage {
-            let lacking =
-                d.intact_to.map_or(0, |to| to.saturating_sub(watermark.max(d.from_seq - 1)));
+            // Acknowledged pushes at stake: the damaged record and the whole ones after it that
+            // the database lacks.
+            let lacking = d
+                .intact_to
+                .map_or(0, |to| to.saturating_sub(watermark.max(d.from_seq.saturating_sub(1))));
             if !truncate {
                 let after = match d.intact_to {
                     Some(to) if to >= d.from_seq => format!(
                         " The damaged record is number {}; records {} to {to} after it are \
-                         intact, {lacking} of them acknowledged pushes the database does not \
-                         hold yet.",
+                         intact; {lacking} acknowledged pushes the database does not hold yet \
+                         are at stake (the damaged one included).",
                         d.from_seq,
                         d.from_seq + 1
                     ),
@@ -332,8 +358,9 @@ impl Journal {
                 } else {
                     String::new()
                 };
+                let what = if d.path == dir { "journal directory" } else { "journal segment" };
                 return Err(StoreError::Journal(format!(
-                    "journal segment {} is damaged at byte offset {} ({}).{after} Nothing was \
+                    "{what} {} is damaged at byte offset {} ({}).{after} Nothing was \
                      changed. Restore the file from a backup, or start once with `kefu serve \
                      --truncate-journal`, which drops the journal from there on{lost} and \
                      starts from what the database holds",
@@ -351,7 +378,7 @@ impl Journal {
             let damaged = segments.iter().position(|(_, p)| *p == d.path);
             match damaged {
                 // Every record left is in SQLite: start over after the database's last one.
-                _ if d.from_seq - 1 < watermark => {
+                _ if d.from_seq.saturating_sub(1) < watermark => {
                     drop_all(&segments);
                     segments.clear();
                 }
@@ -369,7 +396,7 @@ impl Journal {
                     segments.truncate(i + 1);
                 }
             }
-            journal_end = d.from_seq - 1;
+            journal_end = d.from_seq.saturating_sub(1);
         } else {
             if let Some((path, offset, bytes)) = &torn {
                 tracing::warn!(
@@ -378,8 +405,10 @@ impl Journal {
                 );
                 truncate_file(path, *offset)?;
             }
+            let old = segments.iter().take_while(|(f, _)| *f < keep_from_seq).count();
             drop_all(&segments[..old]);
             segments.drain(..old);
+            drop_all(&strays);
         }
         let next_seq = journal_end.max(watermark) + 1;
         if segments.is_empty() {
@@ -646,7 +675,7 @@ mod tests {
         let before = files(dir.path());
         let msg = refusal(dir.path(), 1);
         assert!(msg.contains(&format!("byte offset {}", offset_of(3))), "{msg}");
-        assert!(msg.contains("records 4 to 6 after it are intact, 4 of them"), "{msg}");
+        assert!(msg.contains("records 4 to 6 after it are intact; 4 acknowledged"), "{msg}");
         assert_eq!(files(dir.path()), before);
     }
 
@@ -693,19 +722,29 @@ mod tests {
     }
 
     #[test]
-    fn a_stray_lower_numbered_segment_refuses_and_deletes_nothing() {
+    fn stray_empty_segments_are_set_aside_and_an_overlapping_one_refuses() {
         let dir = tempfile::tempdir().unwrap();
         written(dir.path(), 6);
-        std::fs::write(dir.path().join(JOURNAL_DIR).join(segment_name(3)), b"").unwrap();
+        let journal = dir.path().join(JOURNAL_DIR);
+        // Empty files below the real segment (and one named 0) hold nothing: opened past.
+        std::fs::write(journal.join(segment_name(0)), b"").unwrap();
+        std::fs::write(journal.join(segment_name(3)), b"").unwrap();
+        let opened = Journal::open(dir.path(), 2, false).unwrap();
+        assert_eq!(seqs(&opened.tail), [3, 4, 5, 6]);
+        assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 1, "the strays are deleted");
+        // A stray that holds records overlapping the real segment: refused, nothing deleted.
+        let other = tempfile::tempdir().unwrap();
+        written(other.path(), 3);
+        let stray = std::fs::read(other.path().join(JOURNAL_DIR).join(segment_name(1))).unwrap();
+        std::fs::write(journal.join(segment_name(5)), stray).unwrap();
         let before = files(dir.path());
         let msg = refusal(dir.path(), 2);
         assert!(msg.contains("overlap"), "{msg}");
         assert_eq!(files(dir.path()), before);
-        // A stray segment numbered past the end, empty and not the last: also refused.
+        // An empty last segment numbered past the end: records are missing.
         let dir = tempfile::tempdir().unwrap();
         written(dir.path(), 2);
         std::fs::write(dir.path().join(JOURNAL_DIR).join(segment_name(9)), b"").unwrap();
-        std::fs::write(dir.path().join(JOURNAL_DIR).join(segment_name(10)), b"").unwrap();
         assert!(refusal(dir.path(), 0).contains("missing"));
     }
 

@@ -219,6 +219,12 @@ impl SqliteStore {
         let open_err = |why: String| StoreError::Open { dir: dir.display().to_string(), why };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let lock = if opts.owner { Some(lock_state_dir(dir)?) } else { None };
+        // Until the journal has run, a command writing beside this server (which knocks first)
+        // waits: its write must come after the replay, or the replay would undo it.
+        let starting = if opts.owner { open_knock(dir).ok() } else { None };
+        if let Some(k) = &starting {
+            let _ = k.lock();
+        }
         let db_path = dir.join(DB_FILE);
         // `normal` needs the log to be a WAL file (commits append to it, fsynced each second);
         // without one, every commit fsyncs itself.
@@ -357,6 +363,9 @@ impl SqliteStore {
                             );
                         }
                         Ok(_) => {}
+                        // A damaged journal: a change made now could be undone once the
+                        // journal is repaired and runs, so the command refuses, saying why.
+                        Err(e @ StoreError::Journal(_)) => return Err(e),
                         Err(e) => tracing::warn!(
                             error = %e,
                             "state store: the journal cannot be run; this command sees the \
@@ -387,6 +396,7 @@ impl SqliteStore {
                 .spawn(move || engine::checkpoint_loop(path, weak))
                 .map_err(|e| open_err(format!("cannot start the checkpoint thread: {e}")))?;
         }
+        drop(starting);
         let knock = open_knock(dir).ok();
         let wal_path = inner.db_path.with_file_name(format!("{DB_FILE}-wal"));
         let dirty = if sync == SyncMode::Normal {
