@@ -367,9 +367,7 @@ impl Writer {
                 Ok(seq) => {
                     self.pending_seq = Some(seq);
                     rotate = journal.wants_rotation();
-                    if inner.journal_error.lock().is_some() {
-                        *inner.journal_error.lock() = None;
-                    }
+                    inner.journal_error.lock().take();
                 }
                 Err(e) => {
                     *inner.journal_error.lock() = Some(match &e {

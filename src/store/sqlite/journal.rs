@@ -461,11 +461,6 @@ impl Journal {
         Ok(self.next_seq - 1)
     }
 
-    /// fsyncs the current segment (`state.sync = "normal"`: once a second).
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.current.sync_data()
-    }
-
     /// Whether the current segment is full and the next append should start a new one.
     pub fn wants_rotation(&self) -> bool {
         self.current_len >= SEGMENT_BYTES
@@ -486,11 +481,6 @@ impl Journal {
         }
         sync_dir(&self.dir);
         Ok(())
-    }
-
-    /// Bytes in every segment on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
     }
 }
 

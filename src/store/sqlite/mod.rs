@@ -221,8 +221,8 @@ impl SqliteStore {
         let lock = if opts.owner { Some(lock_state_dir(dir)?) } else { None };
         // Until the journal has run, a command writing beside this server (which knocks first)
         // waits: its write must come after the replay, or the replay would undo it.
-        let starting = if opts.owner { open_knock(dir).ok() } else { None };
-        if let Some(k) = &starting {
+        let knock = open_knock(dir).ok();
+        if let Some(k) = knock.as_ref().filter(|_| opts.owner) {
             let _ = k.lock();
         }
         let db_path = dir.join(DB_FILE);
@@ -315,11 +315,8 @@ impl SqliteStore {
             // Every acknowledged write SQLite lost to the crash runs again, before anything
             // else reads the state.
             let (mut journal, replayed) = recover(&conn, &inner, opts.truncate_journal)?;
-            inner.replayed.store(replayed, Ordering::Relaxed);
             if replayed > 0 {
-                // Durable now in SQLite: the journal's old segments can go.
-                engine::sync_wal(&inner.db_path.with_file_name(format!("{DB_FILE}-wal")))
-                    .map_err(|e| open_err(format!("cannot fsync the WAL: {e}")))?;
+                // Durable in SQLite now (`recover` fsynced the WAL): the old segments can go.
                 journal.rotate()?;
                 tracing::info!(
                     records = replayed,
@@ -350,13 +347,10 @@ impl SqliteStore {
             // the journal runs first, so the command neither shows nor changes a state behind
             // acknowledged pushes (an erasure would otherwise be undone by the next start).
             if let Ok(lock) = lock_state_dir(dir) {
-                let wal = inner.db_path.with_file_name(format!("{DB_FILE}-wal"));
                 let has_journal = dir.join(journal::JOURNAL_DIR).is_dir();
                 match read_watermark(&conn) {
                     Ok(w) if has_journal || w > 0 => match recover(&conn, &inner, false) {
                         Ok((_, n)) if n > 0 => {
-                            inner.replayed.store(n, Ordering::Relaxed);
-                            let _ = engine::sync_wal(&wal);
                             tracing::info!(
                                 records = n,
                                 "state store: ran the journal a stopped server left"
@@ -396,9 +390,11 @@ impl SqliteStore {
                 .spawn(move || engine::checkpoint_loop(path, weak))
                 .map_err(|e| open_err(format!("cannot start the checkpoint thread: {e}")))?;
         }
-        drop(starting);
-        let knock = open_knock(dir).ok();
-        let wal_path = inner.db_path.with_file_name(format!("{DB_FILE}-wal"));
+        // The journal has run: commands writing beside the server may knock from now on.
+        if let Some(k) = knock.as_ref().filter(|_| opts.owner) {
+            let _ = k.unlock();
+        }
+        let wal_path = inner.wal_path();
         let dirty = if sync == SyncMode::Normal {
             let dirty = Arc::new(AtomicBool::new(false));
             let (weak, flag, wal) = (Arc::downgrade(&inner), dirty.clone(), wal_path.clone());
@@ -762,8 +758,9 @@ pub(super) fn set_watermark(conn: &Connection, seq: u64) -> StoreResult<()> {
 /// Brings SQLite up to the journal: in one transaction, reads the watermark, opens the
 /// journal (checking every record after it; see [`Journal::open`]) and runs those records
 /// again, in order, each in its own savepoint (a record that failed live was never written, so
-/// a failure here is skipped as it was then), then commits them with the new watermark.
-/// Returns the journal, ready to append, and how many records ran.
+/// a failure here is skipped as it was then), then commits them with the new watermark and
+/// fsyncs the WAL. Returns the journal, ready to append, and how many records ran (also
+/// [`SqliteStore::replayed_at_open`]).
 fn recover(conn: &Connection, inner: &Inner, truncate: bool) -> StoreResult<(Journal, u64)> {
     conn.execute_batch(WATERMARK_SCHEMA)?;
     // Inside the write lock: a writer of the same state.dir that is still closing (a restart
@@ -773,7 +770,8 @@ fn recover(conn: &Connection, inner: &Inner, truncate: bool) -> StoreResult<(Jou
         let watermark = read_watermark(conn)?;
         let opened = Journal::open(&inner.dir, watermark, truncate)?;
         let n = opened.tail.len() as u64;
-        if let Some(last) = opened.tail.last().map(|r| r.seq) {
+        let last_seq = opened.tail.last().map(|r| r.seq);
+        if let Some(last) = last_seq {
             for r in opened.tail {
                 let op = Op::decode(r.seq, &r.payload)?;
                 let logs = if op.logs() { REPLAY_LOGS_ON } else { REPLAY_LOGS_OFF };
@@ -793,13 +791,28 @@ fn recover(conn: &Connection, inner: &Inner, truncate: bool) -> StoreResult<(Jou
         conn.execute_batch("COMMIT")?;
         Ok((opened.journal, n))
     })();
-    if result.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
+    match &result {
+        Err(_) => {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        Ok((_, n)) if *n > 0 => {
+            inner.replayed.store(*n, Ordering::Relaxed);
+            // What ran is durable before anything relies on it (segments deleted, answers).
+            engine::sync_wal(&inner.wal_path()).map_err(|e| {
+                StoreError::Backend(format!("cannot fsync {}: {e}", inner.wal_path().display()))
+            })?;
+        }
+        Ok(_) => {}
     }
     result
 }
 
 impl Inner {
+    /// The database's write-ahead log file.
+    fn wal_path(&self) -> PathBuf {
+        self.db_path.with_file_name(format!("{DB_FILE}-wal"))
+    }
+
     /// The follower may have held answers from now on.
     fn note_held(&self, openid: &str) {
         if let Some(set) = &self.held_followers
