@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use super::engine::Post;
-use super::{Inner, REPLAY_LOGS_OFF, REPLAY_LOGS_ON, SqliteStore};
+use super::{Inner, SqliteStore};
 use crate::convlog::{FollowerActivity, LogBus, LogOutcome, LogRecord, Via};
 use crate::model::OpenId;
 use crate::store::{Outcome, StoreResult};
@@ -30,11 +30,9 @@ CREATE INDEX IF NOT EXISTS convlog_follower ON convlog (openid, id);
 impl Inner {
     /// Whether this store writes the log (configured, retention above zero, not in Redis).
     pub(super) fn logs(&self) -> bool {
-        // A replayed journal record writes the log as the live write did.
-        match self.replay_logs.load(Ordering::Relaxed) {
-            REPLAY_LOGS_OFF => return false,
-            REPLAY_LOGS_ON => return true,
-            _ => {}
+        // A journaled op writes the log as it was when the op was made, live and replayed.
+        if let Some(logs) = super::ops::running_logs() {
+            return logs;
         }
         self.log_local.load(Ordering::Relaxed) && self.log_retention_ms.load(Ordering::Relaxed) > 0
     }

@@ -45,7 +45,7 @@ mod token;
 mod turns;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -115,11 +115,6 @@ pub struct OpenOptions {
     pub truncate_journal: bool,
 }
 
-/// [`Inner::replay_logs`]: not replaying (the configuration decides), or replaying a record
-/// made with the conversation log off / on.
-pub(super) const REPLAY_LOGS_OFF: u8 = 1;
-pub(super) const REPLAY_LOGS_ON: u8 = 2;
-
 struct Inner {
     dir: PathBuf,
     window: WindowConfig,
@@ -156,8 +151,6 @@ struct Inner {
     /// The writer's transaction holds acknowledged writes that readers on other connections
     /// do not see yet ([`SqliteStore::read`] asks for a commit first).
     uncommitted: AtomicBool,
-    /// Set while a journal record is replayed ([`REPLAY_LOGS_OFF`], [`REPLAY_LOGS_ON`]).
-    replay_logs: AtomicU8,
     /// The journal segment being appended to (the `normal` sync thread fsyncs it).
     journal_segment: Mutex<Option<PathBuf>>,
     /// Journal records run again when the store opened (the writes SQLite lost to a crash).
@@ -290,7 +283,6 @@ impl SqliteStore {
             log_local: AtomicBool::new(true),
             log_bus: crate::convlog::LogBus::default(),
             uncommitted: AtomicBool::new(false),
-            replay_logs: AtomicU8::new(0),
             journal_segment: Mutex::new(None),
             replayed: AtomicU64::new(0),
             abandoned: AtomicBool::new(false),
@@ -774,11 +766,8 @@ fn recover(conn: &Connection, inner: &Inner, truncate: bool) -> StoreResult<(Jou
         if let Some(last) = last_seq {
             for r in opened.tail {
                 let op = Op::decode(r.seq, &r.payload)?;
-                let logs = if op.logs() { REPLAY_LOGS_ON } else { REPLAY_LOGS_OFF };
-                inner.replay_logs.store(logs, Ordering::Relaxed);
                 let mut post = Post::default();
                 let ran = in_savepoint(conn, || op.run(conn, inner, &mut post));
-                inner.replay_logs.store(0, Ordering::Relaxed);
                 match ran {
                     Ok(_) => apply_post(inner, post),
                     Err(e) => {

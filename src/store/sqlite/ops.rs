@@ -58,6 +58,18 @@ pub(super) enum Op {
     Finish { at_ms: i64, logs: bool, id: i64, outcome: Outcome },
 }
 
+thread_local! {
+    /// Whether the op running on this thread (the writer, or the opening thread replaying)
+    /// writes the conversation log.
+    static RUNNING_LOGS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// While an op runs on this thread: whether it writes the conversation log (what
+/// `Inner::logs` answers then, whatever the configuration says now).
+pub(super) fn running_logs() -> Option<bool> {
+    RUNNING_LOGS.get()
+}
+
 /// What a journaled write answers.
 pub(super) enum Done {
     Commit(CommitOutcome),
@@ -76,13 +88,21 @@ impl Op {
         }
     }
 
-    /// Runs the op's statements in the current transaction.
+    /// Runs the op's statements in the current transaction, with the conversation log as it
+    /// was when the op was made (live and replayed alike: [`running_logs`]).
     pub(super) fn run(
         self,
         conn: &Connection,
         inner: &Inner,
         post: &mut Post,
     ) -> StoreResult<Done> {
+        RUNNING_LOGS.set(Some(self.logs()));
+        let out = self.execute(conn, inner, post);
+        RUNNING_LOGS.set(None);
+        out
+    }
+
+    fn execute(self, conn: &Connection, inner: &Inner, post: &mut Post) -> StoreResult<Done> {
         match self {
             Op::Push { at_ms, push, forward, settles, .. } => {
                 let out = commit_push_tx(conn, inner, post, *push, at_ms)?;
